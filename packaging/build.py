@@ -42,7 +42,7 @@ def build(issuer_bundle: Path, dist: Path, work: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="client-app-resources-") as staged:
         staged_dir = Path(staged)
         shutil.copytree(ROOT / "resources", staged_dir, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.pem", "*.key", ".gitkeep"))
+                        ignore=shutil.ignore_patterns("*.pem", "*.key", "README.md"))
         shutil.copyfile(issuer_bundle, staged_dir / BUNDLE_NAME)
         (staged_dir / BUNDLE_NAME).chmod(0o644)
         os.environ["CLIENT_APP_STAGED_RESOURCES"] = str(staged_dir)
