@@ -52,7 +52,7 @@ def _issuer(config: DeviceConfig) -> str:
 
 def _sdk(config: DeviceConfig) -> str:
     """Create (never connect) a hub client: loads the TLS context, the certificate and the key."""
-    from azure.iot.device import IoTHubDeviceClient, X509
+    from azure.iot.device import X509, IoTHubDeviceClient
 
     from client_app.device.identity import sdk_key_file
     from client_app.pki import certificate_to_pem

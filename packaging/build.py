@@ -41,22 +41,35 @@ def build(issuer_bundle: Path, dist: Path, work: Path) -> Path:
     check_issuer_bundle(issuer_bundle)
     with tempfile.TemporaryDirectory(prefix="client-app-resources-") as staged:
         staged_dir = Path(staged)
-        shutil.copytree(ROOT / "resources", staged_dir, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.pem", "*.key", "README.md"))
+        shutil.copytree(
+            ROOT / "resources",
+            staged_dir,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("*.pem", "*.key", "README.md"),
+        )
         shutil.copyfile(issuer_bundle, staged_dir / BUNDLE_NAME)
         (staged_dir / BUNDLE_NAME).chmod(0o644)
         os.environ["CLIENT_APP_STAGED_RESOURCES"] = str(staged_dir)
-        PyInstaller.__main__.run([
-            str(SPEC), "--noconfirm", "--log-level", "WARN",
-            "--distpath", str(dist), "--workpath", str(work),
-        ])
+        PyInstaller.__main__.run(
+            [
+                str(SPEC),
+                "--noconfirm",
+                "--log-level",
+                "WARN",
+                "--distpath",
+                str(dist),
+                "--workpath",
+                str(work),
+            ]
+        )
     return dist / "client-app" / "client-app"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--issuer-bundle", type=Path, required=True,
-                        help="file written by `client-app-pki issuer-bundle`")
+    parser.add_argument(
+        "--issuer-bundle", type=Path, required=True, help="file written by `client-app-pki issuer-bundle`"
+    )
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="output folder (default: dist/)")
     parser.add_argument("--work", type=Path, default=ROOT / "build", help="PyInstaller work folder")
     args = parser.parse_args(argv)

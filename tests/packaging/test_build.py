@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,9 @@ from tests.device.e2e import wait_for
 from tests.fixtures.cloud import enroll_root
 
 ROOT = Path(__file__).resolve().parents[2]
-PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/]")  # a key block, not the bare marker
+PEM_KEY = re.compile(
+    rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\r?\n[A-Za-z0-9+/]"
+)  # a key block, not the bare marker
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,9 @@ class FrozenApp:
     root: CertificateAuthority
 
     def run(self, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.executable), *args], env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [str(self.executable), *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,19 @@ def frozen_app(tmp_path_factory: pytest.TempPathFactory) -> FrozenApp:
     bundle = work / "issuer-bundle.pem"
     write_issuer_bundle(root.intermediate("packaging-test Issuing CA"), bundle)
     build = subprocess.run(
-        [sys.executable, str(ROOT / "packaging" / "build.py"), "--issuer-bundle", str(bundle),
-         "--dist", str(work / "dist"), "--work", str(work / "build")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "packaging" / "build.py"),
+            "--issuer-bundle",
+            str(bundle),
+            "--dist",
+            str(work / "dist"),
+            "--work",
+            str(work / "build"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     executable = Path(build.stdout.strip().splitlines()[-1])
@@ -60,27 +72,49 @@ def test_build_embeds_only_the_issuing_key(frozen_app: FrozenApp) -> None:
     bundle = internal / "resources" / "issuer-bundle.pem"
     holders = [p for p in internal.rglob("*") if p.is_file() and PEM_KEY.search(p.read_bytes())]
     assert holders == [bundle]
-    assert [m.group() for m in PEM_KEY.finditer(bundle.read_bytes())] == [b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nM"]
+    assert [m.group() for m in PEM_KEY.finditer(bundle.read_bytes())] == [
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nM"
+    ]
     issuing = load_certificates(bundle.read_bytes())[0]
     assert issuing.subject != frozen_app.root.certificate.subject
 
 
 def test_build_leaves_out_operator_code(frozen_app: FrozenApp) -> None:
     listing = subprocess.run(
-        [sys.executable, "-m", "PyInstaller.utils.cliutils.archive_viewer", "-r", "-b",
-         str(frozen_app.executable)],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller.utils.cliutils.archive_viewer",
+            "-r",
+            "-b",
+            str(frozen_app.executable),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout.split()
     assert "client_app.device.runtime" in listing and "client_app.gui.app" in listing
-    for excluded in ("client_app.cloud", "client_app.pki.cli", "client_app.pki.workspace", "fastapi", "uvicorn"):
+    for excluded in (
+        "client_app.cloud",
+        "client_app.pki.cli",
+        "client_app.pki.workspace",
+        "fastapi",
+        "uvicorn",
+    ):
         assert not [name for name in listing if name == excluded or name.startswith(excluded + ".")]
-    assert not [name for name in listing if name.startswith("PySide6.Qt") and name.split(".")[1] not in
-                {"QtCore", "QtGui", "QtWidgets", "QtNetwork"}]
+    assert not [
+        name
+        for name in listing
+        if name.startswith("PySide6.Qt")
+        and name.split(".")[1] not in {"QtCore", "QtGui", "QtWidgets", "QtNetwork"}
+    ]
 
 
 def test_self_test_passes_with_a_keyring(frozen_app: FrozenApp, keyring_env, tmp_path: Path) -> None:
-    result = frozen_app.run("--self-test", "--data-dir", str(tmp_path / "data"),
-                            env=_app_env(tmp_path, keyring_env.env))
+    result = frozen_app.run(
+        "--self-test", "--data-dir", str(tmp_path / "data"), env=_app_env(tmp_path, keyring_env.env)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "self-test passed" in result.stdout
     assert "SecretService" in result.stdout
@@ -99,9 +133,15 @@ def test_frozen_app_connects_headless(
     enroll_root(cloud_api, frozen_app.root)
     options = ["--local-cloud", str(local_cloud.info.data_dir), "--data-dir", str(tmp_path / "data")]
     env = _app_env(tmp_path, keyring_env.env)
-    app = subprocess.Popen([str(frozen_app.executable), "--headless", *options], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    app = subprocess.Popen(
+        [str(frozen_app.executable), "--headless", *options],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def connected() -> dict | None:
             status = json.loads(frozen_app.run("--status", *options, env=env).stdout)
             return status if status["state"] == "connected" else None
