@@ -1,0 +1,209 @@
+"""DeviceRuntime: the device core's public face (contract §3).
+
+No Qt here; listeners are called from core threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from client_app.device import secrets as keystore
+from client_app.device.config import DeviceConfig
+from client_app.device.methods import MethodRegistry
+from client_app.device.state import Persister
+from client_app.device.status import (
+    ConnectionState,
+    DeviceStatus,
+    FirstRunStep,
+    InstanceLock,
+    StatusBoard,
+    running_pid,
+)
+from client_app.device.store import Database, Inbox, InboxMessage, Outbox, OutboxMessage
+from client_app.device.supervisor import Supervisor
+from client_app.device.twin import Twin, base_reported
+
+__all__ = [
+    "ConnectionState",
+    "DeviceRuntime",
+    "DeviceStatus",
+    "FirstRunStep",
+    "InboxMessage",
+    "OutboxMessage",
+    "RuntimeListener",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeListener(Protocol):
+    """Called from core threads; the GUI turns these into Qt signals."""
+
+    def status_changed(self, status: DeviceStatus) -> None: ...
+    def step_changed(
+        self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str
+    ) -> None: ...
+    def message_received(self, message: InboxMessage) -> None: ...
+    def outbox_changed(self) -> None: ...
+
+
+class _Relay:
+    """Forwards events to the listener; a listener's bug must never take the core down."""
+
+    def __init__(self, listener: RuntimeListener | None) -> None:
+        self._listener = listener
+
+    def _call(self, name: str, *args: Any) -> None:
+        if self._listener is not None:
+            try:
+                getattr(self._listener, name)(*args)
+            except Exception:
+                log.warning("listener %s failed", name, exc_info=True)
+
+    def status(self, status: DeviceStatus) -> None:
+        self._call("status_changed", status)
+
+    def step(self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str) -> None:
+        self._call("step_changed", step, outcome, detail)
+
+    def message(self, message: InboxMessage) -> None:
+        self._call("message_received", message)
+
+    def outbox_changed(self) -> None:
+        self._call("outbox_changed")
+
+
+class DeviceRuntime:
+    def __init__(self, config: DeviceConfig, listener: RuntimeListener | None = None) -> None:
+        self.config = config
+        self._relay = _Relay(listener)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._db = Database(config.layout.database)
+        self.inbox = Inbox(self._db)
+        self.outbox = Outbox(self._db)
+        self.inbox.on_change = lambda: self._board.update(recount=True)
+        self.twin = Twin()
+        self.methods = MethodRegistry()
+        self.methods.register("ping", lambda payload: (200, {"pong": True, "echo": payload}))
+        self.methods.register("get_diagnostics", lambda payload: (200, self.diagnostics()))
+        self._lock = InstanceLock(config.layout.lock_file)
+        self._persister = Persister()
+        self._board = StatusBoard(
+            DeviceStatus(
+                state=ConnectionState.NOT_PROVISIONED,
+                message="Not started yet.",
+                log_dir=str(config.log_dir),
+                id_scope=config.id_scope or None,
+                provisioning_host=config.provisioning_host,
+            ),
+            self._relay.status,
+            self._counts,
+            lambda path, data: self._persister.write(path, data, 0o644, durable=False),
+        )
+        self._supervisor = Supervisor(
+            config,
+            self._board,
+            self.outbox,
+            self._receive,
+            self.twin,
+            self.methods,
+            self._relay,
+            self._persister,
+        )
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        if not self._lock.acquire():
+            pid = running_pid(self.config.layout.lock_file)
+            self._board.update(
+                state=ConnectionState.ERROR,
+                message=f"Another client-app instance (pid {pid}) already uses {self.config.data_dir}."
+                " Close it first.",
+                last_error="another instance is running",
+            )
+            return
+        self._board.publish_to(self.config.layout.status_file)
+        self._board.update(pid=os.getpid(), recount=True)
+        self._thread = threading.Thread(target=self._supervisor.run, name="device-core", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._supervisor.stopping.set()
+        self._supervisor.wake.set()
+        thread.join(timeout)
+        if thread.is_alive():  # stuck in a blocking SDK call (e.g. DPS register); it is a daemon thread
+            log.warning("device worker did not stop within %.0f s", timeout)
+            self._board.update(state=ConnectionState.STOPPED, message="Stopped.")
+        self._board.update(pid=None)
+        self._board.publish_to(None)
+        self._persister.flush()
+        self._lock.release()
+
+    def close(self) -> None:
+        self.stop()
+        self._db.close()
+
+    # ---- queries and commands --------------------------------------------------------------------
+    def status(self) -> DeviceStatus:
+        return self._board.get()
+
+    def send(self, text: str, properties: Mapping[str, str] | None = None) -> OutboxMessage:
+        """Persist first; the worker sends in order once connected."""
+        message = self.outbox.add(text, properties)
+        self._board.update(recount=True)
+        self._relay.outbox_changed()
+        self._supervisor.wake.set()
+        return message
+
+    def reconnect_now(self) -> None:
+        self._supervisor.request("reconnect")
+
+    def retry(self) -> None:
+        self._supervisor.request("retry")
+
+    def reset_identity(self) -> None:
+        self._supervisor.request("reset")
+
+    def reprovision(self) -> None:
+        self._supervisor.request("reprovision")
+
+    def renew_certificate(self) -> None:
+        self._supervisor.request("renew")
+
+    def diagnostics(self) -> dict[str, Any]:
+        """For support: public facts only."""
+        return {
+            **base_reported(),
+            "status": self.status().to_json_dict(),
+            "keyring": keystore.backend_name(),
+            "desired": self.twin.desired,
+            "methods": self.methods.names(),
+            "time": datetime.now().astimezone().isoformat(),
+        }
+
+    def _counts(self) -> dict[str, int]:
+        return {
+            "outbox": self.outbox.queued_count(),
+            "inbox": self.inbox.count(),
+            "inbox_unread": self.inbox.unread_count(),
+        }
+
+    def _receive(self, message_id: str, text: str, properties: dict[str, str | None]) -> None:
+        stored = self.inbox.add(message_id, text, properties)
+        if stored is None:
+            log.info("duplicate C2D message %s ignored", message_id)
+            return
+        log.info("C2D message %s stored", message_id)
+        self._board.update(recount=True)
+        self._relay.message(stored)

@@ -1,0 +1,130 @@
+"""The device private key in the OS keyring, and nowhere else.
+
+Any keyring that would store the key in plain form (or not at all) is refused: the user gets a clear
+error instead of a silent downgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+import keyring
+import keyring.core
+import keyring.errors
+from cryptography.hazmat.primitives import serialization
+
+from client_app.pki import PrivateKey
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SERVICE = "client-app"
+# Backends that do not keep a secret safe: no storage, plain files, or "always fail".
+_UNSAFE_BACKENDS = ("keyring.backends.fail.", "keyring.backends.null.", "keyrings.alt.file.PlaintextKeyring")
+
+
+class KeyringUnavailable(Exception):
+    """No usable keyring; the message tells the user what to do."""
+
+
+class KeyMissing(Exception):
+    """The keyring works but holds no (valid) key for this device."""
+
+
+def _entry(registration_id: str) -> str:
+    return f"device-key/{registration_id}"
+
+
+def backend_name() -> str:
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:  # a broken PYTHON_KEYRING_BACKEND raises at import time of the backend
+        return f"unavailable ({exc.__class__.__name__})"
+    return f"{type(backend).__module__}.{type(backend).__name__}"
+
+
+def _unsafe(name: str) -> bool:
+    return name.startswith("unavailable") or name.startswith(_UNSAFE_BACKENDS)
+
+
+def check_backend() -> None:
+    """Cheap (no D-Bus round trip): is there a keyring that could keep a secret at all?"""
+    _check_backend()
+
+
+def _check_backend() -> None:
+    if _unsafe(backend_name()):
+        # keyring picks its backend once per process: look again, the user may have started one since.
+        with contextlib.suppress(Exception):
+            keyring.core.init_backend()
+    if _unsafe(backend_name()):
+        raise KeyringUnavailable(
+            "No secure system keyring is available. Install and start a Secret Service "
+            "(GNOME Keyring or KWallet) or use Windows Credential Manager / macOS Keychain, then press Retry."
+        )
+
+
+def _translate(exc: Exception) -> KeyringUnavailable:
+    if isinstance(exc, keyring.errors.KeyringLocked):
+        return KeyringUnavailable(
+            "The system keyring is locked. Unlock it (log in to your desktop session "
+            "or open your password manager) and press Retry."
+        )
+    if isinstance(exc, keyring.errors.NoKeyringError):
+        return KeyringUnavailable(
+            "No system keyring is available. Install and start a Secret Service "
+            "(e.g. GNOME Keyring), then press Retry."
+        )
+    return KeyringUnavailable(
+        f"The system keyring refused access ({exc.__class__.__name__}). "
+        "Make sure it is running and unlocked, then press Retry."
+    )
+
+
+def _call(fn: Callable[..., T], *args: str) -> T:
+    error: KeyringUnavailable | None = None
+    try:
+        return fn(*args)
+    except (keyring.errors.KeyringError, RuntimeError) as exc:
+        error = _translate(exc)  # deliberately not chained: the traceback would keep the leak below alive
+    # keyring's SecretService backend leaves its D-Bus connection open when the collection is locked; free it
+    # now instead of leaking one socket per retry in a long-running app.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    raise error
+
+
+def store_key(registration_id: str, key: PrivateKey) -> None:
+    _check_backend()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    _call(keyring.set_password, SERVICE, _entry(registration_id), pem)
+
+
+def load_key(registration_id: str) -> PrivateKey:
+    _check_backend()
+    pem = _call(keyring.get_password, SERVICE, _entry(registration_id))
+    if not pem:
+        raise KeyMissing("the device key is missing from the keyring")
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyMissing("the device key in the keyring is unreadable") from exc
+    return key  # type: ignore[return-value]
+
+
+def delete_key(registration_id: str) -> None:
+    """Best effort: a stale entry is harmless, a failure here must not block re-creating the identity."""
+    try:
+        keyring.delete_password(SERVICE, _entry(registration_id))
+    except keyring.errors.PasswordDeleteError:
+        pass
+    except (keyring.errors.KeyringError, RuntimeError) as exc:
+        log.warning("could not delete the old device key from the keyring: %s", exc.__class__.__name__)

@@ -1,0 +1,207 @@
+"""Observable status: the DeviceStatus snapshot, status.json for `--status`, and the single-instance lock.
+
+The running instance holds an OS file lock on instance.lock for its whole life and rewrites status.json
+atomically on every change. `--status` trusts status.json only while that lock is held: a crashed instance
+releases the lock with its process, so a stale pid can never pass for a live one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionState(StrEnum):
+    NOT_PROVISIONED = "not_provisioned"
+    CREATING_IDENTITY = "creating_identity"
+    PROVISIONING = "provisioning"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    BLOCKED = "blocked"
+    ERROR = "error"
+    STOPPED = "stopped"
+
+
+class FirstRunStep(StrEnum):
+    KEY = "create_key"
+    CERTIFICATE = "issue_certificate"
+    KEYRING = "store_in_keyring"
+    REGISTER = "register"
+    CONNECT = "connect"
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    state: ConnectionState = ConnectionState.NOT_PROVISIONED
+    message: str = ""  # plain words for end users
+    retry_at: datetime | None = None
+    registration_id: str | None = None
+    device_id: str | None = None
+    assigned_hub: str | None = None
+    id_scope: str | None = None
+    provisioning_host: str | None = None
+    certificate_subject: str | None = None
+    certificate_issuer: str | None = None
+    certificate_not_after: datetime | None = None
+    certificate_thumbprint: str | None = None
+    keyring_backend: str | None = None
+    last_connected: datetime | None = None
+    last_disconnected: datetime | None = None
+    last_error: str | None = None
+    outbox: int = 0  # messages waiting to be sent
+    inbox: int = 0  # messages received
+    log_dir: str | None = None
+    inbox_unread: int = 0
+    pid: int | None = None  # of the running instance; None when nothing runs
+    updated_at: datetime | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Only public facts: there is no secret in this object to begin with."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = (
+                value.isoformat()
+                if isinstance(value, datetime)
+                else (str(value) if isinstance(value, StrEnum | Path) else value)
+            )
+        return out
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> DeviceStatus:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                continue
+            if name == "state":
+                value = ConnectionState(value)
+            elif isinstance(value, str) and name in _TIME_FIELDS:
+                value = datetime.fromisoformat(value)
+            values[name] = value
+        return cls(**values)
+
+
+_TIME_FIELDS = {"retry_at", "certificate_not_after", "last_connected", "last_disconnected", "updated_at"}
+
+
+class StatusBoard:
+    """Current status: updated by the core threads, published to the listener and to status.json."""
+
+    def __init__(
+        self,
+        initial: DeviceStatus,
+        publish: Callable[[DeviceStatus], None],
+        counts: Callable[[], dict[str, int]],
+        write: Callable[[Path, bytes], None],
+    ) -> None:
+        self._lock = threading.Lock()
+        self._status = initial
+        self._publish, self._counts, self._write = publish, counts, write
+        self._file: Path | None = None
+
+    def publish_to(self, status_file: Path | None) -> None:
+        """Only the holder of the instance lock may write status.json."""
+        with self._lock:
+            self._file = status_file
+
+    def get(self) -> DeviceStatus:
+        with self._lock:
+            return self._status
+
+    def update(self, *, recount: bool = False, **changes: Any) -> DeviceStatus:
+        """recount: the message counts may have changed (three COUNT queries, so only when asked)."""
+        from client_app.device.state import utcnow
+
+        with self._lock:
+            if recount:
+                try:
+                    changes = {**self._counts(), **changes}
+                except Exception:  # a busy/broken database must not stop status reporting
+                    log.debug("counting messages failed", exc_info=True)
+            self._status = dataclasses.replace(self._status, updated_at=utcnow(), **changes)
+            status = self._status
+            if self._file is not None:
+                self._write(self._file, json.dumps(status.to_json_dict(), indent=2).encode())
+        self._publish(status)
+        return status
+
+
+class InstanceLock:
+    """An exclusive OS lock on a file, held while an instance runs on this data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the life of the instance
+        if not _try_lock(handle):
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.seek(0)
+                self._handle.truncate()
+            self._handle.close()  # closing drops the lock
+            self._handle = None
+
+
+def running_pid(lock_file: Path) -> int | None:
+    """The pid of the live instance holding the lock, else None (also for a stale pid left by a crash)."""
+    try:
+        handle = open(lock_file)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with handle:
+        if _try_lock(handle):
+            return None  # we got it: nobody holds it; closing releases it again
+        try:
+            return int(handle.read().strip() or 0) or None
+        except ValueError:
+            return None
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def read_status_file(path: Path) -> DeviceStatus | None:
+    try:
+        return DeviceStatus.from_json_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

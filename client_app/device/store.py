@@ -1,0 +1,200 @@
+"""Outbox and inbox in SQLite: persisted before sending / on arrival, so nothing is lost across crashes.
+
+WAL mode and short transactions let another process (`client-app --send`, `--status`) use the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from client_app.device.state import utcnow
+
+log = logging.getLogger(__name__)
+OutboxState = Literal["queued", "delivered"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    delivered_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(state, id);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    message_id: str  # sent as Message.message_id so the backend can drop duplicates
+    text: str
+    properties: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    state: OutboxState = "queued"
+    delivered_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InboxMessage:
+    id: int
+    message_id: str
+    text: str
+    properties: dict[str, str | None] = field(default_factory=dict)
+    received_at: datetime | None = None
+    read: bool = False
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class Database:
+    """One connection shared by the runtime's threads, serialised by a lock (calls are short)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as exc:  # e.g. an OS crash during the very first launch
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            log.warning("message database unusable (%s): moved to %s, starting a new one", exc, aside.name)
+            self._conn.close()
+            path.rename(aside)
+            self._open(path)
+
+    def _open(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+        # An empty schema needs no fsync (lost in a crash, it is simply created again); messages do.
+        self._conn.execute("PRAGMA synchronous=OFF")
+        self._conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # "persisted" must survive a power cut, too
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, text: str, properties: Mapping[str, str] | None = None) -> OutboxMessage:
+        props = {str(k): str(v) for k, v in (properties or {}).items()}
+        message_id, created = str(uuid.uuid4()), utcnow().isoformat()
+        with self._db.transaction() as conn:
+            row_id = conn.execute(
+                "INSERT INTO outbox (message_id, text, properties, created_at) VALUES (?, ?, ?, ?)",
+                (message_id, text, json.dumps(props), created),
+            ).lastrowid
+        return OutboxMessage(int(row_id or 0), message_id, text, props, _time(created))
+
+    def next_queued(self) -> OutboxMessage | None:
+        rows = self._db.query(f"SELECT {self._COLUMNS} FROM outbox WHERE state='queued' ORDER BY id LIMIT 1")
+        return self._row(rows[0]) if rows else None
+
+    def mark_delivered(self, row_id: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET state='delivered', delivered_at=? WHERE id=?",
+                (utcnow().isoformat(), row_id),
+            )
+
+    def list(self, limit: int = 100) -> list[OutboxMessage]:
+        """Newest first."""
+        rows = self._db.query(f"SELECT {self._COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._row(row) for row in rows]
+
+    def prune(self, keep: int = 1000) -> None:
+        """Forget all but the newest `keep` delivered messages: the outbox must not grow forever."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "DELETE FROM outbox WHERE state='delivered' AND id NOT IN "
+                "(SELECT id FROM outbox WHERE state='delivered' ORDER BY id DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def queued_count(self) -> int:
+        return int(self._db.query("SELECT COUNT(*) FROM outbox WHERE state='queued'")[0][0])
+
+    _COLUMNS = "id, message_id, text, properties, created_at, state, delivered_at"
+
+    @staticmethod
+    def _row(row: tuple) -> OutboxMessage:
+        return OutboxMessage(row[0], row[1], row[2], json.loads(row[3]), _time(row[4]), row[5], _time(row[6]))
+
+
+class Inbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.on_change: Callable[[], None] = lambda: None  # read state changed (the runtime recounts)
+
+    def add(self, message_id: str, text: str, properties: Mapping[str, str | None]) -> InboxMessage | None:
+        """Store a C2D message; None when that message id was already stored (at-least-once delivery)."""
+        received = utcnow().isoformat()
+        with self._db.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO inbox (message_id, text, properties, received_at) VALUES (?, ?, ?, ?)",
+                (message_id, text, json.dumps(dict(properties)), received),
+            )
+            if cursor.rowcount == 0:
+                return None
+            row_id = cursor.lastrowid
+        return InboxMessage(int(row_id or 0), message_id, text, dict(properties), _time(received))
+
+    def list(self, limit: int = 100) -> list[InboxMessage]:
+        """Newest first."""
+        rows = self._db.query(
+            "SELECT id, message_id, text, properties, received_at, read FROM inbox ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [InboxMessage(r[0], r[1], r[2], json.loads(r[3]), _time(r[4]), bool(r[5])) for r in rows]
+
+    def mark_read(self, row_id: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE inbox SET read=1 WHERE id=?", (row_id,))
+        self.on_change()
+
+    def unread_count(self) -> int:
+        return int(self._db.query("SELECT COUNT(*) FROM inbox WHERE read=0")[0][0])
+
+    def count(self) -> int:
+        return int(self._db.query("SELECT COUNT(*) FROM inbox")[0][0])

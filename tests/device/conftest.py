@@ -1,0 +1,53 @@
+"""Device-core fixtures: a throw-away issuing CA and an isolated configuration per test."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client_app.device.config import DeviceConfig
+from client_app.pki import CertificateAuthority, write_issuer_bundle
+
+
+@pytest.fixture(scope="session")
+def issuing_ca() -> CertificateAuthority:
+    return CertificateAuthority.root("device-test Root").intermediate("device-test Issuing CA")
+
+
+@pytest.fixture
+def bundle_path(tmp_path: Path, issuing_ca: CertificateAuthority) -> Path:
+    path = tmp_path / "issuer-bundle.pem"
+    write_issuer_bundle(issuing_ca, path)
+    return path
+
+
+@pytest.fixture
+def device_config(tmp_path: Path, bundle_path: Path) -> DeviceConfig:
+    data = tmp_path / "data"
+    return DeviceConfig(
+        id_scope="0ne-test",
+        issuer_bundle=bundle_path,
+        data_dir=data,
+        log_dir=data / "logs",
+        config_dir=data / "config",
+        backoff_cap=2.0,
+    )
+
+
+@pytest.fixture
+def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """(data dir, private temp dir) for an app under test; afterwards neither may hold a plaintext key."""
+    from tests.device.e2e import plaintext_keys
+
+    data, temp = tmp_path / "app", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # this process
+    monkeypatch.setenv("TMPDIR", str(temp))  # child processes
+    yield data, temp
+    gc.collect()  # SDK objects are reference cycles: leaked sockets would surface (as errors) here
+    assert plaintext_keys(data, temp) == []
+    assert list(temp.glob("client-app-*")) == []  # temporary key files are gone, too

@@ -1,0 +1,69 @@
+"""Helpers for the end-to-end tests: real local cloud, real SDK, real keyring."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from client_app.device.config import DeviceConfig, add_config_arguments, load_config
+from client_app.device.runtime import ConnectionState, DeviceRuntime
+
+T = TypeVar("T")
+
+
+def config_for(cloud_dir: Path, bundle: Path, data_dir: Path, *extra: str) -> DeviceConfig:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--local-cloud",
+            str(cloud_dir),
+            "--issuer-bundle",
+            str(bundle),
+            "--data-dir",
+            str(data_dir),
+            "--backoff-cap",
+            "2",
+            *extra,
+        ]
+    )
+    return load_config(args, {})
+
+
+def wait_for(check: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_state(runtime: DeviceRuntime, state: ConnectionState, timeout: float = 30) -> None:
+    try:
+        wait_for(lambda: runtime.status().state is state, timeout, f"state {state}")
+    except AssertionError:
+        raise AssertionError(f"expected {state}, got {runtime.status()}") from None
+
+
+PLAINTEXT_KEY_MARKERS = (b"BEGIN PRIVATE KEY", b"BEGIN EC PRIVATE KEY", b"BEGIN RSA PRIVATE KEY")
+
+
+def plaintext_keys(*roots: Path) -> list[Path]:
+    """Files holding an unencrypted private key ("ENCRYPTED PRIVATE KEY" does not match)."""
+    found = []
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                if any(marker in data for marker in PLAINTEXT_KEY_MARKERS):
+                    found.append(path)
+    return found

@@ -1,0 +1,115 @@
+"""First launch → connected, second launch without DPS, C2D into the inbox, twin and direct methods."""
+
+from __future__ import annotations
+
+import threading
+
+from client_app.device.runtime import ConnectionState, DeviceRuntime, FirstRunStep
+from tests.device.e2e import config_for, wait_for, wait_state
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, str]] = []
+        self.messages: list[object] = []
+        self.states: list[str] = []
+
+    def status_changed(self, status) -> None:
+        if not self.states or self.states[-1] != status.state:
+            self.states.append(str(status.state))
+
+    def step_changed(self, step, outcome, detail) -> None:
+        self.steps.append((str(step), outcome))
+
+    def message_received(self, message) -> None:
+        self.messages.append(message)
+
+    def outbox_changed(self) -> None:
+        pass
+
+
+def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api, enrolled_ca, tmp_path):
+    _, bundle = enrolled_ca
+    config = config_for(local_cloud.data_dir, bundle, tmp_path / "app")
+    recorder = Recorder()
+    runtime = DeviceRuntime(config, recorder)
+    runtime.start()
+    try:
+        wait_state(runtime, ConnectionState.CONNECTED)
+        status = runtime.status()
+        assert status.registration_id and status.registration_id == status.device_id
+        assert status.assigned_hub and status.certificate_not_after and status.last_connected
+        assert status.keyring_backend.startswith("keyring.backends.SecretService")
+        # the keyring write follows the first connection (it would slow it down otherwise)
+        wait_for(lambda: (str(FirstRunStep.KEYRING), "done") in recorder.steps, what="keyring step")
+        for step in FirstRunStep:
+            assert (str(step), "done") in recorder.steps
+        assert recorder.states[:4] == ["not_provisioned", "creating_identity", "provisioning", "connecting"]
+        registration = cloud_api.call("GET", f"/registrations/{status.registration_id}")
+    finally:
+        runtime.close()
+    assert runtime.status().state is ConnectionState.STOPPED
+
+    runtime = DeviceRuntime(config, recorder := Recorder())
+    runtime.start()
+    try:
+        wait_state(runtime, ConnectionState.CONNECTED)
+        assert runtime.status().registration_id == status.registration_id
+        assert "provisioning" not in recorder.states and "creating_identity" not in recorder.states
+        again = cloud_api.call("GET", f"/registrations/{status.registration_id}")
+        assert again["etag"] == registration["etag"]
+        assert again["lastUpdatedDateTimeUtc"] == registration["lastUpdatedDateTimeUtc"]
+
+        # C2D → inbox, idempotent on message id
+        device = status.device_id
+        for _ in range(2):
+            cloud_api.call(
+                "POST",
+                f"/devices/{device}/messages/deviceBound",
+                json={"body": "hello device", "messageId": "c2d-1", "properties": {"k": "v"}},
+            )
+        wait_for(lambda: runtime.inbox.count() == 1, what="C2D in inbox")
+        message = runtime.inbox.list()[0]
+        assert (message.message_id, message.text, message.properties["k"]) == ("c2d-1", "hello device", "v")
+        wait_for(lambda: recorder.messages, what="listener")
+
+        # D2C with message id
+        sent = runtime.send("hello cloud", {"kind": "test"})
+        wait_for(lambda: runtime.outbox.queued_count() == 0, what="outbox drained")
+        telemetry = cloud_api.call("GET", "/telemetry", params={"deviceId": device})["value"]
+        assert [t for t in telemetry if t["systemProperties"].get("messageId") == sent.message_id], telemetry
+
+        # twin: reported properties and desired through the callback
+        seen = []
+        runtime.twin.on_desired(seen.append)
+        twin = wait_for(
+            lambda: (
+                (t := cloud_api.call("GET", f"/twins/{device}"))["properties"]["reported"].get(
+                    "certificate_not_after"
+                )
+                and t
+            ),
+            what="reported properties",
+        )
+        assert twin["properties"]["reported"]["registration_id"] == status.registration_id
+        cloud_api.call("PATCH", f"/twins/{device}", json={"properties": {"desired": {"interval": 7}}})
+        wait_for(lambda: seen and seen[-1].get("interval") == 7, what="desired patch")
+
+        # direct methods
+        ping = cloud_api.call("POST", f"/twins/{device}/methods", json={"methodName": "ping", "payload": 1})
+        assert ping["status"] == 200 and ping["payload"]["pong"] is True
+        diag = cloud_api.call("POST", f"/twins/{device}/methods", json={"methodName": "get_diagnostics"})
+        assert diag["status"] == 200 and diag["payload"]["status"]["state"] == "connected"
+        assert "PRIVATE KEY" not in str(diag)
+        assert (
+            cloud_api.call("POST", f"/twins/{device}/methods", json={"methodName": "nope"})["status"] == 404
+        )
+
+        # reconnect on request: a fresh SDK client, no extra threads left behind
+        before, threads = runtime.status().last_connected, threading.active_count()
+        runtime.reconnect_now()
+        wait_for(lambda: runtime.status().last_connected != before, what="reconnected")
+        wait_state(runtime, ConnectionState.CONNECTED)
+        wait_for(lambda: threading.active_count() <= threads, what="no thread leak")
+    finally:
+        runtime.close()

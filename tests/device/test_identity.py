@@ -1,0 +1,93 @@
+"""Identity and keyring, with the real PKI library and a real (private) Secret Service."""
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from client_app.device import identity as ids
+from client_app.device import secrets as keystore
+from client_app.pki import CertificateAuthority
+
+
+def test_registration_ids_are_dps_valid_lowercase_and_unique():
+    seen = {ids.new_registration_id() for _ in range(200)}
+    assert len(seen) == 200
+    assert all(re.fullmatch(r"ca-[0-9a-f]{20}", r) for r in seen)
+
+
+def test_leaf_profile_and_chain(issuing_ca: CertificateAuthority):
+    identity = ids.create_identity(issuing_ca, days=30)
+    leaf = identity.leaf
+    assert ids.subject_cn(leaf) == identity.registration_id
+    eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert issuing_ca.certificate.not_valid_before_utc <= leaf.not_valid_before_utc
+    assert leaf.not_valid_after_utc <= issuing_ca.certificate.not_valid_after_utc
+    # leaf + intermediates, never the root
+    assert identity.chain[1:] == (issuing_ca.certificate,)
+    assert all(c.subject != c.issuer for c in identity.chain)
+    assert identity.chain_pem().count(b"BEGIN CERTIFICATE") == 2
+
+
+def test_renewal_due_and_issuer_replaced(issuing_ca: CertificateAuthority):
+    identity = ids.create_identity(issuing_ca, days=10)
+    issued = datetime.now(UTC)
+    assert not ids.renewal_due(identity, issued, 0.8, issued + timedelta(days=7))
+    assert ids.renewal_due(identity, issued, 0.8, issued + timedelta(days=8, minutes=1))
+    assert not ids.issuer_replaced(identity, issuing_ca)
+    other = CertificateAuthority.root("other root").intermediate("other issuing")
+    assert ids.issuer_replaced(identity, other)
+
+
+def test_sdk_key_file_is_encrypted_and_removed(issuing_ca: CertificateAuthority):
+    identity = ids.create_identity(issuing_ca, days=1)
+    with ids.sdk_key_file(identity.key) as (path, passphrase):
+        data = Path(path).read_bytes()
+        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert os.stat(path).st_mode & 0o077 == 0
+        key = serialization.load_pem_private_key(data, passphrase.encode())
+        assert key.private_numbers() == identity.key.private_numbers()
+    assert not Path(path).exists() and not Path(path).parent.exists()
+
+
+def test_chain_must_match_keyring_key(tmp_path, issuing_ca: CertificateAuthority):
+    identity = ids.create_identity(issuing_ca, days=1)
+    ids.save_chain(tmp_path / "chain.pem", identity)
+    assert (
+        ids.load_chain(tmp_path / "chain.pem", identity.registration_id, identity.key).leaf == identity.leaf
+    )
+    other = ids.create_identity(issuing_ca, days=1)
+    with pytest.raises(ids.IdentityError, match="does not match"):
+        ids.load_chain(tmp_path / "chain.pem", identity.registration_id, other.key)
+    with pytest.raises(ids.IdentityError, match="missing or unreadable"):
+        ids.load_chain(tmp_path / "nope.pem", identity.registration_id, identity.key)
+
+
+def test_broken_issuer_bundle_is_one_clear_line(tmp_path):
+    with pytest.raises(ids.IdentityError, match="issuer bundle") as info:
+        ids.load_issuer(tmp_path / "missing.pem")
+    assert "\n" not in str(info.value)
+
+
+def test_keyring_round_trip_and_lock(keyring_env, issuing_ca: CertificateAuthority):
+    identity = ids.create_identity(issuing_ca, days=1)
+    keystore.store_key(identity.registration_id, identity.key)
+    assert keystore.backend_name().startswith("keyring.backends.SecretService")
+    loaded = keystore.load_key(identity.registration_id)
+    assert loaded.private_numbers() == identity.key.private_numbers()
+    keyring_env.lock()
+    try:
+        with pytest.raises(keystore.KeyringUnavailable, match="locked"):
+            keystore.load_key(identity.registration_id)
+    finally:
+        keyring_env.unlock()
+    keystore.delete_key(identity.registration_id)
+    with pytest.raises(keystore.KeyMissing):
+        keystore.load_key(identity.registration_id)
+    keystore.delete_key(identity.registration_id)  # idempotent
