@@ -76,7 +76,6 @@ class Supervisor:
         self._identity: ids.Identity | None = None
         self._state: st.DeviceState | None = None
         self._issuer: CertificateAuthority | None = None
-        self._uncommitted = False  # a new identity whose key is not in the keyring yet
         self._later: list[Callable[[], None]] = []  # clean-ups deferred until connected
         self.persister = persister
         self._backoff = Backoff(base=1.0, cap=config.backoff_cap)
@@ -227,11 +226,15 @@ class Supervisor:
             self.events.step(current[-1], "failed", str(exc))
             raise
         self.events.step(current[-1], "done", identity.registration_id)
-        # The keyring round trip (D-Bus, a DH session in pure Python: ~10 ms of CPU) waits until the device is
-        # connected: it would otherwise slow the first connection. Nothing that refers to the key (the state
-        # file) is written before _commit_identity has stored it; a keyring failure discards the identity.
+        # The key goes into the keyring before anything refers to it and before DPS hears of this device:
+        # a locked keyring must stop first launch here, not after registering an identity we cannot keep.
         self.events.step(FirstRunStep.KEYRING, "running", keystore.backend_name())
-        self._uncommitted = True
+        try:
+            keystore.store_key(identity.registration_id, identity.key)
+        except keystore.KeyringUnavailable as exc:
+            self.events.step(FirstRunStep.KEYRING, "failed", str(exc))
+            raise
+        self.events.step(FirstRunStep.KEYRING, "done", keystore.backend_name())
         self._write_chain(identity)
         now = st.utcnow().isoformat()
         state = st.DeviceState(
@@ -244,37 +247,17 @@ class Supervisor:
             identity.not_after.isoformat(),
         )
         self._set_identity(identity, state)
+        self._save_state(state)
         return identity
-
-    def _commit_identity(self) -> None:
-        """Store a new key in the keyring; only then persist the files that refer to it."""
-        if not self._uncommitted:
-            return
-        assert self._identity is not None and self._state is not None
-        try:
-            keystore.store_key(self._identity.registration_id, self._identity.key)
-        except keystore.KeyringUnavailable as exc:
-            self._uncommitted = False
-            self.events.step(FirstRunStep.KEYRING, "failed", str(exc))
-            self.persister.discard(self.layout.chain_file)
-            self.layout.chain_file.unlink(missing_ok=True)
-            self._identity = self._state = None
-            raise
-        self._uncommitted = False
-        self.events.step(FirstRunStep.KEYRING, "done", keystore.backend_name())
-        self._write_chain(self._identity)
-        self._save_state(self._state)
 
     def _save_state(self, state: st.DeviceState) -> None:
         self._state = state
-        if not self._uncommitted:  # not before the key is safely stored
-            self.persister.write(self.layout.state_file, st.state_bytes(state))
+        self.persister.write(self.layout.state_file, st.state_bytes(state))
 
     def _write_chain(self, identity: ids.Identity) -> None:
         data = identity.chain_pem()
         st.replace_file(self.layout.chain_file, data)  # now: the SDK reads it at client creation
-        if not self._uncommitted:  # durably too; a new identity's turn comes in _commit_identity
-            self.persister.write(self.layout.chain_file, data, mode=0o644)
+        self.persister.write(self.layout.chain_file, data, mode=0o644)  # durably too, off this thread
 
     def _set_identity(self, identity: ids.Identity, state: st.DeviceState) -> None:
         self._identity, self._state = identity, state
@@ -398,7 +381,6 @@ class Supervisor:
                 raise
             self._on_connected(assignment)
             self._run_later()
-            self._commit_identity()
             self.outbox.prune()
             session.subscribe()
             self._sync_twin(session, identity)
