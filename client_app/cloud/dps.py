@@ -1,0 +1,168 @@
+"""Device Provisioning Service over MQTT: register, status polling, assignment (device-protocol §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from client_app.cloud.enrollment import Enrollments, Match
+from client_app.cloud.errors import CloudError, bad_request
+from client_app.cloud.hub import DeviceRefused, Hub
+from client_app.cloud.store import utc_now
+from client_app.cloud.topics import query_of, request_id
+
+if TYPE_CHECKING:
+    from client_app.cloud.mqtt.server import MqttConnection
+
+log = logging.getLogger("client_app.cloud.dps")
+
+REGISTER_PREFIX = "$dps/registrations/PUT/iotdps-register/"
+POLL_PREFIX = "$dps/registrations/GET/iotdps-get-operationstatus/"
+RESPONSE_FILTER = "$dps/registrations/res/#"
+OPERATION_TTL = 600.0
+
+
+@dataclass
+class _Operation:
+    match: Match
+    assigned_hub: str
+    ready_at: float
+    created: float
+    result: dict[str, Any] | None = None
+
+
+class Dps:
+    def __init__(
+        self,
+        id_scope: str,
+        enrollments: Enrollments,
+        hub: Hub,
+        assignment_delay: float,
+        hub_host_for: Callable[[MqttConnection], str],
+    ) -> None:
+        self.id_scope = id_scope
+        self._enrollments = enrollments
+        self._hub = hub
+        self._delay = assignment_delay
+        self._hub_host_for = (
+            hub_host_for  # the name (proxy) or listener IP (direct) the device should dial next
+        )
+        self._operations: dict[str, _Operation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def authorize(self, conn: MqttConnection, id_scope: str, registration_id: str) -> int:
+        if id_scope != self.id_scope:
+            log.warning("DPS CONNECT %s refused: unknown ID scope %r", registration_id, id_scope)
+            return 5
+        return 0  # certificate and enrollment are judged at register, where DPS can answer with an error code
+
+    @staticmethod
+    def subscribe(topic_filter: str, requested_qos: int) -> int:
+        if topic_filter == RESPONSE_FILTER:
+            return min(requested_qos, 1)
+        log.warning("DPS: subscription to %r refused", topic_filter)
+        return 0x80
+
+    async def published(self, conn: MqttConnection, registration_id: str, topic: str, payload: bytes) -> None:
+        rid = request_id(topic)
+        if topic.startswith(REGISTER_PREFIX) and rid:
+            self._answer(conn, rid, lambda: self._register(conn, registration_id, payload))
+        elif topic.startswith(POLL_PREFIX) and rid:
+            operation_id = query_of(topic).get("operationId") or ""
+            self._answer(conn, rid, lambda: self._poll(registration_id, operation_id))
+        else:
+            raise DeviceRefused(f"DPS: unknown topic {topic!r}")
+
+    def _answer(self, conn: MqttConnection, rid: str, work: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+        try:
+            status, body = work()
+        except CloudError as exc:
+            log.warning("DPS %s: %s %d %s", conn.client_id, exc.status, exc.error_code, exc.message)
+            status, body = exc.status, {
+                **exc.to_json(), "trackingId": str(uuid.uuid4()), "timestampUtc": utc_now()
+            }  # fmt: skip
+        topic = f"$dps/registrations/res/{status}/?$rid={quote(rid, safe='')}"
+        if body.get("status") == "assigning":
+            topic += f"&retry-after={max(1, math.ceil(self._delay))}"
+        task = asyncio.create_task(conn.publish(topic, json.dumps(body).encode(), 0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _register(
+        self, conn: MqttConnection, registration_id: str, payload: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        try:
+            request = json.loads(payload)
+        except ValueError as exc:
+            raise bad_request(f"register body is not JSON ({exc})", 400001) from exc
+        if not isinstance(request, dict):
+            raise bad_request("register body must be a JSON object", 400001)
+        body_id = request.get("registrationId")
+        if body_id is not None and str(body_id).lower() != registration_id.lower():
+            raise CloudError(
+                400, 400004, f"Invalid RegistrationId: body says {body_id!r}, connection {registration_id!r}"
+            )
+        match = self._enrollments.attest(registration_id, conn.peer_chain)
+        self._expire_operations()
+        operation_id = f"4.{secrets.token_hex(8)}.{uuid.uuid4()}"
+        if not match.enabled:
+            log.warning(
+                "DPS %s refused: enrollment %s is disabled", registration_id, match.group_id or "(individual)"
+            )
+            return 200, self._disabled(operation_id, match)
+        now = time.monotonic()
+        operation = _Operation(match, self._hub_host_for(conn), now + self._delay, now)
+        self._operations[operation_id] = operation
+        if (
+            self._delay <= 0
+        ):  # fast path: the SDK accepts "assigned" straight away and skips its fixed 2 s poll
+            return 200, self._assign(operation_id, operation)
+        return 202, {"operationId": operation_id, "status": "assigning"}
+
+    def _poll(self, registration_id: str, operation_id: str) -> tuple[int, dict[str, Any]]:
+        operation = self._operations.get(operation_id)
+        if operation is None or operation.match.registration_id.lower() != registration_id.lower():
+            raise CloudError(404, 404203, f"operation '{operation_id}' not found for '{registration_id}'")
+        if operation.result is not None:
+            return 200, operation.result
+        if time.monotonic() < operation.ready_at:
+            return 202, {"operationId": operation_id, "status": "assigning"}
+        return 200, self._assign(operation_id, operation)
+
+    def _assign(self, operation_id: str, operation: _Operation) -> dict[str, Any]:
+        match = operation.match
+        group = self._enrollments.group(match.group_id) if match.group_id else None
+        self._hub.provision(match.registration_id, match.thumbprint, group.initial_twin if group else {})
+        registration = self._enrollments.record_assignment(match, operation.assigned_hub, operation_id)
+        log.info("DPS %s assigned to %s (%s, %s)", match.registration_id, operation.assigned_hub,
+                 match.group_id or "individual enrollment", registration.substatus)  # fmt: skip
+        operation.result = {"operationId": operation_id, "status": "assigned",
+                            "registrationState": registration.to_json()}  # fmt: skip
+        return operation.result
+
+    @staticmethod
+    def _disabled(operation_id: str, match: Match) -> dict[str, Any]:
+        return {
+            "operationId": operation_id,
+            "status": "disabled",
+            "registrationState": {
+                "registrationId": match.registration_id,
+                "status": "disabled",
+                "errorCode": 401002,
+                "errorMessage": "enrollment is disabled",
+            },
+        }
+
+    def _expire_operations(self) -> None:
+        cutoff = time.monotonic() - OPERATION_TTL
+        for key in [k for k, op in self._operations.items() if op.created < cutoff]:
+            del self._operations[key]

@@ -1,0 +1,378 @@
+"""Enrollment groups, individual enrollments, registration records and X.509 chain matching (DPS rules)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    VerificationError,
+)
+from cryptography.x509.verification import (
+    Store as TrustStore,
+)
+
+from client_app.cloud.certificates import CertificateStore
+from client_app.cloud.errors import CloudError, bad_request, not_found
+from client_app.cloud.store import Store, dumps, utc_now
+from client_app.pki import PkiError, sha256_thumbprint, validate_registration_id
+
+log = logging.getLogger("client_app.cloud.enrollment")
+
+_GROUP_ID = re.compile(r"^[A-Za-z0-9._:-]{0,127}[A-Za-z0-9-]$")
+MAX_GROUPS = 100
+
+
+def _status(enabled: bool) -> str:
+    return "enabled" if enabled else "disabled"
+
+
+@dataclass(frozen=True)
+class EnrollmentGroup:
+    group_id: str
+    ca_name: str
+    enabled: bool
+    initial_twin: dict[str, Any]
+    etag: str
+    created: str
+    updated: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enrollmentGroupId": self.group_id,
+            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": self.ca_name}}},
+            "provisioningStatus": _status(self.enabled),
+            "reprovisionPolicy": {"updateHubAssignment": True, "migrateDeviceData": True},
+            "capabilities": {"iotEdge": False},
+            "initialTwin": self.initial_twin,
+            "etag": self.etag,
+            "createdDateTimeUtc": self.created,
+            "lastUpdatedDateTimeUtc": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class IndividualEnrollment:
+    registration_id: str
+    enabled: bool
+    etag: str
+    created: str
+    updated: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registrationId": self.registration_id,
+            "attestation": {"type": "x509"},
+            "provisioningStatus": _status(self.enabled),
+            "etag": self.etag,
+            "createdDateTimeUtc": self.created,
+            "lastUpdatedDateTimeUtc": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class Registration:
+    registration_id: str
+    device_id: str
+    group_id: str | None
+    assigned_hub: str
+    status: str
+    substatus: str
+    thumbprint: str
+    operation_id: str
+    etag: str
+    created: str
+    updated: str
+
+    def to_json(self) -> dict[str, Any]:
+        x509_info: dict[str, Any] = {"certificateInfo": {"sha256Thumbprint": self.thumbprint}}
+        if self.group_id:
+            x509_info["enrollmentGroupId"] = self.group_id
+        return {
+            "x509": x509_info,
+            "registrationId": self.registration_id,
+            "createdDateTimeUtc": self.created,
+            "assignedHub": self.assigned_hub,
+            "deviceId": self.device_id,
+            "status": self.status,
+            "substatus": self.substatus,
+            "lastUpdatedDateTimeUtc": self.updated,
+            "etag": self.etag,
+        }
+
+
+@dataclass(frozen=True)
+class Match:
+    """Outcome of matching: who decided (individual enrollment or a group) and whether it allows."""
+
+    registration_id: str
+    leaf: x509.Certificate
+    group_id: str | None
+    enabled: bool
+
+    @property
+    def thumbprint(self) -> str:
+        return sha256_thumbprint(self.leaf)
+
+
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def unauthorized(message: str) -> CloudError:
+    return CloudError(401, 401002, message)
+
+
+def _verifier(anchors: list[x509.Certificate]) -> Any:
+    # Web-PKI defaults, except that device leaves need no SAN (DPS leaves carry only a CN).
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+    return (
+        PolicyBuilder()
+        .store(TrustStore(anchors))
+        .time(datetime.now(UTC))
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+        .build_client_verifier()
+    )
+
+
+class Enrollments:
+    def __init__(self, store: Store, certificates: CertificateStore) -> None:
+        self._store = store
+        self._certificates = certificates
+
+    # ---- enrollment groups -----------------------------------------------------------------------
+    @staticmethod
+    def _group(row: sqlite3.Row) -> EnrollmentGroup:
+        return EnrollmentGroup(
+            row["group_id"], row["ca_name"], bool(row["enabled"]), json.loads(row["initial_twin"]),
+            row["etag"], row["created"], row["updated"],
+        )  # fmt: skip
+
+    def groups(self) -> list[EnrollmentGroup]:
+        return [self._group(r) for r in self._store.all("SELECT * FROM enrollment_groups ORDER BY group_id")]
+
+    def group(self, group_id: str) -> EnrollmentGroup:
+        row = self._store.one("SELECT * FROM enrollment_groups WHERE group_id=?", (group_id,))
+        if row is None:
+            raise not_found("enrollment group", group_id, 404201)
+        return self._group(row)
+
+    def put_group(
+        self,
+        group_id: str,
+        ca_name: str,
+        *,
+        enabled: bool = True,
+        initial_twin: dict[str, Any] | None = None,
+        if_match: str | None = None,
+    ) -> EnrollmentGroup:
+        if not _GROUP_ID.match(group_id):
+            raise bad_request(
+                f"enrollment group id '{group_id}': up to 128 of A-Z a-z 0-9 - . _ :,"
+                " ending alphanumeric or -",
+                400001,
+            )
+        ca = self._certificates.get(ca_name)
+        if not ca.is_verified:
+            raise bad_request(
+                f"certificate '{ca_name}' is not verified; only verified CAs can back a group", 400007
+            )
+        other = self._store.one(
+            "SELECT group_id FROM enrollment_groups WHERE ca_name=? AND group_id<>?", (ca_name, group_id)
+        )
+        if other is not None:
+            raise CloudError(
+                409, 409001, f"certificate '{ca_name}' already backs enrollment group '{other[0]}'"
+            )
+        existing = self._store.one("SELECT * FROM enrollment_groups WHERE group_id=?", (group_id,))
+        if existing is not None and if_match not in (None, "*", existing["etag"]):
+            raise CloudError(412, 412001, f"enrollment group '{group_id}': etag mismatch")
+        if existing is None and len(self.groups()) >= MAX_GROUPS:
+            raise CloudError(403, 403002, f"at most {MAX_GROUPS} enrollment groups")
+        twin = initial_twin if initial_twin is not None else {}
+        now = utc_now()
+        self._store.execute(
+            "INSERT OR REPLACE INTO enrollment_groups VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                existing["group_id"] if existing else group_id, ca_name, int(enabled), dumps(twin),
+                secrets.token_hex(8), existing["created"] if existing else now, now,
+            ),
+        )  # fmt: skip
+        log.info("enrollment group %s -> CA %s (%s)", group_id, ca_name, _status(enabled))
+        return self.group(group_id)
+
+    def set_group_enabled(self, group_id: str, enabled: bool) -> EnrollmentGroup:
+        current = self.group(group_id)
+        return self.put_group(
+            current.group_id, current.ca_name, enabled=enabled, initial_twin=current.initial_twin
+        )
+
+    def delete_group(self, group_id: str) -> None:
+        self.group(group_id)
+        # Registration records and hub devices stay, as in DPS.
+        self._store.execute("DELETE FROM enrollment_groups WHERE group_id=?", (group_id,))
+
+    # ---- individual enrollments ------------------------------------------------------------------
+    @staticmethod
+    def _enrollment(row: sqlite3.Row) -> IndividualEnrollment:
+        return IndividualEnrollment(
+            row["registration_id"], bool(row["enabled"]), row["etag"], row["created"], row["updated"]
+        )
+
+    def enrollments(self) -> list[IndividualEnrollment]:
+        return [
+            self._enrollment(r) for r in self._store.all("SELECT * FROM enrollments ORDER BY registration_id")
+        ]
+
+    def enrollment(self, registration_id: str) -> IndividualEnrollment:
+        row = self._store.one("SELECT * FROM enrollments WHERE registration_id=?", (registration_id,))
+        if row is None:
+            raise not_found("enrollment", registration_id, 404201)
+        return self._enrollment(row)
+
+    def put_enrollment(self, registration_id: str, *, enabled: bool) -> IndividualEnrollment:
+        """An individual X.509 enrollment keyed by registration ID; disabled = block one device of a group."""
+        registration_id = _checked_registration_id(registration_id)
+        existing = self._store.one(
+            "SELECT created FROM enrollments WHERE registration_id=?", (registration_id,)
+        )
+        now = utc_now()
+        self._store.execute(
+            "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?)",
+            (
+                registration_id,
+                int(enabled),
+                secrets.token_hex(8),
+                existing["created"] if existing else now,
+                now,
+            ),
+        )
+        log.info("individual enrollment %s (%s)", registration_id, _status(enabled))
+        return self.enrollment(registration_id)
+
+    def delete_enrollment(self, registration_id: str) -> None:
+        self.enrollment(registration_id)
+        self._store.execute("DELETE FROM enrollments WHERE registration_id=?", (registration_id,))
+
+    # ---- registration records --------------------------------------------------------------------
+    @staticmethod
+    def _registration(row: sqlite3.Row) -> Registration:
+        return Registration(*row)  # columns in field order
+
+    def registration(self, registration_id: str) -> Registration | None:
+        row = self._store.one("SELECT * FROM registrations WHERE registration_id=?", (registration_id,))
+        return self._registration(row) if row else None
+
+    def registrations(self, group_id: str | None = None) -> list[Registration]:
+        if group_id is None:
+            rows = self._store.all("SELECT * FROM registrations ORDER BY registration_id")
+        else:
+            rows = self._store.all(
+                "SELECT * FROM registrations WHERE group_id=? COLLATE NOCASE ORDER BY registration_id",
+                (group_id,),
+            )
+        return [self._registration(r) for r in rows]
+
+    def delete_registration(self, registration_id: str) -> None:
+        if self.registration(registration_id) is None:
+            raise not_found("registration", registration_id, 404202)
+        self._store.execute("DELETE FROM registrations WHERE registration_id=?", (registration_id,))
+
+    def record_assignment(self, match: Match, assigned_hub: str, operation_id: str) -> Registration:
+        previous = self.registration(match.registration_id)
+        now = utc_now()
+        if previous is None:
+            substatus = "initialAssignment"
+        elif previous.assigned_hub == assigned_hub:
+            substatus = "reprovisionedToInitialAssignment"
+        else:
+            substatus = "deviceDataMigrated"
+        self._store.execute(
+            "INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, 'assigned', ?, ?, ?, ?, ?, ?)",
+            (
+                match.registration_id, match.registration_id, match.group_id, assigned_hub, substatus,
+                match.thumbprint, operation_id, secrets.token_hex(8),
+                previous.created if previous else now, now,
+            ),
+        )  # fmt: skip
+        registration = self.registration(match.registration_id)
+        assert registration is not None
+        return registration
+
+    # ---- attestation -----------------------------------------------------------------------------
+    def attest(self, registration_id: str, chain: list[x509.Certificate]) -> Match:
+        """Check the presented chain for this registration ID; find the deciding enrollment (DPS order)."""
+        registration_id = _checked_registration_id(registration_id)
+        if not chain:
+            raise unauthorized("no client certificate presented")
+        leaf = chain[0]
+        if common_name(leaf).lower() != registration_id.lower():
+            raise unauthorized(
+                f"registration ID '{registration_id}' does not match certificate CN '{common_name(leaf)}'"
+            )
+        path = self._verified_path(leaf, chain[1:])
+        individual = self._store.one(
+            "SELECT enabled FROM enrollments WHERE registration_id=?", (registration_id,)
+        )
+        if individual is not None:
+            return Match(registration_id, leaf, None, bool(individual["enabled"]))
+        groups = {g.ca_name: g for g in self.groups()}
+        by_thumbprint = {c.sha256: c.name for c in self._certificates.list()}
+        for cert in path[1:]:  # leaf → root: the first group found decides
+            group = groups.get(by_thumbprint.get(sha256_thumbprint(cert), ""))
+            if group is not None:
+                return Match(registration_id, leaf, group.group_id, group.enabled)
+        raise unauthorized("no enrollment group matches the certificate chain")
+
+    def _verified_path(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate]
+    ) -> list[x509.Certificate]:
+        """Validated chain leaf → verified anchor, extended above the anchor with known CAs up to a root."""
+        anchors = [c.certificate for c in self._certificates.verified()]
+        if not anchors:
+            raise unauthorized("CA certificate not found. (no verified CA certificate)")
+        try:
+            path = list(_verifier(anchors).verify(leaf, intermediates).chain)
+        except VerificationError as exc:
+            if "candidates exhausted" in str(exc):
+                raise unauthorized("CA certificate not found. (the chain reaches no verified CA)") from exc
+            raise unauthorized(f"Invalid certificate: {exc}") from exc
+        known = [c.certificate for c in self._certificates.list()] + intermediates
+        while path[-1].issuer != path[-1].subject:
+            parent = next((c for c in known if _issued(path[-1], c) and c not in path), None)
+            if parent is None:
+                break
+            path.append(parent)
+        return path
+
+
+def _issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _checked_registration_id(registration_id: str) -> str:
+    try:
+        return validate_registration_id(registration_id)
+    except PkiError as exc:
+        raise CloudError(400, 400004, f"Invalid RegistrationId: {exc}") from exc

@@ -1,0 +1,578 @@
+"""IoT Hub: device registry, persistent MQTT sessions, telemetry, C2D queue, twins, direct methods."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import re
+import secrets
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from client_app.cloud.errors import CloudError, bad_request, not_found
+from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
+from client_app.cloud.topics import encode_bag, parse_bag, request_id
+from client_app.pki import sha256_thumbprint
+
+if TYPE_CHECKING:
+    from client_app.cloud.mqtt.server import MqttConnection
+
+log = logging.getLogger("client_app.cloud.hub")
+
+MAX_TELEMETRY = 256 * 1024
+MAX_C2D = 64 * 1024
+MAX_C2D_QUEUE = 50
+DEFAULT_C2D_TTL = 3600.0
+MAX_METHOD_PAYLOAD = 128 * 1024
+MAX_TWIN_SECTION = 32 * 1024
+DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.+%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus the MQTT wildcard `#`
+
+SYSTEM_KEYS = {
+    "$.mid": "messageId",
+    "$.cid": "correlationId",
+    "$.uid": "userId",
+    "$.ct": "contentType",
+    "$.ce": "contentEncoding",
+    "$.ifid": "interfaceId",
+    "$.exp": "expiryTimeUtc",
+    "$.on": "outputName",
+}
+
+C2D_FILTER = "devices/{}/messages/devicebound/#"
+METHODS_FILTER = "$iothub/methods/POST/#"
+TWIN_RES_FILTER = "$iothub/twin/res/#"
+DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
+
+
+class DeviceRefused(Exception):
+    """A publish or subscribe the device may not make; the handler turns it into RefusePublish / close."""
+
+
+def valid_device_id(device_id: str) -> bool:
+    return bool(_DEVICE_ID.match(device_id))
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch as twins use it: nested objects merge, null deletes."""
+    result = dict(target)
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue  # $version and friends are the service's
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge_patch(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+@dataclass
+class _Online:
+    """One connected device: its connection, its C2D delivery task and its outstanding method calls."""
+
+    conn: MqttConnection
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    methods: dict[str, asyncio.Future[tuple[int, Any]]] = field(default_factory=dict)
+    connected_at: str = field(default_factory=utc_now)
+
+
+class Hub:
+    def __init__(self, store: Store, telemetry: TelemetryWriter, hostnames: set[str]) -> None:
+        self._store = store
+        self._telemetry = telemetry
+        self.hostnames = hostnames  # names/IPs devices may put into their username
+        self._online: dict[str, _Online] = {}
+        self._activity: dict[str, str] = {}
+        self._subscriptions: dict[str, set[str]] = self._load_sessions()
+        self._method_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- registry --------------------------------------------------------------------------------
+    def _device_json(self, row: sqlite3.Row) -> dict[str, Any]:
+        device_id = row["device_id"]
+        online = self._online.get(device_id)
+        return {
+            "deviceId": device_id,
+            "generationId": row["generation_id"],
+            "etag": row["etag"],
+            "status": "enabled" if row["enabled"] else "disabled",
+            "authentication": {
+                "type": "selfSigned",
+                "x509Thumbprint": {"primaryThumbprint": row["thumbprint"]},
+            },
+            "connectionState": "Connected" if online else "Disconnected",
+            "connectionStateUpdatedTime": row["connection_state_updated"],
+            "lastActivityTime": self._activity.get(device_id, row["last_activity"]),
+            "cloudToDeviceMessageCount": self._queue_depth(device_id),
+            "createdDateTimeUtc": row["created"],
+            "lastUpdatedDateTimeUtc": row["updated"],
+        }
+
+    def _row(self, device_id: str) -> sqlite3.Row:
+        row = self._store.one("SELECT * FROM devices WHERE device_id=?", (device_id,))
+        if row is None:
+            raise not_found("device", device_id, 404001)
+        return row
+
+    def devices(self) -> list[dict[str, Any]]:
+        return [self._device_json(r) for r in self._store.all("SELECT * FROM devices ORDER BY device_id")]
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self._device_json(self._row(device_id))
+
+    def provision(self, device_id: str, thumbprint: str, initial_twin: dict[str, Any]) -> None:
+        """Create the device on first assignment, or bind it to a renewed leaf (new thumbprint)."""
+        now = utc_now()
+        with self._store.transaction() as db:
+            existing = db.execute("SELECT thumbprint FROM devices WHERE device_id=?", (device_id,)).fetchone()
+            if existing is None:
+                db.execute(
+                    "INSERT INTO devices VALUES (?, ?, 1, ?, ?, ?, ?, NULL, NULL)",
+                    (device_id, thumbprint, uuid.uuid4().hex, secrets.token_hex(8), now, now),
+                )
+                desired = initial_twin.get("properties", {}).get("desired", {})
+                db.execute(
+                    "INSERT OR IGNORE INTO twins VALUES (?, ?, 1, '{}', 1, ?)",
+                    (device_id, dumps(desired), dumps(initial_twin.get("tags", {}))),
+                )
+                log.info("device %s created (thumbprint %s)", device_id, thumbprint)
+            elif existing["thumbprint"] != thumbprint:
+                db.execute(
+                    "UPDATE devices SET thumbprint=?, etag=?, updated=? WHERE device_id=?",
+                    (thumbprint, secrets.token_hex(8), now, device_id),
+                )
+                log.info("device %s now bound to renewed certificate %s", device_id, thumbprint)
+
+    def set_enabled(self, device_id: str, enabled: bool) -> dict[str, Any]:
+        self._row(device_id)
+        self._store.execute(
+            "UPDATE devices SET enabled=?, etag=?, updated=? WHERE device_id=?",
+            (int(enabled), secrets.token_hex(8), utc_now(), device_id),
+        )
+        online = self._online.get(device_id)
+        if not enabled and online is not None:
+            online.conn.close("device disabled by the operator")
+        log.info("device %s %s", device_id, "enabled" if enabled else "disabled")
+        return self.device(device_id)
+
+    def delete(self, device_id: str) -> None:
+        self._row(device_id)
+        online = self._online.get(device_id)
+        if online is not None:
+            online.conn.close("device deleted by the operator")
+        with self._store.transaction() as db:
+            for table in ("devices", "twins", "sessions", "c2d"):
+                db.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
+        self._subscriptions.pop(device_id, None)
+
+    # ---- connections -----------------------------------------------------------------------------
+    def authorize(self, conn: MqttConnection, hostname: str, device_id: str) -> tuple[int, bool]:
+        """CONNACK code + session-present: thumbprint auth of the leaf, like IoT Hub's self-signed mode."""
+        if hostname not in self.hostnames:
+            log.warning("hub CONNECT %s refused: unknown hub host name %r", device_id, hostname)
+            return 5, False
+        row = self._store.one("SELECT enabled, thumbprint FROM devices WHERE device_id=?", (device_id,))
+        thumbprint = _leaf_thumbprint(conn)
+        if row is None:
+            log.warning("hub CONNECT %s refused: device not registered", device_id)
+            return 5, False
+        if not row["enabled"]:
+            log.warning("hub CONNECT %s refused: device disabled", device_id)
+            return 5, False
+        if thumbprint != row["thumbprint"]:
+            log.warning("hub CONNECT %s refused: certificate %s is not the registered %s",
+                        device_id, thumbprint, row["thumbprint"])  # fmt: skip
+            return 5, False
+        return 0, bool(self._subscriptions.get(device_id))
+
+    def connected(self, conn: MqttConnection, device_id: str) -> None:
+        previous = self._online.get(device_id)
+        if previous is not None:
+            self._stop_online(previous, "a new connection for this device replaced it")
+            previous.conn.close("replaced by a new connection (400027)")
+        online = _Online(conn)
+        online.task = asyncio.create_task(self._deliver_c2d(device_id, online), name=f"c2d-{device_id}")
+        self._online[device_id] = online
+        self._mark_state(device_id)
+        log.info("device %s connected", device_id)
+        self._kick(device_id)
+
+    def disconnected(self, conn: MqttConnection, device_id: str, reason: str) -> None:
+        online = self._online.get(device_id)
+        if online is None or online.conn is not conn:
+            return  # an older connection that a newer one already replaced
+        del self._online[device_id]
+        self._stop_online(online, reason)
+        self._mark_state(device_id)
+        log.info("device %s disconnected: %s", device_id, reason)
+
+    def _stop_online(self, online: _Online, reason: str) -> None:
+        if online.task is not None:
+            online.task.cancel()
+        for future in online.methods.values():
+            if not future.done():
+                future.set_exception(CloudError(404, 404103, f"device disconnected: {reason}"))
+
+    def _mark_state(self, device_id: str) -> None:
+        now = utc_now()
+        self._store.execute(
+            "UPDATE devices SET connection_state_updated=?, last_activity=COALESCE(?, last_activity) "
+            "WHERE device_id=?",
+            (now, self._activity.get(device_id), device_id),
+        )
+
+    def touch(self, device_id: str) -> None:
+        self._activity[device_id] = utc_now()
+
+    def flush_activity(self) -> None:
+        for device_id, when in self._activity.items():
+            self._store.execute("UPDATE devices SET last_activity=? WHERE device_id=?", (when, device_id))
+
+    # ---- subscriptions (persisted: the SDK never re-subscribes after a reconnect) ----------------
+    def _load_sessions(self) -> dict[str, set[str]]:
+        rows = self._store.all("SELECT device_id, subscriptions FROM sessions")
+        return {r["device_id"]: set(json.loads(r["subscriptions"])) for r in rows}
+
+    def subscribe(self, device_id: str, topic_filter: str, requested_qos: int) -> int:
+        allowed = {C2D_FILTER.format(device_id), METHODS_FILTER, TWIN_RES_FILTER, DESIRED_FILTER}
+        if topic_filter not in allowed:
+            if topic_filter.startswith("devices/") and not topic_filter.startswith(f"devices/{device_id}/"):
+                raise DeviceRefused(f"subscription to another device's topic {topic_filter!r}")
+            log.warning(
+                "device %s: subscription to unsupported topic filter %r refused", device_id, topic_filter
+            )
+            return 0x80
+        filters = self._subscriptions.setdefault(device_id, set())
+        if topic_filter not in filters:
+            filters.add(topic_filter)
+            self._store.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (device_id, json.dumps(sorted(filters)))
+            )
+        if topic_filter == C2D_FILTER.format(device_id):
+            self._kick(device_id)
+        return min(requested_qos, 1)  # IoT Hub grants QoS 2 subscriptions as QoS 1
+
+    def unsubscribe(self, device_id: str, topic_filter: str) -> None:
+        filters = self._subscriptions.get(device_id, set())
+        if topic_filter in filters:
+            filters.discard(topic_filter)
+            self._store.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (device_id, json.dumps(sorted(filters)))
+            )
+
+    def _subscribed(self, device_id: str, topic_filter: str) -> bool:
+        return topic_filter in self._subscriptions.get(device_id, ())
+
+    # ---- device publishes ------------------------------------------------------------------------
+    async def device_published(
+        self, conn: MqttConnection, device_id: str, topic: str, payload: bytes
+    ) -> None:
+        self.touch(device_id)
+        events = f"devices/{device_id}/messages/events"
+        if topic == events or topic.startswith(events + "/"):
+            await self._telemetry_in(device_id, topic[len(events) + 1 :], payload)
+        elif topic.startswith("$iothub/twin/GET/"):
+            self._twin_get(conn, device_id, topic)
+        elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+            self._twin_reported(conn, device_id, topic, payload)
+        elif topic.startswith("$iothub/methods/res/"):
+            self._method_response(device_id, topic, payload)
+        elif topic.startswith("devices/"):
+            raise DeviceRefused(f"publish to another device's topic {topic!r}")
+        else:
+            raise DeviceRefused(f"publish to unknown topic {topic!r}")
+
+    async def _telemetry_in(self, device_id: str, bag: str, payload: bytes) -> None:
+        if len(payload) + len(bag) > MAX_TELEMETRY:
+            raise DeviceRefused(f"telemetry of {len(payload) + len(bag)} bytes exceeds 256 KB (413001)")
+        system: dict[str, str] = {}
+        custom: dict[str, str | None] = {}
+        for key, value in parse_bag(bag).items():
+            if key in SYSTEM_KEYS:
+                system[SYSTEM_KEYS[key]] = value or ""
+            else:
+                custom[key] = value
+        await self._telemetry.add(device_id, payload, system, custom)
+
+    def telemetry(
+        self, device_id: str | None, after: int, limit: int, *, tail: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first after sequence number `after`; or, with `tail`, the newest `tail` messages."""
+        where, params = ("WHERE device_id=?", [device_id]) if device_id is not None else ("", [])
+        if tail is not None:
+            sql = f"SELECT * FROM (SELECT * FROM telemetry {where} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            rows = self._store.all(sql, [*params, tail])
+        else:
+            where = f"{where} AND seq>?" if where else "WHERE seq>?"
+            rows = self._store.all(
+                f"SELECT * FROM telemetry {where} ORDER BY seq LIMIT ?", [*params, after, limit]
+            )
+        return [_telemetry_json(r) for r in rows]
+
+    # ---- cloud-to-device -------------------------------------------------------------------------
+    def _queue_depth(self, device_id: str) -> int:
+        self._store.execute("DELETE FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time()))
+        return int(self._store.one("SELECT COUNT(*) FROM c2d WHERE device_id=?", (device_id,))[0])
+
+    def send_c2d(
+        self,
+        device_id: str,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        properties: dict[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        ttl_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        self._row(device_id)
+        properties = properties or {}
+        size = len(body) + sum(len(k) + len(v) for k, v in properties.items())
+        if size > MAX_C2D:
+            raise CloudError(413, 413001, f"message of {size} bytes exceeds the 64 KB C2D limit")
+        if self._queue_depth(device_id) >= MAX_C2D_QUEUE:
+            raise CloudError(403, 403004, f"device '{device_id}' already has {MAX_C2D_QUEUE} queued messages")
+        ttl = DEFAULT_C2D_TTL if ttl_seconds is None else ttl_seconds
+        if not 0 < ttl <= 2 * 86400:
+            raise bad_request("ttlSeconds must be in (0, 172800]")
+        message_id = message_id or str(uuid.uuid4())
+        system = {"$.mid": message_id, "$.to": f"/devices/{device_id}/messages/deviceBound"}
+        if correlation_id:
+            system["$.cid"] = correlation_id
+        if content_type:
+            system["$.ct"] = content_type
+        if content_encoding:
+            system["$.ce"] = content_encoding
+        bag = encode_bag({**system, **properties})
+        cursor = self._store.execute(
+            "INSERT INTO c2d(device_id, message_id, body, content_type, properties, enqueued, expiry) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (device_id, message_id, body, content_type, bag, utc_now(), time.time() + ttl),
+        )
+        log.info("C2D %s queued for %s (%d bytes)", message_id, device_id, len(body))
+        self._kick(device_id)
+        return {"messageId": message_id, "sequenceNumber": cursor.lastrowid, "deviceId": device_id}
+
+    def pending_c2d(self, device_id: str) -> list[dict[str, Any]]:
+        self._row(device_id)
+        self._queue_depth(device_id)
+        rows = self._store.all("SELECT * FROM c2d WHERE device_id=? ORDER BY seq", (device_id,))
+        return [
+            {"messageId": r["message_id"], "sequenceNumber": r["seq"], "enqueuedTimeUtc": r["enqueued"],
+             "properties": parse_bag(r["properties"]), **_body_json(bytes(r["body"]))}
+            for r in rows
+        ]  # fmt: skip
+
+    def _kick(self, device_id: str) -> None:
+        online = self._online.get(device_id)
+        if online is not None:
+            online.wake.set()
+
+    async def _deliver_c2d(self, device_id: str, online: _Online) -> None:
+        """Deliver the queue oldest first, one at a time; a message leaves the queue only on PUBACK."""
+        if not await online.conn.wait_accepted():  # authorize() runs before the CONNACK
+            return
+        while True:
+            await online.wake.wait()
+            online.wake.clear()
+            while self._subscribed(device_id, C2D_FILTER.format(device_id)):
+                row = self._store.one(
+                    "SELECT * FROM c2d WHERE device_id=? AND expiry>=? ORDER BY seq LIMIT 1",
+                    (device_id, time.time()),
+                )
+                if row is None:
+                    break
+                topic = f"devices/{device_id}/messages/devicebound/{row['properties']}"
+                try:
+                    await asyncio.wait_for(
+                        online.conn.publish(topic, bytes(row["body"]), 1), DELIVERY_TIMEOUT
+                    )
+                except (TimeoutError, ConnectionError, OSError) as exc:
+                    log.warning(
+                        "C2D %s to %s not acknowledged (%r); stays queued", row["message_id"], device_id, exc
+                    )
+                    return
+                self._store.execute("DELETE FROM c2d WHERE seq=?", (row["seq"],))
+                log.info("C2D %s delivered to %s", row["message_id"], device_id)
+
+    # ---- twins -----------------------------------------------------------------------------------
+    def _twin_row(self, device_id: str) -> sqlite3.Row:
+        row = self._store.one("SELECT * FROM twins WHERE device_id=?", (device_id,))
+        if row is None:
+            self._row(device_id)  # 404 for unknown devices
+            self._store.execute(
+                "INSERT OR IGNORE INTO twins VALUES (?, '{}', 1, '{}', 1, '{}')", (device_id,)
+            )
+            row = self._store.one("SELECT * FROM twins WHERE device_id=?", (device_id,))
+        assert row is not None
+        return row
+
+    def _device_twin(self, row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "desired": {**json.loads(row["desired"]), "$version": row["desired_version"]},
+            "reported": {**json.loads(row["reported"]), "$version": row["reported_version"]},
+        }
+
+    def twin(self, device_id: str) -> dict[str, Any]:
+        """Service view of the twin (shape of the IoT Hub service API)."""
+        row = self._twin_row(device_id)
+        device = self.device(device_id)
+        return {
+            "deviceId": device_id,
+            "etag": device["etag"],
+            "version": row["desired_version"] + row["reported_version"],
+            "status": device["status"],
+            "connectionState": device["connectionState"],
+            "lastActivityTime": device["lastActivityTime"],
+            "tags": json.loads(row["tags"]),
+            "properties": self._device_twin(row),
+        }
+
+    def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        row = self._twin_row(device_id)
+        desired = merge_patch(json.loads(row["desired"]), patch)
+        if len(dumps(desired)) > MAX_TWIN_SECTION:
+            raise CloudError(413, 413001, "desired properties would exceed 32 KB")
+        version = row["desired_version"] + 1
+        self._store.execute(
+            "UPDATE twins SET desired=?, desired_version=? WHERE device_id=?",
+            (dumps(desired), version, device_id),
+        )
+        online = self._online.get(device_id)
+        if online is not None and self._subscribed(device_id, DESIRED_FILTER):
+            # The SDK drops a desired patch without "$version"; it re-reads the twin after a reconnect anyway.
+            body = json.dumps({**patch, "$version": version}).encode()
+            topic = f"$iothub/twin/PATCH/properties/desired/?$version={version}"
+            self._spawn(online.conn.publish(topic, body, 1))
+        return self.twin(device_id)
+
+    def _twin_get(self, conn: MqttConnection, device_id: str, topic: str) -> None:
+        # Answered even without a $iothub/twin/res/# subscription: the SDK's reconnect GET never subscribes.
+        rid = request_id(topic) or ""
+        body = json.dumps(self._device_twin(self._twin_row(device_id))).encode()
+        self._respond(conn, f"$iothub/twin/res/200/?$rid={rid}", body)
+
+    def _twin_reported(self, conn: MqttConnection, device_id: str, topic: str, payload: bytes) -> None:
+        rid = request_id(topic) or ""
+        try:
+            patch = json.loads(payload)
+            if not isinstance(patch, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            log.warning("device %s: reported patch refused, invalid JSON (%s)", device_id, exc)
+            self._respond(conn, f"$iothub/twin/res/400/?$rid={rid}", b"")
+            return
+        row = self._twin_row(device_id)
+        reported = merge_patch(json.loads(row["reported"]), patch)
+        if len(dumps(reported)) > MAX_TWIN_SECTION:
+            log.warning("device %s: reported properties would exceed 32 KB", device_id)
+            self._respond(conn, f"$iothub/twin/res/413/?$rid={rid}", b"")
+            return
+        version = row["reported_version"] + 1
+        self._store.execute(
+            "UPDATE twins SET reported=?, reported_version=? WHERE device_id=?",
+            (dumps(reported), version, device_id),
+        )
+        self._respond(conn, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
+
+    # ---- direct methods --------------------------------------------------------------------------
+    async def invoke(self, device_id: str, method: str, payload: Any, timeout: float) -> tuple[int, Any]:
+        self._row(device_id)
+        online = self._online.get(device_id)
+        if online is None or not self._subscribed(device_id, METHODS_FILTER):
+            raise CloudError(
+                404, 404103, f"device '{device_id}' is not online (or not listening for methods)"
+            )
+        body = json.dumps(payload).encode()
+        if len(body) > MAX_METHOD_PAYLOAD:
+            raise CloudError(413, 413001, "method payload exceeds 128 KB")
+        rid = format(next(self._method_ids), "x")
+        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        online.methods[rid] = future
+        topic = f"$iothub/methods/POST/{quote(method, safe='')}/?$rid={rid}"  # the SDK unquotes the name
+        try:
+            await asyncio.wait_for(online.conn.publish(topic, body), timeout)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise CloudError(
+                504, 504101, f"device '{device_id}' did not answer '{method}' within {timeout:g} s"
+            ) from None
+        except ConnectionError as exc:
+            raise CloudError(
+                404, 404103, f"device '{device_id}' disconnected during the call ({exc})"
+            ) from exc
+        finally:
+            online.methods.pop(rid, None)
+
+    def _method_response(self, device_id: str, topic: str, payload: bytes) -> None:
+        online = self._online.get(device_id)
+        rid = request_id(topic)
+        future = online.methods.get(rid or "") if online else None
+        if future is None or future.done():
+            log.warning("device %s: method response for unknown request %r ignored", device_id, rid)
+            return
+        try:
+            status = int(topic.split("/")[3])
+        except (IndexError, ValueError):
+            raise DeviceRefused(f"method response topic without a numeric status: {topic!r}") from None
+        try:
+            result = json.loads(payload) if payload.strip() else None
+        except ValueError:
+            result = payload.decode("utf-8", "replace")
+        future.set_result((status, result))
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _respond(self, conn: MqttConnection, topic: str, body: bytes) -> None:
+        self._spawn(conn.publish(topic, body, 0))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("publish to device failed: %r", task.exception())
+
+    async def close(self) -> None:
+        for online in list(self._online.values()):
+            self._stop_online(online, "server stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            self.flush_activity()
+
+
+def _leaf_thumbprint(conn: MqttConnection) -> str:
+    return sha256_thumbprint(conn.peer_chain[0]) if conn.peer_chain else ""
+
+
+def _body_json(body: bytes) -> dict[str, str]:
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"bodyBase64": base64.b64encode(body).decode()}
+
+
+def _telemetry_json(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "sequenceNumber": row["seq"],
+        "deviceId": row["device_id"],
+        "enqueuedTimeUtc": row["received"],
+        "systemProperties": json.loads(row["system_properties"]),
+        "properties": json.loads(row["properties"]),
+        **_body_json(bytes(row["body"])),
+    }

@@ -1,0 +1,317 @@
+"""Runs the local cloud: MQTT listeners (direct TLS, HTTP CONNECT front) and the operator API, one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from client_app.cloud.api import create_app
+from client_app.cloud.certificates import CertificateStore
+from client_app.cloud.dps import Dps
+from client_app.cloud.enrollment import Enrollments
+from client_app.cloud.handler import CloudHandler
+from client_app.cloud.hub import Hub
+from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
+from client_app.cloud.mqtt.server import MqttConnection, MqttServer
+from client_app.cloud.mqtt.tls import add_trusted, server_context
+from client_app.cloud.store import Store, TelemetryWriter
+from client_app.pki import (
+    CertificateAuthority,
+    atomic_write,
+    certificate_to_pem,
+    load_certificates,
+    load_private_key,
+    private_key_to_pem,
+)
+
+log = logging.getLogger("client_app.cloud")
+
+SERVER_CA_FILE = "server-ca.pem"
+
+
+@dataclass
+class CloudSettings:
+    data_dir: Path
+    bind_host: str = "127.0.0.1"  # proxy front and API
+    proxy_port: int | None = 0  # 0 = a free port, None = no proxy front
+    mqtt_listen: tuple[str, int] | None = None  # direct TLS listener, e.g. ("127.0.0.2", 8883)
+    api_port: int = 0
+    assignment_delay: float = 0.0
+    dps_name: str = "dps.client-app.localhost"
+    hub_name: str = "hub.client-app.localhost"
+
+
+class _ApiServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the cloud owns SIGINT/SIGTERM; uvicorn would re-raise them after shutting down
+
+
+class _ServerIdentity:
+    """The cloud's own CA and TLS server certificate. Keys on disk are encrypted; the random passphrase is in
+    the database, so this keeps keys out of plain text, not away from someone who can read DATA_DIR."""
+
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.passphrase = store.secret("key-passphrase")
+        if self.passphrase is None:
+            self.passphrase = secrets.token_hex(32).encode()
+            store.set_secret("key-passphrase", self.passphrase)
+        self.ca_pem = data_dir / SERVER_CA_FILE
+        self.ca_key = data_dir / "server-ca.key.pem"
+        self.chain_pem = data_dir / "server.pem"
+        self.key_pem = data_dir / "server.key.pem"
+        self.ca = self._load_or_create_ca()
+
+    def _load_or_create_ca(self) -> CertificateAuthority:
+        if self.ca_pem.exists() and self.ca_key.exists():
+            key = load_private_key(self.ca_key.read_bytes(), self.passphrase, str(self.ca_key))
+            return CertificateAuthority(load_certificates(self.ca_pem)[0], key)
+        ca = CertificateAuthority.root("client-app-cloud local server CA", days=3650)
+        atomic_write(self.ca_key, private_key_to_pem(ca.key, self.passphrase), 0o600)
+        atomic_write(self.ca_pem, certificate_to_pem(ca.certificate), 0o644)
+        return ca
+
+    def issue(self, dns_names: list[str], ip_addresses: list[str]) -> None:
+        """A fresh server certificate at every start, so the SANs always match the current configuration."""
+        cert, key = self.ca.issue_server(dns_names, ip_addresses, days=397)
+        atomic_write(self.key_pem, private_key_to_pem(key, self.passphrase), 0o600)
+        atomic_write(
+            self.chain_pem, certificate_to_pem(cert) + certificate_to_pem(self.ca.certificate), 0o644
+        )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class LocalCloud:
+    """Everything of one running cloud; start()/stop() run on its event loop."""
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir).resolve()
+        self.info: ConnectionInfo | None = None
+        self._mqtt: MqttServer | None = None
+        self._api: _ApiServer | None = None
+        self._api_task: asyncio.Task[None] | None = None
+        self._store: Store | None = None
+        self._telemetry: TelemetryWriter | None = None
+        self.hub: Hub | None = None
+
+    async def start(self) -> ConnectionInfo:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
+        store = self._store = Store(self.data_dir / "cloud.db")
+        id_scope = store.meta("id_scope") or _new_id_scope(store)
+        identity = self._server_identity(store)
+        certificates = CertificateStore(store)
+        context = server_context(
+            identity.chain_pem, identity.key_pem, _all_pem(certificates), identity.passphrase
+        )
+        certificates.on_change = lambda: add_trusted(
+            context, _all_pem(certificates)
+        )  # new CAs: next handshake
+        self._telemetry = TelemetryWriter(store)
+        self._telemetry.start()
+        hub = self.hub = Hub(
+            store, self._telemetry, {s.hub_name} | ({s.mqtt_listen[0]} if s.mqtt_listen else set())
+        )
+        enrollments = Enrollments(store, certificates)
+        dps = Dps(id_scope, enrollments, hub, s.assignment_delay, self._hub_host_for)
+        self._mqtt = MqttServer(
+            CloudHandler(dps, hub), context, log=logging.getLogger("client_app.cloud.mqtt")
+        )
+        proxy = await self._mqtt.listen_proxy(s.bind_host, s.proxy_port) if s.proxy_port is not None else None
+        direct = await self._mqtt.listen_tls(*s.mqtt_listen) if s.mqtt_listen else None
+        token = _api_token(self.data_dir)
+        api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
+        self.info = ConnectionInfo(
+            id_scope=id_scope,
+            # Through the proxy devices dial names; over the direct listener they dial its address.
+            provisioning_host=s.dps_name if proxy or not direct else direct[0],
+            hub_hostname=s.hub_name if proxy or not direct else direct[0],
+            server_ca_pem=str(identity.ca_pem),
+            mqtt_host=direct[0] if direct else None,
+            mqtt_port=direct[1] if direct else None,
+            proxy_host=proxy[0] if proxy else None,
+            proxy_port=proxy[1] if proxy else None,
+            api_url=api_url,
+            api_token=token,
+            data_dir=str(self.data_dir),
+        )
+        atomic_write(
+            self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
+        )
+        public = {k: v for k, v in self.info.to_json().items() if k != "api_token"}
+        log.info("local cloud ready: %s", json.dumps(public))
+        return self.info
+
+    def _server_identity(self, store: Store) -> _ServerIdentity:
+        """The TLS identity, its SANs covering both service names and every address devices may dial."""
+        s = self.settings
+        identity = _ServerIdentity(store, self.data_dir)
+        hosts = (s.bind_host, s.mqtt_listen[0] if s.mqtt_listen else None)
+        identity.issue(
+            [s.dps_name, s.hub_name, "localhost"], sorted({"127.0.0.1", *filter(_is_ip, filter(None, hosts))})
+        )
+        return identity
+
+    def drop_connection(self, client_id: str) -> bool:
+        """Close a device's MQTT connection as a network failure would (tests, operator tooling)."""
+        conn = self._mqtt.connections.get(client_id) if self._mqtt else None
+        if conn is not None:
+            self._loop.call_soon_threadsafe(conn.close, "dropped by the operator")
+        return conn is not None
+
+    def _hub_host_for(self, conn: MqttConnection) -> str:
+        # Proxied devices dial names (the CONNECT line carries them); direct ones dial the listener address.
+        return self.settings.hub_name if conn.proxy_target is not None else conn.local_host
+
+    async def _start_api(self, app: Any) -> str:
+        host = self.settings.bind_host
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, self.settings.api_port))
+        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=3)  # fmt: skip
+        self._api = _ApiServer(config)
+        self._api_task = asyncio.create_task(self._api.serve(sockets=[sock]), name="api")
+        while not self._api.started:
+            if self._api_task.done():
+                self._api_task.result()
+                raise RuntimeError("the API server stopped during startup")
+            await asyncio.sleep(0.01)
+        port = sock.getsockname()[1]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    async def stop(self) -> None:
+        (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)
+        if self._mqtt is not None:
+            await self._mqtt.close()
+        if self._api is not None and self._api_task is not None:
+            self._api.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._api_task, 10)
+        if self.hub is not None:
+            await self.hub.close()
+        if self._telemetry is not None:
+            await self._telemetry.stop()
+        if self._store is not None:
+            self._store.close()
+        log.info("local cloud stopped")
+
+
+def _all_pem(certificates: CertificateStore) -> bytes:
+    return certificates.all_pem().encode()
+
+
+def _new_id_scope(store: Store) -> str:
+    scope = "0ne" + secrets.token_hex(4).upper()
+    store.set_meta("id_scope", scope)
+    return scope
+
+
+def _api_token(data_dir: Path) -> str:
+    path = data_dir / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    atomic_write(path, token.encode() + b"\n", 0o600)
+    return token
+
+
+class RunningCloud:
+    """A LocalCloud on its own event loop in a daemon thread (tests, the demo)."""
+
+    def __init__(self, cloud: LocalCloud, info: ConnectionInfo, loop: asyncio.AbstractEventLoop,
+                 stop_event: asyncio.Event, thread: threading.Thread) -> None:  # fmt: skip
+        self.cloud = cloud
+        self.info = info
+        self._loop = loop
+        self._stop_event = stop_event
+        self._thread = thread
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.info.data_dir)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+            self._thread.join(30)
+
+    def __enter__(self) -> RunningCloud:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_in_thread(settings: CloudSettings, timeout: float = 60) -> RunningCloud:
+    ready = threading.Event()
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        cloud = LocalCloud(settings)
+        stop_event = asyncio.Event()
+        try:
+            info = await cloud.start()
+        except BaseException as exc:
+            result["error"] = exc
+            await cloud.stop()
+            ready.set()
+            return
+        result.update(cloud=cloud, info=info, loop=asyncio.get_running_loop(), stop=stop_event)
+        ready.set()
+        try:
+            await stop_event.wait()
+        finally:
+            await cloud.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="client-app-cloud", daemon=True)
+    thread.start()
+    if not ready.wait(timeout):
+        raise TimeoutError(f"the local cloud did not start within {timeout} s")
+    if "error" in result:
+        raise result["error"]
+    return RunningCloud(result["cloud"], result["info"], result["loop"], result["stop"], thread)
+
+
+def serve_forever(settings: CloudSettings) -> None:
+    """Foreground server (`client-app-cloud serve`): runs until SIGINT or SIGTERM, then stops cleanly."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop_event.set)
+        cloud = LocalCloud(settings)
+        try:
+            info = await cloud.start()
+            print(
+                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url})", flush=True
+            )
+            await stop_event.wait()
+        finally:
+            await cloud.stop()
+
+    asyncio.run(main())

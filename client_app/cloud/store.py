@@ -1,0 +1,200 @@
+"""SQLite state of the local cloud: one connection, one writer (the loop thread), WAL, schema version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE secrets(name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE certificates(
+    name TEXT PRIMARY KEY, pem TEXT NOT NULL, subject TEXT NOT NULL, sha1 TEXT NOT NULL, sha256 TEXT NOT NULL,
+    not_after TEXT NOT NULL, is_verified INTEGER NOT NULL, verification_code TEXT, etag TEXT NOT NULL,
+    created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE TABLE enrollment_groups(
+    group_id TEXT PRIMARY KEY COLLATE NOCASE, ca_name TEXT NOT NULL, enabled INTEGER NOT NULL,
+    initial_twin TEXT NOT NULL, etag TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE TABLE enrollments(
+    registration_id TEXT PRIMARY KEY COLLATE NOCASE, enabled INTEGER NOT NULL, etag TEXT NOT NULL,
+    created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE TABLE registrations(
+    registration_id TEXT PRIMARY KEY COLLATE NOCASE, device_id TEXT NOT NULL, group_id TEXT,
+    assigned_hub TEXT NOT NULL, status TEXT NOT NULL, substatus TEXT NOT NULL, thumbprint TEXT NOT NULL,
+    operation_id TEXT NOT NULL, etag TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL);
+CREATE INDEX registrations_group ON registrations(group_id);
+CREATE TABLE devices(
+    device_id TEXT PRIMARY KEY, thumbprint TEXT NOT NULL, enabled INTEGER NOT NULL,
+    generation_id TEXT NOT NULL,
+    etag TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, last_activity TEXT,
+    connection_state_updated TEXT);
+CREATE TABLE twins(
+    device_id TEXT PRIMARY KEY, desired TEXT NOT NULL, desired_version INTEGER NOT NULL,
+    reported TEXT NOT NULL, reported_version INTEGER NOT NULL, tags TEXT NOT NULL);
+CREATE TABLE sessions(device_id TEXT PRIMARY KEY, subscriptions TEXT NOT NULL);
+CREATE TABLE c2d(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    content_type TEXT, properties TEXT NOT NULL, enqueued TEXT NOT NULL, expiry REAL NOT NULL);
+CREATE INDEX c2d_device ON c2d(device_id, seq);
+CREATE TABLE telemetry(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, received TEXT NOT NULL,
+    body BLOB NOT NULL,
+    system_properties TEXT NOT NULL, properties TEXT NOT NULL);
+CREATE INDEX telemetry_device ON telemetry(device_id, seq);
+"""
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with a Z, the shape Azure's service APIs use."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class Store:
+    """The database. All calls come from the event-loop thread; the lock only guards against misuse."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version != 0:
+            raise StoreError(
+                f"{self.path}: schema version {version} is not supported (expected {SCHEMA_VERSION})"
+            )
+        with self._lock:  # executescript manages its own transaction
+            self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db.in_transaction:  # nested: the outer transaction commits
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.transaction() as db:
+            db.executemany(sql, rows)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.one("SELECT value FROM meta WHERE key=?", (key,))
+        return row["value"] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def secret(self, name: str) -> bytes | None:
+        row = self.one("SELECT value FROM secrets WHERE name=?", (name,))
+        return bytes(row["value"]) if row else None
+
+    def set_secret(self, name: str, value: bytes) -> None:
+        self.execute("INSERT OR REPLACE INTO secrets(name, value) VALUES (?, ?)", (name, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class TelemetryWriter:
+    """Group commit: publishers that arrive while a batch is being written share the next transaction.
+
+    `add` returns only once the row is committed, so the PUBACK that follows means "stored".
+    """
+
+    _INSERT = (
+        "INSERT INTO telemetry(device_id, received, body, system_properties, properties)"
+        " VALUES (?, ?, ?, ?, ?)"
+    )
+
+    def __init__(self, store: Store, max_batch: int = 2000) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="telemetry-writer")
+
+    async def add(
+        self, device_id: str, body: bytes, system: dict[str, str], custom: dict[str, str | None]
+    ) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(((device_id, utc_now(), body, dumps(system), dumps(custom)), future))
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)  # let publishers that are ready right now join this batch
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                self._commit(batch)
+
+    def _commit(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
+        try:
+            self._store.executemany(self._INSERT, [row for row, _ in batch])
+        except Exception as exc:  # the publishers see the failure; nothing is PUBACKed
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._commit(batch)

@@ -1,0 +1,260 @@
+"""Every refusal, through the real SDK where the SDK can express it (raw paho-mqtt where it cannot)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from azure.iot.device import Message
+from azure.iot.device.exceptions import CredentialError
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from client_app.pki import CertificateAuthority, KeyType, certificate_to_pem, generate_key
+from tests.cloud.sdk import PAHO_SOCKET_LEAKS, RawDevice, dps_refusal, hub_client, register, wait_for
+from tests.fixtures.cloud import DeviceFiles, enroll_root, issue_device_files, write_device_files
+
+pytestmark = PAHO_SOCKET_LEAKS
+
+
+def custom_leaf(ca: CertificateAuthority, cn: str, directory: Path, *, is_ca: bool = False,
+                expired: bool = False) -> DeviceFiles:  # fmt: skip
+    """Leaves the PKI library refuses to make: CA:TRUE, expired, or a CN that breaks DPS's ID rules."""
+    key = generate_key(KeyType.EC_P256)
+    now = datetime.now(UTC)
+    not_after = now - timedelta(days=1) if expired else now + timedelta(days=30)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=10))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+        .sign(ca.key, ca.certificate.signature_hash_algorithm)
+    )
+    return write_device_files(cn, [cert, ca.certificate, *ca.chain[:-1]], key, directory)
+
+
+def _devices(api: Any) -> list[str]:
+    return [d["deviceId"] for d in api.call("GET", "/devices")["value"]]
+
+
+def test_chain_refusals_at_dps(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    # An uploaded but unverified CA: TLS accepts it (trust is a superset), DPS answers 401.
+    unverified = CertificateAuthority.root("unverified Root")
+    cloud_api.call(
+        "PUT",
+        "/certificates/unverified",
+        json={"certificate": certificate_to_pem(unverified.certificate).decode()},
+    )
+    assert "401" in dps_refusal(info, issue_device_files(unverified, "unverified-01", tmp_path))
+    # Registration ID differs from the certificate CN.
+    assert "401" in dps_refusal(
+        info, issue_device_files(enrolled_ca.issuing, "real-01", tmp_path), "other-01"
+    )
+    # A CA:TRUE leaf from a root without a path length limit.
+    assert "401" in dps_refusal(info, custom_leaf(enrolled_ca.root, "ca-leaf-01", tmp_path, is_ca=True))
+    # A CN that breaks DPS's registration ID rules.
+    assert "400" in dps_refusal(info, custom_leaf(enrolled_ca.issuing, "bad!id", tmp_path))
+    # Refused in the TLS handshake: a root nobody uploaded, an expired leaf.
+    foreign = CertificateAuthority.root("foreign Root")
+    for files in (
+        issue_device_files(foreign, "foreign-01", tmp_path),
+        custom_leaf(enrolled_ca.issuing, "expired-01", tmp_path, expired=True),
+    ):
+        assert "ConnectionFailedError" in dps_refusal(info, files)
+    assert _devices(cloud_api) == []
+    # ... and the cloud keeps serving everyone else.
+    assert register(info, issue_device_files(enrolled_ca.issuing, "good-01", tmp_path)).status == "assigned"
+
+
+def test_group_disable_and_device_block(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    blocked = issue_device_files(enrolled_ca.issuing, "blocked-01", tmp_path)
+    other = issue_device_files(enrolled_ca.issuing, "other-01", tmp_path)
+    group = cloud_api.call("GET", "/enrollmentGroups/test-group")
+    cloud_api.call("PUT", "/enrollmentGroups/test-group", json={**group, "provisioningStatus": "disabled"})
+    assert "invalid registration status" in dps_refusal(info, other)
+    cloud_api.call("PUT", "/enrollmentGroups/test-group", json={**group, "provisioningStatus": "enabled"})
+    cloud_api.call("PUT", "/enrollments/blocked-01", json={"provisioningStatus": "disabled"})
+    assert "invalid registration status" in dps_refusal(info, blocked)
+    assert register(info, other).status == "assigned"
+    cloud_api.call("DELETE", "/enrollments/blocked-01")  # unblocked: falls back to the group
+    assert register(info, blocked).status == "assigned"
+
+
+def test_hub_refuses_disabled_device_and_unknown_certificate(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    files = issue_device_files(enrolled_ca.issuing, "hub-01", tmp_path / "a")
+    register(info, files)
+    client = hub_client(info, files)
+    try:
+        client.connect()
+        cloud_api.call("PUT", "/devices/hub-01", json={"status": "disabled"})
+        wait_for(lambda: cloud_api.call("GET", "/devices/hub-01")["connectionState"] == "Disconnected",
+                 what="disabled device dropped")  # fmt: skip
+    finally:
+        client.shutdown()
+    for candidate in (files, issue_device_files(enrolled_ca.issuing, "hub-01", tmp_path / "b")):
+        if candidate is not files:  # a renewed certificate that was never registered: wrong thumbprint
+            cloud_api.call("PUT", "/devices/hub-01", json={"status": "enabled"})
+        client = hub_client(info, candidate)
+        try:
+            with pytest.raises(CredentialError):
+                client.connect()
+        finally:
+            client.shutdown()
+
+
+def test_limits_and_methods(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    files = issue_device_files(enrolled_ca.issuing, "lim-01", tmp_path)
+    register(info, files)
+    register(info, issue_device_files(enrolled_ca.issuing, "lim-02", tmp_path))
+    too_big = cloud_api.post("/devices/lim-01/messages/deviceBound", json={"body": "x" * (64 * 1024 + 1)})
+    assert (too_big.status_code, too_big.json()["errorCode"]) == (413, 413001)
+    for i in range(50):
+        cloud_api.call("POST", "/devices/lim-01/messages/deviceBound", json={"body": str(i)})
+    full = cloud_api.post("/devices/lim-01/messages/deviceBound", json={"body": "51"})
+    assert (full.status_code, full.json()["errorCode"]) == (403, 403004)
+    short = cloud_api.call(
+        "POST", "/devices/lim-02/messages/deviceBound", json={"body": "x", "ttlSeconds": 0.1}
+    )
+    wait_for(lambda: cloud_api.call("GET", "/devices/lim-02/messages/deviceBound")["value"] == [],
+             what=f"expiry of {short['messageId']}")  # fmt: skip
+    offline = cloud_api.post("/twins/lim-01/methods", json={"methodName": "x"})
+    assert (offline.status_code, offline.json()["errorCode"]) == (404, 404103)
+
+    client = hub_client(info, files)
+    try:
+        client.on_method_request_received = lambda request: None  # never answers
+        late = cloud_api.post(
+            "/twins/lim-01/methods", json={"methodName": "x", "responseTimeoutInSeconds": 0.3}
+        )
+        assert (late.status_code, late.json()["errorCode"]) == (504, 504101)
+        with pytest.raises(ValueError):  # the SDK itself refuses > 256 KB
+            client.send_message(Message("x" * (256 * 1024 + 1)))
+    finally:
+        client.shutdown()
+
+
+def test_protocol_misuse_is_refused_and_closed(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    files = issue_device_files(enrolled_ca.issuing, "raw-01", tmp_path)
+    register(info, files)
+    register(info, issue_device_files(enrolled_ca.issuing, "victim-01", tmp_path))
+    bad_publishes = [
+        "devices/victim-01/messages/events/",  # another device's topic
+        "devices/raw-01/unknown",  # unknown topic
+        "$iothub/unknown/thing",
+    ]
+    for topic in bad_publishes:
+        with RawDevice(info, files) as raw:
+            assert raw.connack == 0
+            mid = raw.publish(topic, b"{}")
+            assert raw.disconnected.wait(10), topic
+            assert mid not in raw.acked
+    with RawDevice(info, files) as raw:  # subscription to another device's C2D
+        raw.client.subscribe("devices/victim-01/messages/devicebound/#", 1)
+        assert raw.disconnected.wait(10)
+    with RawDevice(info, files) as raw:  # oversize telemetry: closed, nothing stored
+        raw.publish("devices/raw-01/messages/events/", b"x" * (256 * 1024 + 10))
+        assert raw.disconnected.wait(10)
+    with RawDevice(info, files) as raw:  # invalid JSON in a reported patch: twin/res/400, connection stays
+        raw.publish("$iothub/twin/PATCH/properties/reported/?$rid=7", b"{not json")
+        wait_for(lambda: raw.messages, what="twin response")
+        assert raw.messages[0][0] == "$iothub/twin/res/400/?$rid=7"
+        mid = raw.publish("devices/raw-01/messages/events/", b"still here")
+        wait_for(lambda: mid in raw.acked, what="PUBACK after a refused patch")
+    with RawDevice(info, files) as raw:  # twin GET answered without a $iothub/twin/res/# subscription
+        assert raw.session_present is False
+        raw.client.subscribe("devices/raw-01/messages/devicebound/#", 1)
+        raw.publish("$iothub/twin/GET/?$rid=g1", b" ")
+        wait_for(lambda: raw.messages, what="twin GET answer")
+        topic, body = raw.messages[0]
+        assert topic == "$iothub/twin/res/200/?$rid=g1" and json.loads(body)["desired"]["$version"] == 1
+    with RawDevice(info, files) as raw:  # the persisted session (clean_session=0)
+        assert raw.session_present is True
+    stored = cloud_api.call("GET", "/telemetry")["value"]
+    assert [m["body"] for m in stored] == ["still here"]
+    with RawDevice(info, issue_device_files(enrolled_ca.issuing, "victim-01", tmp_path / "x")) as raw:
+        assert raw.connack == 5  # not the registered certificate
+
+
+def test_api_refusals(local_cloud, cloud_api, enrolled_ca):
+    schema = httpx.get(local_cloud.info.api_url + "/openapi.json").json()
+    assert {"/certificates/{name}/verify", "/twins/{device_id}/methods", "/telemetry"} <= set(schema["paths"])
+    anonymous = httpx.get(local_cloud.info.api_url + "/devices")
+    assert (anonymous.status_code, anonymous.json()["errorCode"]) == (401, 401001)
+    bad: list[tuple[str, str, Any, int]] = [
+        ("PUT", "/certificates/x", "not json", 400),
+        ("PUT", "/certificates/x", {"certificate": "garbage"}, 400),
+        ("PUT", "/certificates/bad name", {"certificate": "x"}, 400),
+        ("GET", "/devices/nobody", None, 404),
+        (
+            "PUT",
+            "/enrollmentGroups/g2",
+            {"attestation": {"x509": {"caReferences": {"primary": "none"}}}},
+            404,
+        ),
+        ("PUT", "/enrollments/bad!id", {}, 400),
+        ("PATCH", "/twins/nobody", {"properties": {"desired": {}}}, 404),
+        ("POST", "/twins/nobody/methods", {"methodName": ""}, 400),
+        ("DELETE", "/certificates/nothing", None, 404),
+        ("POST", "/certificates/test-root/verify", {"certificate": "x"}, 400),
+    ]
+    for method, url, body, status in bad:
+        kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+        response = cloud_api.request(method, url, **kwargs)
+        assert response.status_code == status, (method, url, response.text)
+        assert response.json()["message"]
+
+    # Proof of possession: wrong CN, then right CN but signed by another key.
+    other = CertificateAuthority.root("second Root")
+    enroll_root(cloud_api, other, "second", group_id=None)
+    cloud_api.call(
+        "PUT", "/certificates/third", json={"certificate": certificate_to_pem(other.certificate).decode()}
+    )
+    code = cloud_api.call("POST", "/certificates/third/generateVerificationCode")["properties"][
+        "verificationCode"
+    ]
+    for proof in (other.issue_verification("WRONG")[0], enrolled_ca.root.issue_verification(code)[0]):
+        response = cloud_api.post(
+            "/certificates/third/verify", json={"certificate": certificate_to_pem(proof).decode()}
+        )
+        assert response.status_code == 400, response.text
+    group = {"attestation": {"x509": {"caReferences": {"primary": "third"}}}}
+    assert cloud_api.put("/enrollmentGroups/g3", json=group).status_code == 400  # unverified CA
+
+
+def test_dps_protocol_misuse(local_cloud, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    files = issue_device_files(enrolled_ca.issuing, "rawdps-01", tmp_path)
+    dps_user = f"{info.id_scope}/registrations/rawdps-01/api-version=2019-03-31"
+    with RawDevice(info, files, username=dps_user) as raw:
+        raw.client.subscribe("$dps/registrations/res/#", 1)
+        raw.publish("$dps/registrations/PUT/iotdps-register/?$rid=r1", b"{broken")
+        raw.publish("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=r2&operationId=nope", b" ")
+        wait_for(lambda: len(raw.messages) == 2, what="two DPS answers")
+        assert [topic for topic, _ in raw.messages] == [
+            "$dps/registrations/res/400/?$rid=r1",
+            "$dps/registrations/res/404/?$rid=r2",
+        ]
+        assert json.loads(raw.messages[0][1])["errorCode"] == 400001
+        raw.publish("$dps/registrations/DELETE/whatever/?$rid=r3", b"{}")
+        assert raw.disconnected.wait(10)
+    wrong_scope = "0neWRONG/registrations/rawdps-01/api-version=2019-03-31"
+    for username, code in ((wrong_scope, 5), ("garbage", 2), ("0ne/registrations/other/api-version=1", 2)):
+        with RawDevice(info, files, username=username) as raw:
+            assert raw.connack == code, username
