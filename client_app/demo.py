@@ -1,0 +1,275 @@
+"""`client-app --demo`: an embedded local cloud, a demo CA and an enrollment group, then the app.
+
+Everything lives under the user's data directory and is reused on the next run:
+
+    <data>/demo-cloud/    the local cloud's --data dir (connection.json, its SQLite store, its TLS CA)
+    <data>/demo-ca/       demo root + issuing intermediate (keys encrypted) and the issuer bundle
+    <data>/demo-device/   the demo instance's own data (identity, messages, logs, config.toml),
+                          so the demo never touches a real installation's identity
+
+Each setup step checks what exists first, so a second run changes nothing and connects at once.
+CLIENT_APP_DEMO_DIR moves the whole tree elsewhere (tests, screenshots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client_app.device import paths
+from client_app.device.status import running_pid
+from client_app.pki import (
+    ISSUER_BUNDLE_PASSPHRASE,
+    CertificateAuthority,
+    certificate_to_pem,
+    load_issuer_bundle,
+    sha1_thumbprint,
+    write_issuer_bundle,
+)
+from client_app.pki.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR_ENV = "CLIENT_APP_DEMO_DIR"
+ROOT_CERTIFICATE_NAME = "demo-root"
+ENROLLMENT_GROUP = "demo-group"
+# Demo only: the demo CA's keys are encrypted with the public built-in bundle passphrase.
+DEMO_CA_PASSPHRASE = ISSUER_BUNDLE_PASSPHRASE
+
+_running_cloud: Any = None  # RunningCloud of this process; stopped at exit
+
+
+class DemoError(Exception):
+    """A demo setup step failed; the message says which and why in one line."""
+
+
+def demo_root() -> Path:
+    override = os.environ.get(DEMO_DIR_ENV)
+    return Path(override).expanduser() if override else paths.default_data_dir()
+
+
+def cloud_dir(root: Path | None = None) -> Path:
+    return (root or demo_root()) / "demo-cloud"
+
+
+def ca_dir(root: Path | None = None) -> Path:
+    return (root or demo_root()) / "demo-ca"
+
+
+def device_dir(root: Path | None = None) -> Path:
+    return (root or demo_root()) / "demo-device"
+
+
+def bundle_path(root: Path | None = None) -> Path:
+    return ca_dir(root) / "issuer-bundle.pem"
+
+
+# --- demo CA -------------------------------------------------------------------------------------
+
+
+def ensure_demo_ca(directory: Path) -> tuple[CertificateAuthority, CertificateAuthority, Path]:
+    """Root and issuing CA (created once), and the issuer bundle the app issues its leaf from."""
+    workspace = Workspace(directory)
+    if not workspace.cert_path("root").exists():
+        log.info("creating the demo CA in %s", directory)
+        Workspace.create(directory, intermediates=1, passphrase=DEMO_CA_PASSPHRASE)
+    root = workspace.load_ca("root", DEMO_CA_PASSPHRASE)
+    issuing = workspace.load_ca(workspace.issuing_name, DEMO_CA_PASSPHRASE)
+    bundle = directory / "issuer-bundle.pem"
+    if not _bundle_matches(bundle, issuing):
+        write_issuer_bundle(issuing, bundle)
+    return root, issuing, bundle
+
+
+def _bundle_matches(bundle: Path, issuing: CertificateAuthority) -> bool:
+    if not bundle.exists():
+        return False
+    try:
+        existing = load_issuer_bundle(bundle)
+    except Exception:
+        return False
+    return sha1_thumbprint(existing.certificate) == sha1_thumbprint(issuing.certificate)
+
+
+# --- local cloud ---------------------------------------------------------------------------------
+
+
+def start_cloud(directory: Path) -> Any:
+    """Start the local cloud in this process (its own thread); stopped when the process exits."""
+    global _running_cloud
+    from client_app.cloud.server import CloudSettings, start_in_thread
+
+    if _running_cloud is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        _running_cloud = start_in_thread(CloudSettings(data_dir=directory))
+        atexit.register(stop_cloud)
+    return _running_cloud
+
+
+def stop_cloud() -> None:
+    global _running_cloud
+    cloud, _running_cloud = _running_cloud, None
+    if cloud is not None:
+        cloud.stop()
+
+
+def connection_info(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "connection.json").read_text())
+
+
+class OperatorApi:
+    """The few operator API calls the demo needs (shaped after Azure's DPS service API)."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.client = httpx.Client(
+            base_url=str(info["api_url"]).rstrip("/"),
+            headers={"Authorization": f"Bearer {info['api_token']}"},
+            timeout=15,
+            trust_env=False,  # loopback only: never through a desktop proxy
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any] | None:
+        response = self.client.request(method, url, **kwargs)
+        if response.status_code == 404 and method == "GET":
+            return None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise DemoError(f"local cloud refused {method} {url}: {message}")
+        return response.json() if response.content else {}
+
+    def _find(self, collection: str, name: str) -> dict[str, Any] | None:
+        """One item of a list by name (listing avoids a logged 404 for what is simply not made yet)."""
+        listing = self._call("GET", collection) or {}
+        for item in listing.get("value", []):
+            if name in (item.get("name"), item.get("enrollmentGroupId"), item.get("id")):
+                return item
+        return None
+
+    def ensure_verified_root(self, root: CertificateAuthority) -> None:
+        """Upload the root once and prove possession of its key (idempotent)."""
+        name = ROOT_CERTIFICATE_NAME
+        existing = self._find("/certificates", name)
+        thumbprint = sha1_thumbprint(root.certificate)
+        if existing is not None and existing["properties"].get("thumbprint", "").upper() != thumbprint:
+            self._call("DELETE", f"/certificates/{name}")  # a different demo root: replace it
+            existing = None
+        if existing is None:
+            pem = certificate_to_pem(root.certificate).decode()
+            existing = self._call("PUT", f"/certificates/{name}", json={"certificate": pem})
+        assert existing is not None
+        if existing["properties"].get("isVerified"):
+            return
+        with_code = self._call("POST", f"/certificates/{name}/generateVerificationCode")
+        assert with_code is not None
+        proof, _key = root.issue_verification(with_code["properties"]["verificationCode"])
+        self._call(
+            "POST", f"/certificates/{name}/verify", json={"certificate": certificate_to_pem(proof).decode()}
+        )
+
+    def ensure_enrollment_group(self) -> None:
+        group = self._find("/enrollmentGroups", ENROLLMENT_GROUP)
+        primary = ((group or {}).get("attestation", {}).get("x509", {}).get("caReferences", {}) or {}).get(
+            "primary"
+        )
+        if (
+            group is not None
+            and primary == ROOT_CERTIFICATE_NAME
+            and group.get("provisioningStatus") == "enabled"
+        ):
+            return
+        body = {
+            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ROOT_CERTIFICATE_NAME}}},
+            "provisioningStatus": "enabled",
+        }
+        self._call("PUT", f"/enrollmentGroups/{ENROLLMENT_GROUP}", json=body)
+
+
+def setup_demo(root: Path | None = None, *, start: bool = True) -> tuple[Path, Path]:
+    """Make sure the demo CA, local cloud, verified root and enrollment group exist.
+
+    Returns (local cloud dir, issuer bundle). With start=False nothing is started or changed.
+    """
+    root = root or demo_root()
+    cloud = cloud_dir(root)
+    if not start:
+        return cloud, bundle_path(root)
+    root_ca, _issuing, bundle = ensure_demo_ca(ca_dir(root))
+    start_cloud(cloud)
+    api = OperatorApi(connection_info(cloud))
+    try:
+        api.ensure_verified_root(root_ca)
+        api.ensure_enrollment_group()
+    except httpx.HTTPError as exc:
+        raise DemoError(f"the local cloud's operator API did not answer: {exc}") from exc
+    finally:
+        api.close()
+    return cloud, bundle
+
+
+def _print_banner(cloud: Path, device_data: Path) -> None:
+    info = connection_info(cloud)
+    lines = [
+        "client-app demo: an embedded local cloud runs inside this app until you quit it.",
+        f"  local cloud data dir: {cloud}",
+        f"  demo device data dir: {device_data}",
+        f"  ID scope {info.get('id_scope')}, operator API {info.get('api_url')}",
+        "Try from another terminal (the device ID is shown under Help > Connection details):",
+        f'  uv run client-app-cloud --data "{cloud}" devices list',
+        f'  uv run client-app-cloud --data "{cloud}" send <device-id> "hello"',
+        "  uv run client-app --demo --status",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def prepare_demo(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Hook for main.py: set up (or, for --status, only locate) the demo; returns (cloud dir, bundle).
+
+    Also points the demo instance at its own data dir unless --data-dir was given.
+    """
+    root = demo_root()
+    if not getattr(args, "data_dir", None):
+        args.data_dir = str(device_dir(root))
+    # A demo instance already running owns the embedded cloud: a second launch only brings its
+    # window forward (single instance), and must not start a second cloud on the same directory.
+    already_running = running_pid(paths.DataLayout(Path(args.data_dir)).lock_file) is not None
+    status_only = bool(getattr(args, "status", False)) or already_running
+    try:
+        cloud, bundle = setup_demo(root, start=not status_only)
+    except DemoError:
+        stop_cloud()
+        raise
+    except Exception as exc:
+        stop_cloud()
+        log.exception("demo setup failed")
+        raise DemoError(f"the demo could not be set up: {exc}") from exc
+    if not status_only:
+        _print_banner(cloud, Path(args.data_dir))
+    elif already_running and not getattr(args, "status", False):
+        print(f"client-app demo is already running (local cloud data dir: {cloud}).", flush=True)
+    return cloud, bundle
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: set up the demo without the app
+    logging.basicConfig(level=logging.INFO)
+    directory, issuer = setup_demo()
+    print(f"demo local cloud running, data dir {directory}, issuer bundle {issuer}; Ctrl-C to stop")
+    try:
+        import threading
+
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,473 @@
+"""The desktop app: run_gui() builds the window, the tray and the bridge, and runs the device core.
+
+AppController is the one place that talks to DeviceRuntime. Calls that may block (send,
+retry, reset, stop) run on the bridge's worker thread; the core's events come back as Qt
+signals. Widgets never see the runtime, and core threads never see a widget.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import logging.handlers
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+
+from client_app.device.config import DeviceConfig
+from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus
+from client_app.device.store import InboxMessage
+from client_app.gui import diagnostics
+from client_app.gui.bridge import RuntimeBridge
+from client_app.gui.errors import ErrorReporter
+from client_app.gui.main_window import MainWindow
+from client_app.gui.notifications import MessageNotifier
+from client_app.gui.settings_dialog import SettingsDialog
+from client_app.gui.single_instance import SingleInstance, tell_user_already_running
+from client_app.gui.support_panel import SupportPanel
+from client_app.gui.tray import StatusTray
+
+log = logging.getLogger(__name__)
+
+INITIAL_INBOX_ROWS = 1000
+OUTBOX_ROWS = 200
+
+# Plain words for the commands the user can trigger.
+COMMANDS = {
+    "send": "Sending the message",
+    "retry": "Retrying",
+    "reconnect": "Reconnecting",
+    "reset": "Resetting the identity",
+    "restart": "Applying the new settings",
+    "mark_read": "Marking the message read",
+    "export": "Exporting diagnostics",
+    "outbox": "Loading the sent messages",
+    "start": "Starting the connection",
+}
+
+
+class AppController(QObject):
+    """Connects a DeviceRuntime (through a RuntimeBridge) to the window, tray and dialogs."""
+
+    diagnosticsExported = Signal(str)  # path of the written zip
+    _outboxLoaded = Signal(list)
+    _runtimeReplaced = Signal()
+    _started = Signal(list, list)  # inbox history, sent messages
+    _startFailed = Signal(str)
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        window: MainWindow,
+        *,
+        tray: StatusTray | None = None,
+        notify: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.window = window
+        self.tray = tray
+        self.bridge = RuntimeBridge(self)
+        self.notifier = MessageNotifier(tray, window, self)
+        self.notifier.enabled = notify
+        self.runtime: DeviceRuntime | None = None
+        self.support_panel: SupportPanel | None = None
+        self.settings_dialog: SettingsDialog | None = None
+        self.status: DeviceStatus | None = None
+
+        self.bridge.statusChanged.connect(self.show_status)
+        self.bridge.stepChanged.connect(window.step_changed)
+        self.bridge.messagesArrived.connect(self._messages_arrived)
+        self.bridge.outboxChanged.connect(self.refresh_outbox)
+        self.bridge.commandFailed.connect(self._command_failed)
+        queued = Qt.ConnectionType.QueuedConnection
+        self._outboxLoaded.connect(window.set_outbox, queued)
+        self._runtimeReplaced.connect(self._runtime_replaced, queued)
+        self._started.connect(self._core_started, queued)
+        self._startFailed.connect(self._core_failed, queued)
+        self.diagnosticsExported.connect(self._diagnostics_exported, queued)
+
+        window.sendRequested.connect(self.send)
+        window.retryRequested.connect(self.retry)
+        window.reconnectRequested.connect(self.reconnect_now)
+        window.messageRead.connect(self._message_read)
+        window.settingsRequested.connect(self.open_settings)
+        window.detailsRequested.connect(self.open_support_panel)
+        window.exportDiagnosticsRequested.connect(self.export_diagnostics)
+        window.openLogsRequested.connect(self.open_log_folder)
+        if tray is not None:
+            tray.showWindowRequested.connect(window.bring_forward)
+            tray.reconnectRequested.connect(self.reconnect_now)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the core off the GUI thread: opening its database and files must not stall the window."""
+        self.bridge.run_command(COMMANDS["start"], self._start_core)
+
+    def _start_core(self) -> None:  # bridge worker thread
+        try:
+            runtime = DeviceRuntime(self.config, self.bridge)
+            # Short SQLite reads; later arrivals come through the bridge (the model drops duplicates).
+            history = runtime.inbox.list(INITIAL_INBOX_ROWS)
+            sent = runtime.outbox.list(OUTBOX_ROWS)
+            runtime.start()
+        except Exception as exc:  # e.g. an unreadable data directory: say so, keep the window up
+            log.exception("the device core could not start")
+            self._startFailed.emit(f"The app could not start its connection: {exc}")
+            return
+        self.runtime = runtime
+        self._started.emit(history, sent)
+
+    @Slot(list, list)
+    def _core_started(self, history: list, sent: list) -> None:
+        self.window.add_messages(history)
+        self.window.set_outbox(sent)
+        if self.runtime is not None:
+            self.show_status(self.runtime.status())
+
+    @Slot(str)
+    def _core_failed(self, message: str) -> None:
+        self.show_status(
+            DeviceStatus(state=ConnectionState.ERROR, message=message, log_dir=str(self.config.log_dir))
+        )
+
+    def shutdown(self, timeout: float = 10) -> None:
+        """Stop the core and wait for it; the window may already be gone."""
+        self.bridge.shutdown()
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            runtime.stop(timeout)
+            runtime.close()
+        # Nothing from the core may reach widgets that are being torn down.
+        self.bridge.blockSignals(True)
+        if self.support_panel is not None:
+            self.support_panel.close()
+            self.support_panel.deleteLater()
+            self.support_panel = None
+
+    # --- from the core ---------------------------------------------------------------------
+
+    @Slot(object)
+    def show_status(self, status: DeviceStatus) -> None:
+        self.status = status
+        self.window.show_status(status)
+        if self.tray is not None:
+            self.tray.show_status(status)
+        if self.support_panel is not None:
+            self.support_panel.show_status(status)
+
+    @Slot(list)
+    def _messages_arrived(self, messages: list[InboxMessage]) -> None:
+        if self.window.add_messages(messages):
+            self.notifier.messages_arrived(messages)
+
+    @Slot()
+    def refresh_outbox(self) -> None:
+        runtime = self.runtime
+        if runtime is not None:
+            self.bridge.run_command(
+                COMMANDS["outbox"], lambda: self._outboxLoaded.emit(runtime.outbox.list(OUTBOX_ROWS))
+            )
+
+    @Slot(str, str)
+    def _command_failed(self, what: str, why: str) -> None:
+        text = f"{what} did not work: {why}"
+        if what == COMMANDS["send"]:
+            self.window.show_send_error(text)
+        elif self.support_panel is not None and self.support_panel.isVisible():
+            self.support_panel.show_feedback(text)
+        else:
+            self.window.statusBar().showMessage(text, 15000)
+
+    # --- from the user ---------------------------------------------------------------------
+
+    def _run(self, command: str, method: str, *args: Any) -> None:
+        runtime = self.runtime
+        if runtime is not None:
+            self.bridge.run_command(COMMANDS[command], getattr(runtime, method), *args)
+
+    @Slot(str, dict)
+    def send(self, text: str, properties: dict[str, str]) -> None:
+        # Persisted by the core before it returns; the outbox refresh shows it queued or delivered.
+        runtime = self.runtime
+        if runtime is None:
+            self.window.show_send_error("The message was not kept: the app's connection did not start.")
+            return
+
+        def send_and_refresh() -> None:
+            runtime.send(text, properties or None)
+            self.bridge.outbox_changed()
+
+        self.bridge.run_command(COMMANDS["send"], send_and_refresh)
+
+    @Slot()
+    def retry(self) -> None:
+        self.window.first_run.failure_box.hide()
+        self._run("retry", "retry")
+
+    @Slot()
+    def reconnect_now(self) -> None:
+        self._run("reconnect", "reconnect_now")
+
+    @Slot()
+    def reset_identity(self) -> None:
+        self.window.first_run.reset()
+        self._run("reset", "reset_identity")
+
+    @Slot(object)
+    def _message_read(self, message: InboxMessage) -> None:
+        runtime = self.runtime
+        if runtime is not None:
+            self.bridge.run_command(COMMANDS["mark_read"], runtime.inbox.mark_read, message.id)
+
+    @Slot()
+    def open_support_panel(self) -> None:
+        if self.support_panel is None:
+            panel = SupportPanel(self.window)
+            panel.copyRequested.connect(self.copy_diagnostics)
+            panel.exportRequested.connect(self.export_diagnostics)
+            panel.reconnectRequested.connect(self.reconnect_now)
+            panel.resetRequested.connect(self.reset_identity)
+            self.support_panel = panel
+        if self.status is not None:
+            self.support_panel.show_status(self.status)
+        self.support_panel.show()
+        self.support_panel.raise_()
+        self.support_panel.activateWindow()
+
+    @Slot()
+    def open_log_folder(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.config.log_dir))):
+            self.window.statusBar().showMessage(f"The logs are in {self.config.log_dir}", 15000)
+
+    @Slot()
+    def open_settings(self) -> None:
+        if self.settings_dialog is None:
+            dialog = SettingsDialog(self.config, self.window)
+            dialog.saved.connect(self.apply_config)
+            dialog.finished.connect(lambda _result: self._settings_closed())
+            self.settings_dialog = dialog
+        self.settings_dialog.open()
+
+    def _settings_closed(self) -> None:
+        if self.settings_dialog is not None:
+            self.settings_dialog.deleteLater()
+            self.settings_dialog = None
+
+    @Slot(object)
+    def apply_config(self, config: DeviceConfig) -> None:
+        """Restart the core with new settings, off the GUI thread (stop() joins threads)."""
+        self.config = config
+        old = self.runtime
+
+        def restart() -> None:
+            if old is not None:
+                old.close()  # stops the core and closes its database
+            self.runtime = DeviceRuntime(config, self.bridge)
+            self.runtime.start()
+            self._runtimeReplaced.emit()
+
+        self.bridge.run_command(COMMANDS["restart"], restart)
+
+    @Slot()
+    def _runtime_replaced(self) -> None:
+        if self.runtime is not None:
+            self.show_status(self.runtime.status())
+            self.refresh_outbox()
+
+    def app_facts(self) -> dict[str, Any]:
+        from PySide6.QtWidgets import QSystemTrayIcon
+
+        return {
+            "qt": qVersion(),
+            "qt_platform": QApplication.platformName(),
+            "tray_available": QSystemTrayIcon.isSystemTrayAvailable(),
+            "keeps_running_in_tray": self.window.keep_running_in_tray,
+        }
+
+    def collect_diagnostics(self, include_logs: bool = True) -> diagnostics.Diagnostics:
+        status = self.runtime.status() if self.runtime is not None else self.status
+        return diagnostics.collect(status, self.config, app_facts=self.app_facts(), include_logs=include_logs)
+
+    @Slot()
+    def copy_diagnostics(self) -> None:
+        text = self.collect_diagnostics(include_logs=False).summary_text()
+        QApplication.clipboard().setText(text)
+        if self.support_panel is not None:
+            self.support_panel.show_feedback("Diagnostics copied to the clipboard (no keys or secrets).")
+
+    @Slot()
+    def export_diagnostics(self, path: Path | None = None) -> None:
+        if path is None:
+            chosen, _filter = QFileDialog.getSaveFileName(
+                self.window,
+                "Export diagnostics",
+                str(Path.home() / diagnostics.default_zip_name()),
+                "Zip archives (*.zip)",
+            )
+            if not chosen:
+                return
+            path = Path(chosen)
+        facts = self.app_facts()  # Qt calls stay on the GUI thread
+        status = self.status
+
+        def export() -> None:
+            current = self.runtime.status() if self.runtime is not None else status
+            written = diagnostics.collect(current, self.config, app_facts=facts).write_zip(path)
+            self.diagnosticsExported.emit(str(written))
+
+        self.bridge.run_command(COMMANDS["export"], export)
+
+    @Slot(str)
+    def _diagnostics_exported(self, path: str) -> None:
+        text = f"Diagnostics saved to {path}"
+        if self.support_panel is not None and self.support_panel.isVisible():
+            self.support_panel.show_feedback(text)
+        self.window.statusBar().showMessage(text, 15000)
+
+
+def _ensure_logging(config: DeviceConfig) -> None:
+    """The device core's entry point normally configures logging; this covers a direct call."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    try:
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.TimedRotatingFileHandler(
+            config.log_dir / "client-app.log", when="D", backupCount=5, encoding="utf-8"
+        )
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+# Modules the device core imports lazily on its first connection (SDK pipelines, paho, keyring backends).
+# An import on a core thread holds the GIL for tens of milliseconds at a time, which the window feels as a
+# stall; importing them before the window is shown moves that cost to start-up.
+_CORE_MODULES = (
+    "azure.iot.device",
+    "azure.iot.device.iothub.pipeline.mqtt_pipeline",
+    "azure.iot.device.provisioning.pipeline.mqtt_pipeline",
+    "paho.mqtt.client",
+    "requests",
+    "secretstorage",
+)
+
+
+def preload_core_modules() -> None:
+    import importlib
+
+    for name in _CORE_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional backend missing on this platform is fine
+            log.debug("preloading %s failed", name, exc_info=True)
+    try:
+        import keyring.backend
+
+        keyring.backend.get_all_keyring()  # imports every backend module once (cached by keyring)
+    except Exception:
+        log.debug("preloading keyring backends failed", exc_info=True)
+    # A full collection walks every tracked object while holding the GIL: with Qt, the SDK and
+    # cryptography loaded that is 20-70 ms, on whichever thread triggers it. What is loaded by now
+    # lives as long as the app, so move it out of the collector's sight (collected once first).
+    gc.collect()
+    gc.freeze()
+
+
+def _quit_on_signals(app: QApplication) -> Callable[[], None]:
+    """Ctrl-C and SIGTERM quit cleanly (core stopped, embedded demo cloud stopped at exit).
+
+    Python runs signal handlers only between bytecodes, so a timer wakes the interpreter. The quit is
+    queued: a signal that arrives before app.exec() (slow cold start) must not be lost."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, app.quit))
+    wake = QTimer(app)
+    wake.timeout.connect(lambda: None)
+    wake.start(300)
+
+    def restore() -> None:
+        wake.stop()
+        wake.deleteLater()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def run_gui(config: DeviceConfig) -> int:
+    """Run the desktop app until the user quits; returns the process exit code."""
+    _ensure_logging(config)
+    app = QApplication.instance() or QApplication(sys.argv)
+    assert isinstance(app, QApplication)
+    app.setApplicationName("client-app")
+    app.setApplicationDisplayName("client-app")
+    app.setDesktopFileName("client-app")
+
+    single = SingleInstance(config.data_dir)
+    if not single.claim():
+        tell_user_already_running()
+        return 0
+
+    preload_core_modules()
+    window = MainWindow()
+    reporter = ErrorReporter(lambda: window, config.log_dir)
+    reporter.install()
+    tray: StatusTray | None = None
+    if StatusTray.available():
+        tray = StatusTray()
+        tray.show()
+        window.keep_running_in_tray = True
+        tray.quitRequested.connect(app.quit)
+        app.setQuitOnLastWindowClosed(False)
+    # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
+    window.quitRequested.connect(app.quit)
+    hint_shown = False
+
+    def hidden_to_tray() -> None:
+        nonlocal hint_shown
+        if tray is not None and not hint_shown and tray.can_notify():
+            hint_shown = True
+            tray.show_message(
+                "client-app keeps running", "It stays connected here. Quit from this icon's menu."
+            )
+
+    window.hiddenToTray.connect(hidden_to_tray)
+    controller = AppController(config, window, tray=tray)
+    single.activateRequested.connect(window.bring_forward)
+    window.show()
+    restore_signals = _quit_on_signals(app)
+    code = 1
+    try:
+        # Start the core once the window is on screen: first-run steps then show as they happen.
+        controller.start()
+        code = app.exec()
+    except Exception:
+        log.exception("the app failed")
+        QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
+    finally:
+        window.hide()
+        controller.shutdown()
+        single.release()
+        if tray is not None:
+            tray.dispose()
+        reporter.uninstall()
+        restore_signals()
+        gc.unfreeze()  # leave the process as found (run_gui may be called inside a larger program)
+        window.deleteLater()
+        controller.deleteLater()
+        single.deleteLater()
+    return code

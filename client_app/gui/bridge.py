@@ -1,0 +1,133 @@
+"""RuntimeBridge: the only object the device core calls, from its own threads.
+
+Its listener methods never touch widgets: they stash the event and post a private signal that
+Qt delivers on the GUI thread (queued connection). There the bridge drains what piled up and
+emits the public signals once, so a burst of 1,000 incoming messages costs a few GUI wake-ups
+and one model insert, not 1,000 repaints.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Literal
+
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+
+from client_app.device.runtime import DeviceStatus, FirstRunStep
+from client_app.device.store import InboxMessage
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeBridge(QObject):
+    """Implements RuntimeListener. Public signals are emitted on the GUI thread only."""
+
+    statusChanged = Signal(object)  # the newest DeviceStatus
+    stepChanged = Signal(str, str, str)  # FirstRunStep value, "running"|"done"|"failed", detail
+    messagesArrived = Signal(list)  # list[InboxMessage], oldest first
+    outboxChanged = Signal()
+    commandFailed = Signal(str, str)  # what was tried, why it failed (plain words)
+
+    # Posted from core threads; queued to the bridge's own thread.
+    _statusPosted = Signal()
+    _stepPosted = Signal(str, str, str)
+    _messagesPosted = Signal()
+    _outboxPosted = Signal()
+    _failurePosted = Signal(str, str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._lock = threading.Lock()
+        self._pending_messages: list[InboxMessage] = []
+        self._latest_status: DeviceStatus | None = None
+        self._status_posted = False
+        self._outbox_posted = False
+        queued = Qt.ConnectionType.QueuedConnection
+        self._statusPosted.connect(self._deliver_status, queued)
+        self._stepPosted.connect(self.stepChanged, queued)
+        self._messagesPosted.connect(self._deliver_messages, queued)
+        self._outboxPosted.connect(self._deliver_outbox, queued)
+        self._failurePosted.connect(self.commandFailed, queued)
+        # One worker for core calls that may block (disk, keyring, thread joins).
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gui-command")
+
+    # --- RuntimeListener: called from core threads ------------------------------------------------
+
+    def status_changed(self, status: DeviceStatus) -> None:
+        with self._lock:
+            self._latest_status = status
+            if self._status_posted:
+                return  # a delivery is already on its way and will read the newest status
+            self._status_posted = True
+        self._statusPosted.emit()
+
+    def step_changed(
+        self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str
+    ) -> None:
+        # Few and each one matters for the first-run list: never coalesced.
+        self._stepPosted.emit(str(FirstRunStep(step).value), str(outcome), detail or "")
+
+    def message_received(self, message: InboxMessage) -> None:
+        with self._lock:
+            first = not self._pending_messages
+            self._pending_messages.append(message)
+        if first:
+            self._messagesPosted.emit()
+
+    def outbox_changed(self) -> None:
+        with self._lock:
+            if self._outbox_posted:
+                return
+            self._outbox_posted = True
+        self._outboxPosted.emit()
+
+    # --- GUI thread --------------------------------------------------------------------------------
+
+    def latest_status(self) -> DeviceStatus | None:
+        with self._lock:
+            return self._latest_status
+
+    @Slot()
+    def _deliver_status(self) -> None:
+        with self._lock:
+            status = self._latest_status
+            self._status_posted = False
+        if status is not None:
+            self.statusChanged.emit(status)
+
+    @Slot()
+    def _deliver_messages(self) -> None:
+        with self._lock:
+            batch, self._pending_messages = self._pending_messages, []
+        if batch:
+            self.messagesArrived.emit(batch)
+
+    @Slot()
+    def _deliver_outbox(self) -> None:
+        with self._lock:
+            self._outbox_posted = False
+        self.outboxChanged.emit()
+
+    def run_command(self, what: str, call: Callable[..., Any], *args: Any) -> Future | None:
+        """Run a core call that may block off the GUI thread; a failure becomes commandFailed."""
+
+        def guarded() -> Any:
+            try:
+                return call(*args)
+            except Exception as exc:
+                log.exception("%s failed", what)
+                self._failurePosted.emit(what, str(exc) or type(exc).__name__)
+                return None
+
+        try:
+            return self._worker.submit(guarded)
+        except RuntimeError:  # shut down: the app is quitting, nothing left to do
+            log.info("%s skipped: the app is shutting down", what)
+            return None
+
+    def shutdown(self) -> None:
+        """Wait for running commands; call before the runtime is stopped."""
+        self._worker.shutdown(wait=True)

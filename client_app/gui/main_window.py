@@ -1,0 +1,344 @@
+"""The main window: status, first-run progress, the inbox, and the box to send to the cloud.
+
+It knows nothing about the runtime: it shows what it is given (DeviceStatus, messages) and
+emits signals for what the user asks. The AppController (app.py) connects the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import QItemSelection, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QDialogButtonBox,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from client_app.device.runtime import ConnectionState, DeviceStatus
+from client_app.device.store import InboxMessage, OutboxMessage
+from client_app.gui.first_run import FirstRunPanel
+from client_app.gui.icons import status_icon
+from client_app.gui.models import InboxModel, OutboxModel, format_properties
+from client_app.gui.status_banner import StatusBanner
+from client_app.gui.status_text import describe
+
+# States in which the device is still being set up: the first-run list is worth showing.
+_SETUP_STATES = {
+    ConnectionState.NOT_PROVISIONED,
+    ConnectionState.CREATING_IDENTITY,
+    ConnectionState.PROVISIONING,
+}
+MAX_MESSAGE_CHARS = 4096
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """'a=1, b=two' -> {'a': '1', 'b': 'two'}; raises ValueError with a plain message."""
+    properties: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"“{part}” is not a property: write name=value, separated by commas")
+        properties[key.strip()] = value.strip()
+    return properties
+
+
+def _table(model, stretch_column: int) -> QTableView:
+    view = QTableView()
+    view.setModel(model)
+    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    view.setAlternatingRowColors(True)
+    view.setWordWrap(False)
+    view.verticalHeader().hide()
+    # Fixed row heights: the view never measures rows, which keeps big inboxes cheap.
+    view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+    view.verticalHeader().setDefaultSectionSize(view.fontMetrics().height() + 8)
+    header = view.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+    header.setSectionResizeMode(stretch_column, QHeaderView.ResizeMode.Stretch)
+    header.setHighlightSections(False)
+    return view
+
+
+class MessageDialog(QDialog):
+    """One cloud-to-device message in full (non-modal, reused)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("messageDialog")
+        self.setWindowTitle("Message from the cloud")
+        self.resize(520, 360)
+        self.meta = QLabel()
+        self.meta.setWordWrap(True)
+        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.body = QPlainTextEdit()
+        self.body.setReadOnly(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.close)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.meta)
+        layout.addWidget(self.body, 1)
+        layout.addWidget(buttons)
+
+    def show_message(self, message: InboxMessage) -> None:
+        when = message.received_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if message.received_at else ""
+        self.meta.setText(f"Received {when}\nProperties: {format_properties(message.properties) or 'none'}")
+        self.body.setPlainText(message.text)
+        self.show()
+        self.raise_()
+
+
+class MainWindow(QMainWindow):
+    sendRequested = Signal(str, dict)  # text, properties
+    retryRequested = Signal()
+    reconnectRequested = Signal()
+    messageRead = Signal(object)  # InboxMessage the user has now seen
+    settingsRequested = Signal()
+    detailsRequested = Signal()
+    exportDiagnosticsRequested = Signal()
+    openLogsRequested = Signal()
+    quitRequested = Signal()
+    hiddenToTray = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("client-app")
+        self.resize(860, 620)
+        # Set by the app from QSystemTrayIcon.isSystemTrayAvailable(): without a tray, closing
+        # must quit, never hide the only window for good.
+        self.keep_running_in_tray = False
+        self._status: DeviceStatus | None = None
+
+        self.banner = StatusBanner()
+        self.banner.retryRequested.connect(self.retryRequested)
+        self.banner.reconnectRequested.connect(self.reconnectRequested)
+        self.first_run = FirstRunPanel()
+        self.first_run.retryRequested.connect(self.retryRequested)
+        self.first_run.settingsRequested.connect(self.settingsRequested)
+        self.first_run.hide()
+        self._hide_first_run = QTimer(self)
+        self._hide_first_run.setSingleShot(True)
+        self._hide_first_run.setInterval(2500)  # let the last tick be seen
+        self._hide_first_run.timeout.connect(self._maybe_hide_first_run)
+
+        # Inbox
+        self.inbox_model = InboxModel(parent=self)
+        self.inbox_view = _table(self.inbox_model, InboxModel.TEXT)
+        self.inbox_view.setObjectName("inboxView")
+        self.inbox_view.setColumnWidth(InboxModel.UNREAD, 24)
+        self.inbox_view.setColumnWidth(InboxModel.TIME, 90)
+        self.inbox_view.setColumnWidth(InboxModel.PROPERTIES, 180)
+        self.inbox_view.selectionModel().selectionChanged.connect(self._inbox_selection_changed)
+        self.inbox_view.doubleClicked.connect(self.show_message_details)
+        self.inbox_view.setToolTip("Double-click a message to read all of it.")
+        self.message_dialog: MessageDialog | None = None
+        self.inbox_empty = QLabel("No messages from the cloud yet.")
+        self.inbox_empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.inbox_empty.setStyleSheet("color: palette(placeholder-text);")
+        self.inbox_box = QGroupBox("Messages from the cloud")
+        inbox_layout = QVBoxLayout(self.inbox_box)
+        inbox_layout.addWidget(self.inbox_empty)
+        inbox_layout.addWidget(self.inbox_view)
+
+        # Send box + sent messages
+        self.message_edit = QLineEdit()
+        self.message_edit.setObjectName("messageEdit")
+        self.message_edit.setPlaceholderText("Write a message to the backend…")
+        self.message_edit.setMaxLength(MAX_MESSAGE_CHARS)
+        self.message_edit.returnPressed.connect(self._send_clicked)
+        self.properties_edit = QLineEdit()
+        self.properties_edit.setPlaceholderText("Properties (optional): name=value, name=value")
+        self.send_button = QPushButton("Send")
+        self.send_button.setDefault(True)
+        self.send_button.clicked.connect(self._send_clicked)
+        self.send_hint = QLabel()
+        self.send_hint.setWordWrap(True)
+        self.send_hint.setStyleSheet("color: palette(placeholder-text);")
+        self.outbox_model = OutboxModel(parent=self)
+        self.outbox_view = _table(self.outbox_model, OutboxModel.TEXT)
+        self.outbox_view.setObjectName("outboxView")
+        self.outbox_view.setColumnWidth(OutboxModel.TIME, 90)
+        self.outbox_view.setColumnWidth(OutboxModel.STATE, 130)
+        send_row = QHBoxLayout()
+        send_row.addWidget(self.message_edit, 1)
+        send_row.addWidget(self.send_button)
+        self.send_box = QGroupBox("Send to the cloud")
+        send_layout = QVBoxLayout(self.send_box)
+        send_layout.addLayout(send_row)
+        send_layout.addWidget(self.properties_edit)
+        send_layout.addWidget(self.send_hint)
+        send_layout.addWidget(self.outbox_view)
+
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(self.inbox_box)
+        splitter.addWidget(self.send_box)
+        splitter.setSizes([340, 260])
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.first_run)
+        layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+        self._build_menus()
+        self._update_inbox_title()
+        self._update_send_hint()
+
+    def _build_menus(self) -> None:
+        app_menu = self.menuBar().addMenu("&App")
+        self.settings_action = QAction("&Settings…", self)
+        self.settings_action.triggered.connect(self.settingsRequested)
+        self.reconnect_action = QAction("&Reconnect now", self)
+        self.reconnect_action.triggered.connect(self.reconnectRequested)
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.quitRequested)
+        app_menu.addAction(self.settings_action)
+        app_menu.addAction(self.reconnect_action)
+        app_menu.addSeparator()
+        app_menu.addAction(quit_action)
+        help_menu = self.menuBar().addMenu("&Help")
+        self.details_action = QAction("&Connection details…", self)
+        self.details_action.setShortcut(QKeySequence("Ctrl+I"))
+        self.details_action.triggered.connect(self.detailsRequested)
+        export_action = QAction("&Export diagnostics…", self)
+        export_action.triggered.connect(self.exportDiagnosticsRequested)
+        logs_action = QAction("Open the &log folder", self)
+        logs_action.triggered.connect(self.openLogsRequested)
+        help_menu.addAction(self.details_action)
+        help_menu.addAction(export_action)
+        help_menu.addAction(logs_action)
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def show_status(self, status: DeviceStatus) -> None:
+        self._status = status
+        self.banner.show_status(status)
+        state = ConnectionState(status.state)
+        if state in _SETUP_STATES:
+            self._hide_first_run.stop()
+            self.first_run.show()
+        elif state is ConnectionState.CONNECTED and self.first_run.isVisible():
+            self._hide_first_run.start()
+        elif state in (ConnectionState.ERROR, ConnectionState.BLOCKED) and (
+            self.first_run.isVisible() or not status.registration_id
+        ):
+            # Failing before this computer has an identity is a setup failure: explain it there.
+            self._hide_first_run.stop()
+            self.first_run.show()
+            self.first_run.show_general_failure(status.message)
+        self.setWindowIcon(status_icon(describe(status).tone))
+        self._update_send_hint()
+
+    def step_changed(self, step: str, outcome: str, detail: str) -> None:
+        self.first_run.step_changed(step, outcome, detail)
+        # CONNECT alone also runs on reconnects; the list is only for setting up.
+        if step != "connect" or self.first_run.isVisible():
+            self._hide_first_run.stop()
+            self.first_run.show()
+        if self.first_run.all_done() and self._connected():
+            self._hide_first_run.start()
+
+    def add_messages(self, messages: Sequence[InboxMessage]) -> int:
+        added = self.inbox_model.add_messages(messages)
+        if added:
+            self._update_inbox_title()
+        return added
+
+    def set_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        self.outbox_model.set_messages(messages)
+
+    def show_send_error(self, text: str) -> None:
+        self.send_hint.setText(text)
+        self.send_hint.setStyleSheet("color: #c9362c;")
+
+    # --- behaviour -------------------------------------------------------------------------
+
+    def _connected(self) -> bool:
+        return self._status is not None and ConnectionState(self._status.state) is ConnectionState.CONNECTED
+
+    def _maybe_hide_first_run(self) -> None:
+        # The keyring step may finish after connecting: keep the list until every step is done.
+        if self._connected() and self.first_run.all_done():
+            self.first_run.hide()
+
+    def _update_send_hint(self) -> None:
+        self.send_hint.setStyleSheet("color: palette(placeholder-text);")
+        if self._connected():
+            self.send_hint.setText("Messages are delivered right away.")
+        else:
+            self.send_hint.setText("Offline: messages are kept and sent when the connection is back.")
+
+    def _send_clicked(self) -> None:
+        text = self.message_edit.text().strip()
+        if not text:
+            self.show_send_error("Write a message first.")
+            return
+        try:
+            properties = parse_properties(self.properties_edit.text())
+        except ValueError as exc:
+            self.show_send_error(str(exc))
+            return
+        self.message_edit.clear()
+        self._update_send_hint()
+        self.sendRequested.emit(text, properties)
+
+    def _inbox_selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
+        for index in selected.indexes():
+            if index.column() == 0:
+                self._mark_read(index)
+
+    def _mark_read(self, index: QModelIndex) -> None:
+        message = self.inbox_model.mark_read(index.row())
+        if message is not None:
+            self._update_inbox_title()
+            self.messageRead.emit(message)
+
+    def show_message_details(self, index: QModelIndex) -> None:
+        """The whole message, selectable: the table shows one line of it."""
+        if self.message_dialog is None:
+            self.message_dialog = MessageDialog(self)
+        self.message_dialog.show_message(self.inbox_model.message_at(index.row()))
+
+    def _update_inbox_title(self) -> None:
+        unread = self.inbox_model.unread_count()
+        total = self.inbox_model.rowCount()
+        self.inbox_box.setTitle(
+            f"Messages from the cloud ({unread} unread)" if unread else "Messages from the cloud"
+        )
+        self.inbox_empty.setVisible(total == 0)
+        self.inbox_view.setVisible(total > 0)
+        self.setWindowTitle(f"client-app ({unread} unread)" if unread else "client-app")
+
+    def bring_forward(self) -> None:
+        """Show, un-minimise and raise (a second launch or a tray click asks for this)."""
+        self.setWindowState(self.windowState() & ~Qt.WindowState.WindowMinimized)
+        self.show()
+        self.raise_()
+        self.activateWindow()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.keep_running_in_tray:
+            event.ignore()
+            self.hide()
+            self.hiddenToTray.emit()
+        else:
+            event.accept()
+            self.quitRequested.emit()

@@ -1,0 +1,217 @@
+"""Table models for the inbox and the sent messages.
+
+Rows are inserted in batches (one beginInsertRows per burst), never by rebuilding widgets, so a
+flood of cloud-to-device messages keeps the event loop responsive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor, QFont
+
+from client_app.device.store import InboxMessage, OutboxMessage
+
+Index = QModelIndex | QPersistentModelIndex
+_ROOT = QModelIndex()
+
+
+# Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
+def _inbox_order(message: InboxMessage) -> int:
+    return message.id
+
+
+def _outbox_order(message: OutboxMessage) -> int:
+    return message.id
+
+
+def format_time(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    local = moment.astimezone() if moment.tzinfo else moment
+    today = datetime.now(local.tzinfo).date()
+    return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M")
+
+
+def format_properties(properties: Mapping[str, str | None] | None) -> str:
+    if not properties:
+        return ""
+    return ", ".join(key if value is None else f"{key}={value}" for key, value in sorted(properties.items()))
+
+
+class InboxModel(QAbstractTableModel):
+    """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties."""
+
+    COLUMNS = ("", "Received", "Message", "Properties")
+    UNREAD, TIME, TEXT, PROPERTIES = range(4)
+    MessageRole = Qt.ItemDataRole.UserRole + 1
+
+    def __init__(self, max_rows: int = 5000, parent=None) -> None:
+        super().__init__(parent)
+        self._rows: list[InboxMessage] = []  # newest first
+        self._read: set[Any] = set()  # ids marked read in this session (the core keeps the truth)
+        self._ids: set[Any] = set()
+        self._max_rows = max_rows
+        self._bold = QFont()
+        self._bold.setBold(True)
+
+    # --- updates ---------------------------------------------------------------------------
+
+    def add_messages(self, messages: Iterable[InboxMessage]) -> int:
+        """Insert messages not shown yet (any order in, newest first out). Returns how many."""
+        fresh = [m for m in messages if m.id not in self._ids]
+        if not fresh:
+            return 0
+        fresh.sort(key=_inbox_order, reverse=True)
+        if self._rows and _inbox_order(fresh[-1]) < _inbox_order(self._rows[0]):
+            # Older than what is shown (initial load racing live delivery): place by time.
+            self.beginResetModel()
+            self._rows = sorted(self._rows + fresh, key=_inbox_order, reverse=True)
+            self._ids.update(m.id for m in fresh)
+            self.endResetModel()
+        else:
+            self.beginInsertRows(_ROOT, 0, len(fresh) - 1)
+            self._rows[0:0] = fresh
+            self._ids.update(m.id for m in fresh)
+            self.endInsertRows()
+        self._trim()
+        return len(fresh)
+
+    def _trim(self) -> None:
+        extra = len(self._rows) - self._max_rows
+        if extra > 0:
+            first = len(self._rows) - extra
+            self.beginRemoveRows(_ROOT, first, len(self._rows) - 1)
+            for message in self._rows[first:]:
+                self._ids.discard(message.id)
+            del self._rows[first:]
+            self.endRemoveRows()
+
+    def mark_read(self, row: int) -> InboxMessage | None:
+        """Mark one row read; returns the message when it was unread (so the core can be told)."""
+        if not 0 <= row < len(self._rows):
+            return None
+        message = self._rows[row]
+        if not self.is_unread(message):
+            return None
+        self._read.add(message.id)
+        self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
+        return message
+
+    def is_unread(self, message: InboxMessage) -> bool:
+        return not message.read and message.id not in self._read
+
+    def unread_count(self) -> int:
+        return sum(1 for m in self._rows if self.is_unread(m))
+
+    def message_at(self, row: int) -> InboxMessage:
+        return self._rows[row]
+
+    # --- QAbstractTableModel ---------------------------------------------------------------
+
+    def rowCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        message = self._rows[index.row()]
+        column = index.column()
+        unread = self.is_unread(message)
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column == self.UNREAD:
+                return "●" if unread else ""
+            if column == self.TIME:
+                return format_time(message.received_at)
+            if column == self.TEXT:
+                return message.text.replace("\n", " ⏎ ")
+            if column == self.PROPERTIES:
+                return format_properties(message.properties)
+        elif role == Qt.ItemDataRole.ToolTipRole:
+            if column == self.UNREAD:
+                return "Unread" if unread else "Read"
+            if column == self.TEXT:
+                return message.text
+            if column == self.PROPERTIES:
+                return format_properties(message.properties) or None
+        elif role == Qt.ItemDataRole.FontRole and unread:
+            return self._bold
+        elif role == Qt.ItemDataRole.ForegroundRole and column == self.UNREAD:
+            return QBrush(QColor("#2f6fd6"))
+        elif role == Qt.ItemDataRole.AccessibleTextRole and column == self.UNREAD:
+            return "unread" if unread else "read"
+        elif role == self.MessageRole:
+            return message
+        return None
+
+
+OUTBOX_STATE_TEXT = {
+    "queued": "Queued (offline)",
+    "delivered": "Delivered",
+}
+
+
+class OutboxModel(QAbstractTableModel):
+    """Messages sent to the cloud, newest first. Columns: time, text, state."""
+
+    COLUMNS = ("Sent", "Message", "State")
+    TIME, TEXT, STATE = range(3)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._rows: list[OutboxMessage] = []
+
+    def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
+        rows = sorted(messages, key=_outbox_order, reverse=True)
+        if [m.id for m in rows] == [m.id for m in self._rows]:
+            # Same messages: only states changed; repaint in place (keeps selection and scroll).
+            self._rows = rows
+            if rows:
+                self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(self.COLUMNS) - 1))
+            return
+        self.beginResetModel()
+        self._rows = rows
+        self.endResetModel()
+
+    def message_at(self, row: int) -> OutboxMessage:
+        return self._rows[row]
+
+    def rowCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        message = self._rows[index.row()]
+        column = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column == self.TIME:
+                return format_time(message.created_at)
+            if column == self.TEXT:
+                return message.text.replace("\n", " ⏎ ")
+            if column == self.STATE:
+                return OUTBOX_STATE_TEXT.get(str(message.state), str(message.state).capitalize())
+        elif role == Qt.ItemDataRole.ToolTipRole and column == self.TEXT:
+            return message.text
+        elif role == Qt.ItemDataRole.ForegroundRole and column == self.STATE:
+            return QBrush(QColor("#2e9d4f" if str(message.state) == "delivered" else "#d08a12"))
+        return None

@@ -1,0 +1,73 @@
+"""Tray icon whose look follows the connection state, with a small menu."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from client_app.device.runtime import DeviceStatus
+from client_app.gui.icons import status_icon
+from client_app.gui.status_text import Tone, describe, tooltip
+
+
+class StatusTray(QObject):
+    showWindowRequested = Signal()
+    reconnectRequested = Signal()
+    quitRequested = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.tone = Tone.BUSY
+        self.icon = QSystemTrayIcon(status_icon(self.tone), self)
+        self.icon.setToolTip("client-app\nStarting…")
+        self.menu = QMenu()
+        self.status_action = QAction("Starting…", self.menu)
+        self.status_action.setEnabled(False)  # a label: the state at a glance
+        show_action = QAction("Show window", self.menu)
+        show_action.triggered.connect(self.showWindowRequested)
+        reconnect_action = QAction("Reconnect now", self.menu)
+        reconnect_action.triggered.connect(self.reconnectRequested)
+        quit_action = QAction("Quit", self.menu)
+        quit_action.triggered.connect(self.quitRequested)
+        for action in (self.status_action, None, show_action, reconnect_action, None, quit_action):
+            if action is None:
+                self.menu.addSeparator()
+            else:
+                self.menu.addAction(action)
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._activated)
+
+    @staticmethod
+    def available() -> bool:
+        """False on e.g. GNOME without the AppIndicator extension: then there is no tray at all."""
+        return QSystemTrayIcon.isSystemTrayAvailable()
+
+    def show(self) -> None:
+        self.icon.show()
+
+    def hide(self) -> None:
+        self.icon.hide()
+
+    def show_status(self, status: DeviceStatus) -> None:
+        text = describe(status)
+        if text.tone is not self.tone:
+            self.tone = text.tone
+            self.icon.setIcon(status_icon(text.tone))
+        self.icon.setToolTip(tooltip(status))
+        self.status_action.setText(text.headline)
+
+    def can_notify(self) -> bool:
+        return self.icon.isVisible() and self.available() and QSystemTrayIcon.supportsMessages()
+
+    def show_message(self, title: str, body: str) -> None:
+        self.icon.showMessage(title, body, QSystemTrayIcon.MessageIcon.Information, 8000)
+
+    def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (QSystemTrayIcon.ActivationReason.Trigger, QSystemTrayIcon.ActivationReason.DoubleClick):
+            self.showWindowRequested.emit()
+
+    def dispose(self) -> None:
+        self.icon.hide()
+        self.icon.setContextMenu(None)
+        self.menu.deleteLater()

@@ -1,0 +1,130 @@
+"""`client-app --demo`: embedded local cloud + demo CA + enrollment, then the app; all reused next time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client_app import demo
+from client_app.pki import load_issuer_bundle, sha1_thumbprint
+
+BIN = Path(sys.executable).parent
+
+
+def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
+    try:
+        cloud, bundle = demo.prepare_demo(argparse.Namespace(data_dir=None, status=False))
+        first_issuer = sha1_thumbprint(load_issuer_bundle(bundle).certificate)
+        info = demo.connection_info(cloud)
+        headers = {"Authorization": f"Bearer {info['api_token']}"}
+        with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False) as api:
+            certificate = api.get(f"/certificates/{demo.ROOT_CERTIFICATE_NAME}").json()
+            group = api.get(f"/enrollmentGroups/{demo.ENROLLMENT_GROUP}").json()
+        assert certificate["properties"]["isVerified"] is True
+        assert group["attestation"]["x509"]["caReferences"]["primary"] == demo.ROOT_CERTIFICATE_NAME
+        # Second run in the same process (cloud still up): nothing is re-made.
+        args = argparse.Namespace(data_dir=None, status=False)
+        assert demo.prepare_demo(args) == (cloud, bundle)
+        assert args.data_dir == str(tmp_path / "demo-device")
+        assert sha1_thumbprint(load_issuer_bundle(bundle).certificate) == first_issuer
+        with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False) as api:
+            again = api.get(f"/certificates/{demo.ROOT_CERTIFICATE_NAME}").json()
+        assert again["etag"] == certificate["etag"]
+    finally:
+        demo.stop_cloud()
+    assert not (cloud / "connection.json").exists()
+    # --demo --status only locates the directories.
+    assert demo.prepare_demo(argparse.Namespace(data_dir=None, status=True)) == (cloud, bundle)
+    assert demo._running_cloud is None
+    assert not (cloud / "connection.json").exists()
+
+
+def _status(env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [str(BIN / "client-app"), "--demo", "--status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    return json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else {}
+
+
+def _wait(env: dict[str, str], predicate, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _status(env)
+        if status and predicate(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"demo did not reach the expected state; last status: {status}")
+
+
+def _run_demo(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "client-app"), "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _quit(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"the demo did not quit on SIGTERM:\n{output}")
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.mark.timeout(240)
+def test_demo_connects_receives_and_is_reused(tmp_path, keyring_env):
+    env = {**os.environ, demo.DEMO_DIR_ENV: str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
+    cloud_dir = tmp_path / "demo-cloud"
+    process = _run_demo(env)
+    try:
+        status = _wait(env, lambda s: s.get("state") == "connected")
+        device_id = status["device_id"]
+        sent = subprocess.run(
+            [str(BIN / "client-app-cloud"), "--data", str(cloud_dir), "send", device_id, "hello"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        _wait(env, lambda s: s.get("inbox") == 1)
+        # A second launch finds the running demo: it must not start a second cloud, only raise the window.
+        second = subprocess.run(
+            [str(BIN / "client-app"), "--demo"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 0
+        assert "already running" in second.stdout + second.stderr
+        assert (cloud_dir / "connection.json").exists()
+    finally:
+        output = _quit(process)
+    assert f"local cloud data dir: {cloud_dir}" in output
+    assert "send <device-id>" in output and "Traceback" not in output
+    assert not (cloud_dir / "connection.json").exists()  # the embedded cloud stopped with the app
+
+    # Next run: same CA, same device identity, connected again without registering anew.
+    ca_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo-ca").rglob("*") if p.is_file()}
+    process = _run_demo(env)
+    try:
+        again = _wait(env, lambda s: s.get("state") == "connected")
+        assert again["device_id"] == device_id
+        assert again["inbox"] == 1
+    finally:
+        _quit(process)
+    assert {p: p.stat().st_mtime_ns for p in ca_files} == ca_files

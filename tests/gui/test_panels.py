@@ -1,0 +1,216 @@
+"""Support panel, settings dialog, single instance and diagnostics (widgets fed directly)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from client_app.device.config import DeviceConfig, load_config
+from client_app.device.runtime import ConnectionState
+from client_app.gui import diagnostics
+from client_app.gui.settings_dialog import ConnectionSettings, SettingsDialog, validate
+from client_app.gui.single_instance import SingleInstance, server_name
+from client_app.gui.support_panel import FIELDS, NOT_YET, SupportPanel
+from tests.gui.conftest import make_status
+
+FULL_STATUS = dict(
+    registration_id="desk-0123",
+    device_id="desk-0123",
+    assigned_hub="hub.client-app.localhost",
+    id_scope="0ne00ABC123",
+    provisioning_host="dps.client-app.localhost",
+    certificate_subject="CN=desk-0123",
+    certificate_issuer="CN=client_app Issuing CA",
+    certificate_not_after=datetime(2027, 11, 27, 12, 0, tzinfo=UTC),
+    certificate_thumbprint="0123456789ABCDEF0123456789ABCDEF01234567",
+    keyring_backend="keyring.backends.SecretService.Keyring",
+    last_connected=datetime(2026, 11, 27, 0, 1, tzinfo=UTC),
+    last_disconnected=None,
+    last_error="",
+    outbox=3,
+    inbox=42,
+    log_dir="/var/log/client-app",
+)
+
+
+def test_support_panel_shows_every_field(qtbot):
+    panel = SupportPanel()
+    qtbot.addWidget(panel)
+    panel.show_status(make_status(ConnectionState.CONNECTED, **FULL_STATUS))
+    names = {name for name, _label in FIELDS}
+    assert names >= {
+        "registration_id", "device_id", "assigned_hub", "id_scope", "provisioning_host",
+        "certificate_subject", "certificate_issuer", "certificate_not_after", "certificate_thumbprint",
+        "keyring_backend", "last_connected", "last_disconnected", "last_error", "outbox", "inbox", "log_dir",
+    }  # fmt: skip
+    text = {name: label.text() for name, label in panel.values.items()}
+    assert text["state"] == "Connected to hub.client-app.localhost"
+    assert text["registration_id"] == "desk-0123"
+    assert text["certificate_thumbprint"] == FULL_STATUS["certificate_thumbprint"]
+    assert text["certificate_not_after"].startswith("2027-11-27")
+    assert text["keyring_backend"] == "keyring.backends.SecretService.Keyring"
+    assert text["last_disconnected"] == NOT_YET and text["last_error"] == NOT_YET
+    assert text["outbox"] == "3" and text["inbox"] == "42"
+    assert text["log_dir"] == "/var/log/client-app"
+    for signal, button in (
+        (panel.copyRequested, panel.copy_button),
+        (panel.exportRequested, panel.export_button),
+        (panel.reconnectRequested, panel.reconnect_button),
+    ):
+        with qtbot.waitSignal(signal, timeout=1000):
+            qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> DeviceConfig:
+    return load_config(argparse.Namespace(data_dir=str(tmp_path / "data")), {})
+
+
+@pytest.mark.parametrize(
+    ("settings", "bad"),
+    [
+        (ConnectionSettings("global.azure-devices-provisioning.net", "0ne00ABC123", ""), set()),
+        (ConnectionSettings("127.0.0.1", "0ne00ABC123", "socks5://proxy:1080"), set()),
+        (ConnectionSettings("", "", ""), {"provisioning_host", "id_scope"}),
+        (ConnectionSettings("bad host!", "0ne 00", "ftp://x"), {"provisioning_host", "id_scope", "proxy"}),
+        (ConnectionSettings("dps.example.com", "0ne00ABC123", "http://proxy"), {"proxy"}),
+    ],
+)
+def test_settings_validation(settings, bad):
+    assert set(validate(settings)) == bad
+
+
+def test_settings_dialog_validates_then_writes_config_toml(qtbot, config):
+    dialog = SettingsDialog(config)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.host_edit.setText("not a host")
+    dialog.scope_edit.setText("")
+    with qtbot.assertNotEmitted(dialog.saved):
+        assert dialog.try_save() is False
+    assert dialog.errors["provisioning_host"].isVisible() and dialog.errors["id_scope"].isVisible()
+    assert not (config.config_dir / "config.toml").exists()
+    dialog.host_edit.setText("dps.example.com")
+    dialog.scope_edit.setText("0ne00ABC123")
+    dialog.proxy_edit.setText("http://proxy.example.com:3128")
+    with qtbot.waitSignal(dialog.saved, timeout=1000) as saved:
+        assert dialog.try_save() is True
+    new_config = saved.args[0]
+    assert (
+        new_config.provisioning_host == "dps.example.com"
+        and str(new_config.proxy) == "http://proxy.example.com:3128"
+    )
+    # The device core reads back exactly what the dialog wrote.
+    reread = load_config(argparse.Namespace(data_dir=str(config.data_dir)), {})
+    assert (reread.provisioning_host, reread.id_scope, str(reread.proxy)) == (
+        "dps.example.com",
+        "0ne00ABC123",
+        "http://proxy.example.com:3128",
+    )
+    # Clearing the proxy removes it, other keys stay.
+    (config.config_dir / "config.toml").write_text(
+        (config.config_dir / "config.toml").read_text() + "keep_alive = 120\n"
+    )
+    dialog2 = SettingsDialog(reread)
+    qtbot.addWidget(dialog2)
+    dialog2.proxy_edit.setText("")
+    assert dialog2.try_save()
+    reread = load_config(argparse.Namespace(data_dir=str(config.data_dir)), {})
+    assert reread.proxy is None and reread.keep_alive == 120
+
+
+def test_second_instance_brings_the_first_forward(qtbot, tmp_path):
+    first = SingleInstance(tmp_path / "data")
+    second = SingleInstance(tmp_path / "data")
+    other = SingleInstance(tmp_path / "other-data")
+    try:
+        assert first.claim()
+        assert other.claim()  # another data dir: another app, no collision
+        with qtbot.waitSignal(first.activateRequested, timeout=3000):
+            assert second.claim() is False
+        assert server_name(tmp_path / "data") != server_name(tmp_path / "other-data")
+    finally:
+        for instance in (first, second, other):
+            instance.release()
+            instance.deleteLater()
+
+
+def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path):
+    from PySide6.QtNetwork import QLocalServer
+
+    name = server_name(tmp_path / "data")
+    crashed = QLocalServer()
+    assert crashed.listen(name)
+    socket_path = Path(crashed.fullServerName())
+    crashed.close()
+    socket_path.touch()  # what a killed process leaves behind
+    instance = SingleInstance(tmp_path / "data")
+    try:
+        assert instance.claim()
+        assert instance.server is not None and instance.server.isListening()
+    finally:
+        instance.release()
+        instance.deleteLater()
+
+
+PEM_KEY = (
+    "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "leak"),
+    [
+        (f"loaded key {PEM_KEY} ok", "MIGHAgEAMBMGByqGSM49"),
+        ("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjAp\n(truncated", "MIIBvTBXBgkq"),
+        ("GET /x Authorization: Bearer abcDEF123-_token", "abcDEF123"),
+        ('{"api_token": "s3cr3t-Value-42"}', "s3cr3t"),
+        ("pass_phrase=hunter2hunter2 next", "hunter2"),
+        ("proxy http://alice:pw1234@proxy:3128", "pw1234"),
+        ("token Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eA== here", "Zm9vYmFyYmF6"),
+        ("sig=Ab3dEf9h%2Bxyz&se=1700000000", "Ab3dEf9h"),
+    ],
+)
+def test_redaction_removes_secrets(line, leak):
+    assert leak not in diagnostics.redact(line)
+
+
+def test_redaction_keeps_public_identifiers():
+    thumb = "0123456789ABCDEF0123456789ABCDEF01234567"
+    device = "desktop-3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+    text = f"connected as {device} thumbprint {thumb} to hub.client-app.localhost"
+    assert diagnostics.redact(text, keep=[device]) == text
+
+
+def test_diagnostics_zip_is_allow_listed_and_redacted(tmp_path, config):
+    logs = config.log_dir
+    logs.mkdir(parents=True)
+    (logs / "client-app.log").write_text(
+        f"INFO started\nDEBUG key {PEM_KEY}\nINFO api_token=letmein-123456\n"
+    )
+    (logs / "client-app.log.1").write_text("INFO older\n")
+    (logs / "notes.txt").write_text("not a log file: never included")
+    identity = config.data_dir / "identity"
+    identity.mkdir(parents=True)
+    (identity / "chain.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    status = make_status(ConnectionState.CONNECTED, **FULL_STATUS)
+    result = diagnostics.collect(status, config, app_facts={"qt": "6.x"})
+    path = result.write_zip(tmp_path / "diag.zip")
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        blob = b"".join(archive.read(n) for n in names)
+        status_json = json.loads(archive.read("status.json"))
+    assert names == {
+        "manifest.json", "status.json", "config.json", "versions.json", "os.json", "app.json", "summary.txt",
+        "logs/client-app.log", "logs/client-app.log.1",
+    }  # fmt: skip
+    assert b"PRIVATE KEY" not in blob and b"letmein" not in blob and b"MIGHAgEA" not in blob
+    assert status_json["certificate_thumbprint"] == FULL_STATUS["certificate_thumbprint"]
+    assert status_json["registration_id"] == "desk-0123"
+    assert not list(tmp_path.glob("*.partial"))

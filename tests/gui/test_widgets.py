@@ -1,0 +1,380 @@
+"""Widget-level behaviour: DeviceStatus values and messages are the widgets' input, fed directly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PySide6.QtCore import QItemSelectionModel, Qt
+from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+
+from client_app.device.runtime import ConnectionState, FirstRunStep
+from client_app.device.store import InboxMessage, OutboxMessage
+from client_app.gui.bridge import RuntimeBridge
+from client_app.gui.first_run import DONE, FAILED, PENDING, RUNNING
+from client_app.gui.main_window import parse_properties
+from client_app.gui.models import InboxModel
+from client_app.gui.status_text import Tone, describe
+from client_app.gui.tray import StatusTray
+from tests.gui.conftest import make_status
+
+S = ConnectionState
+
+
+def inbox_message(n: int, text: str | None = None, **fields) -> InboxMessage:
+    return InboxMessage(
+        id=n,
+        message_id=f"m-{n}",
+        text=text if text is not None else f"message {n}",
+        properties=fields.pop("properties", {}),
+        received_at=datetime.now(UTC),
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "headline", "tone", "retry", "reconnect"),
+    [
+        (S.NOT_PROVISIONED, "Not set up yet", Tone.BUSY, False, False),
+        (S.CREATING_IDENTITY, "Creating this computer's identity", Tone.BUSY, False, False),
+        (S.PROVISIONING, "Registering with the provisioning service", Tone.BUSY, False, False),
+        (S.CONNECTING, "Connecting to hub.example", Tone.BUSY, False, False),
+        (S.CONNECTED, "Connected to hub.example", Tone.OK, False, False),
+        (S.RECONNECTING, "Offline, reconnecting", Tone.WAITING, False, True),
+        (S.BLOCKED, "Blocked by the cloud", Tone.PROBLEM, True, False),
+        (S.ERROR, "Not connected: something needs attention", Tone.PROBLEM, True, False),
+        (S.STOPPED, "Stopped", Tone.OFF, False, False),
+    ],
+)
+def test_window_shows_every_state(window, state, headline, tone, retry, reconnect):
+    window.show()
+    window.show_status(
+        make_status(state, assigned_hub="hub.example", message="Plain words here.", registration_id="desk-1")
+    )
+    banner = window.banner
+    assert banner.headline.text() == headline
+    assert banner.detail.text() == "Plain words here."
+    assert banner.property("tone") == tone.value
+    assert banner.retry_button.isVisible() is retry
+    assert banner.reconnect_button.isVisible() is reconnect
+    assert window.first_run.isVisible() is (state in (S.NOT_PROVISIONED, S.CREATING_IDENTITY, S.PROVISIONING))
+
+
+def test_reconnecting_counts_down(window, qtbot):
+    window.show()
+    retry_at = datetime.now(UTC) + timedelta(seconds=30)
+    window.show_status(make_status(S.RECONNECTING, retry_at=retry_at))
+    assert window.banner.headline.text() in ("Offline, reconnecting in 30 s", "Offline, reconnecting in 29 s")
+    later = describe(make_status(S.RECONNECTING, retry_at=retry_at), now=retry_at - timedelta(seconds=4.2))
+    assert later.headline == "Offline, reconnecting in 5 s"
+    assert window.banner._countdown.isActive()
+    with qtbot.waitSignal(window.reconnectRequested, timeout=1000):
+        qtbot.mouseClick(window.banner.reconnect_button, Qt.MouseButton.LeftButton)
+    window.show_status(make_status(S.CONNECTED))
+    assert not window.banner._countdown.isActive()
+
+
+def test_first_run_progress_and_failure_with_retry(window, qtbot):
+    window.show()
+    window.show_status(make_status(S.NOT_PROVISIONED))
+    panel = window.first_run
+    assert panel.isVisible()
+    assert all(panel.outcome(step) == PENDING for step in FirstRunStep)
+    window.step_changed("create_key", RUNNING, "")
+    assert panel.outcome(FirstRunStep.KEY) == RUNNING
+    window.step_changed("create_key", DONE, "")
+    window.step_changed("issue_certificate", DONE, "CN=desk-1")
+    window.step_changed("store_in_keyring", RUNNING, "")
+    window.step_changed(
+        "store_in_keyring", FAILED, "The system keyring is locked. Unlock it and press Retry."
+    )
+    assert panel.outcome(FirstRunStep.KEYRING) == FAILED
+    assert panel.failure_box.isVisible()
+    text = panel.failure_text.text()
+    assert "Storing it in the system keyring did not work." in text
+    assert "The system keyring is locked" in text
+    assert "Traceback" not in text
+    with qtbot.waitSignal(window.retryRequested, timeout=1000):
+        qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
+    assert not panel.retry_button.isEnabled()  # one retry at a time
+    # The retry starts the step again: the failure goes away, later steps are pending.
+    window.step_changed("store_in_keyring", RUNNING, "")
+    assert not panel.failure_box.isVisible()
+    assert panel.outcome(FirstRunStep.REGISTER) == PENDING
+    for step in ("store_in_keyring", "register", "connect"):
+        window.step_changed(step, DONE, "")
+    assert panel.all_done()
+    window.show_status(make_status(S.CONNECTED))
+    qtbot.waitUntil(lambda: not panel.isVisible(), timeout=5000)
+
+
+def test_failure_before_any_identity_is_shown_as_setup_failure(window):
+    window.show()
+    window.show_status(
+        make_status(S.ERROR, message="No secure system keyring is available. Then press Retry.")
+    )
+    assert window.first_run.isVisible() and window.first_run.failure_box.isVisible()
+    assert window.first_run.failure_text.text().startswith("No secure system keyring")
+
+
+def test_failure_without_detail_gets_advice(window):
+    window.step_changed("register", FAILED, "")
+    assert "provisioning service could not be reached" in window.first_run.failure_text.text()
+
+
+def test_connect_step_alone_does_not_open_first_run(window):
+    window.show()
+    window.show_status(make_status(S.CONNECTED))
+    window.step_changed("connect", RUNNING, "")
+    window.step_changed("connect", DONE, "")
+    # A later reconnect reports the connect step; only setup steps open the list.
+    window.first_run.hide()
+    window.step_changed("connect", RUNNING, "")
+    assert not window.first_run.isVisible()
+
+
+def test_inbox_inserts_a_burst_in_one_batch_and_marks_read(window, qtbot):
+    window.show()
+    model = window.inbox_model
+    inserts = []
+    model.rowsInserted.connect(lambda _parent, first, last: inserts.append((first, last)))
+    window.add_messages([inbox_message(n) for n in range(1, 1001)])
+    assert inserts == [(0, 999)]
+    assert model.rowCount() == 1000
+    assert model.index(0, InboxModel.TEXT).data() == "message 1000"  # newest first
+    assert model.index(0, InboxModel.UNREAD).data() == "●"
+    assert window.inbox_box.title() == "Messages from the cloud (1000 unread)"
+    # Duplicates (initial load racing a live delivery) are dropped.
+    assert window.add_messages([inbox_message(1000)]) == 0
+    with qtbot.waitSignal(window.messageRead, timeout=1000) as read:
+        window.inbox_view.selectionModel().select(
+            model.index(0, 0),
+            QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows,
+        )
+    assert read.args[0].id == 1000
+    assert model.index(0, InboxModel.UNREAD).data() == ""
+    assert window.windowTitle() == "client-app (999 unread)"
+
+
+def test_inbox_shows_time_text_and_properties(window):
+    window.add_messages([inbox_message(7, "two\nlines", properties={"b": "2", "a": "1", "flag": None})])
+    model = window.inbox_model
+    assert model.index(0, InboxModel.TEXT).data() == "two ⏎ lines"
+    assert model.index(0, InboxModel.TEXT).data(Qt.ItemDataRole.ToolTipRole) == "two\nlines"
+    assert model.index(0, InboxModel.PROPERTIES).data() == "a=1, b=2, flag"
+    assert model.index(0, InboxModel.TIME).data().count(":") == 2
+
+
+def test_send_box_and_outbox_states(window, qtbot):
+    window.show()
+    window.show_status(make_status(S.RECONNECTING))
+    assert "Offline" in window.send_hint.text()
+    qtbot.keyClicks(window.message_edit, "hello backend")
+    qtbot.keyClicks(window.properties_edit, "kind=greeting, n=1")
+    with qtbot.waitSignal(window.sendRequested, timeout=1000) as sent:
+        qtbot.keyClick(window.message_edit, Qt.Key.Key_Return)
+    assert sent.args == ["hello backend", {"kind": "greeting", "n": "1"}]
+    assert window.message_edit.text() == ""
+    now = datetime.now(UTC)
+    window.set_outbox(
+        [
+            OutboxMessage(1, "a", "first", {}, now, "delivered", now),
+            OutboxMessage(2, "b", "hello backend", {}, now, "queued"),
+        ]
+    )
+    model = window.outbox_model
+    assert model.index(0, 1).data() == "hello backend"
+    assert model.index(0, 2).data() == "Queued (offline)"
+    assert model.index(1, 2).data() == "Delivered"
+
+
+def test_send_refuses_empty_text_and_bad_properties(window, qtbot):
+    with qtbot.assertNotEmitted(window.sendRequested):
+        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+        assert window.send_hint.text() == "Write a message first."
+        window.message_edit.setText("x")
+        window.properties_edit.setText("novalue")
+        qtbot.mouseClick(window.send_button, Qt.MouseButton.LeftButton)
+    assert "is not a property" in window.send_hint.text()
+    assert window.message_edit.text() == "x"  # nothing lost
+    assert parse_properties(" a = 1 ,, b=") == {"a": "1", "b": ""}
+
+
+def test_closing_without_a_tray_quits(window, qtbot):
+    window.show()
+    window.keep_running_in_tray = False
+    with qtbot.waitSignal(window.quitRequested, timeout=1000):
+        window.close()
+
+
+def test_closing_with_a_tray_hides_to_it(window, qtbot):
+    window.show()
+    window.keep_running_in_tray = True
+    with qtbot.waitSignal(window.hiddenToTray, timeout=1000), qtbot.assertNotEmitted(window.quitRequested):
+        window.close()
+    assert not window.isVisible()
+    window.bring_forward()
+    assert window.isVisible()
+
+
+def test_tray_icon_follows_state(qtbot):
+    tray = StatusTray()
+    try:
+        images = {}
+        for state in (S.CONNECTED, S.RECONNECTING, S.ERROR, S.PROVISIONING):
+            tray.show_status(make_status(state, outbox=2, inbox=5, assigned_hub="hub.example"))
+            images[state] = tray.icon.icon().pixmap(22, 22).toImage()
+            assert (
+                tray.status_action.text() == describe(make_status(state, assigned_hub="hub.example")).headline
+            )
+        assert len({img.pixelColor(11, 4).name() for img in images.values()}) == 4
+        tip = tray.icon.toolTip()
+        assert "5 message(s) received" in tip and "2 message(s) waiting to be sent" in tip
+        with qtbot.waitSignal(tray.showWindowRequested, timeout=1000):
+            tray.icon.activated.emit(QSystemTrayIcon.ActivationReason.Trigger)
+    finally:
+        tray.dispose()
+        tray.deleteLater()
+
+
+def test_bridge_coalesces_core_events_into_few_gui_signals(qtbot):
+    import threading
+
+    bridge = RuntimeBridge()
+    batches, statuses = [], []
+    bridge.messagesArrived.connect(batches.append)
+    bridge.statusChanged.connect(statuses.append)
+
+    def core_thread():
+        for n in range(1, 501):
+            bridge.message_received(inbox_message(n))
+            bridge.status_changed(make_status(S.CONNECTED, inbox=n))
+
+    worker = threading.Thread(target=core_thread)
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: sum(len(b) for b in batches) == 500, timeout=5000)
+    qtbot.wait(20)
+    assert len(batches) < 50 and len(statuses) < 50
+    assert statuses[-1].inbox == 500  # the newest status always arrives
+    assert [m.id for b in batches for m in b] == list(range(1, 501))
+    bridge.shutdown()
+    bridge.deleteLater()
+
+
+def test_bridge_reports_failed_commands_in_plain_words(qtbot):
+    bridge = RuntimeBridge()
+
+    def broken():
+        raise OSError("disk full")
+
+    with qtbot.waitSignal(bridge.commandFailed, timeout=3000) as failed:
+        bridge.run_command("Sending the message", broken)
+    assert failed.args == ["Sending the message", "disk full"]
+    bridge.shutdown()
+    bridge.deleteLater()
+
+
+def test_error_reporter_shows_plain_words_never_a_traceback(qtbot, window, tmp_path, caplog):
+    import sys
+
+    from client_app.gui.errors import ErrorReporter
+
+    reporter = ErrorReporter(lambda: window, tmp_path)
+    before = sys.excepthook
+    reporter.install()
+    try:
+        try:
+            raise ValueError("boom in a slot")
+        except ValueError:
+            with qtbot.waitSignal(reporter.errorShown, timeout=2000) as shown:
+                sys.excepthook(*sys.exc_info())
+        assert "Something went wrong" in shown.args[0]
+        assert "Traceback" not in reporter.box.text() and "boom" not in reporter.box.text()
+        assert any("boom in a slot" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+        reporter.box.done(0)
+    finally:
+        reporter.uninstall()
+    assert sys.excepthook is before
+    QApplication.processEvents()
+
+
+def test_reset_identity_needs_confirmation(qtbot):
+    from client_app.gui.support_panel import SupportPanel
+
+    panel = SupportPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    with qtbot.assertNotEmitted(panel.resetRequested):
+        panel.reset_button.click()
+        box = panel.reset_confirmation
+        assert box is not None and box.isVisible()
+        box.button(QMessageBox.StandardButton.Cancel).click()
+    with qtbot.waitSignal(panel.resetRequested, timeout=1000):
+        panel.reset_button.click()
+        panel.reset_confirmation.button(QMessageBox.StandardButton.Reset).click()
+
+
+def test_many_signal_emits_keep_the_interpreter_alive():
+    """PySide6 6.12.0's emit() drops a reference to True each call; client_app.gui.qt_fixes gives it back."""
+    import sys
+    import threading
+
+    from client_app.gui import qt_fixes
+
+    bridge = RuntimeBridge()
+    before = sys.getrefcount(True)
+
+    def core_thread():
+        for _ in range(5000):
+            bridge.outbox_changed()
+            bridge.outboxChanged.emit()
+
+    worker = threading.Thread(target=core_thread)
+    worker.start()
+    worker.join()
+    QApplication.processEvents()
+    assert sys.getrefcount(True) >= before - 50, qt_fixes.EMIT_PATCHED
+    bridge.shutdown()
+    bridge.deleteLater()
+
+
+def test_connected_banner_does_not_repeat_itself(window):
+    status = make_status(
+        S.CONNECTED,
+        assigned_hub="hub.example",
+        message="Connected to hub.example.",
+        last_connected=datetime.now(UTC),
+    )
+    window.show_status(status)
+    assert window.banner.headline.text() == "Connected to hub.example"
+    assert window.banner.detail.text().startswith("Connected since ")
+
+
+def test_double_click_shows_the_whole_message(window, qtbot):
+    window.show()
+    window.add_messages([inbox_message(3, "line one\nline two", properties={"k": "v"})])
+    window.show_message_details(window.inbox_model.index(0, InboxModel.TEXT))
+    dialog = window.message_dialog
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.body.toPlainText() == "line one\nline two"
+    assert "Properties: k=v" in dialog.meta.text()
+    dialog.close()
+
+
+def test_a_burst_of_messages_is_one_notification(qtbot, window, monkeypatch):
+    from client_app.gui import notifications
+    from client_app.gui.notifications import MessageNotifier
+
+    monkeypatch.setattr(notifications, "MIN_SECONDS_BETWEEN", 0.3)
+    notifier = MessageNotifier(None, window)
+    shown = []
+    notifier.notified.connect(lambda title, body: shown.append((title, body)))
+    notifier.messages_arrived([inbox_message(1, "first")])
+    assert shown == [("New message from the cloud", "first")]
+    for n in range(2, 40):
+        notifier.messages_arrived([inbox_message(n)])
+    assert len(shown) == 1  # held back
+    qtbot.waitUntil(lambda: len(shown) == 2, timeout=3000)
+    assert shown[1] == ("38 new messages from the cloud", "Latest: message 39")
+    notifier.deleteLater()
