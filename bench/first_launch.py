@@ -27,21 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fix
 from tests.fixtures import secret_service as secret_service_fixture
 
 
-class _TempDirs:
-    """The bit of pytest's TempPathFactory that the Secret Service fixture uses."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def mktemp(self, name: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=name, dir=self.root))
-
-
 @contextlib.contextmanager
 def private_secret_service(root: Path) -> Iterator[None]:
-    """The tests' own Secret Service fixture, driven as a context manager; its env goes into os.environ."""
-    fixture = contextlib.contextmanager(secret_service_fixture.secret_service.__wrapped__)
-    with fixture(_TempDirs(root)) as service:
+    """The tests' own private Secret Service; its environment goes into os.environ meanwhile."""
+    with secret_service_fixture.running_secret_service(
+        root / "keyring-home", root / "keyring-run"
+    ) as service:
         saved = {k: os.environ.get(k) for k in service.env}
         os.environ.update(service.env)
         try:
