@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from client_app.device.config import ConfigError, DeviceConfig, add_config_arguments, load_config
 
@@ -37,15 +38,21 @@ def _apply_demo(args: argparse.Namespace) -> None:
     result = demo.prepare_demo(args)
     # prepare_demo returns the local cloud dir, or (dir, issuer bundle); it may also set args itself.
     cloud_dir, bundle = result if isinstance(result, tuple) else (result, None)
-    args.local_cloud = str(cloud_dir)
+    args.demo_cloud_dir = str(cloud_dir)
+    # `--demo --status` before the demo ever ran: there is no cloud to read yet, only a status to print.
+    if Path(cloud_dir).is_dir() or not args.status:
+        args.local_cloud = str(cloud_dir)
     if bundle is not None and not args.issuer_bundle:
         args.issuer_bundle = str(bundle)
 
 
-def _status(config: DeviceConfig) -> int:
+def _status(config: DeviceConfig, demo_cloud_dir: str | None) -> int:
     from client_app.device.support import current_status
 
-    print(json.dumps(current_status(config).to_json_dict(), indent=2))
+    status = current_status(config).to_json_dict()
+    if demo_cloud_dir is not None:
+        status["local_cloud_dir"] = demo_cloud_dir
+    print(json.dumps(status, indent=2))
     return 0
 
 
@@ -82,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(config.log_dir)
         if args.status:
-            return _status(config)
+            return _status(config, getattr(args, "demo_cloud_dir", None))
         if args.send is not None:
             return _send(config, args.send)
         if args.self_test:

@@ -132,7 +132,8 @@ class Supervisor:
         retry_at = st.utcnow() + timedelta(seconds=wait) if wait is not None else None
         user_message = message
         if state is ConnectionState.BLOCKED or (state is ConnectionState.ERROR and wait is None):
-            user_message = f"{message} Then press Retry."
+            sentence = message if message.endswith((".", "!", "?")) else f"{message}."
+            user_message = f"{sentence} Then press Retry."
         self.board.update(
             state=state, message=user_message, last_error=message, retry_at=retry_at, recount=True
         )
