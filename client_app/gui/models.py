@@ -20,11 +20,7 @@ _ROOT = QModelIndex()
 
 
 # Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
-def _inbox_order(message: InboxMessage) -> int:
-    return message.id
-
-
-def _outbox_order(message: OutboxMessage) -> int:
+def _arrival_order(message: InboxMessage | OutboxMessage) -> int:
     return message.id
 
 
@@ -42,7 +38,31 @@ def format_properties(properties: Mapping[str, str | None] | None) -> str:
     return ", ".join(key if value is None else f"{key}={value}" for key, value in sorted(properties.items()))
 
 
-class InboxModel(QAbstractTableModel):
+class _MessageTable(QAbstractTableModel):
+    """The table plumbing both message lists share; subclasses name COLUMNS and render data()."""
+
+    COLUMNS: tuple[str, ...] = ()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._rows: list[Any] = []  # newest first
+
+    def message_at(self, row: int) -> Any:
+        return self._rows[row]
+
+    def rowCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+
+class InboxModel(_MessageTable):
     """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties."""
 
     COLUMNS = ("", "Received", "Message", "Properties")
@@ -51,7 +71,7 @@ class InboxModel(QAbstractTableModel):
 
     def __init__(self, max_rows: int = 5000, parent=None) -> None:
         super().__init__(parent)
-        self._rows: list[InboxMessage] = []  # newest first
+        self._rows: list[InboxMessage]
         self._read: set[Any] = set()  # ids marked read in this session (the core keeps the truth)
         self._ids: set[Any] = set()
         self._max_rows = max_rows
@@ -65,11 +85,11 @@ class InboxModel(QAbstractTableModel):
         fresh = [m for m in messages if m.id not in self._ids]
         if not fresh:
             return 0
-        fresh.sort(key=_inbox_order, reverse=True)
-        if self._rows and _inbox_order(fresh[-1]) < _inbox_order(self._rows[0]):
+        fresh.sort(key=_arrival_order, reverse=True)
+        if self._rows and _arrival_order(fresh[-1]) < _arrival_order(self._rows[0]):
             # Older than what is shown (initial load racing live delivery): place by time.
             self.beginResetModel()
-            self._rows = sorted(self._rows + fresh, key=_inbox_order, reverse=True)
+            self._rows = sorted(self._rows + fresh, key=_arrival_order, reverse=True)
             self._ids.update(m.id for m in fresh)
             self.endResetModel()
         else:
@@ -110,19 +130,6 @@ class InboxModel(QAbstractTableModel):
     def message_at(self, row: int) -> InboxMessage:
         return self._rows[row]
 
-    # --- QAbstractTableModel ---------------------------------------------------------------
-
-    def rowCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
-
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
@@ -162,7 +169,7 @@ OUTBOX_STATE_TEXT = {
 }
 
 
-class OutboxModel(QAbstractTableModel):
+class OutboxModel(_MessageTable):
     """Messages sent to the cloud, newest first. Columns: time, text, state."""
 
     COLUMNS = ("Sent", "Message", "State")
@@ -170,10 +177,10 @@ class OutboxModel(QAbstractTableModel):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self._rows: list[OutboxMessage] = []
+        self._rows: list[OutboxMessage]
 
     def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
-        rows = sorted(messages, key=_outbox_order, reverse=True)
+        rows = sorted(messages, key=_arrival_order, reverse=True)
         if [m.id for m in rows] == [m.id for m in self._rows]:
             # Same messages: only states changed; repaint in place (keeps selection and scroll).
             self._rows = rows
@@ -186,17 +193,6 @@ class OutboxModel(QAbstractTableModel):
 
     def message_at(self, row: int) -> OutboxMessage:
         return self._rows[row]
-
-    def rowCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
