@@ -188,7 +188,10 @@ class LocalCloud:
 
     async def _start_api(self, app: Any) -> str:
         host = self.settings.bind_host
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (0 does not);
+        # without it each response (headers and body are separate writes) waits ~40 ms for a delayed ACK.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, self.settings.api_port))
         config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", access_log=False,
@@ -296,8 +299,26 @@ def start_in_thread(settings: CloudSettings, timeout: float = 60) -> RunningClou
     return RunningCloud(result["cloud"], result["info"], result["loop"], result["stop"], thread)
 
 
+def raise_open_file_limit() -> int | None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit and return it (None where there is no such limit).
+
+    Every MQTT client holds a socket (two while it reconnects): the usual default soft limit of 1024 leaves no
+    headroom for the 1,000 devices a local cloud is meant to hold; the hard limit is typically far higher.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows has no RLIMIT_NOFILE
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # macOS refuses an unlimited hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def serve_forever(settings: CloudSettings) -> None:
     """Foreground server (`client-app-cloud serve`): runs until SIGINT or SIGTERM, then stops cleanly."""
+    raise_open_file_limit()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
