@@ -46,7 +46,8 @@ class ProxySetting:
         except ValueError:
             port = None
         if scheme is None or not parts.hostname or port is None:
-            raise ConfigError(f"proxy must look like http://host:port or socks5://host:port, got {url!r}")
+            shown = url.strip().rpartition("@")[2] if "@" in parts.netloc else url  # never echo credentials
+            raise ConfigError(f"proxy must look like http://host:port or socks5://host:port, got {shown!r}")
         return cls(
             scheme,
             parts.hostname,

@@ -23,7 +23,6 @@ from client_app.pki import (
     CertificateAuthority,
     PkiError,
     PrivateKey,
-    atomic_write,
     certificate_to_pem,
     generate_key,
     load_certificates,
@@ -112,11 +111,6 @@ def create_identity(
     key = generate_key()
     on_step("certificate")
     return issue_leaf(issuer, registration_id or new_registration_id(), key, days)
-
-
-def save_chain(path: Path, identity: Identity) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, identity.chain_pem(), mode=0o644)
 
 
 def load_chain(path: Path, registration_id: str, key: PrivateKey) -> Identity:

@@ -20,11 +20,7 @@ class ProvisioningBlocked(Exception):
 
 
 class ProvisioningFailed(Exception):
-    """A transient failure: retry later (after retry_after seconds when the service said so)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    """A transient failure: retry later with back-off (the SDK already honours DPS's own retry-after)."""
 
 
 _REFUSED = (401, 403, 404)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -152,6 +153,7 @@ class DeviceRuntime:
 
     def close(self) -> None:
         self.stop()
+        self._persister.close()
         self._db.close()
 
     # ---- queries and commands --------------------------------------------------------------------
@@ -178,9 +180,6 @@ class DeviceRuntime:
     def reprovision(self) -> None:
         self._supervisor.request("reprovision")
 
-    def renew_certificate(self) -> None:
-        self._supervisor.request("renew")
-
     def diagnostics(self) -> dict[str, Any]:
         """For support: public facts only."""
         return {
@@ -200,7 +199,18 @@ class DeviceRuntime:
         }
 
     def _receive(self, message_id: str, text: str, properties: dict[str, str | None]) -> None:
-        stored = self.inbox.add(message_id, text, properties)
+        """On an SDK handler thread, after paho has already PUBACKed the message: the hub will not send it
+        again, so a failed write here loses it (C2D is at-most-once in this window). Say so loudly instead
+        of letting the SDK swallow the exception."""
+        try:
+            stored = self.inbox.add(message_id, text, properties)
+        except sqlite3.Error as exc:
+            log.error("C2D message %s arrived but could not be stored, it is lost: %s", message_id, exc)
+            kind = exc.__class__.__name__
+            self._board.update(
+                last_error=f"A message from the cloud arrived but could not be saved ({kind})."
+            )
+            return
         if stored is None:
             log.info("duplicate C2D message %s ignored", message_id)
             return

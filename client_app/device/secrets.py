@@ -54,10 +54,6 @@ def _unsafe(name: str) -> bool:
 
 def check_backend() -> None:
     """Cheap (no D-Bus round trip): is there a keyring that could keep a secret at all?"""
-    _check_backend()
-
-
-def _check_backend() -> None:
     if _unsafe(backend_name()):
         # keyring picks its backend once per process: look again, the user may have started one since.
         with contextlib.suppress(Exception):
@@ -101,7 +97,7 @@ def _call(fn: Callable[..., T], *args: str) -> T:
 
 
 def store_key(registration_id: str, key: PrivateKey) -> None:
-    _check_backend()
+    check_backend()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
@@ -109,7 +105,7 @@ def store_key(registration_id: str, key: PrivateKey) -> None:
 
 
 def load_key(registration_id: str) -> PrivateKey:
-    _check_backend()
+    check_backend()
     pem = _call(keyring.get_password, SERVICE, _entry(registration_id))
     if not pem:
         raise KeyMissing("the device key is missing from the keyring")

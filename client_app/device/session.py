@@ -8,6 +8,7 @@ SDK calls without their own timeout run on a private thread and are abandoned af
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -86,16 +87,18 @@ class HubSession:
         except exceptions.CredentialError as exc:
             raise SessionRefused("the hub refused this device's credentials") from exc
 
-    def subscribe(self) -> None:
+    def subscribe(self, timeout: float = CALL_TIMEOUT) -> None:
+        """Set the handlers after connect: each one subscribes on this fresh connection and waits for the
+        SUBACK without a timeout of its own, so each goes through _call."""
         client, handlers = self._client, self._handlers
-        try:  # set after connect: each handler subscribes on this fresh connection
-            client.on_connection_state_change = lambda: handlers.connection_changed(bool(client.connected))
-            client.on_message_received = handlers.message
-            client.on_method_request_received = handlers.method
-            client.on_twin_desired_properties_patch_received = handlers.desired
-            client.on_background_exception = lambda exc: log.debug("SDK background: %s", sdk.describe(exc))
-        except Exception as exc:
-            raise SessionError(f"connection lost while subscribing: {sdk.describe(exc)}") from exc
+        for name, handler in (
+            ("on_connection_state_change", lambda: handlers.connection_changed(bool(client.connected))),
+            ("on_message_received", handlers.message),
+            ("on_method_request_received", handlers.method),
+            ("on_twin_desired_properties_patch_received", handlers.desired),
+            ("on_background_exception", lambda exc: log.debug("SDK background: %s", sdk.describe(exc))),
+        ):
+            self._call(functools.partial(setattr, client, name, handler), timeout)
 
     def send(self, message: OutboxMessage, timeout: float = CALL_TIMEOUT) -> None:
         from azure.iot.device import Message

@@ -79,11 +79,6 @@ def load_state(path: Path) -> DeviceState | None:
     return state
 
 
-def save_state(path: Path, state: DeviceState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, state_bytes(state), mode=0o600)
-
-
 def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Atomic replace without fsync: readers never see half a file; durability is the Persister's job."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +106,7 @@ class Persister:
         self._cond = threading.Condition()
         self._pending: dict[Path, tuple[bytes, int, bool]] = {}
         self._busy = False
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="device-persister", daemon=True)
         self._thread.start()
 
@@ -130,10 +126,19 @@ class Persister:
         with self._cond:
             self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
+    def close(self, timeout: float = 10) -> None:
+        """Write what is pending, then end the thread (one per runtime: a restarted core must not add one)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending))
+                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
+                if not self._pending:
+                    return
                 path, (data, mode, durable) = self._pending.popitem()
                 self._busy = True
             try:
@@ -145,6 +150,10 @@ class Persister:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def state_bytes(state: DeviceState) -> bytes:

@@ -109,6 +109,9 @@ class StatusBoard:
         write: Callable[[Path, bytes], None],
     ) -> None:
         self._lock = threading.Lock()
+        # Held across update + publish so listeners get snapshots in the order they were made (the worker,
+        # SDK handler threads and the GUI's send() all update). Reentrant: a listener may update, too.
+        self._publish_lock = threading.RLock()
         self._status = initial
         self._publish, self._counts, self._write = publish, counts, write
         self._file: Path | None = None
@@ -126,17 +129,18 @@ class StatusBoard:
         """recount: the message counts may have changed (three COUNT queries, so only when asked)."""
         from client_app.device.state import utcnow
 
-        with self._lock:
-            if recount:
-                try:
-                    changes = {**self._counts(), **changes}
-                except Exception:  # a busy/broken database must not stop status reporting
-                    log.debug("counting messages failed", exc_info=True)
-            self._status = dataclasses.replace(self._status, updated_at=utcnow(), **changes)
-            status = self._status
-            if self._file is not None:
-                self._write(self._file, json.dumps(status.to_json_dict(), indent=2).encode())
-        self._publish(status)
+        with self._publish_lock:
+            with self._lock:
+                if recount:
+                    try:
+                        changes = {**self._counts(), **changes}
+                    except Exception:  # a busy/broken database must not stop status reporting
+                        log.debug("counting messages failed", exc_info=True)
+                self._status = dataclasses.replace(self._status, updated_at=utcnow(), **changes)
+                status = self._status
+                if self._file is not None:
+                    self._write(self._file, json.dumps(status.to_json_dict(), indent=2).encode())
+            self._publish(status)
         return status
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from client_app.device.state import utcnow
+from client_app.device.state import parse_time, utcnow
 
 log = logging.getLogger(__name__)
 OutboxState = Literal["queued", "delivered"]
@@ -66,8 +66,8 @@ class InboxMessage:
     read: bool = False
 
 
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+class StoreUnavailable(Exception):
+    """The message database exists but cannot be used right now; the message says what to check."""
 
 
 class Database:
@@ -78,6 +78,11 @@ class Database:
         self._lock = threading.Lock()
         try:
             self._open(path)
+        except sqlite3.OperationalError as exc:  # locked or no access: the messages are fine, keep them
+            raise StoreUnavailable(
+                f"The message database {path} cannot be opened ({exc}). "
+                "Check that the data directory is writable and not in use by another program."
+            ) from exc
         except sqlite3.DatabaseError as exc:  # e.g. an OS crash during the very first launch
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             log.warning("message database unusable (%s): moved to %s, starting a new one", exc, aside.name)
@@ -125,7 +130,7 @@ class Outbox:
                 "INSERT INTO outbox (message_id, text, properties, created_at) VALUES (?, ?, ?, ?)",
                 (message_id, text, json.dumps(props), created),
             ).lastrowid
-        return OutboxMessage(int(row_id or 0), message_id, text, props, _time(created))
+        return OutboxMessage(int(row_id or 0), message_id, text, props, parse_time(created))
 
     def next_queued(self) -> OutboxMessage | None:
         rows = self._db.query(f"SELECT {self._COLUMNS} FROM outbox WHERE state='queued' ORDER BY id LIMIT 1")
@@ -159,7 +164,9 @@ class Outbox:
 
     @staticmethod
     def _row(row: tuple) -> OutboxMessage:
-        return OutboxMessage(row[0], row[1], row[2], json.loads(row[3]), _time(row[4]), row[5], _time(row[6]))
+        return OutboxMessage(
+            row[0], row[1], row[2], json.loads(row[3]), parse_time(row[4]), row[5], parse_time(row[6])
+        )
 
 
 class Inbox:
@@ -178,7 +185,7 @@ class Inbox:
             if cursor.rowcount == 0:
                 return None
             row_id = cursor.lastrowid
-        return InboxMessage(int(row_id or 0), message_id, text, dict(properties), _time(received))
+        return InboxMessage(int(row_id or 0), message_id, text, dict(properties), parse_time(received))
 
     def list(self, limit: int = 100) -> list[InboxMessage]:
         """Newest first."""
@@ -186,7 +193,7 @@ class Inbox:
             "SELECT id, message_id, text, properties, received_at, read FROM inbox ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return [InboxMessage(r[0], r[1], r[2], json.loads(r[3]), _time(r[4]), bool(r[5])) for r in rows]
+        return [InboxMessage(r[0], r[1], r[2], json.loads(r[3]), parse_time(r[4]), bool(r[5])) for r in rows]
 
     def mark_read(self, row_id: int) -> None:
         with self._db.transaction() as conn:

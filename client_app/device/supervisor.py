@@ -37,7 +37,9 @@ POLL_INTERVAL = 1.0  # outbox poll while connected: other processes (`client-app
 REPROVISION_AFTER = timedelta(minutes=20)  # hub unreachable this long → ask DPS again (docs: 15-30 min)
 KEYRING_RETRY = 60.0  # a locked keyring may get unlocked without anyone pressing Retry
 RENEWAL_RETRY = 3600.0  # after a failed renewal (issuer expired?), keep the working leaf this long
-_RESTARTS = frozenset({"retry", "reconnect", "reprovision", "reset", "renew"})
+_RESTARTS = frozenset({"retry", "reconnect", "reprovision", "reset"})
+OFFLINE_MESSAGE = "Cannot reach the cloud right now. Messages are kept and sent once the connection is back."
+UNEXPECTED_MESSAGE = "Something unexpected went wrong (details are in the log). Trying again automatically."
 
 
 class Events(Protocol):
@@ -69,7 +71,6 @@ class Supervisor:
         self.layout = config.layout
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self._dropped = threading.Event()
         self._commands: queue.Queue[Callable[[HubSession], None]] = queue.Queue()
         self._requests: set[str] = set()
         self._requests_lock = threading.Lock()
@@ -114,20 +115,31 @@ class Supervisor:
             except ProvisioningBlocked as exc:
                 self._fail(S.BLOCKED, str(exc), wait=None)
             except (ProvisioningFailed, SessionError) as exc:
+                # SDK error chains are for the log and support (last_error), not for the status line.
                 self._fail(
                     S.RECONNECTING,
-                    f"Offline: {exc}",
-                    wait=self._backoff.next_delay(getattr(exc, "retry_after", None)),
+                    OFFLINE_MESSAGE,
+                    wait=self._backoff.next_delay(),
+                    detail=f"Offline: {exc}",
                 )
             except Exception as exc:  # a bug must not kill the worker silently
                 log.exception("unexpected error in the device worker")
-                self._fail(S.ERROR, f"Unexpected error: {describe(exc)}", wait=self._backoff.next_delay())
+                self._fail(
+                    S.ERROR,
+                    UNEXPECTED_MESSAGE,
+                    wait=self._backoff.next_delay(),
+                    detail=f"Unexpected error: {describe(exc)}",
+                )
         self._run_later()
         self.persister.flush()
         self.board.update(state=S.STOPPED, message="Stopped.", retry_at=None)
 
-    def _fail(self, state: ConnectionState, message: str, wait: float | None) -> None:
-        log.warning("%s: %s", state.value, message)
+    def _fail(
+        self, state: ConnectionState, message: str, wait: float | None, detail: str | None = None
+    ) -> None:
+        """message: a sentence for the user; detail (default: message) goes to the log and last_error."""
+        detail = detail or message
+        log.warning("%s: %s", state.value, detail)
         self._run_later()
         retry_at = st.utcnow() + timedelta(seconds=wait) if wait is not None else None
         user_message = message
@@ -135,7 +147,7 @@ class Supervisor:
             sentence = message if message.endswith((".", "!", "?")) else f"{message}."
             user_message = f"{sentence} Then press Retry."
         self.board.update(
-            state=state, message=user_message, last_error=message, retry_at=retry_at, recount=True
+            state=state, message=user_message, last_error=detail, retry_at=retry_at, recount=True
         )
         if state is ConnectionState.RECONNECTING and self._offline_since is None:
             self._offline_since = time.monotonic()
@@ -272,8 +284,8 @@ class Supervisor:
             keyring_backend=keystore.backend_name(),
             device_id=assignment.device_id if assignment else None,
             assigned_hub=assignment.assigned_hub if assignment else None,
-            last_connected=_time(state.last_connected),
-            last_disconnected=_time(state.last_disconnected),
+            last_connected=st.parse_time(state.last_connected),
+            last_disconnected=st.parse_time(state.last_disconnected),
         )
 
     def _reset_identity(self, reason: str) -> None:
@@ -287,8 +299,8 @@ class Supervisor:
 
     def _renew_if_due(self, identity: ids.Identity) -> ids.Identity:
         assert self._state is not None
-        reason = "renewal requested" if self._take("renew") else None
-        if reason is None and self._renewal_due(identity):
+        reason = None
+        if self._renewal_due(identity):
             reason = f"{self.config.renew_fraction:.0%} of the certificate's life has passed"
         if reason is None:
             try:
@@ -301,13 +313,15 @@ class Supervisor:
         log.info("renewing the device certificate: %s", reason)
         try:
             renewed = ids.create_identity(self._issuer_ca(), self.config.leaf_days, identity.registration_id)
-        except ids.IdentityError as exc:
+            keystore.store_key(renewed.registration_id, renewed.key)
+        except (ids.IdentityError, keystore.KeyringUnavailable) as exc:
+            # A locked keyring or a bad bundle must not take a working device offline: the old key and
+            # leaf are untouched until store_key succeeds.
             if identity.not_after > st.utcnow():
                 log.warning("renewal failed, keeping the current certificate for now: %s", exc)
                 self._renew_not_before = time.monotonic() + RENEWAL_RETRY
                 return identity
             raise
-        keystore.store_key(renewed.registration_id, renewed.key)
         self._write_chain(renewed)
         state = self._state.with_(certificate_issued_at=st.utcnow().isoformat(), assignment=None)
         self._save_state(state)  # assignment dropped: re-provision with the new leaf
@@ -364,6 +378,8 @@ class Supervisor:
 
     # ---- session ---------------------------------------------------------------------------------
     def _serve(self, config: DeviceConfig, identity: ids.Identity, assignment: st.Assignment) -> None:
+        if self.stopping.is_set():  # stop() came during a long DPS call: do not open a hub session now
+            raise _Interrupted()
         was_offline = self.board.get().state is S.RECONNECTING
         self.board.update(
             state=S.RECONNECTING if was_offline else S.CONNECTING,
@@ -372,7 +388,7 @@ class Supervisor:
             message=f"Connecting to {assignment.assigned_hub}…",
         )
         self.events.step(FirstRunStep.CONNECT, "running", assignment.assigned_hub)
-        self._dropped.clear()
+        self._drop_commands()  # answers and acks for an earlier connection: the hub no longer waits for them
         session = HubSession(config, identity, self.layout.chain_file, assignment, self._handlers())
         try:
             try:
@@ -390,6 +406,10 @@ class Supervisor:
             session.close()
             if self.board.get().state is S.CONNECTED:
                 self._mark_disconnected()
+
+    def _drop_commands(self) -> None:
+        while not self._commands.empty():
+            self._commands.get_nowait()
 
     def _run_later(self) -> None:
         jobs, self._later = self._later, []
@@ -443,10 +463,10 @@ class Supervisor:
         while True:
             if self.stopping.is_set():
                 raise _Interrupted()
-            if self._dropped.is_set() or not session.connected:
+            if not session.connected:
                 raise SessionError("connection to the hub lost")
             with self._requests_lock:
-                leave = bool(self._requests & {"renew", "reprovision", "reset"})
+                leave = bool(self._requests & {"reprovision", "reset"})
             if self._take("reconnect") or leave or self._renewal_due(identity):
                 raise _Interrupted()
             self.wake.clear()
@@ -500,10 +520,6 @@ class Supervisor:
             self.wake.set()
 
     def _on_connection_changed(self, connected: bool) -> None:
+        # Only a wake-up: _pump asks its own session, so a late event from an old client changes nothing.
         if not connected:
-            self._dropped.set()
             self.wake.set()
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None

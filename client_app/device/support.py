@@ -5,8 +5,6 @@ Never a secret: nothing here touches the keyring.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from client_app.device import identity as ids
 from client_app.device import state as st
 from client_app.device.config import DeviceConfig
@@ -51,8 +49,8 @@ def offline_status(config: DeviceConfig) -> DeviceStatus:
     if state is not None:
         fields.update(
             registration_id=state.registration_id,
-            last_connected=_time(state.last_connected),
-            last_disconnected=_time(state.last_disconnected),
+            last_connected=st.parse_time(state.last_connected),
+            last_disconnected=st.parse_time(state.last_disconnected),
         )
         try:
             leaf = load_certificates(layout.chain_file)[0]
@@ -75,7 +73,3 @@ def offline_status(config: DeviceConfig) -> DeviceStatus:
         finally:
             db.close()
     return DeviceStatus(**fields)  # type: ignore[arg-type]
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None

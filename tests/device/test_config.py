@@ -1,6 +1,5 @@
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 
@@ -102,4 +101,6 @@ def test_proxy_password_never_printed():
     proxy = ProxySetting.parse("http://user:s3cret@127.0.0.1:3128")
     assert proxy.password == "s3cret"
     assert "s3cret" not in str(proxy) and "s3cret" not in repr(proxy)
-    assert Path  # keep import used
+    with pytest.raises(ConfigError, match="proxy must look like") as info:
+        ProxySetting.parse("http://user:s3cret@127.0.0.1")  # no port
+    assert "s3cret" not in str(info.value) and "127.0.0.1" in str(info.value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -41,6 +43,8 @@ def test_messages_sent_while_cloud_is_down_arrive_later(keyring_env, local_cloud
         sent = [runtime.send(f"offline {i}").message_id for i in range(5)]
         assert runtime.status().outbox == 5
         assert runtime.status().last_error
+        # The status line is a plain sentence; the SDK's error chain is only in last_error (and the log).
+        assert "Error" not in runtime.status().message and "<-" not in runtime.status().message
         # Same data dir, new free ports: the runtime re-reads connection.json on every attempt.
         restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
         wait_state(runtime, C.CONNECTED, timeout=30)
@@ -126,6 +130,51 @@ def test_renewal_replaces_leaf_and_reconnects(keyring_env, local_cloud, cloud_ap
         assert (
             cloud_api.call("GET", f"/registrations/{renewed.registration_id}")["etag"] != registration["etag"]
         )
+    finally:
+        runtime.close()
+
+
+def test_renewal_with_locked_keyring_keeps_the_working_leaf(
+    keyring_env, local_cloud, enrolled_ca, app_dirs, caplog
+):
+    data, _ = app_dirs
+    config = config_for(
+        local_cloud.data_dir, enrolled_ca.bundle_path, data, "--leaf-days", "1", "--renew-fraction", "0.00005"
+    )
+    runtime = DeviceRuntime(config)
+    runtime.start()
+    try:
+        wait_state(runtime, C.CONNECTED)
+        first = runtime.status()
+        keyring_env.lock()
+        with caplog.at_level(logging.WARNING, logger="client_app.device"):
+            wait_for(lambda: any("renewal failed" in r.getMessage() for r in caplog.records), 30, "renewal")
+        wait_state(runtime, C.CONNECTED)
+        assert runtime.status().certificate_thumbprint == first.certificate_thumbprint
+    finally:
+        keyring_env.unlock()
+        runtime.close()
+
+
+def test_c2d_that_cannot_be_stored_is_reported(
+    keyring_env, local_cloud, cloud_api, enrolled_ca, app_dirs, caplog
+):
+    data, _ = app_dirs
+    runtime = DeviceRuntime(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data))
+    runtime.start()
+    try:
+        wait_state(runtime, C.CONNECTED)
+        with closing(sqlite3.connect(data / "messages.sqlite3")) as db:
+            db.execute("DROP TABLE inbox")  # every insert now fails, as on a broken disk
+        with caplog.at_level(logging.ERROR, logger="client_app.device"):
+            cloud_api.call(
+                "POST",
+                f"/devices/{runtime.status().device_id}/messages/deviceBound",
+                json={"body": "lost", "messageId": "c2d-lost"},
+            )
+            wait_for(lambda: "could not be saved" in (runtime.status().last_error or ""), what="reported")
+        assert any("c2d-lost" in r.getMessage() for r in caplog.records)  # support can tell which one
+        assert runtime.status().state is C.CONNECTED  # the SDK handler thread survived
     finally:
         runtime.close()
 

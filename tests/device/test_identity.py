@@ -58,7 +58,7 @@ def test_sdk_key_file_is_encrypted_and_removed(issuing_ca: CertificateAuthority)
 
 def test_chain_must_match_keyring_key(tmp_path, issuing_ca: CertificateAuthority):
     identity = ids.create_identity(issuing_ca, days=1)
-    ids.save_chain(tmp_path / "chain.pem", identity)
+    (tmp_path / "chain.pem").write_bytes(identity.chain_pem())
     assert (
         ids.load_chain(tmp_path / "chain.pem", identity.registration_id, identity.key).leaf == identity.leaf
     )

@@ -189,6 +189,7 @@ def test_support_panel_and_diagnostics_export_without_secrets(qtbot, running_app
         qtbot.mouseClick(panel.copy_button, Qt.MouseButton.LeftButton)
         from PySide6.QtWidgets import QApplication
 
+        qtbot.waitUntil(lambda: "copied to the clipboard" in panel.feedback.text(), timeout=10_000)
         copied = QApplication.clipboard().text()
         assert status.registration_id in copied and "PRIVATE KEY" not in copied
 
@@ -250,11 +251,6 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     qtbot.wait(10)
 
 
-# After a reset the device core replaces its SDK client; paho 1.x's internal socket pair of the old
-# client is left for the garbage collector (reported to the device core). Not a GUI concern.
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
 def test_reset_identity_after_confirmation_registers_anew(qtbot, running_app):
     from PySide6.QtWidgets import QMessageBox
 
