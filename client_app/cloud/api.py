@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.enrollment import Enrollments
@@ -21,6 +22,10 @@ from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import Hub
 
 log = logging.getLogger("client_app.cloud.api")
+
+# Uvicorn reads any request body whole into memory; the largest legitimate one (a 128 KB method payload, or a
+# 64 KB C2D body written as JSON escapes) stays far below this.
+MAX_REQUEST_BODY = 1024 * 1024
 
 Status = Literal["enabled", "disabled"]
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
@@ -109,7 +114,44 @@ def create_app(certificates: CertificateStore, enrollments: Enrollments, hub: Hu
     _enrollment_routes(router, enrollments)
     _device_routes(router, hub)
     app.include_router(router)
+    app.add_middleware(_BodyLimit)
     return app
+
+
+class _BodyLimit:
+    """Refuse a request body over MAX_REQUEST_BODY (413) before more of it is read; pass the rest on whole."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_REQUEST_BODY:
+                await _refuse_large(scope, receive, send)
+                return
+        body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _refuse_large(scope: Scope, receive: Receive, send: Send) -> None:
+    message = f"request body exceeds {MAX_REQUEST_BODY // 1024} KB"
+    log.warning("API %s %s -> 413 %s", scope["method"], scope["path"], message)
+    await JSONResponse({"errorCode": 413001, "message": message}, 413)(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -121,8 +163,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        message = f"invalid request: {where + ': ' if where else ''}{first.get('msg')}"
+        if first.get("type") == "json_invalid":  # its loc is a character offset, meaningless as a field name
+            reason = first.get("ctx", {}).get("error", "decode error")
+            message = f"invalid request: the body is not JSON ({reason})"
+        else:
+            where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+            message = f"invalid request: {where + ': ' if where else ''}{first.get('msg')}"
         log.warning("API %s %s -> 400 %s", request.method, request.url.path, message)
         return JSONResponse({"errorCode": 400000, "message": message}, status_code=400)
 
@@ -286,7 +332,9 @@ def _device_routes(router: APIRouter, hub: Hub) -> None:
     @router.get("/telemetry", tags=["telemetry"])
     async def telemetry(
         deviceId: str | None = None,
-        after: Annotated[int, Query(ge=0, description="return messages with sequenceNumber > after")] = 0,
+        after: Annotated[
+            int, Query(ge=0, le=2**63 - 1, description="return messages with sequenceNumber > after")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         tail: Annotated[
             int | None, Query(ge=1, le=1000, description="only the newest N (ignores after)")

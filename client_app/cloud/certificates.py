@@ -106,10 +106,10 @@ class CertificateStore:
         return [self._row_to_ca(r) for r in self._store.all("SELECT * FROM certificates ORDER BY name")]
 
     def get(self, name: str) -> CaCertificate:
-        row = self._store.one("SELECT * FROM certificates WHERE name=?", (name,))
-        if row is None:
+        ca = self.find(name)
+        if ca is None:
             raise not_found("certificate", name, 404001)
-        return self._row_to_ca(row)
+        return ca
 
     def find(self, name: str) -> CaCertificate | None:
         row = self._store.one("SELECT * FROM certificates WHERE name=?", (name,))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from functools import update_wrapper
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
@@ -19,6 +20,11 @@ from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
 FOLLOW_INTERVAL = 0.5
+
+
+def _segment(value: str) -> str:
+    """A user-given name as one URL path segment: device IDs may contain `?`, `%` or `'`."""
+    return quote(value, safe="")
 
 
 class CliError(click.ClickException):
@@ -92,6 +98,17 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     return update_wrapper(wrapper, function)
 
 
+def _list(ctx: Context, path: str, lines: Callable[[dict[str, Any]], list[str]]) -> None:
+    """GET a collection (`{"value": [...]}`) and print each item's lines."""
+    result = ctx.call("GET", path)
+    ctx.output(result, lambda r: [line for item in r["value"] for line in lines(item)] or ["(none)"])
+
+
+def _delete(ctx: Context, path: str, what: str, name: str) -> None:
+    ctx.call("DELETE", path)
+    ctx.output({"deleted": name}, lambda _: [f"deleted {what} {name}"])
+
+
 def _table(rows: list[list[str]], header: list[str]) -> Iterable[str]:
     if not rows:
         yield "(none)"
@@ -160,10 +177,14 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = CloudSettings(
-        data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port, mqtt_listen=listen,
-        api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name, hub_name=hub_name,
-    )  # fmt: skip
+    try:
+        settings = CloudSettings(
+            data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port,
+            mqtt_listen=listen, api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name,
+            hub_name=hub_name,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     try:
         serve_forever(settings)
     except OSError as exc:
@@ -201,7 +222,7 @@ def certificates() -> None:
 def certificates_upload(ctx: Context, name: str, pemfile: Path, verified: bool) -> None:
     """Upload CA certificate NAME from PEMFILE (unverified unless --verified)."""
     body = {"certificate": _read_pem(pemfile), "isVerified": verified}
-    ctx.output(ctx.call("PUT", f"/certificates/{name}", json=body), _certificate_lines)
+    ctx.output(ctx.call("PUT", f"/certificates/{_segment(name)}", json=body), _certificate_lines)
 
 
 @certificates.command("verification-code")
@@ -209,7 +230,7 @@ def certificates_upload(ctx: Context, name: str, pemfile: Path, verified: bool) 
 @_options
 def certificates_code(ctx: Context, name: str) -> None:
     """Generate a verification code for NAME (printed alone on the last line)."""
-    result = ctx.call("POST", f"/certificates/{name}/generateVerificationCode")
+    result = ctx.call("POST", f"/certificates/{_segment(name)}/generateVerificationCode")
     code = result["properties"]["verificationCode"]
     ctx.output(result, lambda _: [
         f"Issue a certificate with CN = this code, signed by the key of '{name}', then run"
@@ -224,7 +245,9 @@ def certificates_code(ctx: Context, name: str) -> None:
 @_options
 def certificates_verify(ctx: Context, name: str, pemfile: Path) -> None:
     """Verify NAME with the proof-of-possession certificate in PEMFILE."""
-    result = ctx.call("POST", f"/certificates/{name}/verify", json={"certificate": _read_pem(pemfile)})
+    result = ctx.call(
+        "POST", f"/certificates/{_segment(name)}/verify", json={"certificate": _read_pem(pemfile)}
+    )
     ctx.output(result, _certificate_lines)
 
 
@@ -232,8 +255,7 @@ def certificates_verify(ctx: Context, name: str, pemfile: Path) -> None:
 @_options
 def certificates_list(ctx: Context) -> None:
     """List CA certificates."""
-    result = ctx.call("GET", "/certificates")
-    ctx.output(result, lambda r: [line for c in r["value"] for line in _certificate_lines(c)] or ["(none)"])
+    _list(ctx, "/certificates", _certificate_lines)
 
 
 @certificates.command("delete")
@@ -241,8 +263,7 @@ def certificates_list(ctx: Context) -> None:
 @_options
 def certificates_delete(ctx: Context, name: str) -> None:
     """Delete CA certificate NAME (groups that name it match nothing until it is back)."""
-    ctx.call("DELETE", f"/certificates/{name}")
-    ctx.output({"deleted": name}, lambda _: [f"deleted certificate {name}"])
+    _delete(ctx, f"/certificates/{_segment(name)}", "certificate", name)
 
 
 # ---- enrollment groups and enrollments ------------------------------------------------------------------
@@ -275,17 +296,17 @@ def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> 
         "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
         "provisioningStatus": "disabled" if disabled else "enabled",
     }
-    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{group_id}", json=body), _group_lines)
+    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
 
 
 def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
-    group = ctx.call("GET", f"/enrollmentGroups/{group_id}")
+    group = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}")
     body = {
         "attestation": group["attestation"],
         "provisioningStatus": status,
         "initialTwin": group["initialTwin"],
     }
-    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{group_id}", json=body), _group_lines)
+    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
 
 
 @enrollment_groups.command("enable")
@@ -309,15 +330,14 @@ def groups_disable(ctx: Context, group_id: str) -> None:
 @_options
 def groups_show(ctx: Context, group_id: str) -> None:
     """Show GROUP_ID."""
-    ctx.output(ctx.call("GET", f"/enrollmentGroups/{group_id}"), _group_lines)
+    ctx.output(ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}"), _group_lines)
 
 
 @enrollment_groups.command("list")
 @_options
 def groups_list(ctx: Context) -> None:
     """List enrollment groups."""
-    result = ctx.call("GET", "/enrollmentGroups")
-    ctx.output(result, lambda r: [line for g in r["value"] for line in _group_lines(g)] or ["(none)"])
+    _list(ctx, "/enrollmentGroups", _group_lines)
 
 
 @enrollment_groups.command("delete")
@@ -325,8 +345,7 @@ def groups_list(ctx: Context) -> None:
 @_options
 def groups_delete(ctx: Context, group_id: str) -> None:
     """Delete GROUP_ID (registrations and hub devices stay)."""
-    ctx.call("DELETE", f"/enrollmentGroups/{group_id}")
-    ctx.output({"deleted": group_id}, lambda _: [f"deleted enrollment group {group_id}"])
+    _delete(ctx, f"/enrollmentGroups/{_segment(group_id)}", "enrollment group", group_id)
 
 
 @enrollment_groups.command("registrations")
@@ -334,7 +353,7 @@ def groups_delete(ctx: Context, group_id: str) -> None:
 @_options
 def groups_registrations(ctx: Context, group_id: str) -> None:
     """Registrations provisioned through GROUP_ID."""
-    result = ctx.call("GET", f"/enrollmentGroups/{group_id}/registrations")
+    result = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}/registrations")
     ctx.output(result, lambda r: _registration_rows(r["value"]))
 
 
@@ -352,7 +371,9 @@ def _enrollment_lines(enrollment: dict[str, Any]) -> list[str]:
 @_options
 def enrollments_block(ctx: Context, registration_id: str) -> None:
     """Block REGISTRATION_ID: a disabled individual enrollment (refused even if its group is enabled)."""
-    result = ctx.call("PUT", f"/enrollments/{registration_id}", json={"provisioningStatus": "disabled"})
+    result = ctx.call(
+        "PUT", f"/enrollments/{_segment(registration_id)}", json={"provisioningStatus": "disabled"}
+    )
     ctx.output(result, _enrollment_lines)
 
 
@@ -361,16 +382,14 @@ def enrollments_block(ctx: Context, registration_id: str) -> None:
 @_options
 def enrollments_unblock(ctx: Context, registration_id: str) -> None:
     """Delete the individual enrollment of REGISTRATION_ID (the device falls back to its group)."""
-    ctx.call("DELETE", f"/enrollments/{registration_id}")
-    ctx.output({"deleted": registration_id}, lambda _: [f"deleted individual enrollment {registration_id}"])
+    _delete(ctx, f"/enrollments/{_segment(registration_id)}", "individual enrollment", registration_id)
 
 
 @enrollments.command("list")
 @_options
 def enrollments_list(ctx: Context) -> None:
     """List individual enrollments."""
-    result = ctx.call("GET", "/enrollments")
-    ctx.output(result, lambda r: [line for e in r["value"] for line in _enrollment_lines(e)] or ["(none)"])
+    _list(ctx, "/enrollments", _enrollment_lines)
 
 
 # ---- devices ----------------------------------------------------------------------------------------------
@@ -399,7 +418,9 @@ def devices_list(ctx: Context) -> None:
 @_options
 def devices_show(ctx: Context, device_id: str) -> None:
     """One device."""
-    ctx.output(ctx.call("GET", f"/devices/{device_id}"), lambda d: json.dumps(d, indent=2).splitlines())
+    ctx.output(
+        ctx.call("GET", f"/devices/{_segment(device_id)}"), lambda d: json.dumps(d, indent=2).splitlines()
+    )
 
 
 @devices.command("enable")
@@ -408,7 +429,8 @@ def devices_show(ctx: Context, device_id: str) -> None:
 def devices_enable(ctx: Context, device_id: str) -> None:
     """Let DEVICE_ID connect again."""
     ctx.output(
-        ctx.call("PUT", f"/devices/{device_id}", json={"status": "enabled"}), lambda d: _device_rows([d])
+        ctx.call("PUT", f"/devices/{_segment(device_id)}", json={"status": "enabled"}),
+        lambda d: _device_rows([d]),
     )
 
 
@@ -418,7 +440,8 @@ def devices_enable(ctx: Context, device_id: str) -> None:
 def devices_disable(ctx: Context, device_id: str) -> None:
     """Refuse DEVICE_ID at the hub (CONNACK 5) and drop its connection."""
     ctx.output(
-        ctx.call("PUT", f"/devices/{device_id}", json={"status": "disabled"}), lambda d: _device_rows([d])
+        ctx.call("PUT", f"/devices/{_segment(device_id)}", json={"status": "disabled"}),
+        lambda d: _device_rows([d]),
     )
 
 
@@ -457,7 +480,7 @@ def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], conten
     """Queue a cloud-to-device message with body TEXT for DEVICE_ID."""
     body = {"body": text, "properties": _properties(props), "contentType": content_type,
             "messageId": message_id, "ttlSeconds": ttl}  # fmt: skip
-    result = ctx.call("POST", f"/devices/{device_id}/messages/deviceBound", json=body)
+    result = ctx.call("POST", f"/devices/{_segment(device_id)}/messages/deviceBound", json=body)
     ctx.output(result, lambda r: [f"queued message {r['messageId']} for {device_id}"])
 
 
@@ -474,7 +497,7 @@ def invoke(ctx: Context, device_id: str, method: str, payload: str | None, timeo
         "payload": _json_arg(payload, "--payload"),
         "responseTimeoutInSeconds": timeout,
     }
-    result = ctx.call("POST", f"/twins/{device_id}/methods", json=body, timeout=timeout + 10)
+    result = ctx.call("POST", f"/twins/{_segment(device_id)}/methods", json=body, timeout=timeout + 10)
     ctx.output(result, lambda r: [f"status: {r['status']}", f"payload: {json.dumps(r['payload'])}"])
 
 
@@ -488,9 +511,9 @@ def twin(ctx: Context, device_id: str, set_desired: str | None) -> None:
     if patch is not None and not isinstance(patch, dict):
         raise CliError("--set-desired: expected a JSON object")
     if patch is None:
-        result = ctx.call("GET", f"/twins/{device_id}")
+        result = ctx.call("GET", f"/twins/{_segment(device_id)}")
     else:
-        result = ctx.call("PATCH", f"/twins/{device_id}", json={"properties": {"desired": patch}})
+        result = ctx.call("PATCH", f"/twins/{_segment(device_id)}", json={"properties": {"desired": patch}})
     ctx.output(result, lambda r: json.dumps(r["properties"], indent=2).splitlines())
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -56,8 +55,8 @@ class Dps:
         self._hub_host_for = (
             hub_host_for  # the name (proxy) or listener IP (direct) the device should dial next
         )
-        self._operations: dict[str, _Operation] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._operations: dict[str, _Operation] = {}  # insertion order = creation order (expiry)
+        self._latest: dict[str, str] = {}  # registration ID (lower case) → its newest operation ID
 
     def authorize(self, conn: MqttConnection, id_scope: str, registration_id: str) -> int:
         if id_scope != self.id_scope:
@@ -75,14 +74,16 @@ class Dps:
     async def published(self, conn: MqttConnection, registration_id: str, topic: str, payload: bytes) -> None:
         rid = request_id(topic)
         if topic.startswith(REGISTER_PREFIX) and rid:
-            self._answer(conn, rid, lambda: self._register(conn, registration_id, payload))
+            await self._answer(conn, rid, lambda: self._register(conn, registration_id, payload))
         elif topic.startswith(POLL_PREFIX) and rid:
             operation_id = query_of(topic).get("operationId") or ""
-            self._answer(conn, rid, lambda: self._poll(registration_id, operation_id))
+            await self._answer(conn, rid, lambda: self._poll(registration_id, operation_id))
         else:
             raise DeviceRefused(f"DPS: unknown topic {topic!r}")
 
-    def _answer(self, conn: MqttConnection, rid: str, work: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+    async def _answer(
+        self, conn: MqttConnection, rid: str, work: Callable[[], tuple[int, dict[str, Any]]]
+    ) -> None:
         try:
             status, body = work()
         except CloudError as exc:
@@ -93,9 +94,7 @@ class Dps:
         topic = f"$dps/registrations/res/{status}/?$rid={quote(rid, safe='')}"
         if body.get("status") == "assigning":
             topic += f"&retry-after={max(1, math.ceil(self._delay))}"
-        task = asyncio.create_task(conn.publish(topic, json.dumps(body).encode(), 0))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await conn.publish(topic, json.dumps(body).encode(), 0)  # awaited: back-pressure on a non-reader
 
     def _register(
         self, conn: MqttConnection, registration_id: str, payload: bytes
@@ -121,6 +120,11 @@ class Dps:
             return 200, self._disabled(operation_id, match)
         now = time.monotonic()
         operation = _Operation(match, self._hub_host_for(conn), now + self._delay, now)
+        # Only the newest operation of a registration ID stays pollable: a device that registers in a loop
+        # must not pile up operations (each holds its certificate) for OPERATION_TTL.
+        key = match.registration_id.lower()
+        self._operations.pop(self._latest.get(key, ""), None)
+        self._latest[key] = operation_id
         self._operations[operation_id] = operation
         if (
             self._delay <= 0
@@ -164,5 +168,10 @@ class Dps:
 
     def _expire_operations(self) -> None:
         cutoff = time.monotonic() - OPERATION_TTL
-        for key in [k for k, op in self._operations.items() if op.created < cutoff]:
-            del self._operations[key]
+        while self._operations:
+            operation_id, operation = next(iter(self._operations.items()))
+            if operation.created >= cutoff:
+                return  # the rest are newer
+            del self._operations[operation_id]
+            if self._latest.get(operation.match.registration_id.lower()) == operation_id:
+                del self._latest[operation.match.registration_id.lower()]

@@ -15,7 +15,7 @@ class CloudError(Exception):
 
 
 def not_found(what: str, name: str, code: int = 404000) -> CloudError:
-    return CloudError(404, code, f"{what} '{name}' not found")
+    return CloudError(404, code, f"{what} {name!r} not found")  # repr: no raw newlines in logs
 
 
 def bad_request(message: str, code: int = 400000) -> CloudError:

@@ -64,8 +64,10 @@ class CloudHandler:
         if code == 0:
             self._roles[id(conn)] = role
             if role.service == "dps":
-                # DPS and IoT Hub are separate endpoints: a device may be registering while its hub connection
-                # is up. The transport keeps one connection per client id, so give DPS its own namespace.
+                # DPS and IoT Hub are separate endpoints: a device may be registering while its hub
+                # connection is up. The transport keeps one connection per client id, read from
+                # conn.client_id once authorize returns, so DPS gets its own namespace ('/' is never
+                # part of a valid device id).
                 conn.client_id = f"$dps/{conn.client_id}"
             if role.service == "hub":
                 self.hub.connected(conn, role.identity)

@@ -30,11 +30,12 @@ log = logging.getLogger("client_app.cloud.hub")
 MAX_TELEMETRY = 256 * 1024
 MAX_C2D = 64 * 1024
 MAX_C2D_QUEUE = 50
+MAX_TOPIC = 0xFFFF  # MQTT's limit on a topic name, in bytes
 DEFAULT_C2D_TTL = 3600.0
 MAX_METHOD_PAYLOAD = 128 * 1024
 MAX_TWIN_SECTION = 32 * 1024
 DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.+%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus the MQTT wildcard `#`
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
 SYSTEM_KEYS = {
     "$.mid": "messageId",
@@ -175,6 +176,7 @@ class Hub:
             for table in ("devices", "twins", "sessions", "c2d"):
                 db.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
         self._subscriptions.pop(device_id, None)
+        self._activity.pop(device_id, None)  # a device created again under this id starts without history
 
     # ---- connections -----------------------------------------------------------------------------
     def authorize(self, conn: MqttConnection, hostname: str, device_id: str) -> tuple[int, bool]:
@@ -194,6 +196,8 @@ class Hub:
             log.warning("hub CONNECT %s refused: certificate %s is not the registered %s",
                         device_id, thumbprint, row["thumbprint"])  # fmt: skip
             return 5, False
+        if conn.clean_session:  # MQTT-3.1.2-6: start without the stored session (the SDK never asks for this)
+            self._drop_session(device_id)
         return 0, bool(self._subscriptions.get(device_id))
 
     def connected(self, conn: MqttConnection, device_id: str) -> None:
@@ -214,6 +218,8 @@ class Hub:
             return  # an older connection that a newer one already replaced
         del self._online[device_id]
         self._stop_online(online, reason)
+        if conn.clean_session:  # a clean session ends with its connection
+            self._drop_session(device_id)
         self._mark_state(device_id)
         log.info("device %s disconnected: %s", device_id, reason)
 
@@ -271,6 +277,10 @@ class Hub:
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (device_id, json.dumps(sorted(filters)))
             )
 
+    def _drop_session(self, device_id: str) -> None:
+        if self._subscriptions.pop(device_id, None) is not None:
+            self._store.execute("DELETE FROM sessions WHERE device_id=?", (device_id,))
+
     def _subscribed(self, device_id: str, topic_filter: str) -> bool:
         return topic_filter in self._subscriptions.get(device_id, ())
 
@@ -283,9 +293,9 @@ class Hub:
         if topic == events or topic.startswith(events + "/"):
             await self._telemetry_in(device_id, topic[len(events) + 1 :], payload)
         elif topic.startswith("$iothub/twin/GET/"):
-            self._twin_get(conn, device_id, topic)
+            await self._twin_get(conn, device_id, topic)
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
-            self._twin_reported(conn, device_id, topic, payload)
+            await self._twin_reported(conn, device_id, topic, payload)
         elif topic.startswith("$iothub/methods/res/"):
             self._method_response(device_id, topic, payload)
         elif topic.startswith("devices/"):
@@ -338,12 +348,6 @@ class Hub:
         ttl_seconds: float | None = None,
     ) -> dict[str, Any]:
         self._row(device_id)
-        properties = properties or {}
-        size = len(body) + sum(len(k) + len(v) for k, v in properties.items())
-        if size > MAX_C2D:
-            raise CloudError(413, 413001, f"message of {size} bytes exceeds the 64 KB C2D limit")
-        if self._queue_depth(device_id) >= MAX_C2D_QUEUE:
-            raise CloudError(403, 403004, f"device '{device_id}' already has {MAX_C2D_QUEUE} queued messages")
         ttl = DEFAULT_C2D_TTL if ttl_seconds is None else ttl_seconds
         if not 0 < ttl <= 2 * 86400:
             raise bad_request("ttlSeconds must be in (0, 172800]")
@@ -355,7 +359,18 @@ class Hub:
             system["$.ct"] = content_type
         if content_encoding:
             system["$.ce"] = content_encoding
-        bag = encode_bag({**system, **properties})
+        bag = encode_bag({**system, **(properties or {})})
+        # Counted as sent: percent-encoding can triple the properties, and a topic past MQTT's 65,535 bytes
+        # could never be delivered (it would block the device's queue until its TTL).
+        size = len(body) + len(bag)
+        if size > MAX_C2D or len(_c2d_topic(device_id, bag)) > MAX_TOPIC:
+            raise CloudError(
+                413,
+                413001,
+                f"message of {size} bytes (body + encoded properties) exceeds the 64 KB C2D limit",
+            )
+        if self._queue_depth(device_id) >= MAX_C2D_QUEUE:
+            raise CloudError(403, 403004, f"device '{device_id}' already has {MAX_C2D_QUEUE} queued messages")
         cursor = self._store.execute(
             "INSERT INTO c2d(device_id, message_id, body, content_type, properties, enqueued, expiry) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -394,7 +409,7 @@ class Hub:
                 )
                 if row is None:
                     break
-                topic = f"devices/{device_id}/messages/devicebound/{row['properties']}"
+                topic = _c2d_topic(device_id, row["properties"])
                 try:
                     await asyncio.wait_for(
                         online.conn.publish(topic, bytes(row["body"]), 1), DELIVERY_TIMEOUT
@@ -458,13 +473,13 @@ class Hub:
             self._spawn(online.conn.publish(topic, body, 1))
         return self.twin(device_id)
 
-    def _twin_get(self, conn: MqttConnection, device_id: str, topic: str) -> None:
+    async def _twin_get(self, conn: MqttConnection, device_id: str, topic: str) -> None:
         # Answered even without a $iothub/twin/res/# subscription: the SDK's reconnect GET never subscribes.
         rid = request_id(topic) or ""
         body = json.dumps(self._device_twin(self._twin_row(device_id))).encode()
-        self._respond(conn, f"$iothub/twin/res/200/?$rid={rid}", body)
+        await self._respond(conn, f"$iothub/twin/res/200/?$rid={rid}", body)
 
-    def _twin_reported(self, conn: MqttConnection, device_id: str, topic: str, payload: bytes) -> None:
+    async def _twin_reported(self, conn: MqttConnection, device_id: str, topic: str, payload: bytes) -> None:
         rid = request_id(topic) or ""
         try:
             patch = json.loads(payload)
@@ -472,20 +487,20 @@ class Hub:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             log.warning("device %s: reported patch refused, invalid JSON (%s)", device_id, exc)
-            self._respond(conn, f"$iothub/twin/res/400/?$rid={rid}", b"")
+            await self._respond(conn, f"$iothub/twin/res/400/?$rid={rid}", b"")
             return
         row = self._twin_row(device_id)
         reported = merge_patch(json.loads(row["reported"]), patch)
         if len(dumps(reported)) > MAX_TWIN_SECTION:
             log.warning("device %s: reported properties would exceed 32 KB", device_id)
-            self._respond(conn, f"$iothub/twin/res/413/?$rid={rid}", b"")
+            await self._respond(conn, f"$iothub/twin/res/413/?$rid={rid}", b"")
             return
         version = row["reported_version"] + 1
         self._store.execute(
             "UPDATE twins SET reported=?, reported_version=? WHERE device_id=?",
             (dumps(reported), version, device_id),
         )
-        self._respond(conn, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
+        await self._respond(conn, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
 
     # ---- direct methods --------------------------------------------------------------------------
     async def invoke(self, device_id: str, method: str, payload: Any, timeout: float) -> tuple[int, Any]:
@@ -503,8 +518,9 @@ class Hub:
         online.methods[rid] = future
         topic = f"$iothub/methods/POST/{quote(method, safe='')}/?$rid={rid}"  # the SDK unquotes the name
         try:
-            await asyncio.wait_for(online.conn.publish(topic, body), timeout)
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # one deadline for delivery and answer, as IoT Hub's
+                await online.conn.publish(topic, body)
+                return await future
         except TimeoutError:
             raise CloudError(
                 504, 504101, f"device '{device_id}' did not answer '{method}' within {timeout:g} s"
@@ -534,8 +550,11 @@ class Hub:
         future.set_result((status, result))
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def _respond(self, conn: MqttConnection, topic: str, body: bytes) -> None:
-        self._spawn(conn.publish(topic, body, 0))
+    @staticmethod
+    async def _respond(conn: MqttConnection, topic: str, body: bytes) -> None:
+        # Awaited, not spawned: a device that keeps asking without reading the answers is held back by TCP
+        # back-pressure (and cut off by the write timeout) instead of growing our write buffer.
+        await conn.publish(topic, body, 0)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -554,6 +573,10 @@ class Hub:
             task.cancel()
         with contextlib.suppress(Exception):
             self.flush_activity()
+
+
+def _c2d_topic(device_id: str, bag: str) -> str:
+    return f"devices/{device_id}/messages/devicebound/{bag}"  # ASCII: device ids and encoded bags are
 
 
 def _leaf_thumbprint(conn: MqttConnection) -> str:

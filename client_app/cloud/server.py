@@ -53,6 +53,11 @@ class CloudSettings:
     dps_name: str = "dps.client-app.localhost"
     hub_name: str = "hub.client-app.localhost"
 
+    def __post_init__(self) -> None:
+        for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost"):
+            if not _is_loopback(host):
+                raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
+
 
 class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
@@ -91,6 +96,13 @@ class _ServerIdentity:
         atomic_write(
             self.chain_pem, certificate_to_pem(cert) + certificate_to_pem(self.ca.certificate), 0o644
         )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _is_ip(host: str) -> bool:

@@ -68,6 +68,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Owner only, whatever the data directory's mode: it holds the key passphrase (SQLite gives the -wal
+        # and -shm files the database's mode).
+        path.touch(mode=0o600)
+        path.chmod(0o600)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row

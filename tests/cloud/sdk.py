@@ -91,11 +91,12 @@ def dps_refusal(info: ConnectionInfo, files: DeviceFiles, registration_id: str |
 class RawDevice:
     """paho-mqtt 1.x client for the hub, through the proxy front: to send what the SDK never would."""
 
-    def __init__(self, info: ConnectionInfo, files: DeviceFiles, username: str | None = None) -> None:
+    def __init__(self, info: ConnectionInfo, files: DeviceFiles, username: str | None = None, *,
+                 clean_session: bool = False) -> None:  # fmt: skip
         context = ssl.create_default_context(cadata=Path(info.server_ca_pem).read_text())
         context.load_cert_chain(files.cert_file, files.key_file, files.pass_phrase)
         self.client = mqtt.Client(
-            client_id=files.registration_id, clean_session=False, protocol=mqtt.MQTTv311
+            client_id=files.registration_id, clean_session=clean_session, protocol=mqtt.MQTTv311
         )
         hub_user = f"{info.hub_hostname}/{files.registration_id}/?api-version=2019-10-01"
         self.client.username_pw_set(username or hub_user)

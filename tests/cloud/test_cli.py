@@ -86,6 +86,8 @@ def test_errors_are_one_line(local_cloud, tmp_path):
     ):
         _, err = run(data, *args, ok=False)
         assert len(err.strip().splitlines()) == 1 and err.startswith("client-app-cloud: "), (args, err)
+    _, err = run(data, "devices", "show", "a?b", ok=False)  # `?` is a device ID character, not a query
+    assert "device 'a?b' not found" in err
     _, err = run(tmp_path / "nowhere", "devices", "list", ok=False)
     assert "connection.json" in err and len(err.strip().splitlines()) == 1
 

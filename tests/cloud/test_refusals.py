@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from azure.iot.device import Message
 from azure.iot.device.exceptions import CredentialError
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from client_app.cloud.mqtt import packets as p
 from client_app.pki import CertificateAuthority, KeyType, certificate_to_pem, generate_key
+from tests.cloud.mqtt.conftest import RawClient
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, RawDevice, dps_refusal, hub_client, register, wait_for
 from tests.fixtures.cloud import DeviceFiles, enroll_root, issue_device_files, write_device_files
 
@@ -124,6 +130,12 @@ def test_limits_and_methods(local_cloud, cloud_api, enrolled_ca, tmp_path):
     register(info, issue_device_files(enrolled_ca.issuing, "lim-02", tmp_path))
     too_big = cloud_api.post("/devices/lim-01/messages/deviceBound", json={"body": "x" * (64 * 1024 + 1)})
     assert (too_big.status_code, too_big.json()["errorCode"]) == (413, 413001)
+    # 30 KB of properties, 90 KB once percent-encoded: counted as sent, so it cannot block the queue.
+    encoded = cloud_api.post("/devices/lim-01/messages/deviceBound",
+                             json={"body": "x", "properties": {"path": "/" * 30_000}})  # fmt: skip
+    assert (encoded.status_code, encoded.json()["errorCode"]) == (413, 413001)
+    huge = cloud_api.put("/certificates/huge", json={"certificate": "x" * (2 << 20)})
+    assert (huge.status_code, huge.json()["errorCode"]) == (413, 413001)  # refused before it is parsed
     for i in range(50):
         cloud_api.call("POST", "/devices/lim-01/messages/deviceBound", json={"body": str(i)})
     full = cloud_api.post("/devices/lim-01/messages/deviceBound", json={"body": "51"})
@@ -186,6 +198,13 @@ def test_protocol_misuse_is_refused_and_closed(local_cloud, cloud_api, enrolled_
         assert topic == "$iothub/twin/res/200/?$rid=g1" and json.loads(body)["desired"]["$version"] == 1
     with RawDevice(info, files) as raw:  # the persisted session (clean_session=0)
         assert raw.session_present is True
+    with RawDevice(info, files, clean_session=True) as raw:  # a clean session starts empty, is not kept
+        assert raw.session_present is False
+        raw.client.subscribe("devices/raw-01/messages/devicebound/#", 1)
+        raw.publish("$iothub/twin/GET/?$rid=g2", b" ")  # handled in order: answered after the SUBACK
+        wait_for(lambda: raw.messages, what="twin GET answer")
+    with RawDevice(info, files) as raw:
+        assert raw.session_present is False
     stored = cloud_api.call("GET", "/telemetry")["value"]
     assert [m["body"] for m in stored] == ["still here"]
     with RawDevice(info, issue_device_files(enrolled_ca.issuing, "victim-01", tmp_path / "x")) as raw:
@@ -202,6 +221,7 @@ def test_api_refusals(local_cloud, cloud_api, enrolled_ca):
         ("PUT", "/certificates/x", {"certificate": "garbage"}, 400),
         ("PUT", "/certificates/bad name", {"certificate": "x"}, 400),
         ("GET", "/devices/nobody", None, 404),
+        ("GET", "/telemetry?after=99999999999999999999", None, 400),  # past SQLite's integers
         (
             "PUT",
             "/enrollmentGroups/g2",
@@ -219,6 +239,9 @@ def test_api_refusals(local_cloud, cloud_api, enrolled_ca):
         response = cloud_api.request(method, url, **kwargs)
         assert response.status_code == status, (method, url, response.text)
         assert response.json()["message"]
+    json_type = {"Content-Type": "application/json"}
+    not_json = cloud_api.put("/certificates/x", content="not json", headers=json_type).json()["message"]
+    assert not_json == "invalid request: the body is not JSON (Expecting value)"
 
     # Proof of possession: wrong CN, then right CN but signed by another key.
     other = CertificateAuthority.root("second Root")
@@ -252,9 +275,55 @@ def test_dps_protocol_misuse(local_cloud, enrolled_ca, tmp_path):
             "$dps/registrations/res/404/?$rid=r2",
         ]
         assert json.loads(raw.messages[0][1])["errorCode"] == 400001
+        # Registering in a loop keeps one operation per registration ID, not one per attempt.
+        for rid in ("a1", "a2"):
+            raw.publish(
+                f"$dps/registrations/PUT/iotdps-register/?$rid={rid}", b'{"registrationId": "rawdps-01"}'
+            )
+        wait_for(lambda: len(raw.messages) == 4, what="two assignments")
+        first, second = (json.loads(body)["operationId"] for _, body in raw.messages[2:])
+        for rid, operation_id in (("p1", first), ("p2", second)):
+            raw.publish(f"$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={operation_id}",
+                        b" ")  # fmt: skip
+        wait_for(lambda: len(raw.messages) == 6, what="two poll answers")
+        assert [topic for topic, _ in raw.messages[4:]] == [
+            "$dps/registrations/res/404/?$rid=p1",
+            "$dps/registrations/res/200/?$rid=p2",
+        ]
         raw.publish("$dps/registrations/DELETE/whatever/?$rid=r3", b"{}")
         assert raw.disconnected.wait(10)
     wrong_scope = "0neWRONG/registrations/rawdps-01/api-version=2019-03-31"
     for username, code in ((wrong_scope, 5), ("garbage", 2), ("0ne/registrations/other/api-version=1", 2)):
         with RawDevice(info, files, username=username) as raw:
             assert raw.connack == code, username
+
+
+def _raw_hub_socket(info: Any, files: DeviceFiles) -> ssl.SSLSocket:
+    """A TLS socket to the hub through the proxy front, for a client that does not read."""
+    sock = socket.create_connection((info.proxy_host, info.proxy_port), timeout=5)
+    sock.sendall(f"CONNECT {info.hub_hostname}:8883 HTTP/1.1\r\n\r\n".encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    context = ssl.create_default_context(cadata=Path(info.server_ca_pem).read_text())
+    context.load_cert_chain(files.cert_file, files.key_file, files.pass_phrase)
+    return context.wrap_socket(sock, server_hostname=info.hub_hostname)
+
+
+def test_requests_without_reading_answers_are_held_back(local_cloud, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    files = issue_device_files(enrolled_ca.issuing, "greedy-01", tmp_path)
+    register(info, files)
+    client = RawClient(_raw_hub_socket(info, files))
+    try:
+        username = f"{info.hub_hostname}/greedy-01/?api-version=2019-10-01"
+        assert client.connect("greedy-01", username=username) == p.Connack(0, False)
+        big = json.dumps({"big": "x" * 30_000}).encode()
+        client.send(p.Publish("$iothub/twin/PATCH/properties/reported/?$rid=r", big, 0, None))
+        assert client.receive().topic.startswith("$iothub/twin/res/204/")
+        rss = psutil.Process().memory_info().rss
+        for i in range(3000):  # 100 KB of requests asking for 90 MB of answers, none of them read
+            client.send(p.Publish(f"$iothub/twin/GET/?$rid={i}", b"", 0, None))
+        time.sleep(1)  # what the server would buffer, it buffers within this second (90 MB before the fix)
+        assert psutil.Process().memory_info().rss - rss < 40 * 1024 * 1024  # TCP back-pressure, no buffering
+        assert client.receive().topic == "$iothub/twin/res/200/?$rid=0"  # and it is still served
+    finally:
+        client.close()

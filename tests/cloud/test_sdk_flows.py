@@ -95,6 +95,9 @@ def test_sync_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
     finally:
         client.shutdown()
     wait_for(lambda: _device_state(cloud_api, "sync-01") == "Disconnected", what="disconnected state")
+    cloud_api.call("DELETE", "/devices/sync-01")  # registering again creates it afresh, without history
+    register(local_cloud.info, files)
+    assert cloud_api.call("GET", "/devices/sync-01")["lastActivityTime"] is None
 
 
 def test_aio_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):

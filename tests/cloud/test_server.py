@@ -7,6 +7,7 @@ import ipaddress
 import json
 import random
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.fixtures.cloud import api_client, enroll_root, issue_device_files
 @PAHO_SOCKET_LEAKS
 def test_restart_keeps_everything(tmp_path):
     data = tmp_path / "cloud"
+    data.mkdir(mode=0o755)  # made by the user: the database must still be the owner's alone
     root = CertificateAuthority.root("restart Root")
     issuing = root.intermediate("restart Issuing")
     files = issue_device_files(issuing, "keep-01", tmp_path)
@@ -40,6 +42,7 @@ def test_restart_keeps_everything(tmp_path):
         api.call("PATCH", "/twins/keep-01", json={"properties": {"desired": {"mode": "eco"}}})
         api.call("POST", "/devices/keep-01/messages/deviceBound", json={"body": "queued while down"})
     assert not (data / "connection.json").exists()  # removed on a clean stop
+    assert stat.S_IMODE((data / "cloud.db").stat().st_mode) == 0o600  # it holds the key passphrase
 
     with start_in_thread(CloudSettings(data_dir=data)) as cloud, api_client(cloud) as api:
         info = cloud.info

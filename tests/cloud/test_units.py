@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from azure.iot.device import Message
 from azure.iot.device.iothub.pipeline import mqtt_topic_iothub as sdk_topics
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from client_app.cloud.handler import Role, parse_username
 from client_app.cloud.hub import SYSTEM_KEYS, merge_patch
+from client_app.cloud.server import CloudSettings
 from client_app.cloud.topics import encode_bag, parse_bag
 
 # Property names/values as a device or an operator might write them, `$` and `%` included.
@@ -56,3 +58,12 @@ def test_merge_patch():
     base = {"a": 1, "n": {"x": 1, "y": 2}, "gone": True}
     patch = {"a": 2, "n": {"y": None, "z": 3}, "gone": None, "$version": 9}
     assert merge_patch(base, patch) == {"a": 2, "n": {"x": 1, "z": 3}}
+
+
+def test_settings_refuse_non_loopback_addresses(tmp_path):
+    for host in ("localhost", "::1", "127.0.0.2"):
+        CloudSettings(data_dir=tmp_path, bind_host=host, mqtt_listen=(host, 8883))
+    for host in ("0.0.0.0", "example.com", "10.0.0.1"):
+        for refused in ({"bind_host": host}, {"mqtt_listen": (host, 8883)}):
+            with pytest.raises(ValueError, match="loopback"):
+                CloudSettings(data_dir=tmp_path, **refused)
