@@ -207,8 +207,14 @@ def setup_demo(root: Path | None = None, *, start: bool = True) -> tuple[Path, P
     cloud = cloud_dir(root)
     if not start:
         return cloud, bundle_path(root)
-    root_ca, _issuing, bundle = ensure_demo_ca(ca_dir(root))
-    start_cloud(cloud)
+    try:
+        root_ca, _issuing, bundle = ensure_demo_ca(ca_dir(root))
+    except Exception as exc:  # e.g. a key file damaged or re-encrypted by hand
+        raise DemoError(_start_afresh(f"the demo CA cannot be used ({exc})", ca_dir(root))) from exc
+    try:
+        start_cloud(cloud)
+    except Exception as exc:  # e.g. its database damaged by a crash
+        raise DemoError(_start_afresh(f"the embedded local cloud did not start ({exc})", cloud)) from exc
     api = OperatorApi(connection_info(cloud))
     try:
         api.ensure_verified_root(root_ca)
@@ -218,6 +224,11 @@ def setup_demo(root: Path | None = None, *, start: bool = True) -> tuple[Path, P
     finally:
         api.close()
     return cloud, bundle
+
+
+def _start_afresh(problem: str, directory: Path) -> str:
+    """The one fix a demo user can apply: everything under the demo directory is made again if missing."""
+    return f"{problem}. To start over with a new one, delete {directory} and run client-app --demo again."
 
 
 def _print_banner(cloud: Path, device_data: Path) -> None:
@@ -252,9 +263,8 @@ def prepare_demo(args: argparse.Namespace) -> tuple[Path, Path]:
     except DemoError:
         stop_cloud()
         raise
-    except Exception as exc:
+    except Exception as exc:  # logged with its traceback by the caller, which reports the one line
         stop_cloud()
-        log.exception("demo setup failed")
         raise DemoError(f"the demo could not be set up: {exc}") from exc
     if not status_only:
         _print_banner(cloud, Path(args.data_dir))

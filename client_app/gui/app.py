@@ -13,6 +13,7 @@ import logging.handlers
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from client_app.gui.tray import StatusTray
 
 log = logging.getLogger(__name__)
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
 INITIAL_INBOX_ROWS = 1000
 OUTBOX_ROWS = 200
 
@@ -45,6 +47,7 @@ COMMANDS = {
     "reset": "Resetting the identity",
     "restart": "Applying the new settings",
     "mark_read": "Marking the message read",
+    "copy": "Copying diagnostics",
     "export": "Exporting diagnostics",
     "outbox": "Loading the sent messages",
     "start": "Starting the connection",
@@ -55,9 +58,10 @@ class AppController(QObject):
     """Connects a DeviceRuntime (through a RuntimeBridge) to the window, tray and dialogs."""
 
     diagnosticsExported = Signal(str)  # path of the written zip
+    _diagnosticsCopied = Signal(str)  # the summary text
     _outboxLoaded = Signal(list)
-    _runtimeReplaced = Signal()
-    _started = Signal(list, list)  # inbox history, sent messages
+    _runtimeReplaced = Signal(object)  # the new runtime's first DeviceStatus
+    _started = Signal(list, list, object)  # inbox history, sent messages, DeviceStatus
     _startFailed = Signal(str)
 
     def __init__(
@@ -91,6 +95,7 @@ class AppController(QObject):
         self._started.connect(self._core_started, queued)
         self._startFailed.connect(self._core_failed, queued)
         self.diagnosticsExported.connect(self._diagnostics_exported, queued)
+        self._diagnosticsCopied.connect(self._diagnostics_copied, queued)
 
         window.sendRequested.connect(self.send)
         window.retryRequested.connect(self.retry)
@@ -122,20 +127,27 @@ class AppController(QObject):
             self._startFailed.emit(f"The app could not start its connection: {exc}")
             return
         self.runtime = runtime
-        self._started.emit(history, sent)
+        # Read here: status() waits on the core's lock, which its threads hold around SQLite counts.
+        self._started.emit(history, sent, runtime.status())
 
-    @Slot(list, list)
-    def _core_started(self, history: list, sent: list) -> None:
+    @Slot(list, list, object)
+    def _core_started(self, history: list, sent: list, status: DeviceStatus) -> None:
         self.window.add_messages(history)
         self.window.set_outbox(sent)
-        if self.runtime is not None:
-            self.show_status(self.runtime.status())
+        self.show_status(self._newest(status))
 
     @Slot(str)
     def _core_failed(self, message: str) -> None:
         self.show_status(
             DeviceStatus(state=ConnectionState.ERROR, message=message, log_dir=str(self.config.log_dir))
         )
+
+    def _newest(self, status: DeviceStatus) -> DeviceStatus:
+        """`status` was read on the worker; the core may have published a newer one since."""
+        latest = self.bridge.latest_status()
+        if latest is None or (latest.updated_at or _NEVER) < (status.updated_at or _NEVER):
+            return status
+        return latest
 
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the core and wait for it; the window may already be gone."""
@@ -209,7 +221,10 @@ class AppController(QObject):
     @Slot()
     def retry(self) -> None:
         self.window.first_run.failure_box.hide()
-        self._run("retry", "retry")
+        if self.runtime is None:
+            self.start()  # the core itself did not start (e.g. an unwritable data directory): try that again
+        else:
+            self._run("retry", "retry")
 
     @Slot()
     def reconnect_now(self) -> None:
@@ -273,17 +288,17 @@ class AppController(QObject):
         def restart() -> None:
             if old is not None:
                 old.close()  # stops the core and closes its database
+                self.runtime = None  # if the new one fails, Retry starts afresh instead of using a closed one
             self.runtime = DeviceRuntime(config, self.bridge)
             self.runtime.start()
-            self._runtimeReplaced.emit()
+            self._runtimeReplaced.emit(self.runtime.status())
 
         self.bridge.run_command(COMMANDS["restart"], restart)
 
-    @Slot()
-    def _runtime_replaced(self) -> None:
-        if self.runtime is not None:
-            self.show_status(self.runtime.status())
-            self.refresh_outbox()
+    @Slot(object)
+    def _runtime_replaced(self, status: DeviceStatus) -> None:
+        self.show_status(self._newest(status))
+        self.refresh_outbox()
 
     def app_facts(self) -> dict[str, Any]:
         from PySide6.QtWidgets import QSystemTrayIcon
@@ -295,13 +310,28 @@ class AppController(QObject):
             "keeps_running_in_tray": self.window.keep_running_in_tray,
         }
 
-    def collect_diagnostics(self, include_logs: bool = True) -> diagnostics.Diagnostics:
-        status = self.runtime.status() if self.runtime is not None else self.status
-        return diagnostics.collect(status, self.config, app_facts=self.app_facts(), include_logs=include_logs)
+    def _run_with_diagnostics(
+        self, command: str, use: Callable[[diagnostics.Diagnostics], None], *, include_logs: bool
+    ) -> None:
+        """Gather diagnostics on the worker thread (they read files and wait on the core's lock)."""
+        facts = self.app_facts()  # Qt calls stay on the GUI thread
+        status = self.status
+
+        def gather() -> None:
+            runtime = self.runtime
+            current = runtime.status() if runtime is not None else status
+            use(diagnostics.collect(current, self.config, app_facts=facts, include_logs=include_logs))
+
+        self.bridge.run_command(COMMANDS[command], gather)
 
     @Slot()
     def copy_diagnostics(self) -> None:
-        text = self.collect_diagnostics(include_logs=False).summary_text()
+        self._run_with_diagnostics(
+            "copy", lambda found: self._diagnosticsCopied.emit(found.summary_text()), include_logs=False
+        )
+
+    @Slot(str)
+    def _diagnostics_copied(self, text: str) -> None:
         QApplication.clipboard().setText(text)
         if self.support_panel is not None:
             self.support_panel.show_feedback("Diagnostics copied to the clipboard (no keys or secrets).")
@@ -318,15 +348,12 @@ class AppController(QObject):
             if not chosen:
                 return
             path = Path(chosen)
-        facts = self.app_facts()  # Qt calls stay on the GUI thread
-        status = self.status
-
-        def export() -> None:
-            current = self.runtime.status() if self.runtime is not None else status
-            written = diagnostics.collect(current, self.config, app_facts=facts).write_zip(path)
-            self.diagnosticsExported.emit(str(written))
-
-        self.bridge.run_command(COMMANDS["export"], export)
+        target = path  # narrowed to Path for the closure
+        self._run_with_diagnostics(
+            "export",
+            lambda found: self.diagnosticsExported.emit(str(found.write_zip(target))),
+            include_logs=True,
+        )
 
     @Slot(str)
     def _diagnostics_exported(self, path: str) -> None:

@@ -45,13 +45,17 @@ LOG_TAIL_BYTES = 256 * 1024
 MAX_LOG_FILES = 5
 
 _PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?(?:-----END \1-----|\Z)", re.S)
+# An END left after _PEM has no BEGIN: the block started in an older (rotated or cut-off) part of the
+# log, and the body lines above it may be short enough to pass _LONG_TOKEN. Drop all up to that END.
+_PEM_TAIL = re.compile(r"\A.*-----END ([A-Z0-9 ]+)-----", re.S)
+# A key that names a secret, also inside a longer name (proxy_password, access_token, clientSecret).
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b((?:api[_-]?)?token|password|passwd|passphrase|pass_phrase|secret|api[_-]?key|"
-    r"authorization|sig|signature|sharedaccesskey|x-api-key)(\"?\s*[:=]\s*\"?)"
-    r"(?:bearer\s+|basic\s+)?[^\s\"',;&]+"
+    r"(?i)(\b\w*?(?:token|password|passwd|passphrase|pass_phrase|secret|api[_-]?key|"
+    r"authorization|sharedaccesskey)|\bsig|\bsignature)([\"']?\s*[:=]\s*[\"']?)"
+    r"(?:bearer\s+|basic\s+)?[^\s\"',;&)]+"
 )
 _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|sharedaccesssignature)\s+[^\s\"',;]+")
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+(?::[^\s/@]*)?@")
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)[^\s/@:]+(?::[^\s/@]*)?@")
 # Long runs of base64/base64url/hex: keys, tokens, passphrases. Upper-case hex is kept (thumbprints).
 _LONG_TOKEN = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![\w+/=-])")
 _UPPER_HEX = re.compile(r"^[0-9A-F]+$")
@@ -64,6 +68,7 @@ def redact(text: str, *, secrets: Iterable[str] = (), keep: Iterable[str] = ()) 
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, "[removed]")
     text = _PEM.sub(lambda m: f"[{m.group(1).strip().lower()} removed]", text)
+    text = _PEM_TAIL.sub(lambda m: f"[end of a {m.group(1).strip().lower()} removed]", text)
     text = _URL_CREDENTIALS.sub(r"\1[removed]@", text)
     text = _AUTH_SCHEME.sub(r"\1 [removed]", text)
     text = _SECRET_ASSIGNMENT.sub(r"\1\2[removed]", text)
@@ -76,9 +81,10 @@ def redact(text: str, *, secrets: Iterable[str] = (), keep: Iterable[str] = ()) 
         return "[token removed]"
 
     text = _LONG_TOKEN.sub(token, text)
-    home = str(Path.home())
-    if len(home) > 1:
-        text = text.replace(home, "~")
+    home = Path.home()
+    for path in {str(home), os.path.realpath(home)}:  # /home/me may be a link to /var/home/me
+        if len(path) > 1:
+            text = text.replace(path, "~")
     return text
 
 

@@ -147,6 +147,7 @@ class MainWindow(QMainWindow):
         self.inbox_view.selectionModel().selectionChanged.connect(self._inbox_selection_changed)
         self.inbox_view.doubleClicked.connect(self.show_message_details)
         self.inbox_view.setToolTip("Double-click a message to read all of it.")
+        self.inbox_view.setAccessibleName("Messages from the cloud")
         self.message_dialog: MessageDialog | None = None
         self.inbox_empty = QLabel("No messages from the cloud yet.")
         self.inbox_empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -162,8 +163,12 @@ class MainWindow(QMainWindow):
         self.message_edit.setPlaceholderText("Write a message to the backend…")
         self.message_edit.setMaxLength(MAX_MESSAGE_CHARS)
         self.message_edit.returnPressed.connect(self._send_clicked)
+        # No visible labels (the placeholders say it): screen readers need the names.
+        self.message_edit.setAccessibleName("Message to send")
         self.properties_edit = QLineEdit()
         self.properties_edit.setPlaceholderText("Properties (optional): name=value, name=value")
+        self.properties_edit.setAccessibleName("Properties of the message to send")
+        self.properties_edit.returnPressed.connect(self._send_clicked)
         self.send_button = QPushButton("Send")
         self.send_button.setDefault(True)
         self.send_button.clicked.connect(self._send_clicked)
@@ -173,6 +178,7 @@ class MainWindow(QMainWindow):
         self.outbox_model = OutboxModel(parent=self)
         self.outbox_view = _table(self.outbox_model, OutboxModel.TEXT)
         self.outbox_view.setObjectName("outboxView")
+        self.outbox_view.setAccessibleName("Sent messages")
         self.outbox_view.setColumnWidth(OutboxModel.TIME, 90)
         self.outbox_view.setColumnWidth(OutboxModel.STATE, 130)
         send_row = QHBoxLayout()

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
 from client_app.device.store import InboxMessage, OutboxMessage
 
 Index = QModelIndex | QPersistentModelIndex
 _ROOT = QModelIndex()
+Message = TypeVar("Message", InboxMessage, OutboxMessage)
 
 
 # Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
@@ -38,17 +39,25 @@ def format_properties(properties: Mapping[str, str | None] | None) -> str:
     return ", ".join(key if value is None else f"{key}={value}" for key, value in sorted(properties.items()))
 
 
-class _MessageTable(QAbstractTableModel):
-    """The table plumbing both message lists share; subclasses name COLUMNS and render data()."""
+class _MessageTable(QAbstractTableModel, Generic[Message]):
+    """The table plumbing both message lists share; subclasses name COLUMNS and render cell()."""
 
     COLUMNS: tuple[str, ...] = ()
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._rows: list[Any] = []  # newest first
+        self._rows: list[Message] = []  # newest first
 
-    def message_at(self, row: int) -> Any:
+    def message_at(self, row: int) -> Message:
         return self._rows[row]
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        return self.cell(self._rows[index.row()], index.column(), role)
+
+    def cell(self, message: Message, column: int, role: int) -> Any:
+        raise NotImplementedError
 
     def rowCount(self, parent: Index = _ROOT) -> int:
         return 0 if parent.isValid() else len(self._rows)
@@ -56,22 +65,23 @@ class _MessageTable(QAbstractTableModel):
     def columnCount(self, parent: Index = _ROOT) -> int:
         return 0 if parent.isValid() else len(self.COLUMNS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> str | None:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return self.COLUMNS[section]
         return None
 
 
-class InboxModel(_MessageTable):
+class InboxModel(_MessageTable[InboxMessage]):
     """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties."""
 
     COLUMNS = ("", "Received", "Message", "Properties")
     UNREAD, TIME, TEXT, PROPERTIES = range(4)
     MessageRole = Qt.ItemDataRole.UserRole + 1
 
-    def __init__(self, max_rows: int = 5000, parent=None) -> None:
+    def __init__(self, max_rows: int = 5000, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._rows: list[InboxMessage]
         self._read: set[Any] = set()  # ids marked read in this session (the core keeps the truth)
         self._ids: set[Any] = set()
         self._max_rows = max_rows
@@ -127,14 +137,7 @@ class InboxModel(_MessageTable):
     def unread_count(self) -> int:
         return sum(1 for m in self._rows if self.is_unread(m))
 
-    def message_at(self, row: int) -> InboxMessage:
-        return self._rows[row]
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        message = self._rows[index.row()]
-        column = index.column()
+    def cell(self, message: InboxMessage, column: int, role: int) -> Any:
         unread = self.is_unread(message)
         if role == Qt.ItemDataRole.DisplayRole:
             if column == self.UNREAD:
@@ -169,15 +172,11 @@ OUTBOX_STATE_TEXT = {
 }
 
 
-class OutboxModel(_MessageTable):
+class OutboxModel(_MessageTable[OutboxMessage]):
     """Messages sent to the cloud, newest first. Columns: time, text, state."""
 
     COLUMNS = ("Sent", "Message", "State")
     TIME, TEXT, STATE = range(3)
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self._rows: list[OutboxMessage]
 
     def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
         rows = sorted(messages, key=_arrival_order, reverse=True)
@@ -191,14 +190,7 @@ class OutboxModel(_MessageTable):
         self._rows = rows
         self.endResetModel()
 
-    def message_at(self, row: int) -> OutboxMessage:
-        return self._rows[row]
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        message = self._rows[index.row()]
-        column = index.column()
+    def cell(self, message: OutboxMessage, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
             if column == self.TIME:
                 return format_time(message.created_at)

@@ -158,9 +158,9 @@ class SettingsDialog(QDialog):
         self.errors: dict[str, QLabel] = {}
         form = QFormLayout()
         for name, label, edit in (
-            ("provisioning_host", "Provisioning endpoint", self.host_edit),
-            ("id_scope", "ID scope", self.scope_edit),
-            ("proxy", "Proxy", self.proxy_edit),
+            ("provisioning_host", "Provisioning &endpoint", self.host_edit),  # &: Alt+E focuses the field
+            ("id_scope", "ID &scope", self.scope_edit),
+            ("proxy", "&Proxy", self.proxy_edit),
         ):
             error = QLabel()
             error.setObjectName(f"{name}Error")

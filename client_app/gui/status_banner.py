@@ -20,6 +20,7 @@ class StatusBanner(QFrame):
         super().__init__(parent)
         self.setObjectName("statusBanner")
         self._status: DeviceStatus | None = None
+        self._tone: Tone | None = None
         self.icon = QLabel()
         self.headline = QLabel("Starting…")
         self.headline.setObjectName("statusHeadline")
@@ -75,6 +76,10 @@ class StatusBanner(QFrame):
         self._apply_tone(text.tone)
 
     def _apply_tone(self, tone: Tone) -> None:
+        # Each status update and countdown tick lands here; a new style sheet re-polishes the banner.
+        if tone is self._tone:
+            return
+        self._tone = tone
         colour = TONE_COLOURS[tone]
         self.icon.setPixmap(status_pixmap(tone, 32))
         self.setProperty("tone", tone.value)

@@ -284,3 +284,18 @@ def test_saved_settings_restart_the_core(qtbot, running_app):
     assert (running_app.config.config_dir / "config.toml").read_text().count("0ne00NEW123") == 1
     # This instance follows a local cloud, whose connection.json still decides the scope: it reconnects.
     wait_state(qtbot, running_app, S.CONNECTED)
+
+
+def test_retry_starts_a_core_that_could_not_start(qtbot, running_app_factory, device_config):
+    device_config.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    device_config.data_dir.write_text("a file where the data directory belongs")
+    controller = running_app_factory()
+    window = controller.window
+    wait_state(qtbot, controller, S.ERROR)
+    assert controller.runtime is None
+    assert "could not start" in window.first_run.failure_text.text()
+    assert window.banner.retry_button.isVisible()
+    # The user fixes it and presses Retry: the core starts now (before, Retry did nothing).
+    device_config.data_dir.unlink()
+    qtbot.mouseClick(window.banner.retry_button, Qt.MouseButton.LeftButton)
+    wait_state(qtbot, controller, S.CONNECTED)

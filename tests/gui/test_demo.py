@@ -49,6 +49,18 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
     assert not (cloud / "connection.json").exists()
 
 
+def test_a_damaged_demo_ca_says_what_to_delete(tmp_path, monkeypatch):
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
+    demo.ensure_demo_ca(demo.ca_dir(tmp_path))
+    (demo.ca_dir(tmp_path) / "private" / "root.key.pem").write_text("not a key\n")
+    with pytest.raises(demo.DemoError) as failure:
+        demo.prepare_demo(argparse.Namespace(data_dir=None, status=False))
+    message = str(failure.value)
+    assert "root.key.pem" in message and f"delete {demo.ca_dir(tmp_path)}" in message
+    assert "\n" not in message
+    assert demo._running_cloud is None  # nothing was started
+
+
 def _status(env: dict[str, str]) -> dict:
     result = subprocess.run(
         [str(BIN / "client-app"), "--demo", "--status"], env=env, capture_output=True, text=True, timeout=60

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,10 +176,22 @@ PEM_KEY = (
         ("proxy http://alice:pw1234@proxy:3128", "pw1234"),
         ("token Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eA== here", "Zm9vYmFyYmF6"),
         ("sig=Ab3dEf9h%2Bxyz&se=1700000000", "Ab3dEf9h"),
+        ("ProxyOptions(proxy_password='hunter22')", "hunter22"),
+        ("access_token=abc123xyz&x=1", "abc123xyz"),
+        ('{"clientSecret": "abcdef12"}', "abcdef12"),
+        # The log rotated (or the tail was cut) inside a PEM block: its END has no BEGIN.
+        ("MIIBvTBXBgkqhkiG9w0BBQ0wSjAp\nq83K+w==\n-----END PRIVATE KEY-----\nINFO next", "q83K"),
     ],
 )
 def test_redaction_removes_secrets(line, leak):
     assert leak not in diagnostics.redact(line)
+
+
+def test_redaction_keeps_what_follows_a_cut_pem_block_and_stays_linear():
+    assert diagnostics.redact("AbC=\n-----END CERTIFICATE-----\nINFO next").endswith("\nINFO next")
+    started = time.monotonic()
+    diagnostics.redact("a-" * 100_000 + " 1." * 50_000)  # e.g. a long dashed hex dump in a log line
+    assert time.monotonic() - started < 10  # was minutes: a quadratic URL pattern
 
 
 def test_redaction_keeps_public_identifiers():
