@@ -246,14 +246,19 @@ def _print_banner(cloud: Path, device_data: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
+def use_demo_device(args: argparse.Namespace) -> None:
+    """Give the demo instance its own data dir unless --data-dir was given: a real install stays untouched."""
+    if not getattr(args, "data_dir", None):
+        args.data_dir = str(device_dir(demo_root()))
+
+
 def prepare_demo(args: argparse.Namespace) -> tuple[Path, Path]:
     """Hook for main.py: set up (or, for --status, only locate) the demo; returns (cloud dir, bundle).
 
     Also points the demo instance at its own data dir unless --data-dir was given.
     """
     root = demo_root()
-    if not getattr(args, "data_dir", None):
-        args.data_dir = str(device_dir(root))
+    use_demo_device(args)
     # A demo instance already running owns the embedded cloud: a second launch only brings its
     # window forward (single instance), and must not start a second cloud on the same directory.
     already_running = running_pid(paths.DataLayout(Path(args.data_dir)).lock_file) is not None

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from client_app.device.config import ConfigError, DeviceConfig, add_config_arguments, load_config
+from client_app.device.config import ConfigError, DeviceConfig, add_config_arguments, load_config, log_dir_of
+from client_app.device.logsetup import setup_logging
 
 log = logging.getLogger("client_app")
 
@@ -83,11 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.demo:
+            importlib.import_module("client_app.demo").use_demo_device(args)
+        # Logging first: a failure while setting up the demo or reading the configuration is logged too.
+        setup_logging(log_dir_of(args, os.environ))
+        if args.demo:
             _apply_demo(args)
         config = load_config(args, os.environ)
-        from client_app.device.logsetup import setup_logging
-
-        setup_logging(config.log_dir)
         if args.status:
             return _status(config, getattr(args, "demo_cloud_dir", None))
         if args.send is not None:

@@ -193,15 +193,11 @@ def _typed(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(args: argparse.Namespace | None, environ: Mapping[str, str]) -> DeviceConfig:
-    cli = {k: v for k, v in vars(args).items() if k in _OPTIONS or k in _LOCATION_OPTIONS} if args else {}
-    env = {name: environ.get(ENV_PREFIX + name.upper()) for name in (*_OPTIONS, *_LOCATION_OPTIONS)}
-    env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
-    # Locations first: they decide where config.toml is.
-    locations = {
-        **_layer({k: env[k] for k in _LOCATION_OPTIONS}, "environment"),
-        **{k: cli[k] for k in _LOCATION_OPTIONS if cli.get(k)},
-    }
+def _locations(args: argparse.Namespace | None, environ: Mapping[str, str]) -> tuple[Path | None, Path, Path]:
+    """(data dir or None for the platform default, log dir, config dir): they decide where config.toml is."""
+    env = {k: environ.get(ENV_PREFIX + k.upper()) for k in _LOCATION_OPTIONS}
+    cli = {k: getattr(args, k, None) for k in _LOCATION_OPTIONS} if args else {}
+    locations = {**_layer(env, "environment"), **{k: v for k, v in cli.items() if v}}
     data_dir = Path(locations["data_dir"]).expanduser() if "data_dir" in locations else None
     config_dir = data_dir / "config" if data_dir else paths.default_config_dir()
     log_dir = (
@@ -209,6 +205,19 @@ def load_config(args: argparse.Namespace | None, environ: Mapping[str, str]) -> 
         if "log_dir" in locations
         else (data_dir / "logs" if data_dir else paths.default_log_dir())
     )
+    return data_dir, log_dir, config_dir
+
+
+def log_dir_of(args: argparse.Namespace | None, environ: Mapping[str, str]) -> Path:
+    """Where the log goes, known before the rest of the configuration is read (so its errors are logged)."""
+    return _locations(args, environ)[1]
+
+
+def load_config(args: argparse.Namespace | None, environ: Mapping[str, str]) -> DeviceConfig:
+    cli = {k: v for k, v in vars(args).items() if k in _OPTIONS} if args else {}
+    env = {name: environ.get(ENV_PREFIX + name.upper()) for name in _OPTIONS}
+    env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
+    data_dir, log_dir, config_dir = _locations(args, environ)
     config_file = Path(
         getattr(args, "config_file", None)
         or environ.get(ENV_PREFIX + "CONFIG")
@@ -216,8 +225,8 @@ def load_config(args: argparse.Namespace | None, environ: Mapping[str, str]) -> 
     )
     merged: dict[str, Any] = {}
     merged.update(_layer(_read_toml(config_file), str(config_file)))
-    merged.update(_layer({k: v for k, v in env.items() if k in _OPTIONS}, "environment"))
-    merged.update(_layer({k: v for k, v in cli.items() if k in _OPTIONS}, "command line"))
+    merged.update(_layer(env, "environment"))
+    merged.update(_layer(cli, "command line"))
     typed = _typed(merged)
     config = DeviceConfig(
         **typed, data_dir=data_dir or paths.default_data_dir(), log_dir=log_dir, config_dir=config_dir

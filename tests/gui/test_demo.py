@@ -61,6 +61,21 @@ def test_a_damaged_demo_ca_says_what_to_delete(tmp_path, monkeypatch):
     assert demo._running_cloud is None  # nothing was started
 
 
+def test_a_broken_demo_cloud_is_one_line_on_the_console_and_logged(tmp_path):
+    cloud = demo.cloud_dir(tmp_path)
+    cloud.mkdir(parents=True)
+    (cloud / "cloud.db").write_text("not a database\n")
+    env = {**os.environ, demo.DEMO_DIR_ENV: str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
+    result = subprocess.run(
+        [str(BIN / "client-app"), "--demo", "--headless"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"delete {cloud}" in result.stderr and "(details in the log)" in result.stderr
+    log = (demo.device_dir(tmp_path) / "logs" / "client-app.log").read_text()
+    assert "Traceback" in log and "DemoError" in log
+
+
 def _status(env: dict[str, str]) -> dict:
     result = subprocess.run(
         [str(BIN / "client-app"), "--demo", "--status"], env=env, capture_output=True, text=True, timeout=60

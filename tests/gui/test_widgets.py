@@ -326,8 +326,8 @@ def test_reset_identity_needs_confirmation(qtbot):
         panel.reset_confirmation.button(QMessageBox.StandardButton.Reset).click()
 
 
-# Void Qt calls, emits and disconnects, each of which PySide6 6.12.0 pays for with a reference to
-# None, True or False: without client_app.gui.qt_fixes the interpreter aborts long before the end.
+# Void Qt calls, emits and disconnects, each of which PySide6 6.12.0 paid for with a reference to
+# None, True or False (the interpreter aborted long before the end): guards the version pin in pyproject.
 _SINGLETON_DRAIN = """
 import client_app.gui
 from PySide6.QtCore import QObject, Signal
@@ -354,17 +354,6 @@ def test_many_qt_calls_keep_the_interpreter_alive():
         [sys.executable, "-c", _SINGLETON_DRAIN], capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stdout.strip()) == (0, "alive"), result.stderr[-500:]
-
-
-def test_the_fix_is_in_place_in_the_test_process():
-    import sys
-
-    from client_app.gui import qt_fixes
-
-    # conftest imports client_app.gui before any test emits; the reserve makes these effectively immortal.
-    assert set(qt_fixes.IMMORTALISED) <= {None, True, False}
-    for singleton in qt_fixes.IMMORTALISED:
-        assert sys.getrefcount(singleton) > 2**40
 
 
 def test_connected_banner_does_not_repeat_itself(window):
