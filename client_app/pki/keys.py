@@ -65,8 +65,13 @@ def private_key_to_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
+def pem_begin(label: str) -> bytes:
+    """The armour line that opens a PEM block, e.g. pem_begin("ENCRYPTED PRIVATE KEY")."""
+    return b"-----BEGIN " + label.encode("ascii") + b"-----"
+
+
 def is_encrypted_pem(data: bytes) -> bool:
-    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+    return pem_begin("ENCRYPTED PRIVATE KEY") in data or b"Proc-Type: 4,ENCRYPTED" in data
 
 
 def load_private_key(data: bytes, passphrase: bytes | None, source: str) -> PrivateKey:

