@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from client_app.device.config import DeviceConfig, add_config_arguments, load_config
-from client_app.device.runtime import ConnectionState, DeviceRuntime
+from client_app.device.runtime import ConnectionState, DeviceRuntime, RuntimeListener
 
 T = TypeVar("T")
 
@@ -31,6 +32,17 @@ def config_for(cloud_dir: Path, bundle: Path, data_dir: Path, *extra: str) -> De
         ]
     )
     return load_config(args, {})
+
+
+@contextmanager
+def running(config: DeviceConfig, listener: RuntimeListener | None = None) -> Iterator[DeviceRuntime]:
+    """A started runtime, closed (core stopped, database closed) when the block ends."""
+    runtime = DeviceRuntime(config, listener)
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 def wait_for(check: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:

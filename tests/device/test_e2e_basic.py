@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from client_app.device.runtime import ConnectionState, DeviceRuntime, FirstRunStep
-from tests.device.e2e import config_for, wait_for, wait_state
+from client_app.device.runtime import ConnectionState, FirstRunStep
+from tests.device.e2e import config_for, running, wait_for, wait_state
 
 
 class Recorder:
@@ -32,9 +32,7 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
     _, bundle = enrolled_ca
     config = config_for(local_cloud.data_dir, bundle, tmp_path / "app")
     recorder = Recorder()
-    runtime = DeviceRuntime(config, recorder)
-    runtime.start()
-    try:
+    with running(config, recorder) as runtime:
         wait_state(runtime, ConnectionState.CONNECTED)
         status = runtime.status()
         assert status.registration_id and status.registration_id == status.device_id
@@ -46,13 +44,9 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
             assert (str(step), "done") in recorder.steps
         assert recorder.states[:4] == ["not_provisioned", "creating_identity", "provisioning", "connecting"]
         registration = cloud_api.call("GET", f"/registrations/{status.registration_id}")
-    finally:
-        runtime.close()
     assert runtime.status().state is ConnectionState.STOPPED
 
-    runtime = DeviceRuntime(config, recorder := Recorder())
-    runtime.start()
-    try:
+    with running(config, recorder := Recorder()) as runtime:
         wait_state(runtime, ConnectionState.CONNECTED)
         assert runtime.status().registration_id == status.registration_id
         assert "provisioning" not in recorder.states and "creating_identity" not in recorder.states
@@ -111,5 +105,3 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
         wait_for(lambda: runtime.status().last_connected != before, what="reconnected")
         wait_state(runtime, ConnectionState.CONNECTED)
         wait_for(lambda: threading.active_count() <= threads, what="no thread leak")
-    finally:
-        runtime.close()

@@ -11,7 +11,7 @@ import pytest
 from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.device.runtime import ConnectionState, DeviceRuntime
 from client_app.pki import load_certificates, sha1_thumbprint, write_issuer_bundle
-from tests.device.e2e import config_for, wait_for, wait_state
+from tests.device.e2e import config_for, running, wait_for, wait_state
 from tests.fixtures.cloud import api_client
 
 C = ConnectionState
@@ -65,9 +65,7 @@ def test_disabled_enrollment_group_blocks_without_retry_loop(
 ):
     data, _ = app_dirs
     _group(cloud_api, enabled=False)
-    runtime = DeviceRuntime(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data))
-    runtime.start()
-    try:
+    with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
         wait_state(runtime, C.BLOCKED)
         status = runtime.status()
         assert status.retry_at is None and "Retry" in status.message and "\n" not in status.message
@@ -82,16 +80,12 @@ def test_disabled_enrollment_group_blocks_without_retry_loop(
         runtime.retry()
         wait_state(runtime, C.CONNECTED)
         assert runtime.status().registration_id == registration_id
-    finally:
-        runtime.close()
 
 
 def test_hub_refusal_reprovisions_then_blocks(keyring_env, local_cloud, cloud_api, enrolled_ca, app_dirs):
     data, _ = app_dirs
     config = config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)
-    runtime = DeviceRuntime(config)
-    runtime.start()
-    try:
+    with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         device = runtime.status().device_id
         registration = cloud_api.call("GET", f"/registrations/{device}")
@@ -102,8 +96,6 @@ def test_hub_refusal_reprovisions_then_blocks(keyring_env, local_cloud, cloud_ap
         cloud_api.call("PUT", f"/devices/{device}", json={"status": "enabled"})
         runtime.retry()
         wait_state(runtime, C.CONNECTED)
-    finally:
-        runtime.close()
 
 
 def test_renewal_replaces_leaf_and_reconnects(keyring_env, local_cloud, cloud_api, enrolled_ca, app_dirs):
@@ -112,9 +104,7 @@ def test_renewal_replaces_leaf_and_reconnects(keyring_env, local_cloud, cloud_ap
     config = config_for(
         local_cloud.data_dir, enrolled_ca.bundle_path, data, "--leaf-days", "1", "--renew-fraction", "0.00005"
     )
-    runtime = DeviceRuntime(config)
-    runtime.start()
-    try:
+    with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         first = runtime.status()
         registration = cloud_api.call("GET", f"/registrations/{first.registration_id}")
@@ -130,8 +120,6 @@ def test_renewal_replaces_leaf_and_reconnects(keyring_env, local_cloud, cloud_ap
         assert (
             cloud_api.call("GET", f"/registrations/{renewed.registration_id}")["etag"] != registration["etag"]
         )
-    finally:
-        runtime.close()
 
 
 def test_renewal_with_locked_keyring_keeps_the_working_leaf(
@@ -160,9 +148,7 @@ def test_c2d_that_cannot_be_stored_is_reported(
     keyring_env, local_cloud, cloud_api, enrolled_ca, app_dirs, caplog
 ):
     data, _ = app_dirs
-    runtime = DeviceRuntime(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data))
-    runtime.start()
-    try:
+    with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
         wait_state(runtime, C.CONNECTED)
         with closing(sqlite3.connect(data / "messages.sqlite3")) as db:
             db.execute("DROP TABLE inbox")  # every insert now fails, as on a broken disk
@@ -175,33 +161,23 @@ def test_c2d_that_cannot_be_stored_is_reported(
             wait_for(lambda: "could not be saved" in (runtime.status().last_error or ""), what="reported")
         assert any("c2d-lost" in r.getMessage() for r in caplog.records)  # support can tell which one
         assert runtime.status().state is C.CONNECTED  # the SDK handler thread survived
-    finally:
-        runtime.close()
 
 
 def test_replaced_issuer_in_updated_app_reissues_leaf(
     keyring_env, local_cloud, enrolled_ca, app_dirs, tmp_path
 ):
     data, _ = app_dirs
-    runtime = DeviceRuntime(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data))
-    runtime.start()
-    try:
+    with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
         wait_state(runtime, C.CONNECTED)
         first = runtime.status()
-    finally:
-        runtime.close()
     new_bundle = tmp_path / "updated-app-bundle.pem"
     write_issuer_bundle(enrolled_ca.root.intermediate("second Issuing CA", path_length=0), new_bundle)
-    runtime = DeviceRuntime(config_for(local_cloud.data_dir, new_bundle, data))
-    runtime.start()
-    try:
+    with running(config_for(local_cloud.data_dir, new_bundle, data)) as runtime:
         wait_state(runtime, C.CONNECTED)
         status = runtime.status()
         assert status.registration_id == first.registration_id
         assert status.certificate_thumbprint != first.certificate_thumbprint
         assert status.certificate_issuer == "second Issuing CA"
-    finally:
-        runtime.close()
 
 
 def test_locked_keyring_is_a_clear_error(keyring_env, local_cloud, enrolled_ca, app_dirs):
@@ -242,18 +218,12 @@ def test_locked_keyring_is_a_clear_error(keyring_env, local_cloud, enrolled_ca, 
 def test_corrupt_state_file_recreates_identity(keyring_env, local_cloud, enrolled_ca, app_dirs, caplog):
     data, _ = app_dirs
     config = config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)
-    runtime = DeviceRuntime(config)
-    runtime.start()
-    try:
+    with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         old = runtime.status().registration_id
-    finally:
-        runtime.close()
     (data / "state.json").write_text('{"registration_id": ')
     caplog.set_level(logging.WARNING, logger="client_app.device")
-    runtime = DeviceRuntime(config)
-    runtime.start()
-    try:
+    with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         second = runtime.status().registration_id
         assert second != old
@@ -261,27 +231,19 @@ def test_corrupt_state_file_recreates_identity(keyring_env, local_cloud, enrolle
             "re-creating the identity" in r.getMessage() and "unreadable" in r.getMessage()
             for r in caplog.records
         )
-    finally:
-        runtime.close()
     # A keyring entry that vanished (user cleaned the keyring): re-created as well, with the reason logged.
     from client_app.device import secrets as keystore
 
     keystore.delete_key(second)
-    runtime = DeviceRuntime(config)
-    runtime.start()
-    try:
+    with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         assert runtime.status().registration_id not in (old, second)
         assert any("missing from the keyring" in r.getMessage() for r in caplog.records)
-    finally:
-        runtime.close()
 
 
 def test_reset_identity_on_request(keyring_env, local_cloud, enrolled_ca, app_dirs):
     data, _ = app_dirs
-    runtime = DeviceRuntime(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data))
-    runtime.start()
-    try:
+    with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
         wait_state(runtime, C.CONNECTED)
         old = runtime.status().registration_id
         runtime.reset_identity()
@@ -291,5 +253,3 @@ def test_reset_identity_on_request(keyring_env, local_cloud, enrolled_ca, app_di
 
         with pytest.raises(keystore.KeyMissing):
             keystore.load_key(old)  # the old key is gone from the keyring
-    finally:
-        runtime.close()
