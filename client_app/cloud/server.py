@@ -52,6 +52,7 @@ class CloudSettings:
     assignment_delay: float = 0.0
     dps_name: str = "dps.client-app.localhost"
     hub_name: str = "hub.client-app.localhost"
+    telemetry_retention: int | None = 1_000_000  # newest messages kept; None keeps everything
 
     def __post_init__(self) -> None:
         for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost"):
@@ -142,7 +143,7 @@ class LocalCloud:
         certificates.on_change = lambda: add_trusted(
             context, _all_pem(certificates)
         )  # new CAs: next handshake
-        self._telemetry = TelemetryWriter(store)
+        self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention)
         self._telemetry.start()
         hub = self.hub = Hub(
             store, self._telemetry, {s.hub_name} | ({s.mqtt_listen[0]} if s.mqtt_listen else set())

@@ -147,7 +147,9 @@ def dumps(value: Any) -> str:
 class TelemetryWriter:
     """Group commit: publishers that arrive while a batch is being written share the next transaction.
 
-    `add` returns only once the row is committed, so the PUBACK that follows means "stored".
+    `add` returns only once the row is committed, so the PUBACK that follows means "stored". With `keep`,
+    the same transaction drops what is older than the newest `keep` messages: a cloud that runs for weeks
+    (the demo's is reused) must not fill the disk.
     """
 
     _INSERT = (
@@ -155,9 +157,12 @@ class TelemetryWriter:
         " VALUES (?, ?, ?, ?, ?)"
     )
 
-    def __init__(self, store: Store, max_batch: int = 2000) -> None:
+    _PRUNE = "DELETE FROM telemetry WHERE seq <= last_insert_rowid() - ?"  # seq: the primary key, no scan
+
+    def __init__(self, store: Store, max_batch: int = 2000, keep: int | None = None) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._keep = keep
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -184,7 +189,10 @@ class TelemetryWriter:
 
     def _commit(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
         try:
-            self._store.executemany(self._INSERT, [row for row, _ in batch])
+            with self._store.transaction() as db:
+                db.executemany(self._INSERT, [row for row, _ in batch])
+                if self._keep:
+                    db.execute(self._PRUNE, (self._keep,))
         except Exception as exc:  # the publishers see the failure; nothing is PUBACKed
             for _, future in batch:
                 if not future.done():

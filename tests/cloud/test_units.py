@@ -67,3 +67,25 @@ def test_settings_refuse_non_loopback_addresses(tmp_path):
         for refused in ({"bind_host": host}, {"mqtt_listen": (host, 8883)}):
             with pytest.raises(ValueError, match="loopback"):
                 CloudSettings(data_dir=tmp_path, **refused)
+
+
+def test_telemetry_keeps_only_the_newest_messages(tmp_path):
+    import asyncio
+
+    from client_app.cloud.store import Store, TelemetryWriter
+
+    store = Store(tmp_path / "cloud.db")
+
+    async def publish() -> None:
+        writer = TelemetryWriter(store, keep=5)
+        writer.start()
+        for n in range(12):
+            await writer.add("dev", str(n).encode(), {}, {})
+        await writer.stop()
+
+    try:
+        asyncio.run(publish())
+        bodies = [bytes(r["body"]).decode() for r in store.all("SELECT body FROM telemetry ORDER BY seq")]
+    finally:
+        store.close()
+    assert bodies == ["7", "8", "9", "10", "11"]
