@@ -145,8 +145,11 @@ class Dps:
     def _assign(self, operation_id: str, operation: _Operation) -> dict[str, Any]:
         match = operation.match
         group = self._enrollments.group(match.group_id) if match.group_id else None
-        self._hub.provision(match.registration_id, match.thumbprint, group.initial_twin if group else {})
-        registration = self._enrollments.record_assignment(match, operation.assigned_hub, operation_id)
+        device_id = self._enrollments.device_id_for(match.registration_id)
+        self._hub.provision(device_id, match.thumbprint, group.initial_twin if group else {})
+        registration = self._enrollments.record_assignment(
+            match, device_id, operation.assigned_hub, operation_id
+        )
         log.info("DPS %s assigned to %s (%s, %s)", match.registration_id, operation.assigned_hub,
                  match.group_id or "individual enrollment", registration.substatus)  # fmt: skip
         operation.result = {"operationId": operation_id, "status": "assigned",

@@ -293,7 +293,15 @@ class Enrollments:
             raise not_found("registration", registration_id, 404202)
         self._store.execute("DELETE FROM registrations WHERE registration_id=?", (registration_id,))
 
-    def record_assignment(self, match: Match, assigned_hub: str, operation_id: str) -> Registration:
+    def device_id_for(self, registration_id: str) -> str:
+        """Registration IDs are case-insensitive, hub device IDs are not: a device that registers again with
+        other letter case keeps the hub device its first registration created."""
+        previous = self.registration(registration_id)
+        return previous.device_id if previous else registration_id
+
+    def record_assignment(
+        self, match: Match, device_id: str, assigned_hub: str, operation_id: str
+    ) -> Registration:
         previous = self.registration(match.registration_id)
         now = utc_now()
         if previous is None:
@@ -305,7 +313,7 @@ class Enrollments:
         self._store.execute(
             "INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, 'assigned', ?, ?, ?, ?, ?, ?)",
             (
-                match.registration_id, match.registration_id, match.group_id, assigned_hub, substatus,
+                match.registration_id, device_id, match.group_id, assigned_hub, substatus,
                 match.thumbprint, operation_id, secrets.token_hex(8),
                 previous.created if previous else now, now,
             ),

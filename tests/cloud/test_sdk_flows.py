@@ -11,7 +11,7 @@ import pytest
 from azure.iot.device import Message, MethodResponse
 from azure.iot.device.exceptions import ClientError, CredentialError
 
-from client_app.pki import CertificateAuthority
+from client_app.pki import CertificateAuthority, load_certificates, sha256_thumbprint
 from tests.cloud.sdk import (
     PAHO_SOCKET_LEAKS,
     dps_refusal,
@@ -210,6 +210,19 @@ def test_renewed_certificate_rebinds_the_device(local_cloud, cloud_api, enrolled
             old_again.connect()
     finally:
         old_again.shutdown()
+
+
+def test_registration_ids_are_case_insensitive_device_ids_stay(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """DPS registration IDs ignore case, hub device IDs do not: the device keeps its first spelling."""
+    first = issue_device_files(enrolled_ca.issuing, "case-01", tmp_path / "first")
+    assert register(local_cloud.info, first).registration_state.device_id == "case-01"
+    again = issue_device_files(enrolled_ca.issuing, "CASE-01", tmp_path / "again")
+    state = register(local_cloud.info, again).registration_state
+    assert state.device_id == "case-01"
+    assert [d["deviceId"] for d in cloud_api.call("GET", "/devices")["value"]] == ["case-01"]
+    device = cloud_api.call("GET", "/devices/case-01")
+    leaf = load_certificates(again.cert_file.read_bytes())[0]
+    assert device["authentication"]["x509Thumbprint"]["primaryThumbprint"] == sha256_thumbprint(leaf)
 
 
 @PAHO_SOCKET_LEAKS
