@@ -13,8 +13,14 @@ import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client_app.device.config import DeviceConfig
+
+if TYPE_CHECKING:  # the checks import lazily, so that one missing part fails one check only
+    from cryptography import x509
+
+    from client_app.pki import CertificateAuthority, PrivateKey
 
 Check = Callable[[DeviceConfig], str]
 
@@ -36,7 +42,7 @@ def _tls(config: DeviceConfig) -> str:
     return f"{ssl.OPENSSL_VERSION}, system CAs at {', '.join(roots)}"
 
 
-def _leaf_from_issuer(config: DeviceConfig):
+def _leaf_from_issuer(config: DeviceConfig) -> tuple[CertificateAuthority, PrivateKey, x509.Certificate]:
     from client_app.pki import generate_key, load_issuer_bundle
 
     issuer = load_issuer_bundle(config.issuer_bundle_path)

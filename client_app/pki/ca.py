@@ -100,7 +100,9 @@ class CertificateAuthority:
         return self.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
 
     def is_root(self) -> bool:
-        return not self.chain and self.certificate.subject == self.certificate.issuer
+        # Self-issued, whatever chain was passed along: a root with pathlen 0 and a padded chain is still
+        # a root, and its key must never pass for an issuing intermediate (issuer bundle, build check).
+        return self.certificate.subject == self.certificate.issuer
 
     @property
     def common_name(self) -> str:
@@ -203,6 +205,9 @@ class CertificateAuthority:
             aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(our_ski)
         except x509.ExtensionNotFound:  # a CA made elsewhere without SKI: derive the same key id
             aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        not_after = ours.not_valid_after_utc
+        if days <= (not_after - now).days:  # compare before adding: a huge --days would overflow datetime
+            not_after = now + timedelta(days=days)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
@@ -210,7 +215,7 @@ class CertificateAuthority:
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(max(now - BACKDATE, ours.not_valid_before_utc))
-            .not_valid_after(min(now + timedelta(days=days), ours.not_valid_after_utc))
+            .not_valid_after(not_after)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(aki, critical=False)
         )

@@ -7,10 +7,12 @@ needed was read and generated first.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -18,7 +20,7 @@ from client_app.pki.bundle import ISSUER_BUNDLE_PASSPHRASE, write_issuer_bundle
 from client_app.pki.ca import CertificateAuthority
 from client_app.pki.errors import PkiError
 from client_app.pki.files import (
-    atomic_write,
+    atomic_write_all,
     certificate_to_pem,
     load_certificates,
     read_file,
@@ -63,9 +65,11 @@ def _workspace_passphrase(passphrase_file: Path | None, *, confirm: bool = False
         return read_passphrase_file(passphrase_file)
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV].encode()
+    if sys.stdin is None or not sys.stdin.isatty():
+        # Without a terminal getpass would echo a piped line, or wait forever on an open pipe (CI).
+        raise PkiError(f"no passphrase: use --passphrase-file or set {PASSPHRASE_ENV} (no terminal to ask)")
+    # click asks again on empty input, so the passphrase is never empty.
     passphrase = click.prompt("Workspace passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
-    if not passphrase:
-        raise PkiError("the passphrase must not be empty")
     return passphrase.encode()
 
 
@@ -136,8 +140,8 @@ def verification_cert(
     _refuse_existing([out, der_out], force)
     ca, _ = _load_ca(workspace, ca_name, passphrase_file)
     cert, _key = ca.issue_verification(code)
-    atomic_write(out, certificate_to_pem(cert))
-    atomic_write(der_out, cert.public_bytes(serialization.Encoding.DER))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    atomic_write_all({out: (certificate_to_pem(cert), 0o644), der_out: (der, 0o644)})
     click.echo(out)
     click.echo(der_out)
 
@@ -197,8 +201,8 @@ def issue_device(
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise PkiError(f"cannot create {out_dir}: {exc.strerror}") from exc
-    for path, (data, mode) in outputs.items():
-        atomic_write(path, data, mode=mode)
+    atomic_write_all(outputs)  # all or none: never a new key without its certificate
+    for path in outputs:
         click.echo(path)
 
 
@@ -253,10 +257,14 @@ def issuer_bundle(
 def show(file: Path) -> None:
     """Summarise the certificates in FILE (PEM or DER certificate, chain or issuer bundle)."""
     certs = load_certificates(file)
-    for index, cert in enumerate(certs):
+    try:
+        summaries = [describe_certificate(cert) for cert in certs]
+    except (ValueError, UnsupportedAlgorithm) as exc:  # extensions and keys are parsed only when read
+        raise PkiError(f"{file}: malformed certificate ({exc})") from exc
+    for index, summary in enumerate(summaries):
         if len(certs) > 1:
             click.echo(f"[certificate {index + 1} of {len(certs)}]")
-        click.echo(describe_certificate(cert))
+        click.echo(summary)
     data = read_file(file)
     if b"PRIVATE KEY-----" in data:
         state = "encrypted PKCS#8" if is_encrypted_pem(data) else "PLAINTEXT"

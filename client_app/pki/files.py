@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -14,11 +15,40 @@ from client_app.pki.errors import PkiError
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write all of `data` or nothing: temp file in the same directory, fsync, os.replace.
+    """Write all of `data` or nothing: temp file in the same directory, fsync, os.replace."""
+    atomic_write_all({Path(path): (data, mode)})
+
+
+def atomic_write_all(files: Mapping[Path, tuple[bytes, int]]) -> None:
+    """Write several files (path -> (data, mode)) so that a failure leaves none of them new.
+
+    Every file is staged and synced first; only then are they renamed into place, so a full disk or
+    a bad path cannot leave, say, a new key without its certificate. A rename that still fails removes
+    the files this call created (files it replaced, with --force, stay replaced).
+    """
+    staged: dict[Path, str] = {}
+    try:
+        for path, (data, mode) in files.items():
+            staged[path] = _stage(path, data, mode)
+    except PkiError:
+        _discard(staged.values())
+        raise
+    created = [path for path in staged if not path.exists()]
+    for path, temp in staged.items():
+        try:
+            os.replace(temp, path)
+        except OSError as exc:
+            _discard([*staged.values(), *map(str, created)])
+            raise PkiError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _stage(path: Path, data: bytes, mode: int) -> str:
+    """A synced temp file next to `path` holding `data` with `mode`; its name is returned.
 
     mkstemp creates the file 0600, so a key is never readable by others, not even for a moment.
     """
-    path = Path(path)
+    if path.is_dir():  # os.replace would fail only after other files had already been renamed
+        raise PkiError(f"cannot write {path}: Is a directory")
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -29,11 +59,16 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        _discard([temp])
         raise PkiError(f"cannot write {path}: {exc.strerror}") from exc
+    return temp
+
+
+def _discard(paths: Iterable[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def read_file(path: Path) -> bytes:

@@ -13,7 +13,7 @@ from cryptography import x509
 
 from client_app.pki.ca import CertificateAuthority
 from client_app.pki.errors import PkiError
-from client_app.pki.files import atomic_write, certificate_to_pem, load_certificates, read_file
+from client_app.pki.files import atomic_write_all, certificate_to_pem, load_certificates, read_file
 from client_app.pki.keys import KeyType, is_encrypted_pem, load_private_key, private_key_to_pem
 
 ROOT = "root"
@@ -47,8 +47,13 @@ class Workspace:
         if intermediates < 1:
             raise PkiError("a workspace needs at least one intermediate (the issuing CA)")
         workspace = cls(directory)
-        if workspace.cert_path(ROOT).exists() and not force:
-            raise PkiError(f"{directory} already holds a CA workspace (use --force to replace it)")
+        names = [ROOT] + [_intermediate(k) for k in range(1, intermediates + 1)]
+        targets = [path for name in names for path in (workspace.cert_path(name), workspace.key_path(name))]
+        existing = [path for path in targets if path.exists()]
+        if existing and not force:  # a lone key from an earlier run is never silently replaced either
+            raise PkiError(
+                f"{directory} already holds a CA workspace ({existing[0]} exists; use --force to replace it)"
+            )
         # Everything is generated before the first write, so a failure leaves no half-made workspace.
         cas = [CertificateAuthority.root(key_type=key_type)]
         for k in range(1, intermediates + 1):
@@ -57,16 +62,19 @@ class Workspace:
                     f"client_app Intermediate CA {k}", path_length=intermediates - k, key_type=key_type
                 )
             )
-        names = [ROOT] + [_intermediate(k) for k in range(1, intermediates + 1)]
+        private = workspace.directory / "private"
         try:
-            (workspace.directory / "private").mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.chmod(0o700)  # also when the directory was already there, perhaps world-readable
         except OSError as exc:
-            raise PkiError(f"cannot create {directory}: {exc.strerror}") from exc
+            raise PkiError(f"cannot create {private}: {exc.strerror}") from exc
+        outputs: dict[Path, tuple[bytes, int]] = {}
+        for name, ca in zip(names, cas, strict=True):
+            outputs[workspace.key_path(name)] = (private_key_to_pem(ca.key, passphrase), 0o600)
+            outputs[workspace.cert_path(name)] = (certificate_to_pem(ca.certificate), 0o644)
+        atomic_write_all(outputs)
         if force:
             workspace._remove_intermediates_from(intermediates + 1)
-        for name, ca in zip(names, cas, strict=True):
-            atomic_write(workspace.key_path(name), private_key_to_pem(ca.key, passphrase), mode=0o600)
-            atomic_write(workspace.cert_path(name), certificate_to_pem(ca.certificate))
         return workspace
 
     def _remove_intermediates_from(self, first: int) -> None:

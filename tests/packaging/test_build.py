@@ -8,11 +8,22 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from client_app.pki import CertificateAuthority, load_certificates, write_issuer_bundle
+from client_app.gui.diagnostics import VERSION_PACKAGES
+from client_app.pki import (
+    ISSUER_BUNDLE_PASSPHRASE,
+    CertificateAuthority,
+    PrivateKey,
+    certificate_to_pem,
+    load_certificates,
+    private_key_to_pem,
+    write_issuer_bundle,
+)
 from client_app.pki.keys import pem_begin
 from tests.device.e2e import wait_for
 from tests.fixtures.cloud import enroll_root
@@ -33,27 +44,19 @@ class FrozenApp:
         )
 
 
+def _build(bundle: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(ROOT / "packaging" / "build.py"), "--issuer-bundle", str(bundle)]
+    command += ["--dist", str(work / "dist"), "--work", str(work / "build")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def frozen_app(tmp_path_factory: pytest.TempPathFactory) -> FrozenApp:
     work = tmp_path_factory.mktemp("pyinstaller")
     root = CertificateAuthority.root("packaging-test Root CA")
     bundle = work / "issuer-bundle.pem"
     write_issuer_bundle(root.intermediate("packaging-test Issuing CA"), bundle)
-    build = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "packaging" / "build.py"),
-            "--issuer-bundle",
-            str(bundle),
-            "--dist",
-            str(work / "dist"),
-            "--work",
-            str(work / "build"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    build = _build(bundle, work)
     assert build.returncode == 0, build.stderr[-3000:]
     executable = Path(build.stdout.strip().splitlines()[-1])
     assert executable == work / "dist" / "client-app" / "client-app"
@@ -65,6 +68,30 @@ def _app_env(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **extra}
+
+
+def _pem(ca: CertificateAuthority, chain: list[x509.Certificate], *keys: PrivateKey) -> bytes:
+    pems = [certificate_to_pem(cert) for cert in (ca.certificate, *chain)]
+    return b"".join(pems + [private_key_to_pem(key, ISSUER_BUNDLE_PASSPHRASE) for key in keys])
+
+
+def test_build_refuses_a_bundle_that_could_carry_a_ca_key(tmp_path: Path) -> None:
+    """The check runs before PyInstaller: each of these would put a root (or CA-making) key in the app."""
+    root = CertificateAuthority.root("build-check Root CA")
+    issuing = root.intermediate("build-check Issuing CA")
+    upper = root.intermediate("build-check Upper CA", path_length=1)
+    narrow_root = CertificateAuthority.root("build-check pathlen-0 Root CA", path_length=0)
+    bundles = {
+        "root key appended": _pem(issuing, [root.certificate], issuing.key, root.key),
+        "pathlen-0 root with a padded chain": _pem(narrow_root, [narrow_root.certificate], narrow_root.key),
+        "intermediate that can sign CAs": _pem(upper, [root.certificate], upper.key),
+    }
+    for case, text in bundles.items():
+        (tmp_path / "bundle.pem").write_bytes(text)
+        build = _build(tmp_path / "bundle.pem", tmp_path)
+        assert build.returncode != 0, case
+        assert build.stderr.strip().splitlines()[-1].startswith("error: "), (case, build.stderr)
+        assert not (tmp_path / "dist").exists() and not (tmp_path / "build").exists(), case
 
 
 def test_build_embeds_only_the_issuing_key(frozen_app: FrozenApp) -> None:
@@ -111,6 +138,19 @@ def test_build_leaves_out_operator_code(frozen_app: FrozenApp) -> None:
     ]
 
 
+def test_build_carries_the_metadata_diagnostics_report(frozen_app: FrozenApp) -> None:
+    """Support diagnostics look versions up by name at run time; each installed package must be found."""
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    internal = frozen_app.executable.parent / "_internal"
+    bundled = {normal(dist.metadata["Name"]) for dist in metadata.distributions(path=[str(internal)])}
+    installed = {normal(dist.metadata["Name"]) for dist in metadata.distributions()}
+    wanted = {normal(name) for name in VERSION_PACKAGES} & installed
+    assert wanted and wanted <= bundled, wanted - bundled
+
+
 def test_self_test_passes_with_a_keyring(frozen_app: FrozenApp, keyring_env, tmp_path: Path) -> None:
     result = frozen_app.run(
         "--self-test", "--data-dir", str(tmp_path / "data"), env=_app_env(tmp_path, keyring_env.env)
@@ -149,6 +189,13 @@ def test_frozen_app_connects_headless(
         status = wait_for(connected, timeout=60, what="the frozen app to connect")
         devices = cloud_api.call("GET", "/devices")
         assert status["device_id"] in json.dumps(devices)
+
+        def reported_version() -> str | None:
+            twin = cloud_api.call("GET", f"/twins/{status['device_id']}")
+            return twin["properties"]["reported"].get("app_version")
+
+        reported = wait_for(reported_version, timeout=30, what="the reported app version")
+        assert reported == metadata.version("client-app")
     finally:
         app.send_signal(signal.SIGTERM)
         _, stderr = app.communicate(timeout=30)

@@ -61,6 +61,11 @@ def test_refuses_root_and_non_zero_path_length(tmp_path: Path, root: Certificate
         write_issuer_bundle(root.intermediate("Upper", path_length=1), tmp_path / "b.pem")
     with pytest.raises(PkiError, match="pathLenConstraint is None"):
         write_issuer_bundle(root.intermediate("Unlimited", path_length=None), tmp_path / "b.pem")
+    # a pathlen-0 root passed off with a chain is still a root: its key must not be bundled
+    narrow = CertificateAuthority.root(path_length=0)
+    padded = CertificateAuthority(narrow.certificate, narrow.key, [narrow.certificate])
+    with pytest.raises(PkiError, match="root"):
+        write_issuer_bundle(padded, tmp_path / "b.pem")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,15 +1,21 @@
 """The `client-app-pki` commands, run in-process through click, plus one run of the installed script."""
 
+import os
+import pty
+import select
 import stat
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from client_app.pki import (
     certificate_to_pem,
@@ -26,6 +32,8 @@ from client_app.pki.workspace import Workspace
 from .oracles import hand_made_ca, openssl_verify, pkilint_findings
 
 PASSPHRASE = "correct horse"
+# The console script declared in pyproject (what `uv run client-app-pki` starts).
+SCRIPT = Path(sys.executable).parent / "client-app-pki"
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +58,51 @@ def assert_one_line_error(result: Result, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert fragment in lines[0]
     assert "Traceback" not in result.output
+
+
+def on_a_terminal(args: list[object], answers: list[str]) -> tuple[int, str]:
+    """Run the installed script on a pseudo-terminal, typing each answer after a prompt ending in ': '.
+
+    The child gets a new session, so getpass cannot reach this test run's own terminal through
+    /dev/tty and reads the pseudo-terminal on stdin, with echo off, as it would for a person.
+    """
+    master, slave = pty.openpty()
+    child = subprocess.Popen(
+        [SCRIPT, *map(str, args)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={"PATH": "/usr/bin:/bin"},
+        start_new_session=True,
+    )
+    os.close(slave)
+    output = b""
+    try:
+        for answer in answers:
+            output += _read_until_prompt(master)
+            os.write(master, answer.encode() + b"\n")
+        code = child.wait(timeout=60)
+        output += _read_until_prompt(master, until_closed=True)
+    finally:
+        child.kill()
+        os.close(master)
+    return code, output.decode(errors="replace")
+
+
+def _read_until_prompt(master: int, *, until_closed: bool = False) -> bytes:
+    data = b""
+    deadline = time.monotonic() + 30
+    while until_closed or not data.endswith(b": "):
+        assert time.monotonic() < deadline, f"no prompt within 30 s: {data!r}"
+        if select.select([master], [], [], 1)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child has gone and closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
 def files(directory: Path) -> list[str]:
@@ -121,17 +174,62 @@ def test_init_no_passphrase_rsa_and_force(tmp_path: Path) -> None:
     assert files(directory / "private") == ["intermediate-1.key.pem", "root.key.pem"]
 
 
+def test_init_failing_half_way_leaves_no_workspace(tmp_path: Path) -> None:
+    directory = tmp_path / "ws"
+    (directory / "intermediate-1.cert.pem").mkdir(parents=True)  # the last file cannot be written
+    assert_one_line_error(run("init", directory, "--force"), "intermediate-1.cert.pem: Is a directory")
+    assert files(directory) == ["intermediate-1.cert.pem", "private"]  # no key, no root certificate
+    (directory / "intermediate-1.cert.pem").rmdir()
+    ok("init", directory)  # and nothing blocks a second attempt
+
+
+def test_init_never_replaces_a_lone_key_and_locks_the_private_dir(tmp_path: Path) -> None:
+    private = tmp_path / "ws" / "private"
+    private.mkdir(parents=True, mode=0o755)
+    private.chmod(0o755)
+    (private / "root.key.pem").write_bytes(b"an earlier key")
+    assert_one_line_error(run("init", tmp_path / "ws"), "root.key.pem exists")
+    assert (private / "root.key.pem").read_bytes() == b"an earlier key"
+    ok("init", tmp_path / "ws", "--force")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
 def test_passphrase_from_file_and_prompt(tmp_path: Path) -> None:
     secret = tmp_path / "pass.txt"
     secret.write_text("from a file\n")
     ok("init", tmp_path / "a", "--passphrase-file", secret, passphrase=None)
     Workspace(tmp_path / "a").load_ca("root", b"from a file")
-    ok("init", tmp_path / "b", passphrase=None, stdin="typed\ntyped\n")
+    code, output = on_a_terminal(["init", tmp_path / "b"], ["typed", "typed"])
+    assert code == 0, output
+    assert "Workspace passphrase:" in output and "Repeat for confirmation:" in output
+    assert "typed" not in output  # not echoed
     Workspace(tmp_path / "b").load_ca("root", b"typed")
-    result = run(
-        "issuer-bundle", tmp_path / "b", "--out", tmp_path / "bundle.pem", passphrase=None, stdin="typed\n"
+    code, output = on_a_terminal(
+        ["issuer-bundle", tmp_path / "b", "--out", tmp_path / "bundle.pem"], ["typed"]
     )
-    assert result.exit_code == 0, result.output
+    assert code == 0, output
+    load_issuer_bundle(tmp_path / "bundle.pem")
+
+
+def test_no_terminal_means_no_prompt(tmp_path: Path) -> None:
+    """CI: stdin is an open pipe that never delivers a line; the command must fail at once, not hang."""
+    command = subprocess.Popen(
+        [SCRIPT, "init", tmp_path / "ws"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        code = command.wait(timeout=30)
+    finally:
+        command.kill()
+        _, stderr = command.communicate()
+    assert code == 1
+    assert stderr.decode().splitlines() == [
+        f"Error: no passphrase: use --passphrase-file or set {PASSPHRASE_ENV} (no terminal to ask)"
+    ]
+    assert not (tmp_path / "ws").exists()
 
 
 @pytest.mark.parametrize("ca", ["root", "intermediate-1"])
@@ -194,6 +292,21 @@ def test_reissue_keeps_the_key_and_needs_force(workspace: Path, tmp_path: Path) 
     assert renewed.public_key() == first.public_key()
 
 
+def test_issue_device_failing_on_a_later_file_writes_no_key(workspace: Path, tmp_path: Path) -> None:
+    (tmp_path / "dev-03.fullchain.pem").mkdir()
+    assert_one_line_error(
+        run("issue-device", workspace, "dev-03", "--out", tmp_path, "--force"), "dev-03.fullchain.pem"
+    )
+    assert files(tmp_path) == ["dev-03.fullchain.pem"]
+
+
+def test_issue_device_days_beyond_the_issuer_end_with_it(workspace: Path, tmp_path: Path) -> None:
+    ok("issue-device", workspace, "dev-04", "--out", tmp_path, "--days", 10**12)
+    leaf = load_certificates(tmp_path / "dev-04.cert.pem")[0]
+    issuer = load_certificates(workspace / "intermediate-2.cert.pem")[0]
+    assert leaf.not_valid_after_utc == issuer.not_valid_after_utc
+
+
 def test_issue_device_in_a_no_passphrase_workspace(tmp_path: Path) -> None:
     ok("init", tmp_path / "ws", "--no-passphrase", passphrase=None)
     ok(
@@ -252,6 +365,26 @@ def test_show(workspace: Path, tmp_path: Path) -> None:
     text = ok("show", tmp_path / "b.pem").stdout
     assert "[certificate 3 of 3]" in text and "pathlen:0" in text
     assert "private key: present (encrypted PKCS#8)" in text
+
+
+def test_show_a_malformed_certificate_is_one_line(tmp_path: Path) -> None:
+    """cryptography parses extensions lazily: loading succeeds, reading the key usage fails."""
+    key = generate_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bad")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.UnrecognizedExtension(ExtensionOID.KEY_USAGE, b"\x05\x00"), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "bad.pem").write_bytes(certificate_to_pem(cert))
+    assert_one_line_error(run("show", tmp_path / "bad.pem"), "malformed certificate")
 
 
 def test_verify(workspace: Path, tmp_path: Path) -> None:
@@ -329,12 +462,11 @@ def test_bad_input_is_one_line_and_writes_nothing(workspace: Path, tmp_path: Pat
 
 
 def test_installed_entry_point(tmp_path: Path) -> None:
-    """The console script declared in pyproject runs end to end (what `uv run client-app-pki` starts)."""
-    script = Path(sys.executable).parent / "client-app-pki"
+    """The console script declared in pyproject runs end to end."""
     env = {"PATH": "/usr/bin:/bin", PASSPHRASE_ENV: "s3cret"}
 
     def cli(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([script, *map(str, args)], capture_output=True, text=True, env=env, check=False)
+        return subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, env=env, check=False)
 
     assert cli("init", tmp_path / "ws").returncode == 0
     assert cli("issue-device", tmp_path / "ws", "dev-1", "--out", tmp_path / "out").returncode == 0

@@ -18,6 +18,7 @@ from client_app.pki import (
     sha1_thumbprint,
     sha256_thumbprint,
 )
+from client_app.pki.files import atomic_write_all
 from client_app.pki.keys import pem_begin
 
 
@@ -40,6 +41,18 @@ def test_atomic_write_failure_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PkiError, match="cannot write"):
         atomic_write(target, b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["is-a-dir"]  # temp file cleaned up
+
+
+def test_atomic_write_all_writes_every_file_or_none(tmp_path: Path) -> None:
+    (tmp_path / "old.pem").write_bytes(b"old")
+    outputs = {tmp_path / "old.pem": (b"new", 0o644), tmp_path / "missing-dir" / "b.pem": (b"b", 0o644)}
+    with pytest.raises(PkiError, match=r"cannot write .*missing-dir"):
+        atomic_write_all({tmp_path / "a.key": (b"a", 0o600), **outputs})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pem"]  # no new file, no temp file
+    assert (tmp_path / "old.pem").read_bytes() == b"old"
+    atomic_write_all({tmp_path / "a.key": (b"a", 0o600), tmp_path / "old.pem": (b"new", 0o644)})
+    assert (tmp_path / "a.key").read_bytes() == b"a" and (tmp_path / "old.pem").read_bytes() == b"new"
+    assert stat.S_IMODE((tmp_path / "a.key").stat().st_mode) == 0o600
 
 
 def test_load_certificates_pem_der_and_errors(tmp_path: Path, issuing: CertificateAuthority) -> None:
