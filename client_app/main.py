@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from client_app.device.config import ConfigError, DeviceConfig, add_config_arguments, load_config, log_dir_of
 from client_app.device.logsetup import setup_logging
@@ -34,9 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo_module() -> ModuleType:
+    # The end-user build leaves the local cloud (and so the demo) out on purpose.
+    if importlib.util.find_spec("client_app.demo") is None:
+        raise ConfigError("--demo is not part of this build; run it from a source checkout")
+    return importlib.import_module("client_app.demo")
+
+
 def _apply_demo(args: argparse.Namespace) -> None:
-    demo = importlib.import_module("client_app.demo")
-    result = demo.prepare_demo(args)
+    result = _demo_module().prepare_demo(args)
     # prepare_demo returns the local cloud dir, or (dir, issuer bundle); it may also set args itself.
     cloud_dir, bundle = result if isinstance(result, tuple) else (result, None)
     args.demo_cloud_dir = str(cloud_dir)
@@ -84,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.demo:
-            importlib.import_module("client_app.demo").use_demo_device(args)
+            _demo_module().use_demo_device(args)
         # Logging first: a failure while setting up the demo or reading the configuration is logged too.
         setup_logging(log_dir_of(args, os.environ))
         if args.demo:

@@ -160,6 +160,14 @@ def test_self_test_passes_with_a_keyring(frozen_app: FrozenApp, keyring_env, tmp
     assert "SecretService" in result.stdout
 
 
+def test_demo_is_not_in_the_end_user_build(frozen_app: FrozenApp, tmp_path: Path) -> None:
+    result = frozen_app.run("--demo", "--status", env=_app_env(tmp_path, {}))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "client-app: --demo is not part of this build; run it from a source checkout"
+    )
+
+
 def test_self_test_names_a_missing_keyring(frozen_app: FrozenApp, tmp_path: Path) -> None:
     result = frozen_app.run("--self-test", "--data-dir", str(tmp_path / "data"), env=_app_env(tmp_path, {}))
     assert result.returncode == 1
