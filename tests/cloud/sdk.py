@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from azure.iot.device.exceptions import ClientError, ConnectionFailedError, Cred
 
 from client_app.cloud.info import ConnectionInfo
 from tests.fixtures.cloud import DeviceFiles
+from tests.fixtures.polling import wait_for as shared_wait_for
 
 # paho 1.6.1 inside the SDK leaves sockets unclosed after refusals and drops (the SDK never closes a failed
 # provisioning connection, and abandons the old socket pair on reconnect): the client's garbage, not ours.
@@ -66,15 +66,8 @@ def hub_client(info: ConnectionInfo, files: DeviceFiles, hostname: str | None = 
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    """Poll with a deadline instead of sleeping a fixed time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    """The shared poll with the cloud tests' bound: the cloud's own answers come quickly."""
+    return shared_wait_for(condition, timeout, what)
 
 
 def dps_refusal(info: ConnectionInfo, files: DeviceFiles, registration_id: str | None = None) -> str:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 from client_app.device.config import DeviceConfig, add_config_arguments, load_config
 from client_app.device.runtime import ConnectionState, DeviceRuntime, RuntimeListener
-
-T = TypeVar("T")
+from tests.fixtures.polling import wait_for
 
 
 def config_for(cloud_dir: Path, bundle: Path, data_dir: Path, *extra: str) -> DeviceConfig:
@@ -43,17 +40,6 @@ def running(config: DeviceConfig, listener: RuntimeListener | None = None) -> It
         yield runtime
     finally:
         runtime.close()
-
-
-def wait_for(check: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_state(runtime: DeviceRuntime, state: ConnectionState, timeout: float = 30) -> None:

@@ -25,8 +25,8 @@ from client_app.pki import (
     write_issuer_bundle,
 )
 from client_app.pki.keys import pem_begin
-from tests.device.e2e import wait_for
 from tests.fixtures.cloud import enroll_root
+from tests.fixtures.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # A key block (armour line + base64), not the bare marker string that some libraries contain.
