@@ -28,6 +28,7 @@ from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 from client_app.cloud.mqtt.server import MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
 from client_app.cloud.store import Store, TelemetryWriter
+from client_app.hosts import is_ip_address
 from client_app.pki import (
     CertificateAuthority,
     atomic_write,
@@ -106,14 +107,6 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class LocalCloud:
     """Everything of one running cloud; start()/stop() run on its event loop."""
 
@@ -184,7 +177,8 @@ class LocalCloud:
         identity = _ServerIdentity(store, self.data_dir)
         hosts = (s.bind_host, s.mqtt_listen[0] if s.mqtt_listen else None)
         identity.issue(
-            [s.dps_name, s.hub_name, "localhost"], sorted({"127.0.0.1", *filter(_is_ip, filter(None, hosts))})
+            [s.dps_name, s.hub_name, "localhost"],
+            sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
         )
         return identity
 

@@ -7,7 +7,6 @@ client_app.device.config reads (provisioning_host, id_scope, proxy); other keys 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from client_app.device.config import CONFIG_FILE_NAME, ConfigError, DeviceConfig, ProxySetting
+from client_app.hosts import is_ip_address
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
@@ -48,7 +48,7 @@ def validate(settings: ConnectionSettings) -> dict[str, str]:
         problems["provisioning_host"] = (
             "Enter the provisioning endpoint, e.g. global.azure-devices-provisioning.net."
         )
-    elif not ((_HOST.match(host) and len(host) <= 253) or _is_ip(host)):
+    elif not ((_HOST.match(host) and len(host) <= 253) or is_ip_address(host)):
         problems["provisioning_host"] = (
             "The provisioning endpoint must be a host name such as dps.example.com."
         )
@@ -66,14 +66,6 @@ def validate(settings: ConnectionSettings) -> dict[str, str]:
                 "Write the proxy as http://host:port or socks5://host:port (or leave it empty)."
             )
     return problems
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def config_file(config: DeviceConfig) -> Path:
