@@ -43,14 +43,12 @@ def _demo_module() -> ModuleType:
 
 
 def _apply_demo(args: argparse.Namespace) -> None:
-    result = _demo_module().prepare_demo(args)
-    # prepare_demo returns the local cloud dir, or (dir, issuer bundle); it may also set args itself.
-    cloud_dir, bundle = result if isinstance(result, tuple) else (result, None)
+    cloud_dir, bundle = _demo_module().prepare_demo(args)
     args.demo_cloud_dir = str(cloud_dir)
     # `--demo --status` before the demo ever ran: there is no cloud to read yet, only a status to print.
     if Path(cloud_dir).is_dir() or not args.status:
         args.local_cloud = str(cloud_dir)
-    if bundle is not None and not args.issuer_bundle:
+    if not args.issuer_bundle:
         args.issuer_bundle = str(bundle)
 
 
