@@ -24,13 +24,12 @@ def check_issuer_bundle(path: Path) -> None:
     """Refuse a bundle that would put more than the issuing intermediate's key into the app."""
     from client_app.pki import PkiError, load_issuer_bundle
 
-    text = path.read_bytes()
-    if text.count(b"PRIVATE KEY-----") != 2:  # one BEGIN and one END line
-        raise SystemExit(f"error: {path}: an issuer bundle must hold exactly one private key")
     try:
-        ca = load_issuer_bundle(path)
+        ca = load_issuer_bundle(path)  # one clear line for a missing or unreadable file, too
     except PkiError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if path.read_bytes().count(b"PRIVATE KEY-----") != 2:  # one BEGIN and one END line
+        raise SystemExit(f"error: {path}: an issuer bundle must hold exactly one private key")
     if ca.is_root() or ca.path_length != 0:
         raise SystemExit(f"error: {path}: the embedded CA must be an intermediate with pathLenConstraint 0")
 
