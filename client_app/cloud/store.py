@@ -53,6 +53,15 @@ CREATE TABLE telemetry(
 CREATE INDEX telemetry_device ON telemetry(device_id, seq);
 """
 
+# Added after version 1 without a version bump (IF NOT EXISTS, created on every open): issue 13's group
+# options (identity policy, allocation) and the key each registration ID first registered with.
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS enrollment_group_options(
+    group_id TEXT PRIMARY KEY COLLATE NOCASE, options TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS registration_keys(
+    registration_id TEXT PRIMARY KEY COLLATE NOCASE, key_id TEXT NOT NULL);
+"""
+
 
 def utc_now() -> str:
     """ISO 8601 UTC with a Z, the shape Azure's service APIs use."""
@@ -79,6 +88,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._db.executescript(_ADDED_TABLES)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
