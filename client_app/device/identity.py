@@ -28,21 +28,14 @@ from client_app.pki import (
     load_certificates,
     load_issuer_bundle,
     private_key_to_pem,
+    self_certifying_id,
     sha1_thumbprint,
-    validate_registration_id,
 )
 from client_app.pki.keys import same_public_key
-
-REGISTRATION_PREFIX = "ca-"
 
 
 class IdentityError(Exception):
     """The identity cannot be created or used; message is one plain line."""
-
-
-def new_registration_id() -> str:
-    """DPS-valid, lower-case, unique per install."""
-    return validate_registration_id(REGISTRATION_PREFIX + secrets.token_hex(10))
 
 
 @dataclass(frozen=True)
@@ -106,11 +99,19 @@ def create_identity(
     registration_id: str | None = None,
     on_step: Callable[[str], None] = lambda step: None,
 ) -> Identity:
-    """New key + leaf; reuses registration_id on renewal so DPS keeps the same registration record."""
+    """New key + leaf. The registration ID is derived from the key (pki.self_certifying_id): only this
+    install can present it (docs/pki.md, "Identity takeover"). `registration_id` is for tests only."""
     on_step("key")
     key = generate_key()
     on_step("certificate")
-    return issue_leaf(issuer, registration_id or new_registration_id(), key, days)
+    return issue_leaf(issuer, registration_id or self_certifying_id(key.public_key()), key, days)
+
+
+def renew_identity(issuer: CertificateAuthority, identity: Identity, days: int) -> Identity:
+    """New leaf for the same key, so a self-certifying ID (and the key DPS pinned) survives renewal. An
+    old-style ID ("ca-<hex>", from before self-certifying IDs) moves to its key's self-certifying ID here:
+    the install registers as a new device, which no other install can claim."""
+    return issue_leaf(issuer, self_certifying_id(identity.key.public_key()), identity.key, days)
 
 
 def load_chain(path: Path, registration_id: str, key: PrivateKey) -> Identity:

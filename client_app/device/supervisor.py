@@ -312,7 +312,7 @@ class Supervisor:
             return identity
         log.info("renewing the device certificate: %s", reason)
         try:
-            renewed = ids.create_identity(self._issuer_ca(), self.config.leaf_days, identity.registration_id)
+            renewed = ids.renew_identity(self._issuer_ca(), identity, self.config.leaf_days)  # same key
             keystore.store_key(renewed.registration_id, renewed.key)
         except (ids.IdentityError, keystore.KeyringUnavailable) as exc:
             # A locked keyring or a bad bundle must not take a working device offline: the old key and
@@ -323,8 +323,14 @@ class Supervisor:
                 return identity
             raise
         self._write_chain(renewed)
-        state = self._state.with_(certificate_issued_at=st.utcnow().isoformat(), assignment=None)
+        state = self._state.with_(
+            registration_id=renewed.registration_id,
+            certificate_issued_at=st.utcnow().isoformat(),
+            assignment=None,
+        )
         self._save_state(state)  # assignment dropped: re-provision with the new leaf
+        if renewed.registration_id != identity.registration_id:  # an old-style ID became self-certifying
+            keystore.delete_key(identity.registration_id)
         self._set_identity(renewed, state)
         return renewed
 

@@ -62,3 +62,12 @@ def _spki(public_key: object) -> bytes:
         )
     except (AttributeError, TypeError, ValueError) as exc:
         raise PkiError(f"not a public key: {type(public_key).__name__}") from exc
+
+
+# The device sends its leaf in the DPS registration payload: Azure passes the payload to a custom allocation
+# webhook (deviceRuntimeContext.payload) but not the certificate, only its details (allocation_webhook.py).
+PAYLOAD_CERTIFICATE = "deviceCertificate"
+
+
+def registration_payload(leaf: x509.Certificate) -> dict[str, str]:
+    return {PAYLOAD_CERTIFICATE: leaf.public_bytes(serialization.Encoding.PEM).decode("ascii")}
