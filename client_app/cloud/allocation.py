@@ -115,9 +115,7 @@ async def call_webhook(
     registration_id = request["deviceRuntimeContext"]["registrationId"]
     try:
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:  # no proxy variables
-            response = await client.post(
-                definition.webhook_url, json=request, params={"api-version": definition.api_version}
-            )
+            response = await client.post(definition.webhook_url, json=request)  # the URL as configured
     except httpx.HTTPError as exc:
         raise _refused(
             registration_id, f"the custom allocation webhook failed: {type(exc).__name__}"
