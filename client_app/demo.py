@@ -189,11 +189,13 @@ class OperatorApi:
             group is not None
             and primary == ROOT_CERTIFICATE_NAME
             and group.get("provisioningStatus") == "enabled"
+            and group.get("identityPolicy", {}).get("requireSelfCertifyingId")
         ):
             return
         body = {
             "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ROOT_CERTIFICATE_NAME}}},
             "provisioningStatus": "enabled",
+            "identityPolicy": {"requireSelfCertifyingId": True},  # no identity takeover (docs/pki.md)
         }
         self._call("PUT", f"/enrollmentGroups/{ENROLLMENT_GROUP}", json=body)
 

@@ -32,6 +32,7 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
             group = api.get(f"/enrollmentGroups/{demo.ENROLLMENT_GROUP}").json()
         assert certificate["properties"]["isVerified"] is True
         assert group["attestation"]["x509"]["caReferences"]["primary"] == demo.ROOT_CERTIFICATE_NAME
+        assert group["identityPolicy"]["requireSelfCertifyingId"] is True  # issue 13
         # Second run in the same process (cloud still up): nothing is re-made.
         args = argparse.Namespace(data_dir=None, status=False)
         assert demo.prepare_demo(args) == (cloud, bundle)
