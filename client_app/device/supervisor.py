@@ -28,7 +28,7 @@ from client_app.device.session import HubSession, SessionError, SessionHandlers,
 from client_app.device.status import ConnectionState, FirstRunStep, StatusBoard
 from client_app.device.store import InboxMessage, Outbox
 from client_app.device.twin import Twin, base_reported
-from client_app.pki import CertificateAuthority, sha1_thumbprint
+from client_app.pki import CertificateAuthority, certificate_to_pem, sha1_thumbprint
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +451,7 @@ class Supervisor:
             "registration_id": identity.registration_id,
             "certificate_not_after": identity.not_after.isoformat(),
             "certificate_thumbprint": identity.thumbprint,
+            "certificate": certificate_to_pem(identity.leaf).decode(),  # for the backend's identity audit
             "connected_at": st.utcnow().isoformat(),
         }
         try:

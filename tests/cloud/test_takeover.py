@@ -6,6 +6,7 @@ CN is the victim's registration ID, registers through DPS and connects to the hu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 from client_app.cloud.info import ConnectionInfo
+from client_app.identity_audit import REPORTED_CERTIFICATE, audit_twin
 from client_app.pki import (
+    certificate_to_pem,
     generate_key,
     load_certificates,
     load_issuer_bundle,
@@ -165,3 +168,44 @@ def test_hub_refuses_a_takeover_certificate_bound_to_the_device(
     local_cloud.cloud.hub.provision(victim.registration_id, sha256_thumbprint(leaf), {})
     with RawDevice(info, attacker) as device:
         assert device.connack == 5
+
+
+def report_certificate(device: RawDevice, files: DeviceFiles) -> None:
+    """What the device core reports after connecting (supervisor._sync_twin): its leaf."""
+    leaf = load_certificates(files.cert_file.read_bytes())[0]
+    patch = json.dumps({REPORTED_CERTIFICATE: certificate_to_pem(leaf).decode()})
+    device.messages.clear()
+    device.client.subscribe("$iothub/twin/res/#", 1)
+    device.publish("$iothub/twin/PATCH/properties/reported/?$rid=1", patch)
+    wait_for(
+        lambda: any(t.startswith("$iothub/twin/res/204/") for t, _ in device.messages), what="twin patch"
+    )
+
+
+def audit(api: Any, device_id: str) -> list[str]:
+    return audit_twin(api.call("GET", f"/twins/{device_id}"), api.call("GET", f"/devices/{device_id}"))
+
+
+def test_backend_audit_flags_a_takeover_the_hub_accepted(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """Where nothing refused the registration (Azure without the webhook, or this cloud with the check off),
+    the hub accepts the takeover certificate; the backend's twin check still tells."""
+    info = local_cloud.info
+    configure_group(cloud_api, enrolled_ca, identityPolicy=CHECK_OFF)
+    victim = install(enrolled_ca.issuing, tmp_path / "victim")
+    register(info, victim)
+    with hub_connection(info, victim) as victim_hub:
+        report_certificate(victim_hub, victim)
+    assert audit(cloud_api, victim.registration_id) == []
+    attacker = mint_takeover(enrolled_ca.bundle_path, victim.registration_id, tmp_path / "attacker")
+    register(info, attacker)
+    with hub_connection(info, attacker) as attacker_hub:
+        assert attacker_hub.connack == 0
+        assert audit(cloud_api, victim.registration_id)  # still the victim's certificate reported
+        report_certificate(attacker_hub, victim)  # replaying the victim's certificate
+        assert "the reported certificate is not the one the hub authenticates this device with" in audit(
+            cloud_api, victim.registration_id
+        )
+        report_certificate(attacker_hub, attacker)  # its own
+        assert audit(cloud_api, victim.registration_id) == [
+            "the device ID is not the self-certifying ID of the certificate's key"
+        ]
