@@ -304,10 +304,9 @@ def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> 
 def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
     group = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}")
     body = {
-        "attestation": group["attestation"],
+        **group,
         "provisioningStatus": status,
-        "initialTwin": group["initialTwin"],
-    }
+    }  # PUT replaces: keep every other field (identityPolicy, ...)
     ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
 
 

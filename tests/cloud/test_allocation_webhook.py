@@ -25,7 +25,7 @@ from client_app import allocation_webhook as webhook
 from client_app.cloud.allocation import allocation_request
 from client_app.pki import CertificateAuthority, generate_key, load_certificates, self_certifying_id
 from client_app.pki.names import registration_payload
-from tests.cloud.sdk import PAHO_SOCKET_LEAKS, provisioning_client, register
+from tests.cloud.sdk import PAHO_SOCKET_LEAKS, provisioning_client, register, wait_for
 from tests.cloud.test_takeover import install, mint_takeover
 from tests.fixtures.cloud import DeviceFiles, configure_group
 
@@ -121,8 +121,6 @@ def serve(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, name="webhook", daemon=True)
     thread.start()
     try:
-        from tests.cloud.sdk import wait_for
-
         wait_for(lambda: server.started, what="uvicorn")
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"

@@ -25,6 +25,7 @@ from client_app.pki import (
     sha256_thumbprint,
 )
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, RawDevice, dps_refusal, register, wait_for
+from tests.cloud.test_cli import run
 from tests.fixtures.cloud import DeviceFiles, configure_group, issue_device_files, write_device_files
 
 pytestmark = PAHO_SOCKET_LEAKS
@@ -209,3 +210,12 @@ def test_backend_audit_flags_a_takeover_the_hub_accepted(local_cloud, cloud_api,
         assert audit(cloud_api, victim.registration_id) == [
             "the device ID is not the self-certifying ID of the certificate's key"
         ]
+
+
+def test_disabling_and_enabling_a_group_keeps_its_identity_policy(local_cloud, cloud_api, enrolled_ca):
+    """The operator CLI re-PUTs the group to change its status: the policy must not silently switch off."""
+    configure_group(cloud_api, enrolled_ca, identityPolicy=CHECK_ON)
+    run(local_cloud.data_dir, "enrollment-groups", "disable", enrolled_ca.group_id)
+    run(local_cloud.data_dir, "enrollment-groups", "enable", enrolled_ca.group_id)
+    group = cloud_api.call("GET", f"/enrollmentGroups/{enrolled_ca.group_id}")
+    assert group["provisioningStatus"] == "enabled" and group["identityPolicy"] == CHECK_ON
