@@ -124,12 +124,13 @@ class Dps:
         now = time.monotonic()
         operation = _Operation(match, self._hub_host_for(conn), now + self._delay, now)
         group = self._enrollments.group(match.group_id) if match.group_id else None
-        if group is not None and group.options.custom_allocation is not None:
+        if group is not None and group.options.allocation_policy == "custom":
             previous = self._enrollments.registration(match.registration_id)
             request_body = allocation_request(
                 group.to_json(), match.registration_id, match.leaf, request.get("payload"),
                 [operation.assigned_hub], (previous.assigned_hub, previous.device_id) if previous else None,
             )  # fmt: skip
+            assert group.options.custom_allocation is not None  # GroupOptions requires it for "custom"
             try:
                 operation.allocation = await call_webhook(group.options.custom_allocation, request_body)
             except CloudError as exc:
