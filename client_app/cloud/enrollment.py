@@ -418,8 +418,10 @@ class Enrollments:
         refusal = client_auth_refusal(chain[0])
         if refusal is not None:
             return refusal
+        # A group's device ID is its registration ID (first spelling, device_id_for): look up by the key.
         row = self._store.one(
-            "SELECT registration_id, group_id FROM registrations WHERE device_id=?", (device_id,)
+            "SELECT registration_id, group_id FROM registrations WHERE registration_id=? AND device_id=?",
+            (device_id, device_id),
         )
         if row is None:
             return None  # a device the operator created directly: thumbprint auth only, as IoT Hub
