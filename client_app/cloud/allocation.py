@@ -22,6 +22,7 @@ import httpx
 from cryptography import x509
 
 from client_app.cloud.errors import CloudError, bad_request
+from client_app.cloud.limits import check_initial_twin
 from client_app.pki import sha1_thumbprint, sha256_thumbprint
 
 log = logging.getLogger("client_app.cloud.allocation")
@@ -133,7 +134,14 @@ async def call_webhook(
     if hub not in request["linkedHubs"]:
         raise _refused(registration_id, f"the custom allocation webhook chose no linked hub ({hub!r})")
     twin = body.get("initialTwin")
-    return Allocation(hub, twin if isinstance(twin, dict) else None, body.get("payload"))
+    if twin is not None:
+        try:
+            check_initial_twin(twin)  # IoT Hub's twin limits, as for a group's initialTwin
+        except CloudError as exc:
+            raise _refused(
+                registration_id, f"the custom allocation webhook's initialTwin: {exc.message}"
+            ) from exc
+    return Allocation(hub, twin, body.get("payload"))
 
 
 def _refused(registration_id: str, message: str) -> CloudError:

@@ -28,6 +28,7 @@ from client_app.cloud.allocation import ALLOCATION_POLICIES, CustomAllocation
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.identity_policy import IdentityPolicy, client_auth_refusal, identity_refusal
+from client_app.cloud.limits import check_initial_twin
 from client_app.cloud.store import Store, dumps, utc_now
 from client_app.pki import PkiError, key_id, sha256_thumbprint, validate_registration_id
 
@@ -248,6 +249,7 @@ class Enrollments:
         if existing is None and len(self.groups()) >= MAX_GROUPS:
             raise CloudError(403, 403002, f"at most {MAX_GROUPS} enrollment groups")
         twin = initial_twin if initial_twin is not None else {}
+        check_initial_twin(twin)
         now = utc_now()
         stored_id = existing["group_id"] if existing else group_id
         with self._store.transaction() as db:

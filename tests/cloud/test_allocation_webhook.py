@@ -220,16 +220,20 @@ def test_failing_webhooks_refuse(local_cloud, cloud_api, enrolled_ca, tmp_path):
     async def not_json(request: Request) -> Response:
         return Response("<html>")
 
+    async def bad_twin(request: Request) -> Response:
+        hub = (await request.json())["linkedHubs"][0]
+        return JSONResponse({"iotHubHostName": hub, "initialTwin": {"properties": {"reported": {}}}})
+
     device = install(enrolled_ca.issuing, tmp_path / "device")
 
     def refused(url: str) -> None:
         configure_group(cloud_api, enrolled_ca, **custom_allocation(url))
         assert webhook_refused(dps_answer(local_cloud.info, device))
 
-    routes = [Route(f"/{f.__name__}", f, methods=["POST"]) for f in (refuse, foreign_hub, not_json)]
-    with serve(Starlette(routes=routes)) as base:
-        for name in ("refuse", "foreign_hub", "not_json"):
-            refused(f"{base}/{name}")
+    handlers = (refuse, foreign_hub, not_json, bad_twin)
+    with serve(Starlette(routes=[Route(f"/{f.__name__}", f, methods=["POST"]) for f in handlers])) as base:
+        for handler in handlers:
+            refused(f"{base}/{handler.__name__}")
     refused(f"{base}/gone")  # nobody listens any more
     assert cloud_api.call("GET", "/devices")["value"] == []
 
