@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from client_app import allocation_webhook as webhook
 from client_app.device import identity as ids
 from client_app.device import secrets as keystore
 from client_app.device.runtime import ConnectionState
 from client_app.pki import certifies_own_key, load_certificates
+from tests.cloud.test_allocation_webhook import custom_allocation, serve
 from tests.device.e2e import config_for, running, wait_for, wait_state
 from tests.fixtures.cloud import configure_group
 
@@ -54,3 +56,16 @@ def test_old_style_install_keeps_working_until_it_renews(
     with pytest.raises(keystore.KeyMissing):
         keystore.load_key(legacy_id)  # the old keyring entry is gone, the key lives on under the new ID
     assert keystore.load_key(status.registration_id) is not None
+
+
+def test_new_install_provisions_through_the_shipped_webhook(
+    keyring_env, local_cloud, cloud_api, enrolled_ca, app_dirs
+):
+    """Azure's configuration: no local identity policy, the group's custom allocation webhook decides; the
+    device core's registration payload carries what the webhook needs."""
+    data, _ = app_dirs
+    with serve(webhook.app) as base:
+        configure_group(cloud_api, enrolled_ca, **custom_allocation(base + webhook.ROUTE))
+        with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
+            wait_state(runtime, C.CONNECTED)
+            assert runtime.status().device_id.startswith("k1-")
