@@ -387,12 +387,18 @@ class Enrollments:
         return registration
 
     # ---- identity checks (issue 13) -------------------------------------------------------------
-    def pinned_key(self, registration_id: str) -> str | None:
-        """key_id the registration ID registered with last (None: never registered)."""
+    def pinned_key(self, registration_id: str, leaf: x509.Certificate) -> str | None:
+        """key_id the registration ID registered with last (None: never registered, or unknown). A record
+        from before keys were pinned knows only its leaf's thumbprint: the same leaf means the same key."""
         row = self._store.one(
             "SELECT key_id FROM registration_keys WHERE registration_id=?", (registration_id,)
         )
-        return row["key_id"] if row else None
+        if row is not None:
+            return str(row["key_id"])
+        previous = self.registration(registration_id)
+        if previous is not None and previous.thumbprint == sha256_thumbprint(leaf):
+            return key_id(leaf.public_key())
+        return None
 
     def _policy(self, group_id: str | None) -> IdentityPolicy:
         if group_id is None:
@@ -408,7 +414,7 @@ class Enrollments:
             self._policy(match.group_id),
             match.registration_id,
             match.leaf,
-            self.pinned_key(match.registration_id),
+            self.pinned_key(match.registration_id, match.leaf),
         )
         if refusal is not None:
             raise unauthorized(refusal)
@@ -429,7 +435,10 @@ class Enrollments:
             return None  # a device the operator created directly: thumbprint auth only, as IoT Hub
         registration_id = row["registration_id"]
         return identity_refusal(
-            self._policy(row["group_id"]), registration_id, chain[0], self.pinned_key(registration_id)
+            self._policy(row["group_id"]),
+            registration_id,
+            chain[0],
+            self.pinned_key(registration_id, chain[0]),
         )
 
     # ---- attestation -----------------------------------------------------------------------------

@@ -240,3 +240,18 @@ def test_disabling_and_enabling_a_group_keeps_its_identity_policy(local_cloud, c
     run(local_cloud.data_dir, "enrollment-groups", "enable", enrolled_ca.group_id)
     group = cloud_api.call("GET", f"/enrollmentGroups/{enrolled_ca.group_id}")
     assert group["provisioningStatus"] == "enabled" and group["identityPolicy"] == CHECK_ON
+
+
+def test_installs_registered_before_key_pinning_keep_working(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """A database from before this change has registration records but no pinned keys: the same
+    certificate still passes (the record's thumbprint proves the key), at the hub and at DPS."""
+    info = local_cloud.info
+    legacy = issue_device_files(enrolled_ca.issuing, "ca-00112233445566778899", tmp_path / "legacy")
+    register(info, legacy)
+    local_cloud.cloud._store.execute("DELETE FROM registration_keys")  # as an older cloud.db
+    configure_group(cloud_api, enrolled_ca, identityPolicy=CHECK_ON)
+    with hub_connection(info, legacy) as device:
+        assert device.connack == 0
+    assert dps_answer(info, legacy)["status"] == "assigned"
+    attacker = mint_takeover(enrolled_ca.bundle_path, legacy.registration_id, tmp_path / "attacker")
+    assert refused(dps_answer(info, attacker))
