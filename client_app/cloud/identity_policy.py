@@ -45,9 +45,9 @@ class IdentityPolicy:
 def client_auth_refusal(leaf: x509.Certificate) -> str | None:
     """A device credential must say it is one: the clientAuth EKU (RFC 5280 §4.2.1.12, id-kp-clientAuth).
 
-    Stricter than RFC 5280 (which lets a certificate without EKU serve any purpose) on purpose: the DPS
-    proof-of-possession certificate carries no EKU and must never provision as a device. Microsoft's own
-    device-certificate tooling always sets clientAuth (docs/pki.md cites it), so real device leaves pass.
+    Azure DPS requires it ("extendedKeyUsage = clientAuth was required", Azure/azure-iot-sdk-c#1519), even
+    though RFC 5280 lets a certificate without EKU serve any purpose; so the DPS proof-of-possession
+    certificate, which carries no EKU, never provisions or connects as a device.
     """
     try:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
