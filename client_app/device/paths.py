@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,27 @@ import platformdirs
 
 APP_NAME = "client-app"
 ISSUER_BUNDLE_NAME = "issuer-bundle.pem"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (or tighten an existing one) so only this user may enter it: 0700.
+
+    The data, log and config directories hold messages, logs and status other local users have no business
+    reading; files inside are written 0600 as well (no reliance on the umask).
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name != "nt":
+        path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` empty if missing, and make it 0600 (e.g. a database before SQLite opens it)."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if os.name != "nt":
+        path.chmod(0o600)
+    return path
 
 
 def default_data_dir() -> Path:
