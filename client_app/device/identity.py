@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -103,12 +103,9 @@ def create_identity(
     issuer: CertificateAuthority,
     days: int,
     registration_id: str | None = None,
-    on_step: Callable[[str], None] = lambda step: None,
 ) -> Identity:
     """New key + leaf; reuses registration_id on renewal so DPS keeps the same registration record."""
-    on_step("key")
     key = generate_key()
-    on_step("certificate")
     return issue_leaf(issuer, registration_id or new_registration_id(), key, days)
 
 

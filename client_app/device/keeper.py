@@ -23,7 +23,7 @@ from client_app.device.ports import Clock, KeyStore
 from client_app.device.secrets import KeyMissing, KeyringUnavailable
 from client_app.device.state import DeviceState, StateCorrupt, StateFiles, parse_time
 from client_app.device.status import ConnectionState, FirstRunStep, StepOutcome
-from client_app.pki import CertificateAuthority, sha1_thumbprint
+from client_app.pki import CertificateAuthority, generate_key, sha1_thumbprint
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +97,20 @@ class IdentityKeeper:
             retry_at=None,
         )
         self._keys.check_backend()  # no keyring at all: say so now, not after registering
-        current = [FirstRunStep.KEY]
-
-        def on_step(name: str) -> None:
-            if name != "key":
-                self._step(current[-1], StepOutcome.DONE)
-                current.append(FirstRunStep.CERTIFICATE)
-            self._step(current[-1], StepOutcome.RUNNING)
-
+        step = FirstRunStep.CERTIFICATE  # a broken issuer bundle fails before the key is made
         try:
-            identity = ids.create_identity(self._issuer_ca(), self._config.leaf_days, None, on_step)
+            issuer = self._issuer_ca()
+            step = FirstRunStep.KEY
+            self._step(step, StepOutcome.RUNNING)
+            key = generate_key()
+            self._step(step, StepOutcome.DONE)
+            step = FirstRunStep.CERTIFICATE
+            self._step(step, StepOutcome.RUNNING)
+            identity = ids.issue_leaf(issuer, ids.new_registration_id(), key, self._config.leaf_days)
         except ids.IdentityError as exc:
-            self._step(current[-1], StepOutcome.FAILED, str(exc))
+            self._step(step, StepOutcome.FAILED, str(exc))
             raise
-        self._step(current[-1], StepOutcome.DONE, identity.registration_id)
+        self._step(step, StepOutcome.DONE, identity.registration_id)
         # The key goes into the keyring before anything refers to it and before DPS hears of this device:
         # a locked keyring must stop first launch here, not after registering an identity we cannot keep.
         self._step(FirstRunStep.KEYRING, StepOutcome.RUNNING, self._keys.backend_name())

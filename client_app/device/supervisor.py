@@ -167,11 +167,12 @@ class Supervisor:
 
     def _cycle(self) -> None:
         self.wake.clear()
-        config = self._local_cloud_checked(self.config.refreshed())  # a restarted local cloud may have moved
+        config = self.config.refreshed()  # a restarted local cloud may have moved
         if self._take("reset"):
             self.identity.reset("reset requested")
         identity = self.identity.ensure()
         identity = self.identity.renew_if_due()
+        _check_local_cloud_running(config)
         assignment, fresh = self._ensure_assignment(config, identity)
         try:
             self._serve(config, identity, assignment)
@@ -191,14 +192,6 @@ class Supervisor:
                 self.identity.update(assignment=None)
             raise
 
-    @staticmethod
-    def _local_cloud_checked(config: DeviceConfig) -> DeviceConfig:
-        """A stopped local cloud has removed its connection.json: without it there is no port, proxy or CA
-        to use, so nothing is dialled at all (the cached names would go to the system resolver)."""
-        if config.local_cloud is not None and not (config.local_cloud / "connection.json").is_file():
-            raise ProvisioningFailed(f"the local cloud in {config.local_cloud} is not running")
-        return config
-
     # ---- provisioning ----------------------------------------------------------------------------
     def _ensure_assignment(self, config: DeviceConfig, identity: ids.Identity) -> tuple[Assignment, bool]:
         state = self.identity.state
@@ -214,6 +207,7 @@ class Supervisor:
             raise ConfigError(
                 "No ID scope is configured. Set id_scope in config.toml, CLIENT_APP_ID_SCOPE or --id-scope."
             )
+        _dial_loopback_only(config, config.provisioning_host)
         self._status(
             state=S.PROVISIONING,
             message="Registering with the cloud…",
@@ -312,3 +306,10 @@ def _dial_loopback_only(config: DeviceConfig, host: str) -> None:
         raise ConfigError(
             f"the local cloud in {config.local_cloud} points at {dialled}, which is not a loopback address"
         )
+
+
+def _check_local_cloud_running(config: DeviceConfig) -> None:
+    """A stopped local cloud has removed its connection.json: without it there is no port, proxy or CA to
+    use, so nothing is dialled at all (the cached host names would go to the system resolver)."""
+    if config.local_cloud is not None and not (config.local_cloud / "connection.json").is_file():
+        raise ProvisioningFailed(f"the local cloud in {config.local_cloud} is not running")

@@ -5,25 +5,38 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from client_app.device import identity as ids
 from client_app.device.config import DeviceConfig, ProxySetting
+from client_app.device.events import MessageReceived, OutboxChanged
 from client_app.device.keeper import RENEWAL_RETRY
+from client_app.device.live import Leave, LiveSession
 from client_app.device.methods import MethodRegistry
 from client_app.device.provisioning import ProvisioningBlocked
-from client_app.device.session import SessionRefused
+from client_app.device.session import SessionError, SessionRefused
 from client_app.device.state import Persister, StateFiles
 from client_app.device.status import ConnectionState
 from client_app.device.supervisor import KEYRING_RETRY, REPROVISION_AFTER, Supervisor
 from client_app.device.twin import Twin
 from client_app.pki import load_certificates
-from tests.device.fakes import FakeClock, FakeConnector, FakeKeys, ListOutbox, Recorder, dps_down, offline
+from tests.device.fakes import (
+    FakeClock,
+    FakeConnector,
+    FakeKeys,
+    FakeSession,
+    ListOutbox,
+    Recorder,
+    dps_down,
+    offline,
+)
 
 S = ConnectionState
 
@@ -356,3 +369,49 @@ def test_reset_request_deletes_the_key_and_starts_over(h: Harness):
     sup.request("reset")
     h.connect(sup)
     assert sup.identity.state.registration_id != old and h.keys.deleted == [old]
+
+
+# ---- the loop and the live session -----------------------------------------------------------------
+def test_run_reports_waits_and_stops(h: Harness):
+    h.keys.locked = True
+    sup = h.supervisor()
+    h.clock.on_wait = sup.stopping.set  # stop() while waiting for the keyring retry
+    sup.run()
+    assert h.clock.waits == [KEYRING_RETRY]
+    assert h.events.states == [S.CREATING_IDENTITY, S.ERROR, S.STOPPED]
+
+
+def test_local_cloud_config_errors_back_off(h: Harness, tmp_path: Path):
+    (tmp_path / "connection.json").write_text("{}")
+    sup = h.supervisor(local_cloud=tmp_path, provisioning_host="dps.example.com")
+    failure = sup.attempt()  # a name, no proxy: would need the system resolver
+    assert failure is not None and failure.state is S.ERROR and failure.wait is not None
+    assert "not a loopback address" in failure.detail and h.cloud.provisioned == []
+
+
+def test_live_session_answers_methods_applies_desired_and_hands_c2d_to_the_sink(h: Harness):
+    methods = MethodRegistry()
+    methods.register("ping", lambda payload: (200, {"echo": payload}))
+    twin = Twin()
+    live = LiveSession(ListOutbox("queued"), twin, methods, h.events, h.clock, threading.Event())
+    session = FakeSession(h.cloud, live.handlers())
+    session.open()
+    answers: list[tuple] = []
+    session.respond = lambda *answer: answers.append(answer)
+    handlers = live.handlers()
+    c2d = SimpleNamespace(data=b"hello \xff", custom_properties={"k": "v"}, message_id="m-1",
+                          correlation_id="c-1", content_type=None, content_encoding=None, user_id=None,
+                          expiry_time_utc=None)  # fmt: skip
+    handlers.message(c2d)
+    handlers.method(SimpleNamespace(name="ping", payload=7, request_id="r-1"))
+    handlers.desired({"interval": 5, "$version": 3})
+    passes = iter([False, True])
+    with pytest.raises(Leave):
+        live.pump(session, lambda: next(passes))
+    assert MessageReceived("m-1", "hello \ufffd", {"k": "v", "$.cid": "c-1"}) in h.events.events
+    assert answers == [("r-1", 200, {"echo": 7})]
+    assert {"desired_applied_version": 3} in h.cloud.reported and twin.desired == {"interval": 5}
+    assert h.cloud.sent == ["queued"] and OutboxChanged() in h.events.events
+    session.connected = False
+    with pytest.raises(SessionError, match="lost"):
+        live.pump(session, lambda: False)
