@@ -6,6 +6,7 @@ What may happen to an identity and what the keeper does (docs/device.md, "Identi
 - chain.pem lost, corrupt or not matching the key: issue a new leaf for the same key and registration id;
 - the key is missing or unreadable in a working keyring: a new identity, as a visible event (status field
   previous_registration_id, last_error, a WARNING in the log) so support can retire the old device;
+- state.json and chain.pem both unreadable: a new identity, visible the same way ("previous ID unknown");
 - the keyring is locked, absent or not answering: KeyringUnavailable, never a new identity.
 A valid key is deleted only by an explicit reset.
 """
@@ -27,6 +28,7 @@ from client_app.pki import CertificateAuthority, generate_key, sha1_thumbprint
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_ID = "unknown"  # previous_registration_id when neither state.json nor chain.pem could tell it
 RENEWAL_RETRY = timedelta(hours=1)  # after a failed renewal, keep the working leaf this long
 
 
@@ -55,8 +57,8 @@ class IdentityKeeper:
         if self.identity is not None:
             return self.identity
         state = self._stored_state()
-        if state is None:
-            return self._create(previous=None)
+        if state is None:  # first launch, or files so damaged that even the old id is gone: say that, too
+            return self._create(previous=UNKNOWN_ID if self._files.anything_stored() else None)
         try:
             key = self._keys.load(state.registration_id)  # KeyringUnavailable: an error, never a new identity
         except KeyMissing as exc:

@@ -175,6 +175,10 @@ class StateFiles:
         atomic_write(self.chain_file, pem, 0o600, durable=False)
         self._persister.write(self.chain_file, pem)
 
+    def anything_stored(self) -> bool:
+        """True if state.json or chain.pem exists (readable or not): an identity was made here before."""
+        return self._layout.state_file.exists() or self.chain_file.exists()
+
     def discard(self) -> None:
         for path in (self._layout.state_file, self.chain_file):
             self._persister.discard(path)

@@ -362,6 +362,18 @@ def test_lost_key_starts_a_new_identity_as_a_visible_event(
     assert h.events.status["previous_registration_id"] == old
 
 
+def test_unreadable_state_and_chain_start_a_new_identity_as_a_visible_event(h: Harness):
+    sup = h.supervisor()
+    h.connect(sup)
+    h.persister.flush()
+    h.config.layout.state_file.write_text("{")
+    h.files.chain_file.write_bytes(b"garbage")
+    sup = h.restart()
+    h.connect(sup)
+    assert h.events.status["previous_registration_id"] == "unknown"
+    assert "previous ID unknown" in h.events.status["last_error"] and h.keys.deleted == []
+
+
 def test_reset_request_deletes_the_key_and_starts_over(h: Harness):
     sup = h.supervisor()
     h.connect(sup)
