@@ -248,6 +248,7 @@ class Supervisor:
                 raise
             connected_at = self._on_connected(assignment)
             self.connector.release()
+            self.outbox.prune()  # delivered messages are kept for the window's history, not forever
             session.subscribe()
             live.sync_twin(session, identity, connected_at)
             live.pump(session, self._should_leave)

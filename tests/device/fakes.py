@@ -167,9 +167,15 @@ class Recorder:
 class ListOutbox:
     def __init__(self, *texts: str) -> None:
         self.queued = [OutboxMessage(i, f"m{i}", text) for i, text in enumerate(texts)]
+        self.delivered: list[OutboxMessage] = []
+        self.pruned = 0
 
     def next_queued(self) -> OutboxMessage | None:
         return self.queued[0] if self.queued else None
 
     def mark_delivered(self, row_id: int) -> None:
+        self.delivered += [m for m in self.queued if m.id == row_id]
         self.queued = [m for m in self.queued if m.id != row_id]
+
+    def prune(self) -> None:
+        self.pruned += 1

@@ -98,6 +98,7 @@ def test_first_launch_creates_registers_connects_and_drains_the_outbox(h: Harnes
     rid = sup.identity.state.registration_id
     assert h.keys.entries.keys() == {rid}
     assert h.cloud.provisioned == [rid] and h.cloud.sent == ["one", "two"]
+    assert [m.text for m in h.outbox.delivered] == ["one", "two"] and h.outbox.pruned == 1
     assert h.events.states[:4] == [S.CREATING_IDENTITY, S.PROVISIONING, S.CONNECTING, S.CONNECTED]
     assert [s for s, outcome in h.events.steps if outcome == "done"] == [
         "create_key",
