@@ -25,6 +25,7 @@ from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.handler import CloudHandler
 from client_app.cloud.hub import Hub
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
+from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
 from client_app.cloud.store import Store, TelemetryWriter
@@ -41,6 +42,8 @@ from client_app.pki import (
 log = logging.getLogger("client_app.cloud")
 
 SERVER_CA_FILE = "server-ca.pem"
+MQTT_PORT = 8883  # Azure's SDKs dial 8883 and nothing else: DPS's assignedHub is a host name without a port
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message at fd exhaustion (EMFILE)
 
 
 @dataclass
@@ -59,6 +62,13 @@ class CloudSettings:
         for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost"):
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
+        if self.mqtt_listen and self.mqtt_listen[1] != MQTT_PORT:
+            # DPS answers assignedHub = the listener's address and devices dial it at 8883: another port
+            # would send them to the wrong place. Other ports are for the HTTP CONNECT front (it sees names).
+            raise ValueError(
+                f"the direct MQTT listener must use port {MQTT_PORT} (devices dial DPS's assignedHub at "
+                f"{MQTT_PORT}); pick another loopback address instead, e.g. 127.0.0.2:{MQTT_PORT}"
+            )
 
 
 class _ApiServer(uvicorn.Server):
@@ -124,6 +134,8 @@ class LocalCloud:
     async def start(self) -> ConnectionInfo:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_exception)
+        self._accept_errors = RateLimitedLog(log)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
         store = self._store = Store(self.data_dir / "cloud.db")
@@ -181,6 +193,18 @@ class LocalCloud:
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
         )
         return identity
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """At fd exhaustion asyncio reports every failed accept() with a traceback (tens of thousands a
+        second under a flood): one line per interval instead. Everything else goes to the default handler."""
+        if context.get("message") == _ACCEPT_FAILED:
+            self._accept_errors.log(
+                logging.ERROR, "accept",
+                "cannot accept connections: %s (out of file descriptors; `ulimit -n` is the limit)",
+                context.get("exception"),
+            )  # fmt: skip
+            return
+        loop.default_exception_handler(context)
 
     def drop_connection(self, client_id: str) -> bool:
         """Close a device's MQTT connection as a network failure would (tests, operator tooling)."""
