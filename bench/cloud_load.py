@@ -42,7 +42,7 @@ from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.server import raise_open_file_limit
 from client_app.pki import CertificateAuthority
-from tests.fixtures.cloud import CloudApi, api_client, enroll_root, free_loopback_8883, issue_device_files
+from tests.fixtures.cloud import CloudApi, api_client, enroll_root, free_loopback, issue_device_files
 
 OP_TIMEOUT = 30.0  # per device operation (connect, register, subscribe); the SDK's DPS timeout
 KEEPALIVE = 60  # as the SDK; the generator pings idle hub connections like the SDK does
@@ -195,7 +195,7 @@ class CloudProcess:
         # A free 127.x address for the direct listener (its port is always 8883): copies run side by side.
         command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
                    "-m", "client_app.cloud.cli", "serve", "--data", str(data_dir),
-                   "--no-proxy", "--mqtt-listen", f"{free_loopback_8883()}:8883"]  # fmt: skip
+                   "--no-proxy", "--mqtt-listen", f"{free_loopback()}:8883"]  # fmt: skip
         with self.log_file.open("wb") as log:
             self.popen = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

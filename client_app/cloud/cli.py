@@ -158,6 +158,12 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
     help="Direct TLS listener (port 8883, the only one devices dial; another copy: 127.0.0.2:8883).",
 )
 @click.option("--no-direct", is_flag=True, help="No direct listener: devices come through the proxy front.")
+@click.option(
+    "--websocket-listen",
+    metavar="HOST:443",
+    default=None,
+    help="Direct MQTT-over-WebSockets listener (port 443; the proxy front serves it on CONNECT …:443).",
+)
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0, show_default=True)
 @click.option("--assignment-delay", type=click.FloatRange(0, 300), default=0.0, show_default=True,
               help="Seconds DPS reports 'assigning' before 'assigned' (0 = answer at once).")  # fmt: skip
@@ -168,8 +174,9 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
-          mqtt_listen: str, no_direct: bool, api_port: int, assignment_delay: float, telemetry_retention: int,
-          dps_name: str, hub_name: str, verbose: bool) -> None:  # fmt: skip
+          mqtt_listen: str, no_direct: bool, websocket_listen: str | None, api_port: int,
+          assignment_delay: float, telemetry_retention: int, dps_name: str, hub_name: str,
+          verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
     if data_dir is None:
@@ -187,8 +194,9 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
     try:
         settings = CloudSettings(
             data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port,
-            mqtt_listen=listen, api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name,
-            hub_name=hub_name, telemetry_retention=telemetry_retention or None,
+            mqtt_listen=listen, websocket_listen=_host_port(websocket_listen), api_port=api_port,
+            assignment_delay=assignment_delay, dps_name=dps_name, hub_name=hub_name,
+            telemetry_retention=telemetry_retention or None,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc

@@ -38,7 +38,7 @@ def _x509(files: DeviceFiles) -> X509:
     return X509(str(files.cert_file), str(files.key_file), files.pass_phrase)
 
 
-def provisioning_client(info: ConnectionInfo, files: DeviceFiles, *, aio: bool = False) -> Any:
+def provisioning_client(info: ConnectionInfo, files: DeviceFiles, *, aio: bool = False, **kwargs: Any) -> Any:
     cls = AioProvisioningClient if aio else ProvisioningDeviceClient
     return cls.create_from_x509_certificate(
         provisioning_host=info.provisioning_host,
@@ -46,6 +46,7 @@ def provisioning_client(info: ConnectionInfo, files: DeviceFiles, *, aio: bool =
         id_scope=info.id_scope,
         x509=_x509(files),
         **_common(info),
+        **kwargs,
     )
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from client_app.cloud.cli import cli
 from client_app.pki import CertificateAuthority, certificate_to_pem
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, register, wait_for
-from tests.fixtures.cloud import free_loopback_8883, issue_device_files
+from tests.fixtures.cloud import free_loopback, issue_device_files
 
 
 def run(data: Path, *args: str, ok: bool = True) -> tuple[str, str]:
@@ -103,7 +103,7 @@ def test_serve_foreground_process(tmp_path):
     wrong_port = subprocess.run([*command, "serve", "--data", str(data), "--mqtt-listen", "127.0.0.1:9883"],
                                 capture_output=True, text=True, timeout=30)  # fmt: skip
     assert wrong_port.returncode != 0 and "must use port 8883" in wrong_port.stderr
-    host = free_loopback_8883()  # not 127.0.0.1:8883: another copy of the suite may be running
+    host = free_loopback()  # not 127.0.0.1:8883: another copy of the suite may be running
     server = subprocess.Popen([*command, "serve", "--data", str(data), "--assignment-delay", "0",
                                "--mqtt-listen", f"{host}:8883"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip

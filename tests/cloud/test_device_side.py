@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import pytest
+from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 
+from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.pki import CertificateAuthority
-from tests.cloud.sdk import PAHO_SOCKET_LEAKS, RawDevice, dps_refusal, register, wait_for
-from tests.fixtures.cloud import enroll_root, issue_device_files
+from tests.cloud.sdk import (
+    PAHO_SOCKET_LEAKS,
+    RawDevice,
+    dps_refusal,
+    hub_client,
+    provisioning_client,
+    register,
+    wait_for,
+)
+from tests.fixtures.cloud import api_client, enroll_root, free_loopback, issue_device_files
 
 pytestmark = PAHO_SOCKET_LEAKS
 
@@ -86,3 +97,59 @@ def test_accept_failures_at_fd_exhaustion_log_once_per_interval(local_cloud, cap
     assert done.wait(10)
     lines = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
+
+
+def test_python_sdk_over_websockets(local_cloud, cloud_api, enrolled_ca, tmp_path, caplog):
+    """`websockets=True`: the SDK dials 443, path /$iothub/websocket (here via the proxy: CONNECT host:443)"""
+    caplog.set_level(logging.INFO, logger="client_app.cloud.mqtt")
+    info = local_cloud.info
+    files = issue_device_files(enrolled_ca.issuing, "ws-01", tmp_path)
+    result = provisioning_client(info, files, websockets=True).register()
+    assert result.status == "assigned"
+    client = hub_client(info, files, result.registration_state.assigned_hub, websockets=True)
+    try:
+        client.send_message("over websockets")
+        client.patch_twin_reported_properties({"transport": "websockets"})
+        assert client.get_twin()["reported"]["transport"] == "websockets"
+    finally:
+        client.shutdown()
+    assert cloud_api.call("GET", "/telemetry")["value"][0]["body"] == "over websockets"
+    assert caplog.text.count("connected over WebSockets") == 2  # DPS, then the hub
+
+
+def test_direct_listeners_for_other_clients(tmp_path):
+    """`serve`'s direct listener (8883) and a direct WebSocket one (443) on one loopback address: DPS answers
+    that address as assignedHub, and both transports reach the hub there."""
+    try:
+        host = free_loopback(8883, 443)
+    except PermissionError:
+        pytest.skip("binding port 443 needs root or net.ipv4.ip_unprivileged_port_start <= 443")
+    settings = CloudSettings(data_dir=tmp_path / "cloud", proxy_port=None, mqtt_listen=(host, 8883),
+                             websocket_listen=(host, 443))  # fmt: skip
+    with pytest.raises(ValueError, match="must use port 443"):
+        CloudSettings(data_dir=tmp_path / "x", websocket_listen=(host, 8443))
+    with start_in_thread(settings) as cloud, api_client(cloud) as api:
+        root = CertificateAuthority.root("ws Root")
+        enroll_root(api, root)
+        files = issue_device_files(root, "wsdirect-01", tmp_path)
+        ca = Path(cloud.info.server_ca_pem).read_text()
+        x509 = X509(str(files.cert_file), str(files.key_file), files.pass_phrase)
+        result = ProvisioningDeviceClient.create_from_x509_certificate(
+            provisioning_host=host, registration_id="wsdirect-01", id_scope=cloud.info.id_scope, x509=x509,
+            server_verification_cert=ca, websockets=True,
+        ).register()  # fmt: skip
+        assert result.registration_state.assigned_hub == host
+        for websockets in (True, False):
+            client = IoTHubDeviceClient.create_from_x509_certificate(
+                x509=x509,
+                hostname=host,
+                device_id="wsdirect-01",
+                server_verification_cert=ca,
+                websockets=websockets,
+            )
+            try:
+                client.send_message(f"websockets={websockets}")
+            finally:
+                client.shutdown()
+        bodies = [m["body"] for m in api.call("GET", "/telemetry")["value"]]
+        assert bodies == ["websockets=True", "websockets=False"]

@@ -13,7 +13,7 @@ from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import Store, TelemetryWriter
 from client_app.pki import CertificateAuthority
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, provisioning_client, register, wait_for
-from tests.fixtures.cloud import api_client, enroll_root, free_loopback_8883, issue_device_files
+from tests.fixtures.cloud import api_client, enroll_root, free_loopback, issue_device_files
 
 
 @PAHO_SOCKET_LEAKS
@@ -65,7 +65,7 @@ def test_restart_keeps_everything(tmp_path):
 
 @PAHO_SOCKET_LEAKS
 def test_direct_listener_without_proxy(tmp_path):
-    host = free_loopback_8883()
+    host = free_loopback()
     settings = CloudSettings(data_dir=tmp_path / "cloud", proxy_port=None, mqtt_listen=(host, 8883))
     with start_in_thread(settings) as cloud, api_client(cloud) as api:
         info = cloud.info

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import re
 import ssl
 import time
@@ -26,6 +27,8 @@ from cryptography import x509
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.tls import presented_chain
+from client_app.cloud.mqtt.websocket import WebSocketRefused
+from client_app.cloud.mqtt.websocket import accept as accept_websocket
 
 _READ_CHUNK = 64 * 1024
 _TLS_READ_BUFFER = 32 * 1024  # asyncio's SSL layer allocates 256 KiB per connection by default
@@ -42,6 +45,7 @@ CLIENT_DISCONNECT = "client sent DISCONNECT"  # close reasons a handler may tell
 SERVER_SHUTDOWN = "server shutting down"
 _HOST_RE = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _LOG = logging.getLogger("client_app.cloud.mqtt")
+WEBSOCKET_PORT = 443  # a CONNECT to this port is MQTT over WebSockets, as on IoT Hub; any other is plain MQTT
 
 
 class ConnectDecision(NamedTuple):
@@ -110,6 +114,7 @@ class MqttConnection:
         self.will: p.Will | None = connect.will
         self.peer_chain: list[x509.Certificate] = peer_chain
         self.proxy_target: str | None = proxy_target
+        self.websocket = False  # MQTT over WebSockets (set by the server after the upgrade)
         sockname = writer.get_extra_info("sockname")
         self.local_host: str = sockname[0] if sockname else ""
         self.peer_address: tuple[str, int] | None = _address(writer.get_extra_info("peername"))
@@ -213,8 +218,9 @@ class MqttConnection:
             self._settled.set()
             self._dispatch_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
             self._log.info(
-                "%s: connected (user %r, keepalive %d)", self._peer_text(), self.username, self.keepalive
-            )
+                "%s: connected%s (user %r, keepalive %d)", self._peer_text(),
+                " over WebSockets" if self.websocket else "", self.username, self.keepalive,
+            )  # fmt: skip
             self._handle_packets(early_packets)
             await self._read_loop()
         except ConnectionClosed:
@@ -464,7 +470,7 @@ class MqttServer:
         write_timeout: float = 30.0,
         handler_grace: float = 10.0,
         max_idle_timeout: float = MAX_IDLE_TIMEOUT,
-        max_pending_handshakes: int = 256,
+        max_pending_handshakes: int = 128,
         refusal_log_interval: float = 10.0,
     ) -> None:
         self.handler = handler
@@ -493,8 +499,9 @@ class MqttServer:
         self._tasks: dict[asyncio.Task[Any], MqttConnection | None] = {}
         self._closing = False
 
-    async def listen_tls(self, host: str, port: int) -> tuple[str, int]:
-        """Direct TLS listener; port 0 picks a free port. Returns the bound (host, port).
+    async def listen_tls(self, host: str, port: int, *, websocket: bool = False) -> tuple[str, int]:
+        """Direct TLS listener; port 0 picks a free port. Returns the bound (host, port). With `websocket`,
+        clients speak MQTT over WebSockets inside TLS (IoT Hub's port 443 flavour).
 
         TLS is started by our own task (as behind the proxy) rather than by asyncio's `ssl=` listener: the
         handshake is then tracked (server.close() ends it) and a refused client certificate gets a log line.
@@ -502,7 +509,8 @@ class MqttServer:
         loop = asyncio.get_running_loop()
 
         def factory() -> asyncio.StreamReaderProtocol:
-            return _PausedUntilTls(asyncio.StreamReader(loop=loop), self._on_direct_client, loop=loop)
+            client = self._on_websocket_client if websocket else self._on_direct_client
+            return _PausedUntilTls(asyncio.StreamReader(loop=loop), client, loop=loop)
 
         listener = await loop.create_server(factory, host, port, backlog=1024)
         return self._add_listener(listener)
@@ -551,6 +559,9 @@ class MqttServer:
     async def _on_direct_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._guarded(self._serve_direct(reader, writer), writer)
 
+    async def _on_websocket_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._guarded(self._serve_direct(reader, writer, websocket=True), writer)
+
     async def _on_proxy_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._guarded(self._serve_proxied(reader, writer), writer)
 
@@ -585,20 +596,24 @@ class MqttServer:
             )  # fmt: skip
         self._pending[task] = None
 
-    async def _serve_direct(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_direct(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, websocket: bool = False
+    ) -> None:
         if await self._start_tls(writer, _peer_text(writer), None):
-            await self._serve(reader, writer, None)
+            await self._serve(reader, writer, None, websocket=websocket)
 
     async def _serve_proxied(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_text(writer)
         target = await self._proxy_handshake(reader, writer, peer)
         if target is None:
             await _close_writer(writer)
-        elif await self._start_tls(writer, peer, target):
-            await self._serve(reader, writer, target)
+        elif await self._start_tls(writer, peer, target[0]):
+            await self._serve(reader, writer, target[0], websocket=target[1] == WEBSOCKET_PORT)
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str, target: str | None) -> bool:
         try:
+            async with asyncio.timeout(self.tls_handshake_timeout):
+                await _client_hello(writer)
             await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.tls_handshake_timeout)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             via = f" (proxied to {target})" if target else ""
@@ -612,8 +627,8 @@ class MqttServer:
 
     async def _proxy_handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> str | None:
-        """Read the CONNECT request; answer 200 and return the target host, or answer an error and None."""
+    ) -> tuple[str, int] | None:
+        """Read the CONNECT request; answer 200 and return the target (host, port), or an error and None."""
         try:
             async with asyncio.timeout(self.proxy_header_timeout):
                 request = await _read_http_head(reader)
@@ -632,14 +647,30 @@ class MqttServer:
             writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
             return None
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        writer.transport.pause_reading()  # the ClientHello that follows is for TLS, not for this reader
         return target
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy_target: str | None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        proxy_target: str | None,
+        *,
+        websocket: bool = False,
     ) -> None:
-        """From an established TLS stream: CONNECT → authorize → CONNACK → serve."""
+        """From an established TLS stream: [WebSocket upgrade →] CONNECT → authorize → CONNACK → serve."""
         peer = _peer_text(writer)
         _shrink_tls_buffer(writer.transport)
+        if websocket:
+            try:
+                reader, writer = await accept_websocket(reader, writer, self.connect_timeout)  # type: ignore[assignment]
+            except (WebSocketRefused, TimeoutError, OSError, ssl.SSLError) as exc:
+                reason = _short(exc) or "timeout"
+                self.refusals.log(
+                    logging.INFO, f"ws:{reason[:80]}", "mqtt %s: WebSocket refused: %s", peer, reason
+                )
+                await _close_writer(writer)
+                return
         packet_reader = p.PacketReader(self.max_packet_size)
         try:
             first, early = await self._read_connect(reader, packet_reader)
@@ -664,6 +695,7 @@ class MqttServer:
         conn = MqttConnection(
             self, reader, writer, packet_reader, first, peer_chain=chain, proxy_target=proxy_target
         )
+        conn.websocket = websocket
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
@@ -746,6 +778,31 @@ class _PausedUntilTls(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
 
+async def _client_hello(writer: asyncio.StreamWriter) -> None:
+    """Wait until the client has sent something (its ClientHello) on a paused transport.
+
+    start_tls allocates ~256 KiB of buffers per connection at once; a client that connects and stays silent
+    costs only its socket this way. The wait watches a duplicate of the socket's descriptor: the paused
+    transport's own descriptor may not be given to add_reader.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = os.dup(sock.fileno())
+    try:
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    except NotImplementedError:  # Windows' proactor loop: no readiness API; the handshake timeout still holds
+        os.close(fd)
+        return
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 async def _read_http_head(reader: asyncio.StreamReader) -> bytes | None:
     """Bytes up to the blank line; None if the client hung up. Bytes after the head are refused later."""
     data = b""
@@ -759,8 +816,8 @@ async def _read_http_head(reader: asyncio.StreamReader) -> bytes | None:
     return data
 
 
-def _parse_connect_request(request: bytes) -> tuple[str, str | None]:
-    """(HTTP status line, target host); host is None when the request is refused."""
+def _parse_connect_request(request: bytes) -> tuple[str, tuple[str, int] | None]:
+    """(HTTP status line, target (host, port)); the target is None when the request is refused."""
     head, terminator, rest = request.partition(b"\r\n\r\n")
     if rest or not terminator or len(head) > _PROXY_HEADER_LIMIT:
         return "400 Bad Request", None  # oversized, or data before our 200 (TLS must wait for it)
@@ -781,7 +838,7 @@ def _parse_connect_request(request: bytes) -> tuple[str, str | None]:
         name, colon, _value = line.partition(":")
         if not colon or not name or name != name.strip() or " " in name:
             return "400 Bad Request", None
-    return "200 Connection established", host.strip("[]")
+    return "200 Connection established", (host.strip("[]"), int(port))
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:

@@ -297,8 +297,14 @@ def raw_client(server: ServerThread, pki: MqttPki, device: DeviceFiles) -> Itera
 class PahoClient:
     """paho-mqtt 1.6.1 (the SDK's transport) with events captured for assertions."""
 
-    def __init__(self, client_id: str, device: DeviceFiles, pki: MqttPki, *, keepalive: int = 60) -> None:
-        self.client = mqtt.Client(client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    def __init__(self, client_id: str, device: DeviceFiles, pki: MqttPki, *, keepalive: int = 60,
+                 websocket_path: str | None = None) -> None:  # fmt: skip
+        transport = "tcp" if websocket_path is None else "websockets"
+        self.client = mqtt.Client(
+            client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311, transport=transport
+        )
+        if websocket_path is not None:
+            self.client.ws_set_options(path=websocket_path)
         self.client.tls_set_context(pki.client_context(device))
         self.client.username_pw_set(f"scope/registrations/{client_id}/api-version=2019-03-31")
         self.keepalive = keepalive

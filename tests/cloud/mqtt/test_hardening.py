@@ -140,7 +140,8 @@ def test_half_open_connections_are_capped_and_devices_still_get_in(
         server_fds = sum(1 for c in process.net_connections("tcp") if c.laddr.port in
                          (server.tls_port, server.proxy_port) and c.status == "ESTABLISHED")  # fmt: skip
         assert server_fds <= cap + 5
-        assert process.memory_info().rss - rss_before < 64 * 1024 * 1024
+        # Silent clients never reach start_tls, so they hold no TLS buffers (90 MB before, 4 MB now).
+        assert process.memory_info().rss - rss_before < 24 * 1024 * 1024
     finally:
         for sock in silent:
             sock.close()
