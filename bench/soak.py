@@ -41,7 +41,8 @@ from cloud_load import (
     MqttClient,
     Results,
     bounded,
-    client_context,
+    cloud_process,
+    enrolled_devices,
     keep_alive,
     listener,
     register_all,
@@ -49,8 +50,7 @@ from cloud_load import (
 
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.server import raise_open_file_limit
-from client_app.pki import CertificateAuthority
-from tests.fixtures.cloud import api_client, enroll_root, issue_device_files
+from tests.fixtures.cloud import api_client
 
 MIB = 1024 * 1024
 
@@ -377,27 +377,11 @@ def main() -> None:
     print(f"open-file limit: {raise_open_file_limit()}")
     with tempfile.TemporaryDirectory(prefix="cloud-soak-") as tmp:
         root_dir = Path(tmp)
-        cloud = CloudProcess(root_dir / "cloud", None)
-        try:
-            with api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
-                root = CertificateAuthority.root("soak Root")
-                issuing = root.intermediate("soak Issuing CA", path_length=0)
-                enroll_root(api, root, "soak-root", "soak-group")
-                devices = []
-                for index in range(args.devices):
-                    files = issue_device_files(issuing, f"soak-{index:05d}", root_dir / "devices")
-                    context = client_context(
-                        cloud.info.server_ca_pem, files.cert_file, files.key_file, files.pass_phrase
-                    )
-                    devices.append(Device(files.registration_id, context))
-                soak = Soak(args, cloud, devices)
-                soak.api_url, soak.api_headers = str(api.base_url), dict(api.headers)
-                marks = asyncio.run(soak.run())
-        except BaseException:
-            print(f"server log (tail):\n{cloud.log_tail()}", file=sys.stderr)
-            raise
-        finally:
-            cloud.stop()
+        with cloud_process(root_dir / "cloud") as cloud, api_client(cloud) as api:  # type: ignore[arg-type]
+            devices = enrolled_devices(api, cloud, "soak", args.devices, root_dir / "devices")
+            soak = Soak(args, cloud, devices)
+            soak.api_url, soak.api_headers = str(api.base_url), dict(api.headers)
+            marks = asyncio.run(soak.run())
     sys.exit(0 if report(soak, marks) else 1)
 
 
