@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import re
@@ -495,6 +497,7 @@ class MqttServer:
         self.refusals = RateLimitedLog(self.log, refusal_log_interval)  # floods cost a line per interval
         self.connections: dict[str, MqttConnection] = {}
         self._pending: dict[asyncio.Task[Any], None] = {}  # insertion order: oldest first
+        self._trim_due = False  # the cap was reached: give the memory back once the flood is over
         self._listeners: list[asyncio.Server] = []
         self._tasks: dict[asyncio.Task[Any], MqttConnection | None] = {}
         self._closing = False
@@ -580,6 +583,9 @@ class MqttServer:
         finally:
             self._pending.pop(task, None)
             del self._tasks[task]
+            if self._trim_due and not self._pending:
+                self._trim_due = False  # later: the transports' last callbacks free their buffers first
+                asyncio.get_running_loop().call_later(1.0, _release_free_memory)
             if not writer.transport.is_closing():
                 writer.transport.abort()
 
@@ -589,6 +595,7 @@ class MqttServer:
             oldest = next(iter(self._pending))
             del self._pending[oldest]
             oldest.cancel()
+            self._trim_due = True
             self.refusals.log(
                 logging.WARNING, "pending-cap",
                 "mqtt: %d connections without TLS + CONNECT yet (the cap); dropped the oldest",
@@ -776,6 +783,19 @@ class _PausedUntilTls(asyncio.StreamReaderProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]  # before the selector ever watches the socket
         super().connection_made(transport)
+
+
+def _release_free_memory() -> None:
+    """Free what cycles hold and hand freed heap memory back to the OS (glibc's malloc_trim; elsewhere the
+    collection alone).
+
+    Thousands of handshakes started and dropped leave the heap fragmented: without this the process keeps
+    its peak size (+100 MiB after three floods of 1,000) although every connection is gone; with it, it
+    returns to where it started.
+    """
+    gc.collect()  # cancelled handshakes leave reference cycles (exceptions, tracebacks) holding their buffers
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 async def _client_hello(writer: asyncio.StreamWriter) -> None:

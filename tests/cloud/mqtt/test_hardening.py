@@ -147,3 +147,27 @@ def test_half_open_connections_are_capped_and_devices_still_get_in(
             sock.close()
     cap_lines = [r for r in caplog.records if "dropped the oldest" in r.getMessage()]
     assert len(cap_lines) == 1, "550 evictions, one line per interval"
+
+
+@pytest.mark.slow
+def test_memory_is_returned_after_handshake_floods(make_server: Callable[..., ServerThread]) -> None:
+    """Issue 14.4: 3,300 half-open connections took the server from 73 to 569 MB and it never gave it back.
+
+    Clients that start a TLS handshake (so buffers are allocated) and stall, 1,000 per flood: the cap bounds
+    what they hold, and once they are gone the memory goes back to the OS.
+    """
+    server = make_server(max_pending_handshakes=64, tls_handshake_timeout=60)
+    process = psutil.Process()
+    start = process.memory_info().rss
+    for _ in range(3):
+        stalled = []
+        for _ in range(1000):
+            sock = socket.create_connection(("127.0.0.1", server.tls_port), timeout=5)
+            sock.sendall(b"\x16\x03\x01\x00\x10")  # the first bytes of a ClientHello, then nothing
+            stalled.append(sock)
+        wait_until(lambda: server.server.pending_handshakes == 64, what="the cap")
+        for sock in stalled:
+            sock.close()
+        wait_until(lambda: server.server.pending_handshakes == 0, what="every handshake gone")
+        time.sleep(2)  # the release runs a second after the last one
+    assert process.memory_info().rss - start < 16 * 1024 * 1024  # +100 MiB without the release
