@@ -213,12 +213,25 @@ class Soak:
 
         await self.guarded(device, "reported patch", send)
 
+    async def api_call(
+        self, api: httpx.AsyncClient, method: str, url: str, body: object
+    ) -> httpx.Response | None:
+        """One API request, repeated after a transport error (the same C2D body twice counts once)."""
+        for attempt in range(3):
+            try:
+                return await api.request(method, url, json=body)
+            except httpx.TransportError as exc:
+                if attempt == 2:
+                    self.ledger.failed(f"{method} {url.split('/')[1]}", exc)
+        return None
+
     async def c2d(self, api: httpx.AsyncClient) -> None:
         device = self.rng.choice(self.devices)  # online or not: the queue holds it
         body = f"c2d-{self.next_id()}"
-        response = await api.post(
-            f"/devices/{device.registration_id}/messages/deviceBound", json={"body": body}
-        )
+        url = f"/devices/{device.registration_id}/messages/deviceBound"
+        response = await self.api_call(api, "POST", url, {"body": body})
+        if response is None:
+            return
         if response.status_code == 201:
             self.ledger.c2d_accepted.add(body)
         elif response.status_code != 403:  # 403004: the device's queue is full (it was away): not a loss
@@ -228,7 +241,9 @@ class Soak:
         device = self.rng.choice(self.devices)
         value = self.next_id()
         patch = {"properties": {"desired": {"soak": {"counter": value}}}}
-        response = await api.patch(f"/twins/{device.registration_id}", json=patch)
+        response = await self.api_call(api, "PATCH", f"/twins/{device.registration_id}", patch)
+        if response is None:
+            return
         if response.status_code == 200:
             self.ledger.desired[device.registration_id] = value
         else:
@@ -274,7 +289,11 @@ class Soak:
         sampler = asyncio.create_task(self.sampler())
         started = time.monotonic()
         stop = started + args.minutes * 60
-        api_kwargs = {"base_url": self.api_url, "headers": self.api_headers, "timeout": OP_TIMEOUT}
+        # Idle API connections are dropped before uvicorn's 5 s keep-alive ends: a request on a connection the
+        # server is just closing fails with ReadError although nothing went wrong.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        api_kwargs = {"base_url": self.api_url, "headers": self.api_headers, "timeout": OP_TIMEOUT,
+                      "limits": limits}  # fmt: skip
         async with httpx.AsyncClient(**api_kwargs) as api:  # type: ignore[arg-type]
 
             async def warmup_mark() -> None:
