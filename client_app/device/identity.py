@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,6 @@ from client_app.pki import (
     PrivateKey,
     certificate_to_pem,
     generate_key,
-    load_certificates,
     load_issuer_bundle,
     private_key_to_pem,
     self_certifying_id,
@@ -97,31 +96,27 @@ def create_identity(
     issuer: CertificateAuthority,
     days: int,
     registration_id: str | None = None,
-    on_step: Callable[[str], None] = lambda step: None,
 ) -> Identity:
     """New key + leaf. The registration ID is derived from the key (pki.self_certifying_id): only this
     install can present it (docs/pki.md, "Identity takeover"). `registration_id` is for tests only."""
-    on_step("key")
     key = generate_key()
-    on_step("certificate")
-    return issue_leaf(issuer, registration_id or self_certifying_id(key.public_key()), key, days)
+    return issue_leaf(issuer, registration_id or new_registration_id(key), key, days)
+
+
+def new_registration_id(key: PrivateKey) -> str:
+    """An install's registration ID, derived from its key: only this install can present it."""
+    return self_certifying_id(key.public_key())
 
 
 def renew_identity(issuer: CertificateAuthority, identity: Identity, days: int) -> Identity:
     """New leaf for the same key, so a self-certifying ID (and the key DPS pinned) survives renewal. An
     old-style ID ("ca-<hex>", from before self-certifying IDs) moves to its key's self-certifying ID here:
     the install registers as a new device, which no other install can claim."""
-    return issue_leaf(issuer, self_certifying_id(identity.key.public_key()), identity.key, days)
+    return issue_leaf(issuer, new_registration_id(identity.key), identity.key, days)
 
 
-def load_chain(path: Path, registration_id: str, key: PrivateKey) -> Identity:
-    """Pair the stored chain with the keyring's key; IdentityError when they do not belong together."""
-    try:
-        chain = tuple(load_certificates(path))
-    except (PkiError, OSError, ValueError) as exc:
-        raise IdentityError(f"the certificate file {path.name} is missing or unreadable") from exc
-    if not chain:
-        raise IdentityError(f"the certificate file {path.name} holds no certificate")
+def match_chain(chain: tuple[x509.Certificate, ...], registration_id: str, key: PrivateKey) -> Identity:
+    """The identity if this chain (leaf first) belongs to this registration id and key, else IdentityError."""
     if subject_cn(chain[0]).lower() != registration_id.lower():
         raise IdentityError("the stored certificate belongs to another registration id")
     if not same_public_key(chain[0].public_key(), key.public_key()):
