@@ -187,14 +187,15 @@ class IdentityKeeper:
                 return identity
             raise
         self._files.write_chain(renewed.chain_pem())
-        changes: dict[str, Any] = {"certificate_issued_at": self._clock.now().isoformat(), "assignment": None}
-        if renewed.registration_id != identity.registration_id:  # an old-style ID became self-certifying
-            changes.update(
-                registration_id=renewed.registration_id, previous_registration_id=identity.registration_id
-            )
-        state = state.with_(**changes)
+        moved = renewed.registration_id != identity.registration_id  # an old-style ID became self-certifying
+        state = state.with_(
+            registration_id=renewed.registration_id,
+            previous_registration_id=identity.registration_id if moved else state.previous_registration_id,
+            certificate_issued_at=self._clock.now().isoformat(),
+            assignment=None,
+        )
         self._save(state)  # assignment dropped: re-provision with the new leaf
-        if renewed.registration_id != identity.registration_id:
+        if moved:
             self._keys.delete(identity.registration_id)  # the key lives on under the new ID
             log.warning("%s", fork_notice(state))
         self._adopt(renewed, state)

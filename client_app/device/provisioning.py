@@ -41,9 +41,8 @@ def provision(
         )  # fmt: skip
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise ProvisioningFailed(f"cannot set up the provisioning client: {sdk.describe(exc)}") from exc
-    client.provisioning_payload = registration_payload(
-        identity.leaf
-    )  # for an allocation webhook (docs/pki.md)
+    # The leaf travels in the registration payload for a custom allocation webhook (docs/pki.md).
+    client.provisioning_payload = registration_payload(identity.leaf)
     log.info("registering %s with %s (scope %s)", identity.registration_id, config.provisioning_host,
              config.id_scope)  # fmt: skip
     try:
