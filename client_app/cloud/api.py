@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -114,15 +115,18 @@ def create_app(certificates: CertificateStore, enrollments: Enrollments, hub: Hu
     _enrollment_routes(router, enrollments)
     _device_routes(router, hub)
     app.include_router(router)
-    app.add_middleware(_BodyLimit)
+    app.add_middleware(BodyLimit)
     return app
 
 
-class _BodyLimit:
-    """Refuse a request body over MAX_REQUEST_BODY (413) before more of it is read; pass the rest on whole."""
+class BodyLimit:
+    """Refuse a request body over MAX_REQUEST_BODY (413) before more of it is read; pass the rest on whole.
 
-    def __init__(self, app: ASGIApp) -> None:
+    `render` shapes the refusal (the service API answers with Azure's error body)."""
+
+    def __init__(self, app: ASGIApp, render: Callable[[str, CloudError], Response] | None = None) -> None:
         self.app = app
+        self.render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,7 +142,7 @@ class _BodyLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > MAX_REQUEST_BODY:
-                await _refuse_large(scope, receive, send)
+                await self._refuse_large(scope, receive, send)
                 return
         body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
@@ -147,11 +151,11 @@ class _BodyLimit:
 
         await self.app(scope, replay, send)
 
-
-async def _refuse_large(scope: Scope, receive: Receive, send: Send) -> None:
-    message = f"request body exceeds {MAX_REQUEST_BODY // 1024} KB"
-    log.warning("API %s %s -> 413 %s", scope["method"], scope["path"], message)
-    await JSONResponse({"errorCode": 413001, "message": message}, 413)(scope, receive, send)
+    async def _refuse_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = CloudError(413, 413001, f"request body exceeds {MAX_REQUEST_BODY // 1024} KB")
+        log.warning("API %s %s -> 413 %s", scope["method"], scope["path"], error.message)
+        response = self.render(scope["path"], error) if self.render else JSONResponse(error.to_json(), 413)
+        await response(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -20,6 +21,7 @@ from urllib.parse import quote
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.cloud.topics import encode_bag, parse_bag, request_id
+from client_app.cloud.twin_checks import check_twin_section
 from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
@@ -443,16 +445,24 @@ class Hub:
     def twin(self, device_id: str) -> dict[str, Any]:
         """Service view of the twin (shape of the IoT Hub service API)."""
         row = self._twin_row(device_id)
-        device = self.device(device_id)
+        return self._service_twin(self.device(device_id), row)
+
+    def _service_twin(self, device: dict[str, Any], row: sqlite3.Row) -> dict[str, Any]:
+        # Azure's Twin (azure-iot-hub models.Twin): the twin has its own etag, the identity's is deviceEtag.
         return {
-            "deviceId": device_id,
-            "etag": device["etag"],
+            "deviceId": device["deviceId"],
+            "etag": _twin_etag(row),
+            "deviceEtag": device["etag"],
             "version": row["desired_version"] + row["reported_version"],
             "status": device["status"],
             "connectionState": device["connectionState"],
             "lastActivityTime": device["lastActivityTime"],
+            "cloudToDeviceMessageCount": device["cloudToDeviceMessageCount"],
+            "authenticationType": device["authentication"]["type"],
+            "x509Thumbprint": device["authentication"]["x509Thumbprint"],
             "tags": json.loads(row["tags"]),
             "properties": self._device_twin(row),
+            "capabilities": {"iotEdge": False},
         }
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -549,6 +559,90 @@ class Hub:
             result = payload.decode("utf-8", "replace")
         future.set_result((status, result))
 
+    # ---- service API: registry writes, twin updates, query, purge, statistics ---------------------
+    def create_device(self, device_id: str, thumbprint: str, *, enabled: bool = True) -> dict[str, Any]:
+        """A new X.509 (thumbprint) identity; an existing ID is refused (409001 DeviceAlreadyExists)."""
+        if not valid_device_id(device_id):
+            raise bad_request(
+                f"device id {device_id!r}: up to 128 of A-Z a-z 0-9 - . % _ * ? ! ( ) , = @ $ ' :",
+                400004,
+            )
+        if self._store.one("SELECT 1 FROM devices WHERE device_id=?", (device_id,)) is not None:
+            raise CloudError(409, 409001, f"device {device_id!r} already exists")
+        now = utc_now()
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (device_id, thumbprint, int(enabled), uuid.uuid4().hex, secrets.token_hex(8), now, now),
+            )
+            db.execute("INSERT OR IGNORE INTO twins VALUES (?, '{}', 1, '{}', 1, '{}')", (device_id,))
+        log.info("device %s created by the service API", device_id)
+        return self.device(device_id)
+
+    def check_device_etag(self, device_id: str, if_match: str | None) -> None:
+        """412 / 412002 (PreconditionFailed) unless If-Match is absent, `*` or the identity's etag."""
+        _check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
+
+    def all_twins(self) -> list[dict[str, Any]]:
+        """Every twin, one read of each table (the query evaluates over these)."""
+        twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
+        result = []
+        for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
+            twin_row = twins.get(row["device_id"])
+            if twin_row is not None:
+                result.append(self._service_twin(self._device_json(row), twin_row))
+        return result
+
+    def update_twin(
+        self,
+        device_id: str,
+        tags: dict[str, Any] | None,
+        desired: dict[str, Any] | None,
+        *,
+        if_match: str | None,
+        replace: bool,
+    ) -> dict[str, Any]:
+        """PATCH (merge) or PUT (replace) tags and desired properties under the twin's etag."""
+        row = self._twin_row(device_id)
+        _check_etag(f"twin {device_id!r}", _twin_etag(row), if_match)
+        current_tags, current_desired = json.loads(row["tags"]), json.loads(row["desired"])
+        patch: dict[str, Any] = {}
+        if desired is not None:  # replace = a patch that also deletes what the new document lacks
+            check_twin_section("desired", desired)
+            patch = (
+                {**{k: None for k in current_desired if k not in desired}, **desired} if replace else desired
+            )
+            check_twin_section("desired", merge_patch(current_desired, patch))
+        if tags is not None:
+            check_twin_section("tags", tags)
+            new_tags = tags if replace else merge_patch(current_tags, tags)
+            check_twin_section("tags", new_tags)
+            self._store.execute("UPDATE twins SET tags=? WHERE device_id=?", (dumps(new_tags), device_id))
+        if patch:
+            self.patch_desired(device_id, patch)
+        return self.twin(device_id)
+
+    def purge_c2d(self, device_id: str) -> dict[str, Any]:
+        self._row(device_id)
+        purged = self._store.execute("DELETE FROM c2d WHERE device_id=?", (device_id,)).rowcount
+        log.info("C2D queue of %s purged (%d messages)", device_id, purged)
+        return {"deviceId": device_id, "totalMessagesPurged": purged}
+
+    def connected_count(self) -> int:
+        return len(self._online)
+
+    def listening_for_methods(self, device_id: str) -> bool:
+        return device_id in self._online and self._subscribed(device_id, METHODS_FILTER)
+
+    def statistics(self) -> dict[str, int]:
+        row = self._store.one("SELECT COUNT(*), COALESCE(SUM(enabled), 0) FROM devices")
+        total, enabled = (int(row[0]), int(row[1])) if row else (0, 0)
+        return {
+            "totalDeviceCount": total,
+            "enabledDeviceCount": enabled,
+            "disabledDeviceCount": total - enabled,
+        }
+
     # ---- helpers ---------------------------------------------------------------------------------
     @staticmethod
     async def _respond(conn: MqttConnection, topic: str, body: bytes) -> None:
@@ -573,6 +667,17 @@ class Hub:
             task.cancel()
         with contextlib.suppress(Exception):
             self.flush_activity()
+
+
+def _twin_etag(row: sqlite3.Row) -> str:
+    """Changes with every tags, desired or reported change (derived from the content, no column)."""
+    digest = hashlib.sha256(f"{row['tags']}|{row['desired_version']}|{row['reported_version']}".encode())
+    return base64.b64encode(digest.digest()[:9]).decode()
+
+
+def _check_etag(what: str, etag: str, if_match: str | None) -> None:
+    if if_match is not None and if_match.strip('"') not in ("*", etag):
+        raise CloudError(412, 412002, f"{what}: the If-Match etag {if_match!r} is not the current one")
 
 
 def _c2d_topic(device_id: str, bag: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 CONNECTION_FILE = "connection.json"
+SECRET_FIELDS = frozenset({"api_token", "iothub_connection_string", "dps_connection_string"})
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class ConnectionInfo:
     api_url: str
     api_token: str
     data_dir: str
+    # The HTTPS service API (Azure's IoT Hub and DPS REST): HostName of both connection strings, the owner
+    # policies' connection strings; clients trust server_ca_pem (REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS).
+    service_host: str | None = None
+    iothub_connection_string: str | None = None
+    dps_connection_string: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
