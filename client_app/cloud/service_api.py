@@ -114,7 +114,7 @@ def create_service_app(
     middleware: list[Any] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="client-app-cloud service API (IoT Hub + DPS)", docs_url=None, redoc_url=None,
-                  openapi_url=None)  # fmt: skip
+                  openapi_url=None, redirect_slashes=False)  # fmt: skip
     _install_errors(app)
     _hub_routes(app, hub, auth)
     _dps_routes(app, enrollments, auth)
@@ -131,6 +131,7 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        log.warning("service %s %s -> %d", request.method, request.url.path, exc.status_code)
         return error_response(request.url.path, CloudError(exc.status_code, exc.status_code * 1000,
                                                            str(exc.detail)))  # fmt: skip
 
@@ -206,6 +207,7 @@ def _hub_routes(app: FastAPI, hub: Hub, auth: ServiceAuth) -> None:
     service = need("ServiceConnect")
 
     @app.get("/devices")
+    @app.get("/devices/")  # azure-iothub's Registry.list asks for devicePath('') = "/devices/"
     async def list_devices(request: Request, top: int | None = None) -> Any:
         read(request)
         devices = hub.devices()
