@@ -30,6 +30,7 @@ MAX_REQUEST_BODY = 1024 * 1024
 
 Status = Literal["enabled", "disabled"]
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
@@ -222,13 +223,16 @@ def _enrollment_routes(router: APIRouter, enrollments: Enrollments) -> None:
         return enrollments.group(group_id).to_json()
 
     @router.put("/enrollmentGroups/{group_id}", tags=["enrollment groups"])
-    async def put_group(group_id: str, body: EnrollmentGroupIn, if_match: IfMatch = None) -> dict[str, Any]:
+    async def put_group(
+        group_id: str, body: EnrollmentGroupIn, if_match: IfMatch = None, if_none_match: IfNoneMatch = None
+    ) -> dict[str, Any]:
         group = enrollments.put_group(
             group_id,
             body.attestation.x509.caReferences.primary,
             enabled=body.provisioningStatus == "enabled",
             initial_twin=body.initialTwin,
             if_match=if_match,
+            create_only=if_none_match == "*",  # HTTP's "create, never replace" (the CLI's create)
         )
         return group.to_json()
 

@@ -17,6 +17,7 @@ import click
 import httpx
 
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
+from client_app.cloud.service_client import ServiceClient, ServiceError
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
 FOLLOW_INTERVAL = 0.5
@@ -35,10 +36,30 @@ class CliError(click.ClickException):
 
 
 class Context:
-    def __init__(self, data: Path | None, as_json: bool) -> None:
+    def __init__(
+        self, data: Path | None, as_json: bool, hub_cs: str | None = None, dps_cs: str | None = None
+    ) -> None:
         self.data = data
         self.as_json = as_json
+        self.hub_cs = hub_cs  # a real hub's (or any) service connection strings; default: the local cloud's
+        self.dps_cs = dps_cs
         self._info: ConnectionInfo | None = None
+
+    def service(self) -> ServiceClient:
+        """Azure's service API: the given connection strings (real Azure, system trust) or the local cloud."""
+        try:
+            if self.hub_cs or self.dps_cs:
+                return ServiceClient(self.hub_cs, self.dps_cs)
+            return ServiceClient.for_local_cloud(self.info())
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+
+    def serve_call(self, work: Callable[[ServiceClient], Any]) -> Any:
+        with self.service() as client:
+            try:
+                return work(client)
+            except (ServiceError, ValueError) as exc:
+                raise CliError(str(exc)) from exc
 
     def info(self) -> ConnectionInfo:
         if self._info is None:
@@ -57,7 +78,7 @@ class Context:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         info = self.info()
-        headers = {"Authorization": f"Bearer {info.api_token}"}
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {info.api_token}"}
         timeout = kwargs.pop("timeout", 30.0)
         try:
             response = httpx.request(method, info.api_url + path, headers=headers, timeout=timeout, **kwargs)
@@ -92,7 +113,8 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     @click.pass_context
     def wrapper(ctx: click.Context, data: Path | None, as_json: bool | None, **kwargs: Any) -> Any:
         parent: Context = ctx.obj
-        merged = Context(data or parent.data, parent.as_json if as_json is None else as_json)
+        merged = Context(data or parent.data, parent.as_json if as_json is None else as_json, parent.hub_cs,
+                         parent.dps_cs)  # fmt: skip
         return ctx.invoke(function, merged, **kwargs)
 
     return update_wrapper(wrapper, function)
@@ -122,10 +144,15 @@ def _table(rows: list[list[str]], header: list[str]) -> Iterable[str]:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_ENV, default=None,
               help=f"Local cloud data directory (env {DATA_ENV}).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--hub-connection-string", envvar="IOTHUB_CONNECTION_STRING", default=None,
+              help="Operate this IoT Hub (e.g. a real one) instead of the local cloud's.")  # fmt: skip
+@click.option("--dps-connection-string", envvar="DPS_CONNECTION_STRING", default=None,
+              help="Operate this DPS instead of the local cloud's.")  # fmt: skip
 @click.pass_context
-def cli(ctx: click.Context, data: Path | None, as_json: bool) -> None:
-    """Local DPS + IoT Hub for client_app: run it, and operate it."""
-    ctx.obj = Context(data, as_json)
+def cli(ctx: click.Context, data: Path | None, as_json: bool, hub_connection_string: str | None,
+        dps_connection_string: str | None) -> None:  # fmt: skip
+    """Local DPS + IoT Hub for client_app: run it, and operate it (or a real hub and DPS)."""
+    ctx.obj = Context(data, as_json, hub_connection_string, dps_connection_string)
 
 
 # ---- serve ------------------------------------------------------------------------------------------
@@ -293,12 +320,13 @@ def enrollment_groups() -> None:
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 @_options
 def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> None:
-    """Create (or replace) enrollment group GROUP_ID on CA certificate --ca."""
+    """Create enrollment group GROUP_ID on CA certificate --ca (an existing GROUP_ID is refused)."""
     body = {
         "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
         "provisioningStatus": "disabled" if disabled else "enabled",
     }
-    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
+    path = f"/enrollmentGroups/{_segment(group_id)}"
+    ctx.output(ctx.call("PUT", path, json=body, headers={"If-None-Match": "*"}), _group_lines)
 
 
 def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
@@ -308,7 +336,8 @@ def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
         "provisioningStatus": status,
         "initialTwin": group["initialTwin"],
     }
-    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
+    path = f"/enrollmentGroups/{_segment(group_id)}"  # If-Match: a concurrent change is refused, not undone
+    ctx.output(ctx.call("PUT", path, json=body, headers={"If-Match": group["etag"]}), _group_lines)
 
 
 @enrollment_groups.command("enable")
@@ -574,3 +603,31 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---- Azure's service API: query and registrations ---------------------------------------------------------
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True)
+@_options
+def query(ctx: Context, sql: str, page_size: int) -> None:
+    """Run an IoT Hub query, e.g. "SELECT * FROM devices WHERE properties.reported.appVersion = '1.0'"."""
+    rows = ctx.serve_call(lambda client: client.query(sql, page_size))
+
+    def human(items: list[dict[str, Any]]) -> Iterable[str]:
+        if items and all("deviceId" in r and "properties" in r for r in items):  # whole twins: one line each
+            return _table([[r["deviceId"], r.get("status", ""), r.get("connectionState", "")] for r in items],
+                          ["DEVICE ID", "STATUS", "CONNECTION"])  # fmt: skip
+        return [json.dumps(r, sort_keys=True) for r in items] or ["(none)"]
+
+    ctx.output(rows, human)
+
+
+@cli.command()
+@click.argument("group_id")
+@_options
+def registrations(ctx: Context, group_id: str) -> None:
+    """Registration states DPS holds for enrollment group GROUP_ID (Azure's registration query)."""
+    ctx.output(ctx.serve_call(lambda client: client.registrations(group_id)), _registration_rows)

@@ -1,0 +1,211 @@
+"""The operator's client for Azure's IoT Hub and DPS service REST APIs: the local cloud or a real hub alike.
+
+It speaks only what Azure serves (paths, api-versions, SAS tokens signed from the connection strings, the
+continuation headers), so the same calls run against the local cloud (connection.json: its connection strings
+and its server CA) and against Azure (connection strings from the portal; the system's trust store).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from client_app.cloud.info import ConnectionInfo
+from client_app.cloud.sas import generate_token, parse_connection_string
+
+HUB_API_VERSION = "2021-04-12"
+DPS_API_VERSION = "2021-10-01"
+
+
+class ServiceError(Exception):
+    """A refusal from the service: HTTP status, Azure's numeric code (0 if none) and its message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status}{f', {code}' if code else ''})")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    host: str
+    key_name: str
+    key: str
+    api_version: str
+
+    @classmethod
+    def parse(cls, text: str, api_version: str) -> _Endpoint:
+        try:
+            fields = parse_connection_string(text)
+            return cls(
+                fields["HostName"], fields["SharedAccessKeyName"], fields["SharedAccessKey"], api_version
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(
+                "a service connection string is HostName=...;SharedAccessKeyName=...;SharedAccessKey=..."
+            ) from exc
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+class ServiceClient:
+    """Synchronous; one HTTP connection pool per client. Use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        hub_connection_string: str | None,
+        dps_connection_string: str | None = None,
+        *,
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._hub = _Endpoint.parse(hub_connection_string, HUB_API_VERSION) if hub_connection_string else None
+        self._dps = _Endpoint.parse(dps_connection_string, DPS_API_VERSION) if dps_connection_string else None
+        # The local cloud's CA, or SSL_CERT_FILE (the usual override), or the system's trust store (Azure).
+        ca_file = ca_file or os.environ.get("SSL_CERT_FILE")
+        verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._http = httpx.Client(verify=verify, timeout=timeout, trust_env=False)
+
+    @classmethod
+    def for_local_cloud(cls, info: ConnectionInfo, **kwargs: Any) -> ServiceClient:
+        if not info.iothub_connection_string:
+            raise ValueError("this local cloud's connection.json has no service API (an older version?)")
+        return cls(
+            info.iothub_connection_string, info.dps_connection_string, ca_file=info.server_ca_pem, **kwargs
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transport -------------------------------------------------------------------------------
+    def _call(
+        self,
+        endpoint: _Endpoint | None,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if endpoint is None:
+            raise ValueError("no connection string for this service (IoT Hub or DPS) was given")
+        token = generate_token(endpoint.host, endpoint.key, endpoint.key_name)
+        try:
+            response = self._http.request(
+                method,
+                f"https://{endpoint.host}{path}",
+                params={"api-version": endpoint.api_version},
+                json=body,
+                headers={"Authorization": token, **(headers or {})},
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceError(0, 0, f"cannot reach {endpoint.host}: {exc}") from exc
+        if response.is_error:
+            raise _error(response)
+        return response
+
+    def _json(self, endpoint: _Endpoint | None, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        response = self._call(endpoint, method, path, body, **kw)
+        return response.json() if response.content else None
+
+    def _pages(self, endpoint: _Endpoint | None, path: str, body: Any, page_size: int) -> Iterator[Any]:
+        token: str | None = None
+        while True:
+            headers = {"x-ms-max-item-count": str(page_size)}
+            if token:
+                headers["x-ms-continuation"] = token
+            response = self._call(endpoint, "POST", path, body, headers)
+            yield from response.json()
+            token = response.headers.get("x-ms-continuation")
+            if not token:
+                return
+
+    # ---- IoT Hub ---------------------------------------------------------------------------------
+    def devices(self) -> list[dict[str, Any]]:
+        return self._json(self._hub, "GET", "/devices")
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self._json(self._hub, "GET", f"/devices/{_segment(device_id)}")
+
+    def set_device_status(self, device_id: str, enabled: bool) -> dict[str, Any]:
+        device = self.device(device_id)
+        body = {**device, "status": "enabled" if enabled else "disabled"}
+        return self._json(
+            self._hub, "PUT", f"/devices/{_segment(device_id)}", body, headers={"If-Match": device["etag"]}
+        )
+
+    def delete_device(self, device_id: str) -> None:
+        self._call(self._hub, "DELETE", f"/devices/{_segment(device_id)}", headers={"If-Match": "*"})
+
+    def twin(self, device_id: str) -> dict[str, Any]:
+        return self._json(self._hub, "GET", f"/twins/{_segment(device_id)}")
+
+    def update_twin(self, device_id: str, patch: dict[str, Any], etag: str = "*") -> dict[str, Any]:
+        return self._json(
+            self._hub, "PATCH", f"/twins/{_segment(device_id)}", patch, headers={"If-Match": etag}
+        )
+
+    def query(self, sql: str, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every result of an IoT Hub query, following continuation tokens."""
+        return list(self._pages(self._hub, "/devices/query", {"query": sql}, page_size))
+
+    def invoke(self, device_id: str, method: str, payload: Any = None, timeout: float = 30) -> dict[str, Any]:
+        body = {"methodName": method, "payload": payload, "responseTimeoutInSeconds": timeout}
+        return self._json(self._hub, "POST", f"/twins/{_segment(device_id)}/methods", body)
+
+    def purge(self, device_id: str) -> int:
+        return self._json(self._hub, "DELETE", f"/devices/{_segment(device_id)}/commands")[
+            "totalMessagesPurged"
+        ]
+
+    # ---- DPS -------------------------------------------------------------------------------------
+    def groups(self) -> list[dict[str, Any]]:
+        return list(self._pages(self._dps, "/enrollmentGroups/query", {"query": "*"}, 100))
+
+    def group(self, group_id: str) -> dict[str, Any]:
+        return self._json(self._dps, "GET", f"/enrollmentGroups/{_segment(group_id)}")
+
+    def set_group_status(self, group_id: str, enabled: bool) -> dict[str, Any]:
+        group = self.group(group_id)
+        body = {**group, "provisioningStatus": "enabled" if enabled else "disabled"}
+        return self._json(
+            self._dps, "PUT", f"/enrollmentGroups/{_segment(group_id)}", body
+        )  # etag in the body
+
+    def registrations(self, group_id: str) -> list[dict[str, Any]]:
+        return list(self._pages(self._dps, f"/registrations/{_segment(group_id)}/query", {"query": "*"}, 100))
+
+    def registration(self, registration_id: str) -> dict[str, Any]:
+        return self._json(self._dps, "GET", f"/registrations/{_segment(registration_id)}")
+
+
+def _error(response: httpx.Response) -> ServiceError:
+    """Azure's two error shapes: IoT Hub's `Message` ("ErrorCode:Name;text"), DPS's errorCode/message."""
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        body = None
+    if isinstance(body, dict):
+        code = body.get("errorCode") if isinstance(body.get("errorCode"), int) else 0
+        if isinstance(body.get("Message"), str):
+            return ServiceError(
+                response.status_code, code, body["Message"].partition(";")[2] or body["Message"]
+            )
+        if isinstance(body.get("message"), str):
+            return ServiceError(response.status_code, code, body["message"])
+    return ServiceError(response.status_code, 0, response.text[:200] or response.reason_phrase)
