@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +21,7 @@ from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import Hub
+from client_app.cloud.twin_checks import check_initial_twin
 
 log = logging.getLogger("client_app.cloud.api")
 
@@ -74,14 +75,26 @@ class DeviceIn(BaseModel):
     status: Status
 
 
+def _unicode(value: str) -> str:
+    """JSON's "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder (or SQLite) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text with a lone surrogate (not valid Unicode)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class C2DIn(BaseModel):
-    body: str = Field("", description="message body as text (UTF-8)")
+    body: Text = Field("", description="message body as text (UTF-8)")
     bodyBase64: str | None = Field(None, description="binary body; overrides `body`")
-    contentType: str | None = None
-    contentEncoding: str | None = None
-    properties: dict[str, str] = Field(default_factory=dict)
-    messageId: str | None = None
-    correlationId: str | None = None
+    contentType: Text | None = None
+    contentEncoding: Text | None = None
+    properties: dict[Text, Text] = Field(default_factory=dict)
+    messageId: Text | None = None
+    correlationId: Text | None = None
     ttlSeconds: float | None = Field(None, description="default 3600")
 
 
@@ -107,7 +120,9 @@ def create_app(certificates: CertificateStore, enrollments: Enrollments, hub: Hu
     )
 
     def authorize(credentials: Credentials) -> None:
-        if credentials is None or not secrets.compare_digest(credentials.credentials, token):
+        # Bytes: compare_digest raises on a non-ASCII str, and a header may carry any latin-1 text.
+        presented = credentials.credentials.encode("utf-8") if credentials is not None else b""
+        if credentials is None or not secrets.compare_digest(presented, token.encode()):
             raise CloudError(401, 401001, "missing or wrong API token (Authorization: Bearer <api_token>)")
 
     router = APIRouter(dependencies=[Depends(authorize)])
@@ -226,6 +241,7 @@ def _enrollment_routes(router: APIRouter, enrollments: Enrollments) -> None:
     async def put_group(
         group_id: str, body: EnrollmentGroupIn, if_match: IfMatch = None, if_none_match: IfNoneMatch = None
     ) -> dict[str, Any]:
+        check_initial_twin(body.initialTwin)
         group = enrollments.put_group(
             group_id,
             body.attestation.x509.caReferences.primary,

@@ -31,6 +31,17 @@ def check_twin_section(section: str, document: Any) -> None:
         raise CloudError(413, 413001, f"twin {section} exceeds {SECTION_LIMITS[section] // 1024} KB")
 
 
+def check_initial_twin(twin: dict[str, Any] | None) -> None:
+    """An enrollment group's initialTwin: its tags and desired properties, as the hub will store them."""
+    if twin is None:
+        return
+    check_twin_section("tags", twin.get("tags") or {})
+    properties = twin.get("properties") or {}
+    check_twin_section(
+        "desired", properties.get("desired") or {} if isinstance(properties, dict) else properties
+    )
+
+
 def _depth(value: Any) -> int:
     """Nesting depth without recursion (a hostile document may nest thousands deep)."""
     deepest, stack = 0, [(value, 1)]
