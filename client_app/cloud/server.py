@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from client_app.cloud.api import BodyLimit, create_app
+from client_app.cloud.arm_api import add_arm_routes
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.dps import Dps
 from client_app.cloud.enrollment import Enrollments
@@ -159,6 +160,7 @@ class LocalCloud:
         service_app = create_service_app(
             hub, enrollments, ServiceAuth(service_host, hub_policies, dps_policies)
         )
+        add_arm_routes(service_app, certificates, token)
         service_app.add_middleware(BodyLimit, render=error_response)
         self._service = HttpServer(
             service_app,

@@ -68,6 +68,11 @@ def error_response(path: str, exc: CloudError) -> JSONResponse:
     """Azure's error body: IoT Hub's `Message`/`ExceptionMessage` pair, or DPS's errorCode/trackingId."""
     tracking = uuid.uuid4().hex
     now = datetime.now(UTC)
+    if path.startswith("/subscriptions/"):  # ARM (arm_api.py): DPS's ErrorDetails + ARM's error object
+        name = _STATUS_NAMES.get(exc.status, "Error")
+        body = {"code": exc.error_code, "httpStatusCode": name, "message": exc.message,
+                "error": {"code": name, "message": exc.message}}  # fmt: skip
+        return JSONResponse(body, exc.status)
     if path.startswith(DPS_PREFIXES):  # DPS service API: ProvisioningServiceErrorDetails
         body: dict[str, Any] = {"errorCode": exc.error_code, "trackingId": tracking, "message": exc.message,
                                 "timestampUtc": now.isoformat().replace("+00:00", "Z")}  # fmt: skip

@@ -10,18 +10,35 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from azure.core.credentials import AccessToken
 
 from client_app.cloud.info import ConnectionInfo
 from client_app.cloud.sas import generate_token, parse_connection_string
 
 HUB_API_VERSION = "2021-04-12"
 DPS_API_VERSION = "2021-10-01"
+
+
+class LocalCloudCredential:
+    """The development credential for ARM calls to the local cloud: its api_token as a bearer token.
+
+    A TokenCredential (azure-core's protocol) for `IotDpsClient(LocalCloudCredential(info.api_token),
+    subscription_id, base_url=f"https://{info.service_host}")`; against Azure use azure-identity's
+    DefaultAzureCredential instead. The local cloud accepts any subscription, resource group and DPS name.
+    """
+
+    def __init__(self, api_token: str) -> None:
+        self._token = api_token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, int(time.time()) + 3600)
 
 
 class ServiceError(Exception):
