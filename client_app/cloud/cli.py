@@ -15,9 +15,10 @@ from urllib.parse import quote
 
 import click
 import httpx
+from azure.core.exceptions import AzureError
 
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
-from client_app.cloud.service_client import ServiceClient, ServiceError
+from client_app.cloud.service_client import ArmCertificates, ServiceClient, ServiceError
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
 FOLLOW_INTERVAL = 0.5
@@ -37,29 +38,42 @@ class CliError(click.ClickException):
 
 class Context:
     def __init__(
-        self, data: Path | None, as_json: bool, hub_cs: str | None = None, dps_cs: str | None = None
+        self,
+        data: Path | None,
+        as_json: bool,
+        hub_cs: str | None = None,
+        dps_cs: str | None = None,
+        arm: tuple[str, str, str] | None = None,
     ) -> None:
         self.data = data
         self.as_json = as_json
         self.hub_cs = hub_cs  # a real hub's (or any) service connection strings; default: the local cloud's
         self.dps_cs = dps_cs
+        self.arm = arm  # (subscription, resource group, DPS name) for certificates on Azure
         self._info: ConnectionInfo | None = None
 
     def service(self) -> ServiceClient:
         """Azure's service API: the given connection strings (real Azure, system trust) or the local cloud."""
         try:
             if self.hub_cs or self.dps_cs:
-                return ServiceClient(self.hub_cs, self.dps_cs)
+                return ServiceClient(self.hub_cs, self.dps_cs, certificates=self._azure_certificates())
             return ServiceClient.for_local_cloud(self.info())
         except ValueError as exc:
             raise CliError(str(exc)) from exc
+
+    def _azure_certificates(self) -> ArmCertificates | None:
+        if self.arm is None:
+            return None
+        from azure.identity import DefaultAzureCredential  # heavy: only for Azure's ARM
+
+        return ArmCertificates(DefaultAzureCredential(), *self.arm)
 
     def serve_call(self, work: Callable[[ServiceClient], Any]) -> Any:
         with self.service() as client:
             try:
                 return work(client)
-            except (ServiceError, ValueError) as exc:
-                raise CliError(str(exc)) from exc
+            except (ServiceError, ValueError, AzureError) as exc:  # AzureError: ARM (certificates)
+                raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 
     def info(self) -> ConnectionInfo:
         if self._info is None:
@@ -114,7 +128,7 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(ctx: click.Context, data: Path | None, as_json: bool | None, **kwargs: Any) -> Any:
         parent: Context = ctx.obj
         merged = Context(data or parent.data, parent.as_json if as_json is None else as_json, parent.hub_cs,
-                         parent.dps_cs)  # fmt: skip
+                         parent.dps_cs, parent.arm)  # fmt: skip
         return ctx.invoke(function, merged, **kwargs)
 
     return update_wrapper(wrapper, function)
@@ -148,11 +162,21 @@ def _table(rows: list[list[str]], header: list[str]) -> Iterable[str]:
               help="Operate this IoT Hub (e.g. a real one) instead of the local cloud's.")  # fmt: skip
 @click.option("--dps-connection-string", envvar="DPS_CONNECTION_STRING", default=None,
               help="Operate this DPS instead of the local cloud's.")  # fmt: skip
+@click.option("--subscription", envvar="AZURE_SUBSCRIPTION_ID", default=None,
+              help="Azure subscription of the DPS (certificates through ARM, with azure-identity's default "
+                   "credential).")  # fmt: skip
+@click.option("--resource-group", default=None, help="Resource group of the DPS on Azure.")
+@click.option("--dps-name", "dps_resource", default=None, help="Name of the DPS resource on Azure.")
 @click.pass_context
 def cli(ctx: click.Context, data: Path | None, as_json: bool, hub_connection_string: str | None,
-        dps_connection_string: str | None) -> None:  # fmt: skip
+        dps_connection_string: str | None, subscription: str | None, resource_group: str | None,
+        dps_resource: str | None) -> None:  # fmt: skip
     """Local DPS + IoT Hub for client_app: run it, and operate it (or a real hub and DPS)."""
-    ctx.obj = Context(data, as_json, hub_connection_string, dps_connection_string)
+    arm = (subscription, resource_group, dps_resource)
+    if any(arm) and not all(arm):
+        raise CliError("--subscription, --resource-group and --dps-name go together")
+    ctx.obj = Context(data, as_json, hub_connection_string, dps_connection_string,
+                      arm if all(arm) else None)  # type: ignore[arg-type]  # fmt: skip
 
 
 # ---- serve ------------------------------------------------------------------------------------------
@@ -631,3 +655,22 @@ def query(ctx: Context, sql: str, page_size: int) -> None:
 def registrations(ctx: Context, group_id: str) -> None:
     """Registration states DPS holds for enrollment group GROUP_ID (Azure's registration query)."""
     ctx.output(ctx.serve_call(lambda client: client.registrations(group_id)), _registration_rows)
+
+
+@cli.command("revoke-signer")
+@click.argument("certfile", type=click.Path(dir_okay=False, path_type=Path))
+@_options
+def revoke_signer_command(ctx: Context, certfile: Path) -> None:
+    """Revoke the release whose devices CERTFILE (an intermediate) issued: a disabled enrollment group on it
+    (other releases keep provisioning) and its hub devices disabled (found by their reported issuer)."""
+    from client_app.cloud.revoke import revoke_signer
+    from client_app.pki import PkiError, load_certificates
+
+    try:
+        certificates = load_certificates(certfile.read_bytes())
+    except (OSError, PkiError, ValueError) as exc:
+        raise CliError(f"cannot read {certfile}: {exc}") from exc
+    if len(certificates) != 1:
+        raise CliError(f"{certfile}: expected one certificate, found {len(certificates)}")
+    result = ctx.serve_call(lambda client: revoke_signer(client, certificates[0]))
+    ctx.output(result.__dict__, lambda _: result.lines())

@@ -41,6 +41,37 @@ class LocalCloudCredential:
         return AccessToken(self._token, int(time.time()) + 3600)
 
 
+LOCAL_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"  # the local cloud takes any ARM names
+
+
+class ArmCertificates:
+    """DPS CA certificates through ARM (azure-mgmt-iothubprovisioningservices): Azure, or the local cloud."""
+
+    def __init__(self, credential: Any, subscription: str, resource_group: str, dps_name: str, *,
+                 base_url: str | None = None, ca_file: str | None = None) -> None:  # fmt: skip
+        from azure.mgmt.iothubprovisioningservices import (
+            IotDpsClient,
+        )  # heavy: only when certificates are used
+
+        options: dict[str, Any] = {"base_url": base_url} if base_url else {}
+        if ca_file:
+            options["connection_verify"] = ca_file
+        self._client = IotDpsClient(credential, subscription, **options)
+        self._where = (resource_group, dps_name)
+
+    def list(self) -> list[Any]:
+        return list(self._client.dps_certificate.list(*self._where).value or [])
+
+    def upload(self, name: str, pem: bytes, *, verified: bool = False) -> Any:
+        from azure.mgmt.iothubprovisioningservices.models import CertificateProperties, CertificateResponse
+
+        body = CertificateResponse(properties=CertificateProperties(certificate=pem, is_verified=verified))
+        return self._client.dps_certificate.create_or_update(*self._where, name, body)
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class ServiceError(Exception):
     """A refusal from the service: HTTP status, Azure's numeric code (0 if none) and its message."""
 
@@ -85,7 +116,9 @@ class ServiceClient:
         *,
         ca_file: str | None = None,
         timeout: float = 30.0,
+        certificates: ArmCertificates | None = None,
     ) -> None:
+        self.certificates = certificates
         self._hub = _Endpoint.parse(hub_connection_string, HUB_API_VERSION) if hub_connection_string else None
         self._dps = _Endpoint.parse(dps_connection_string, DPS_API_VERSION) if dps_connection_string else None
         # The local cloud's CA, or SSL_CERT_FILE (the usual override), or the system's trust store (Azure).
@@ -97,12 +130,17 @@ class ServiceClient:
     def for_local_cloud(cls, info: ConnectionInfo, **kwargs: Any) -> ServiceClient:
         if not info.iothub_connection_string:
             raise ValueError("this local cloud's connection.json has no service API (an older version?)")
-        return cls(
-            info.iothub_connection_string, info.dps_connection_string, ca_file=info.server_ca_pem, **kwargs
-        )
+        credential = LocalCloudCredential(info.api_token)
+        base_url = f"https://{info.service_host}"
+        certificates = ArmCertificates(credential, LOCAL_SUBSCRIPTION, "local", "local", base_url=base_url,
+                                       ca_file=info.server_ca_pem)  # fmt: skip
+        return cls(info.iothub_connection_string, info.dps_connection_string, ca_file=info.server_ca_pem,
+                   certificates=certificates, **kwargs)  # fmt: skip
 
     def close(self) -> None:
         self._http.close()
+        if self.certificates is not None:
+            self.certificates.close()
 
     def __enter__(self) -> ServiceClient:
         return self
@@ -203,6 +241,19 @@ class ServiceClient:
         return self._json(
             self._dps, "PUT", f"/enrollmentGroups/{_segment(group_id)}", body
         )  # etag in the body
+
+    def create_group(
+        self, group_id: str, ca_name: str, *, enabled: bool = True, initial_twin: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A new X.509 group on a verified CA certificate; an existing ID is refused (no etag: create)."""
+        body: dict[str, Any] = {
+            "enrollmentGroupId": group_id,
+            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
+            "provisioningStatus": "enabled" if enabled else "disabled",
+        }
+        if initial_twin is not None:
+            body["initialTwin"] = initial_twin
+        return self._json(self._dps, "PUT", f"/enrollmentGroups/{_segment(group_id)}", body)
 
     def registrations(self, group_id: str) -> list[dict[str, Any]]:
         return list(self._pages(self._dps, f"/registrations/{_segment(group_id)}/query", {"query": "*"}, 100))
