@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -99,10 +100,11 @@ class Hub:
         self._activity: dict[str, str] = {}
         self._subscriptions: dict[str, set[str]] = self._load_sessions()
         self._method_ids = itertools.count(1)
+        self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- registry --------------------------------------------------------------------------------
-    def _device_json(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _device_json(self, row: sqlite3.Row, queued: int | None = None) -> dict[str, Any]:
         device_id = row["device_id"]
         online = self._online.get(device_id)
         return {
@@ -117,7 +119,7 @@ class Hub:
             "connectionState": "Connected" if online else "Disconnected",
             "connectionStateUpdatedTime": row["connection_state_updated"],
             "lastActivityTime": self._activity.get(device_id, row["last_activity"]),
-            "cloudToDeviceMessageCount": self._queue_depth(device_id),
+            "cloudToDeviceMessageCount": self._queue_depth(device_id) if queued is None else queued,
             "createdDateTimeUtc": row["created"],
             "lastUpdatedDateTimeUtc": row["updated"],
         }
@@ -178,6 +180,7 @@ class Hub:
             for table in ("devices", "twins", "sessions", "c2d"):
                 db.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
         self._subscriptions.pop(device_id, None)
+        self._twin_cache.pop(device_id, None)
         self._activity.pop(device_id, None)  # a device created again under this id starts without history
 
     # ---- connections -----------------------------------------------------------------------------
@@ -436,10 +439,26 @@ class Hub:
         assert row is not None
         return row
 
-    def _device_twin(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _parsed(self, row: sqlite3.Row) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+        """(tags, desired, reported, etag) of a twin row, parsed once per content: queries read every twin.
+
+        The cached documents are shared: callers copy before they change anything."""
+        device_id, desired, desired_version, reported, reported_version, tags = (
+            row  # the table's column order
+        )
+        key = (tags, desired, reported, desired_version, reported_version)
+        hit = self._twin_cache.get(device_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        parsed = (json.loads(tags), json.loads(desired), json.loads(reported), _twin_etag(row))
+        self._twin_cache[device_id] = (key, parsed)
+        return parsed
+
+    def _device_twin(self, row: sqlite3.Row, parsed: tuple[Any, ...] | None = None) -> dict[str, Any]:
+        _, desired, reported, _ = parsed or self._parsed(row)
         return {
-            "desired": {**json.loads(row["desired"]), "$version": row["desired_version"]},
-            "reported": {**json.loads(row["reported"]), "$version": row["reported_version"]},
+            "desired": {**desired, "$version": row["desired_version"]},
+            "reported": {**reported, "$version": row["reported_version"]},
         }
 
     def twin(self, device_id: str) -> dict[str, Any]:
@@ -449,9 +468,10 @@ class Hub:
 
     def _service_twin(self, device: dict[str, Any], row: sqlite3.Row) -> dict[str, Any]:
         # Azure's Twin (azure-iot-hub models.Twin): the twin has its own etag, the identity's is deviceEtag.
+        parsed = self._parsed(row)
         return {
             "deviceId": device["deviceId"],
-            "etag": _twin_etag(row),
+            "etag": parsed[3],
             "deviceEtag": device["etag"],
             "version": row["desired_version"] + row["reported_version"],
             "status": device["status"],
@@ -460,8 +480,8 @@ class Hub:
             "cloudToDeviceMessageCount": device["cloudToDeviceMessageCount"],
             "authenticationType": device["authentication"]["type"],
             "x509Thumbprint": device["authentication"]["x509Thumbprint"],
-            "tags": json.loads(row["tags"]),
-            "properties": self._device_twin(row),
+            "tags": dict(parsed[0]),
+            "properties": self._device_twin(row, parsed),
             "capabilities": {"iotEdge": False},
         }
 
@@ -583,14 +603,30 @@ class Hub:
         """412 / 412002 (PreconditionFailed) unless If-Match is absent, `*` or the identity's etag."""
         _check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
 
-    def all_twins(self) -> list[dict[str, Any]]:
-        """Every twin, one read of each table (the query evaluates over these)."""
+    def all_twins(self, where: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+        """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
+        document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
         twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
+        self._store.execute("DELETE FROM c2d WHERE expiry<?", (time.time(),))
+        queued = dict(self._store.all("SELECT device_id, COUNT(*) FROM c2d GROUP BY device_id"))
         result = []
         for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
             twin_row = twins.get(row["device_id"])
-            if twin_row is not None:
-                result.append(self._service_twin(self._device_json(row), twin_row))
+            if twin_row is None:
+                continue
+            if where is not None:
+                tags, desired, reported, _ = self._parsed(twin_row)
+                light = {
+                    "deviceId": row["device_id"],
+                    "status": "enabled" if row["enabled"] else "disabled",
+                    "connectionState": "Connected" if row["device_id"] in self._online else "Disconnected",
+                    "tags": tags,
+                    "properties": {"desired": desired, "reported": reported},
+                }
+                if where(light) is not True:
+                    continue
+            device = self._device_json(row, queued.get(row["device_id"], 0))
+            result.append(self._service_twin(device, twin_row))
         return result
 
     def update_twin(

@@ -207,6 +207,9 @@ class ServiceClient:
     def delete_device(self, device_id: str) -> None:
         self._call(self._hub, "DELETE", f"/devices/{_segment(device_id)}", headers={"If-Match": "*"})
 
+    def statistics(self) -> dict[str, int]:
+        return self._json(self._hub, "GET", "/statistics/devices")
+
     def twin(self, device_id: str) -> dict[str, Any]:
         return self._json(self._hub, "GET", f"/twins/{_segment(device_id)}")
 
