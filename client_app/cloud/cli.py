@@ -134,17 +134,6 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     return update_wrapper(wrapper, function)
 
 
-def _list(ctx: Context, path: str, lines: Callable[[dict[str, Any]], list[str]]) -> None:
-    """GET a collection (`{"value": [...]}`) and print each item's lines."""
-    result = ctx.call("GET", path)
-    ctx.output(result, lambda r: [line for item in r["value"] for line in lines(item)] or ["(none)"])
-
-
-def _delete(ctx: Context, path: str, what: str, name: str) -> None:
-    ctx.call("DELETE", path)
-    ctx.output({"deleted": name}, lambda _: [f"deleted {what} {name}"])
-
-
 def _table(rows: list[list[str]], header: list[str]) -> Iterable[str]:
     if not rows:
         yield "(none)"
@@ -249,10 +238,9 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
 
 def _certificate_lines(cert: dict[str, Any]) -> list[str]:
     p = cert["properties"]
-    state = "verified" if p["isVerified"] else "unverified"
-    return [
-        f"{cert['name']}: {p['subject']} ({state}, expires {p['expiry']}, SHA-256 {p['sha256Thumbprint']})"
-    ]
+    state = "verified" if p.get("isVerified") else "unverified"
+    expiry, thumbprint = p.get("expiry"), p.get("thumbprint")
+    return [f"{cert['name']}: {p.get('subject')} ({state}, expires {expiry}, thumbprint {thumbprint})"]
 
 
 def _read_pem(path: Path) -> str:
@@ -260,6 +248,19 @@ def _read_pem(path: Path) -> str:
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {path}: {exc}") from exc
+
+
+def _arm(ctx: Context, work: Callable[[ArmCertificates], Any]) -> Any:
+    """Certificates go through ARM: the local cloud's, or Azure's (with --subscription, --resource-group
+    and --dps-name besides the connection strings)."""
+
+    def call(client: ServiceClient) -> Any:
+        if client.certificates is None:
+            raise ValueError("certificates need --subscription, --resource-group and --dps-name (Azure ARM)")
+        result = work(client.certificates)
+        return result.as_dict() if hasattr(result, "as_dict") else result
+
+    return ctx.serve_call(call)
 
 
 @cli.group()
@@ -273,9 +274,9 @@ def certificates() -> None:
 @click.option("--verified", is_flag=True, help="Trust without proof of possession (Azure's auto-verify).")
 @_options
 def certificates_upload(ctx: Context, name: str, pemfile: Path, verified: bool) -> None:
-    """Upload CA certificate NAME from PEMFILE (unverified unless --verified)."""
-    body = {"certificate": _read_pem(pemfile), "isVerified": verified}
-    ctx.output(ctx.call("PUT", f"/certificates/{_segment(name)}", json=body), _certificate_lines)
+    """Upload CA certificate NAME from PEMFILE (unverified unless --verified; an existing NAME is refused)."""
+    pem = _read_pem(pemfile).encode()
+    ctx.output(_arm(ctx, lambda arm: arm.upload(name, pem, verified=verified)), _certificate_lines)
 
 
 @certificates.command("verification-code")
@@ -283,7 +284,7 @@ def certificates_upload(ctx: Context, name: str, pemfile: Path, verified: bool) 
 @_options
 def certificates_code(ctx: Context, name: str) -> None:
     """Generate a verification code for NAME (printed alone on the last line)."""
-    result = ctx.call("POST", f"/certificates/{_segment(name)}/generateVerificationCode")
+    result = _arm(ctx, lambda arm: arm.verification_code(name))
     code = result["properties"]["verificationCode"]
     ctx.output(result, lambda _: [
         f"Issue a certificate with CN = this code, signed by the key of '{name}', then run"
@@ -298,17 +299,16 @@ def certificates_code(ctx: Context, name: str) -> None:
 @_options
 def certificates_verify(ctx: Context, name: str, pemfile: Path) -> None:
     """Verify NAME with the proof-of-possession certificate in PEMFILE."""
-    result = ctx.call(
-        "POST", f"/certificates/{_segment(name)}/verify", json={"certificate": _read_pem(pemfile)}
-    )
-    ctx.output(result, _certificate_lines)
+    pem = _read_pem(pemfile)
+    ctx.output(_arm(ctx, lambda arm: arm.verify(name, pem)), _certificate_lines)
 
 
 @certificates.command("list")
 @_options
 def certificates_list(ctx: Context) -> None:
     """List CA certificates."""
-    _list(ctx, "/certificates", _certificate_lines)
+    result = _arm(ctx, lambda arm: [c.as_dict() for c in arm.list()])
+    ctx.output(result, lambda r: [line for c in r for line in _certificate_lines(c)] or ["(none)"])
 
 
 @certificates.command("delete")
@@ -316,7 +316,8 @@ def certificates_list(ctx: Context) -> None:
 @_options
 def certificates_delete(ctx: Context, name: str) -> None:
     """Delete CA certificate NAME (groups that name it match nothing until it is back)."""
-    _delete(ctx, f"/certificates/{_segment(name)}", "certificate", name)
+    _arm(ctx, lambda arm: arm.delete(name))
+    ctx.output({"deleted": name}, lambda _: [f"deleted certificate {name}"])
 
 
 # ---- enrollment groups and enrollments ------------------------------------------------------------------
@@ -345,23 +346,9 @@ def enrollment_groups() -> None:
 @_options
 def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> None:
     """Create enrollment group GROUP_ID on CA certificate --ca (an existing GROUP_ID is refused)."""
-    body = {
-        "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
-        "provisioningStatus": "disabled" if disabled else "enabled",
-    }
-    path = f"/enrollmentGroups/{_segment(group_id)}"
-    ctx.output(ctx.call("PUT", path, json=body, headers={"If-None-Match": "*"}), _group_lines)
-
-
-def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
-    group = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}")
-    body = {
-        "attestation": group["attestation"],
-        "provisioningStatus": status,
-        "initialTwin": group["initialTwin"],
-    }
-    path = f"/enrollmentGroups/{_segment(group_id)}"  # If-Match: a concurrent change is refused, not undone
-    ctx.output(ctx.call("PUT", path, json=body, headers={"If-Match": group["etag"]}), _group_lines)
+    ctx.output(
+        ctx.serve_call(lambda c: c.create_group(group_id, ca_name, enabled=not disabled)), _group_lines
+    )
 
 
 @enrollment_groups.command("enable")
@@ -369,7 +356,7 @@ def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
 @_options
 def groups_enable(ctx: Context, group_id: str) -> None:
     """Enable GROUP_ID."""
-    _set_group_status(ctx, group_id, "enabled")
+    ctx.output(ctx.serve_call(lambda c: c.set_group_status(group_id, True)), _group_lines)
 
 
 @enrollment_groups.command("disable")
@@ -377,7 +364,7 @@ def groups_enable(ctx: Context, group_id: str) -> None:
 @_options
 def groups_disable(ctx: Context, group_id: str) -> None:
     """Disable GROUP_ID: its devices can no longer register (hub devices stay)."""
-    _set_group_status(ctx, group_id, "disabled")
+    ctx.output(ctx.serve_call(lambda c: c.set_group_status(group_id, False)), _group_lines)
 
 
 @enrollment_groups.command("show")
@@ -385,14 +372,15 @@ def groups_disable(ctx: Context, group_id: str) -> None:
 @_options
 def groups_show(ctx: Context, group_id: str) -> None:
     """Show GROUP_ID."""
-    ctx.output(ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}"), _group_lines)
+    ctx.output(ctx.serve_call(lambda c: c.group(group_id)), _group_lines)
 
 
 @enrollment_groups.command("list")
 @_options
 def groups_list(ctx: Context) -> None:
     """List enrollment groups."""
-    _list(ctx, "/enrollmentGroups", _group_lines)
+    groups = ctx.serve_call(lambda c: c.groups())
+    ctx.output(groups, lambda r: [line for g in r for line in _group_lines(g)] or ["(none)"])
 
 
 @enrollment_groups.command("delete")
@@ -400,7 +388,8 @@ def groups_list(ctx: Context) -> None:
 @_options
 def groups_delete(ctx: Context, group_id: str) -> None:
     """Delete GROUP_ID (registrations and hub devices stay)."""
-    _delete(ctx, f"/enrollmentGroups/{_segment(group_id)}", "enrollment group", group_id)
+    ctx.serve_call(lambda c: c.delete_group(group_id))
+    ctx.output({"deleted": group_id}, lambda _: [f"deleted enrollment group {group_id}"])
 
 
 @enrollment_groups.command("registrations")
@@ -408,8 +397,7 @@ def groups_delete(ctx: Context, group_id: str) -> None:
 @_options
 def groups_registrations(ctx: Context, group_id: str) -> None:
     """Registrations provisioned through GROUP_ID."""
-    result = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}/registrations")
-    ctx.output(result, lambda r: _registration_rows(r["value"]))
+    ctx.output(ctx.serve_call(lambda c: c.registrations(group_id)), _registration_rows)
 
 
 @cli.group()
@@ -426,10 +414,7 @@ def _enrollment_lines(enrollment: dict[str, Any]) -> list[str]:
 @_options
 def enrollments_block(ctx: Context, registration_id: str) -> None:
     """Block REGISTRATION_ID: a disabled individual enrollment (refused even if its group is enabled)."""
-    result = ctx.call(
-        "PUT", f"/enrollments/{_segment(registration_id)}", json={"provisioningStatus": "disabled"}
-    )
-    ctx.output(result, _enrollment_lines)
+    ctx.output(ctx.serve_call(lambda c: c.put_enrollment(registration_id, enabled=False)), _enrollment_lines)
 
 
 @enrollments.command("unblock")
@@ -437,14 +422,16 @@ def enrollments_block(ctx: Context, registration_id: str) -> None:
 @_options
 def enrollments_unblock(ctx: Context, registration_id: str) -> None:
     """Delete the individual enrollment of REGISTRATION_ID (the device falls back to its group)."""
-    _delete(ctx, f"/enrollments/{_segment(registration_id)}", "individual enrollment", registration_id)
+    ctx.serve_call(lambda c: c.delete_enrollment(registration_id))
+    ctx.output({"deleted": registration_id}, lambda _: [f"deleted individual enrollment {registration_id}"])
 
 
 @enrollments.command("list")
 @_options
 def enrollments_list(ctx: Context) -> None:
     """List individual enrollments."""
-    _list(ctx, "/enrollments", _enrollment_lines)
+    items = ctx.serve_call(lambda c: c.enrollments())
+    ctx.output(items, lambda r: [line for e in r for line in _enrollment_lines(e)] or ["(none)"])
 
 
 # ---- devices ----------------------------------------------------------------------------------------------
@@ -465,7 +452,7 @@ def devices() -> None:
 @_options
 def devices_list(ctx: Context) -> None:
     """Devices with their connection state."""
-    ctx.output(ctx.call("GET", "/devices"), lambda r: _device_rows(r["value"]))
+    ctx.output(ctx.serve_call(lambda c: c.devices()), _device_rows)
 
 
 @devices.command("show")
@@ -473,9 +460,7 @@ def devices_list(ctx: Context) -> None:
 @_options
 def devices_show(ctx: Context, device_id: str) -> None:
     """One device."""
-    ctx.output(
-        ctx.call("GET", f"/devices/{_segment(device_id)}"), lambda d: json.dumps(d, indent=2).splitlines()
-    )
+    ctx.output(ctx.serve_call(lambda c: c.device(device_id)), lambda d: json.dumps(d, indent=2).splitlines())
 
 
 @devices.command("enable")
@@ -483,10 +468,7 @@ def devices_show(ctx: Context, device_id: str) -> None:
 @_options
 def devices_enable(ctx: Context, device_id: str) -> None:
     """Let DEVICE_ID connect again."""
-    ctx.output(
-        ctx.call("PUT", f"/devices/{_segment(device_id)}", json={"status": "enabled"}),
-        lambda d: _device_rows([d]),
-    )
+    ctx.output(ctx.serve_call(lambda c: c.set_device_status(device_id, True)), lambda d: _device_rows([d]))
 
 
 @devices.command("disable")
@@ -494,10 +476,7 @@ def devices_enable(ctx: Context, device_id: str) -> None:
 @_options
 def devices_disable(ctx: Context, device_id: str) -> None:
     """Refuse DEVICE_ID at the hub (CONNACK 5) and drop its connection."""
-    ctx.output(
-        ctx.call("PUT", f"/devices/{_segment(device_id)}", json={"status": "disabled"}),
-        lambda d: _device_rows([d]),
-    )
+    ctx.output(ctx.serve_call(lambda c: c.set_device_status(device_id, False)), lambda d: _device_rows([d]))
 
 
 # ---- messaging ---------------------------------------------------------------------------------------------
@@ -547,12 +526,7 @@ def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], conten
 @_options
 def invoke(ctx: Context, device_id: str, method: str, payload: str | None, timeout: float) -> None:
     """Invoke direct method METHOD on DEVICE_ID; prints the device's status and payload."""
-    body = {
-        "methodName": method,
-        "payload": _json_arg(payload, "--payload"),
-        "responseTimeoutInSeconds": timeout,
-    }
-    result = ctx.call("POST", f"/twins/{_segment(device_id)}/methods", json=body, timeout=timeout + 10)
+    result = ctx.serve_call(lambda c: c.invoke(device_id, method, _json_arg(payload, "--payload"), timeout))
     ctx.output(result, lambda r: [f"status: {r['status']}", f"payload: {json.dumps(r['payload'])}"])
 
 
@@ -566,9 +540,9 @@ def twin(ctx: Context, device_id: str, set_desired: str | None) -> None:
     if patch is not None and not isinstance(patch, dict):
         raise CliError("--set-desired: expected a JSON object")
     if patch is None:
-        result = ctx.call("GET", f"/twins/{_segment(device_id)}")
+        result = ctx.serve_call(lambda c: c.twin(device_id))
     else:
-        result = ctx.call("PATCH", f"/twins/{_segment(device_id)}", json={"properties": {"desired": patch}})
+        result = ctx.serve_call(lambda c: c.update_twin(device_id, {"properties": {"desired": patch}}))
     ctx.output(result, lambda r: json.dumps(r["properties"], indent=2).splitlines())
 
 

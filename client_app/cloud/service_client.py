@@ -62,11 +62,55 @@ class ArmCertificates:
     def list(self) -> list[Any]:
         return list(self._client.dps_certificate.list(*self._where).value or [])
 
-    def upload(self, name: str, pem: bytes, *, verified: bool = False) -> Any:
+    def get(self, name: str) -> Any:
+        return self._client.dps_certificate.get(name, *self._where)
+
+    def upload(self, name: str, pem: bytes, *, verified: bool = False, etag: str | None = None) -> Any:
+        """Create `name` (an existing name is refused), or replace it under `etag`."""
+        from azure.core import MatchConditions
         from azure.mgmt.iothubprovisioningservices.models import CertificateProperties, CertificateResponse
 
         body = CertificateResponse(properties=CertificateProperties(certificate=pem, is_verified=verified))
-        return self._client.dps_certificate.create_or_update(*self._where, name, body)
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        return self._client.dps_certificate.create_or_update(*self._where, name, body, **condition)
+
+    def verification_code(self, name: str) -> Any:
+        """A new proof-of-possession code (properties.verification_code), under the certificate's etag."""
+        from azure.core import MatchConditions
+
+        etag = self.get(name).etag
+        return self._client.dps_certificate.generate_verification_code(
+            name, *self._where, etag=etag, match_condition=MatchConditions.IfNotModified
+        )
+
+    def verify(self, name: str, proof_pem: str) -> Any:
+        from azure.core import MatchConditions
+        from azure.mgmt.iothubprovisioningservices.models import VerificationCodeRequest
+
+        etag = self.get(name).etag
+        return self._client.dps_certificate.verify_certificate(
+            name, *self._where, VerificationCodeRequest(certificate=proof_pem), etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        )  # fmt: skip
+
+    def delete(self, name: str) -> None:
+        from azure.core import MatchConditions
+
+        etag = self.get(name).etag
+        self._client.dps_certificate.delete(
+            *self._where, name, etag=etag, match_condition=MatchConditions.IfNotModified
+        )
+
+    def enroll(self, root: Any, name: str) -> None:
+        """Upload a CA certificate and prove possession of its key: Unverified → code → proof → Verified.
+
+        `root` is a client_app.pki CertificateAuthority (it signs the proof-of-possession certificate)."""
+        from client_app.pki import certificate_to_pem
+
+        self.upload(name, certificate_to_pem(root.certificate))
+        code = self.verification_code(name).properties.verification_code
+        proof, _ = root.issue_verification(code)
+        self.verify(name, certificate_to_pem(proof).decode())
 
     def close(self) -> None:
         self._client.close()
@@ -257,6 +301,21 @@ class ServiceClient:
         if initial_twin is not None:
             body["initialTwin"] = initial_twin
         return self._json(self._dps, "PUT", f"/enrollmentGroups/{_segment(group_id)}", body)
+
+    def delete_group(self, group_id: str) -> None:
+        self._call(self._dps, "DELETE", f"/enrollmentGroups/{_segment(group_id)}")
+
+    def enrollments(self) -> list[dict[str, Any]]:
+        return list(self._pages(self._dps, "/enrollments/query", {"query": "*"}, 100))
+
+    def put_enrollment(self, registration_id: str, *, enabled: bool) -> dict[str, Any]:
+        """An individual X.509 enrollment; disabled, it blocks one device of a group."""
+        body = {"registrationId": registration_id, "attestation": {"type": "x509"},
+                "provisioningStatus": "enabled" if enabled else "disabled"}  # fmt: skip
+        return self._json(self._dps, "PUT", f"/enrollments/{_segment(registration_id)}", body)
+
+    def delete_enrollment(self, registration_id: str) -> None:
+        self._call(self._dps, "DELETE", f"/enrollments/{_segment(registration_id)}")
 
     def registrations(self, group_id: str) -> list[dict[str, Any]]:
         return list(self._pages(self._dps, f"/registrations/{_segment(group_id)}/query", {"query": "*"}, 100))
