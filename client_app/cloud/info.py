@@ -37,5 +37,8 @@ class ConnectionInfo:
 
     @classmethod
     def load(cls, data_dir: Path) -> ConnectionInfo:
-        raw = json.loads((data_dir / CONNECTION_FILE).read_text())
+        return cls.from_json(json.loads((data_dir / CONNECTION_FILE).read_text()))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ConnectionInfo:
         return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})

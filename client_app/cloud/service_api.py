@@ -167,6 +167,14 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+async def _named_body(request: Request, key: str, name: str) -> dict[str, Any]:
+    """A PUT body (a JSON object) whose `key`, if present, names the same entity as the path."""
+    body = _object(await json_body(request), "the body")
+    if body.get(key, name) != name:
+        raise bad_request(f"{key} in the body differs from the one in the path", 400004)
+    return body
+
+
 def _if_match(request: Request, body: Mapping[str, Any] | None = None) -> str | None:
     header = request.headers.get("if-match")
     if header is not None:
@@ -240,9 +248,7 @@ def _hub_routes(app: FastAPI, hub: Hub, auth: ServiceAuth) -> None:
     @app.put("/devices/{device_id}")
     async def put_device(request: Request, device_id: str) -> Any:
         write(request)
-        body = _object(await json_body(request), "the device")
-        if body.get("deviceId", device_id) != device_id:
-            raise bad_request("deviceId in the body differs from the one in the path", 400004)
+        body = await _named_body(request, "deviceId", device_id)
         status = body.get("status", "enabled")
         if status not in ("enabled", "disabled"):
             raise bad_request("status must be enabled or disabled", 400004)
@@ -369,9 +375,7 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
     @app.put("/enrollmentGroups/{group_id}")
     async def put_group(request: Request, group_id: str) -> Any:
         write(request)
-        body = _object(await json_body(request), "the enrollment group")
-        if body.get("enrollmentGroupId", group_id) != group_id:
-            raise bad_request("enrollmentGroupId in the body differs from the one in the path", 400004)
+        body = await _named_body(request, "enrollmentGroupId", group_id)
         initial_twin = body.get("initialTwin")
         if initial_twin is not None:
             _object(initial_twin, "initialTwin")
@@ -404,9 +408,7 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
     @app.put("/enrollments/{registration_id}")
     async def put_enrollment(request: Request, registration_id: str) -> Any:
         write(request)
-        body = _object(await json_body(request), "the enrollment")
-        if body.get("registrationId", registration_id) != registration_id:
-            raise bad_request("registrationId in the body differs from the one in the path", 400004)
+        body = await _named_body(request, "registrationId", registration_id)
         attestation = body.get("attestation") or {}
         if not isinstance(attestation, dict) or attestation.get("type") != "x509":
             raise bad_request("only x509 attestation is supported", 400004)

@@ -282,12 +282,15 @@ class ServiceClient:
     def group(self, group_id: str) -> dict[str, Any]:
         return self._json(self._dps, "GET", f"/enrollmentGroups/{_segment(group_id)}")
 
+    def replace_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        """PUT a group as read (and changed): its `etag` makes it a replace, refused if it changed since."""
+        return self._json(
+            self._dps, "PUT", f"/enrollmentGroups/{_segment(group['enrollmentGroupId'])}", group
+        )
+
     def set_group_status(self, group_id: str, enabled: bool) -> dict[str, Any]:
         group = self.group(group_id)
-        body = {**group, "provisioningStatus": "enabled" if enabled else "disabled"}
-        return self._json(
-            self._dps, "PUT", f"/enrollmentGroups/{_segment(group_id)}", body
-        )  # etag in the body
+        return self.replace_group({**group, "provisioningStatus": "enabled" if enabled else "disabled"})
 
     def create_group(
         self, group_id: str, ca_name: str, *, enabled: bool = True, initial_twin: dict[str, Any] | None = None
