@@ -194,6 +194,8 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
     "--mqtt-listen", metavar="HOST:PORT", default=None, help="Direct TLS listener, e.g. 127.0.0.2:8883."
 )
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0, show_default=True)
+@click.option("--service-listen", metavar="HOST:PORT", default=None,
+              help="Azure's service API (HTTPS), e.g. 127.0.0.3:443 (default: free 127.x:443).")  # fmt: skip
 @click.option("--assignment-delay", type=click.FloatRange(0, 300), default=0.0, show_default=True,
               help="Seconds DPS reports 'assigning' before 'assigned' (0 = answer at once).")  # fmt: skip
 @click.option("--telemetry-retention", type=click.IntRange(0), default=1_000_000, show_default=True,
@@ -203,8 +205,8 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
-          mqtt_listen: str | None, api_port: int, assignment_delay: float, telemetry_retention: int,
-          dps_name: str, hub_name: str, verbose: bool) -> None:  # fmt: skip
+          mqtt_listen: str | None, api_port: int, service_listen: str | None, assignment_delay: float,
+          telemetry_retention: int, dps_name: str, hub_name: str, verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
     if data_dir is None:
@@ -224,6 +226,7 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
             data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port,
             mqtt_listen=listen, api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name,
             hub_name=hub_name, telemetry_retention=telemetry_retention or None,
+            service_listen=_host_port(service_listen),
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc

@@ -368,7 +368,9 @@ def serve_forever(settings: CloudSettings) -> None:
         try:
             info = await cloud.start()
             print(
-                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url})", flush=True
+                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url},"
+                f" service API https://{info.service_host})",
+                flush=True,
             )
             await stop_event.wait()
         finally:

@@ -19,8 +19,9 @@ from msrest.exceptions import HttpOperationError
 
 from client_app.cloud.sas import generate_token
 from client_app.cloud.server import RunningCloud
+from client_app.pki import CertificateAuthority
 from tests.cloud.sdk import hub_client, register, wait_for
-from tests.fixtures.cloud import issue_device_files
+from tests.fixtures.cloud import enroll_root, issue_device_files
 
 
 @pytest.fixture
@@ -292,3 +293,26 @@ def test_dps_service_routes(local_cloud, enrolled_ca, tmp_path):
         assert read_only.delete("/enrollments/dps-02").status_code == 401
     with _service(local_cloud, "iothubowner") as hub_token:  # a hub policy is no DPS policy
         assert hub_token.get(f"/enrollmentGroups/{enrolled_ca.group_id}").status_code == 401
+
+
+def test_concurrent_creates_of_one_name_one_wins(local_cloud, cloud_api, enrolled_ca):
+    """Issue 14 item 9: 8 concurrent creates of one group and of one device: exactly one succeeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = CertificateAuthority.root("race Root")
+    enroll_root(cloud_api, other, "race-root", group_id=None)
+    group = {"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "race-root"}}}}
+    device = {"deviceId": "race-dev", "authentication": {"type": "selfSigned",
+              "x509Thumbprint": {"primaryThumbprint": "AB" * 32}}}  # fmt: skip
+
+    def create(kind: str) -> int:
+        with _service(local_cloud, "provisioningserviceowner" if kind == "group" else "iothubowner",
+                      dps=kind == "group") as http:  # fmt: skip
+            if kind == "group":
+                return http.put("/enrollmentGroups/race-group", json=group).status_code
+            return http.put("/devices/race-dev", json=device).status_code
+
+    for kind in ("group", "device"):
+        with ThreadPoolExecutor(8) as pool:
+            statuses = sorted(pool.map(create, [kind] * 8))
+        assert statuses == [200] + [409] * 7, (kind, statuses)
