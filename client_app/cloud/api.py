@@ -21,7 +21,6 @@ from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import Hub
-from client_app.cloud.twin_checks import check_initial_twin
 
 log = logging.getLogger("client_app.cloud.api")
 
@@ -241,7 +240,6 @@ def _enrollment_routes(router: APIRouter, enrollments: Enrollments) -> None:
     async def put_group(
         group_id: str, body: EnrollmentGroupIn, if_match: IfMatch = None, if_none_match: IfNoneMatch = None
     ) -> dict[str, Any]:
-        check_initial_twin(body.initialTwin)
         group = enrollments.put_group(
             group_id,
             body.attestation.x509.caReferences.primary,

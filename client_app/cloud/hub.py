@@ -23,7 +23,6 @@ from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.limits import check_initial_twin, check_twin
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.cloud.topics import encode_bag, parse_bag, request_id
-from client_app.cloud.twin_checks import check_twin_section
 from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
@@ -645,15 +644,15 @@ class Hub:
         current_tags, current_desired = json.loads(row["tags"]), json.loads(row["desired"])
         patch: dict[str, Any] = {}
         if desired is not None:  # replace = a patch that also deletes what the new document lacks
-            check_twin_section("desired", desired)
+            check_twin("desired", desired)
             patch = (
                 {**{k: None for k in current_desired if k not in desired}, **desired} if replace else desired
             )
-            check_twin_section("desired", merge_patch(current_desired, patch))
+            check_twin("desired", merge_patch(current_desired, patch))
         if tags is not None:
-            check_twin_section("tags", tags)
+            check_twin("tags", tags)
             new_tags = tags if replace else merge_patch(current_tags, tags)
-            check_twin_section("tags", new_tags)
+            check_twin("tags", new_tags)
             self._store.execute("UPDATE twins SET tags=? WHERE device_id=?", (dumps(new_tags), device_id))
         if patch:
             self.patch_desired(device_id, patch)

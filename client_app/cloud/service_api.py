@@ -29,7 +29,6 @@ from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import Hub
 from client_app.cloud.sas import AccessPolicy, SasError, verify_token
-from client_app.cloud.twin_checks import check_initial_twin
 from client_app.cloud.twin_query import QueryError, parse
 
 log = logging.getLogger("client_app.cloud.service_api")
@@ -484,5 +483,4 @@ def _initial_twin(twin: dict[str, Any] | None) -> dict[str, Any] | None:
     properties = twin.get("properties")
     if isinstance(properties, dict) and properties.get("desired") is not None:
         result["properties"] = {"desired": _object(properties["desired"], "initialTwin.properties.desired")}
-    check_initial_twin(result)  # before anything is stored: a bad group would break every later read
     return result
