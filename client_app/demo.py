@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from client_app.cloud.info import ConnectionInfo
+from client_app.cloud.info import ConnectionInfo, read_connection_json
 from client_app.cloud.service_client import ServiceClient, ServiceError
 from client_app.device import paths
 from client_app.device.status import running_pid
@@ -124,7 +123,7 @@ def stop_cloud() -> None:
 
 
 def connection_info(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / "connection.json").read_text())
+    return read_connection_json(directory)
 
 
 class OperatorApi:

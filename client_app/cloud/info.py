@@ -1,4 +1,4 @@
-"""connection.json: what a device or an operator needs to reach a running local cloud (no heavy imports)."""
+"""connection.json: what a device or an operator needs to reach a running local cloud (stdlib only)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,18 @@ class ConnectionInfo:
 
     @classmethod
     def load(cls, data_dir: Path) -> ConnectionInfo:
-        return cls.from_json(json.loads((data_dir / CONNECTION_FILE).read_text()))
+        return cls.from_json(read_connection_json(data_dir))
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ConnectionInfo:
         return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
+
+
+def read_connection_json(data_dir: Path) -> dict[str, Any]:
+    """DATA_DIR/connection.json as a running cloud wrote it: its one parser (stdlib only, so the device core,
+    the demo and the operator tools share it). FileNotFoundError: the cloud is not running (it removes the
+    file when it stops); ValueError (or OSError): the file is damaged or unreadable."""
+    raw = json.loads((Path(data_dir) / CONNECTION_FILE).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{CONNECTION_FILE} is not a JSON object")
+    return raw

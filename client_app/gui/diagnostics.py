@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from client_app.cloud.info import SECRET_FIELDS
+from client_app.cloud.info import SECRET_FIELDS, read_connection_json
 from client_app.device.config import DeviceConfig
 from client_app.device.runtime import DeviceStatus
 
@@ -242,7 +242,7 @@ def _local_cloud_secrets(config: DeviceConfig) -> list[str]:
     if not local_cloud:
         return []
     try:
-        info = json.loads((Path(local_cloud) / "connection.json").read_text())
+        info = read_connection_json(Path(local_cloud))
     except (OSError, ValueError):
         return []
     values = [str(info[k]) for k in sorted(SECRET_FIELDS) if info.get(k)]  # token, service connection strings
