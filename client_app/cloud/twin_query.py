@@ -220,13 +220,13 @@ class _Parser:
     def condition(self) -> Predicate:
         left = self.conjunction()
         while self.accept("kw", "or"):
-            left = _or(left, self.conjunction())
+            left = _junction(left, self.conjunction(), True)
         return left
 
     def conjunction(self) -> Predicate:
         left = self.negation()
         while self.accept("kw", "and"):
-            left = _and(left, self.negation())
+            left = _junction(left, self.negation(), False)
         return left
 
     def negation(self) -> Predicate:
@@ -315,22 +315,15 @@ def _comparison(
     return evaluate
 
 
-def _and(left: Predicate, right: Predicate) -> Predicate:
+def _junction(left: Predicate, right: Predicate, decisive: bool) -> Predicate:
+    """AND (decisive False) or OR (decisive True) in three-valued logic: one decisive side decides, two
+    non-decisive sides give the other value, anything else is undefined."""
+
     def evaluate(twin: dict[str, Any]) -> Any:
         a, b = left(twin), right(twin)
-        if a is False or b is False:
-            return False
-        return True if a is True and b is True else _UNDEFINED
-
-    return evaluate
-
-
-def _or(left: Predicate, right: Predicate) -> Predicate:
-    def evaluate(twin: dict[str, Any]) -> Any:
-        a, b = left(twin), right(twin)
-        if a is True or b is True:
-            return True
-        return False if a is False and b is False else _UNDEFINED
+        if a is decisive or b is decisive:
+            return decisive
+        return (not decisive) if a is (not decisive) and b is (not decisive) else _UNDEFINED
 
     return evaluate
 
