@@ -84,3 +84,18 @@ def test_deep_initial_twin_is_refused_before_it_is_stored(cloud_api, enrolled_ca
     assert response.status_code == 400, response.text
     assert len(cloud_api.call("GET", "/enrollmentGroups")["value"]) == 1  # the list still reads
     assert cloud_api.call("GET", f"/enrollmentGroups/{enrolled_ca.group_id}")["initialTwin"] == {}
+
+
+def test_concurrency_cap_answers_503(tmp_path, monkeypatch):
+    monkeypatch.setattr(http_server, "MAX_CONCURRENCY", 3)
+    with start_in_thread(CloudSettings(data_dir=tmp_path / "cloud")) as cloud:
+        host, port = cloud.info.api_url.removeprefix("http://").rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            with socket.create_connection((host, int(port))) as extra:
+                extra.sendall(b"GET /telemetry HTTP/1.1\r\nHost: x\r\n\r\n")
+                extra.settimeout(5)
+                assert extra.recv(4096).startswith(b"HTTP/1.1 503")
+        finally:
+            for sock in idle:
+                sock.close()
