@@ -118,6 +118,7 @@ class LocalCloud:
         self._mqtt: MqttServer | None = None
         self._api: HttpServer | None = None
         self._service: HttpServer | None = None
+        self._service_sock: socket.socket | None = None
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
         self.hub: Hub | None = None
@@ -131,8 +132,9 @@ class LocalCloud:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
         store = self._store = Store(self.data_dir / "cloud.db")
         id_scope = store.meta("id_scope") or _new_id_scope(store)
-        service_sock = _service_socket(s.service_listen)
-        service_host = _host_name(*service_sock.getsockname()[:2])
+        service_sock = self._service_sock = _service_socket(
+            s.service_listen
+        )  # before the certificate: its IP
         identity = self._server_identity(store, service_sock.getsockname()[0])
         certificates = CertificateStore(store)
         context = server_context(
@@ -155,19 +157,7 @@ class LocalCloud:
         direct = await self._mqtt.listen_tls(*s.mqtt_listen) if s.mqtt_listen else None
         token = _api_token(self.data_dir)
         api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
-        hub_policies = self.hub_policies = load_policies(store, "hub", HUB_POLICIES)
-        dps_policies = self.dps_policies = load_policies(store, "dps", DPS_POLICIES)
-        service_app = create_service_app(
-            hub, enrollments, ServiceAuth(service_host, hub_policies, dps_policies)
-        )
-        add_arm_routes(service_app, certificates, token)
-        service_app.add_middleware(BodyLimit, render=error_response)
-        self._service = HttpServer(
-            service_app,
-            service_sock,
-            (str(identity.chain_pem), str(identity.key_pem), identity.passphrase.decode()),
-        )
-        await self._service.start()  # fmt: skip
+        service_host = await self._start_service(store, identity, certificates, enrollments, token)
         self.info = ConnectionInfo(
             id_scope=id_scope,
             # Through the proxy devices dial names; over the direct listener they dial its address.
@@ -182,8 +172,10 @@ class LocalCloud:
             api_token=token,
             data_dir=str(self.data_dir),
             service_host=service_host,
-            iothub_connection_string=connection_string(service_host, hub_policies["iothubowner"]),
-            dps_connection_string=connection_string(service_host, dps_policies["provisioningserviceowner"]),
+            iothub_connection_string=connection_string(service_host, self.hub_policies["iothubowner"]),
+            dps_connection_string=connection_string(
+                service_host, self.dps_policies["provisioningserviceowner"]
+            ),
         )
         atomic_write(
             self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
@@ -191,6 +183,23 @@ class LocalCloud:
         public = {k: v for k, v in self.info.to_json().items() if k not in SECRET_FIELDS}
         log.info("local cloud ready: %s", json.dumps(public))
         return self.info
+
+    async def _start_service(self, store: Store, identity: _ServerIdentity, certificates: CertificateStore,
+                             enrollments: Enrollments, token: str) -> str:  # fmt: skip
+        """Azure's service API (IoT Hub and DPS REST, ARM certificates) over HTTPS; returns its HostName."""
+        assert self.hub is not None and self._service_sock is not None
+        host = _host_name(*self._service_sock.getsockname()[:2])
+        self.hub_policies = load_policies(store, "hub", HUB_POLICIES)
+        self.dps_policies = load_policies(store, "dps", DPS_POLICIES)
+        app = create_service_app(
+            self.hub, enrollments, ServiceAuth(host, self.hub_policies, self.dps_policies)
+        )
+        add_arm_routes(app, certificates, token)
+        app.add_middleware(BodyLimit, render=error_response)
+        tls = (str(identity.chain_pem), str(identity.key_pem), identity.passphrase.decode())
+        self._service = HttpServer(app, self._service_sock, tls)
+        await self._service.start()
+        return host
 
     def _server_identity(self, store: Store, service_ip: str) -> _ServerIdentity:
         """The TLS identity, its SANs covering both service names and every address devices may dial."""
@@ -227,6 +236,8 @@ class LocalCloud:
         for http in (self._api, self._service):
             if http is not None:
                 await http.stop()
+        if self._service is None and self._service_sock is not None:  # start failed before serving it
+            self._service_sock.close()
         if self.hub is not None:
             await self.hub.close()
         if self._telemetry is not None:
