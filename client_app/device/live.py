@@ -71,6 +71,7 @@ class LiveSession:
             "certificate_not_after": identity.not_after.isoformat(),
             "certificate_thumbprint": identity.thumbprint,
             "certificate": certificate_to_pem(identity.leaf).decode(),  # for the backend's identity audit
+            "issuer_thumbprint": identity.issuer_thumbprint,  # `client-app-cloud revoke-signer` queries it
             "connected_at": connected_at,
         }
         try:
