@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -34,6 +35,7 @@ MAX_TOPIC = 0xFFFF  # MQTT's limit on a topic name, in bytes
 DEFAULT_C2D_TTL = 3600.0
 MAX_METHOD_PAYLOAD = 128 * 1024
 MAX_TWIN_SECTION = 32 * 1024
+FEEDBACK_ACKS = (None, "none", "positive", "negative", "full")
 DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
@@ -98,6 +100,7 @@ class Hub:
         self._subscriptions: dict[str, set[str]] = self._load_sessions()
         self._method_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_feedback: list[Callable[[], None]] = []  # new C2D feedback records (the AMQP endpoint)
 
     # ---- registry --------------------------------------------------------------------------------
     def _device_json(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -332,8 +335,38 @@ class Hub:
 
     # ---- cloud-to-device -------------------------------------------------------------------------
     def _queue_depth(self, device_id: str) -> int:
-        self._store.execute("DELETE FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time()))
+        with self._store.transaction() as db:
+            expired = db.execute(
+                "SELECT * FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time())
+            ).fetchall()
+            for row in expired:
+                self._feedback(db, row, "Expired")
+            db.execute("DELETE FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time()))
         return int(self._store.one("SELECT COUNT(*) FROM c2d WHERE device_id=?", (device_id,))[0])
+
+    def _feedback(self, db: sqlite3.Connection, row: sqlite3.Row, status: str) -> None:
+        """A feedback record (IoT Hub's shape, Azure docs "Message feedback") when the message's ack asks
+        for this outcome: positive → Success, negative → Expired (and the other failures), full → both."""
+        ack = parse_bag(row["properties"]).get("iothub-ack")
+        if ack not in ("full", "positive" if status == "Success" else "negative"):
+            return
+        generation = db.execute("SELECT generation_id FROM devices WHERE device_id=?", (row["device_id"],))
+        generation_row = generation.fetchone()
+        record = {
+            "originalMessageId": row["message_id"],
+            "description": status,
+            "statusCode": status,
+            "deviceGenerationId": generation_row["generation_id"] if generation_row else "",
+            "deviceId": row["device_id"],
+            "enqueuedTimeUtc": utc_now(),
+        }
+        db.execute("INSERT INTO c2d_feedback(record) VALUES (?)", (dumps(record),))
+        for callback in self.on_feedback:
+            callback()
+
+    def delete_feedback(self, ids: list[int]) -> None:
+        """Feedback records the service has completed (accepted on the feedback link)."""
+        self._store.executemany("DELETE FROM c2d_feedback WHERE id=?", [(i,) for i in ids])
 
     def send_c2d(
         self,
@@ -346,15 +379,25 @@ class Hub:
         message_id: str | None = None,
         correlation_id: str | None = None,
         ttl_seconds: float | None = None,
+        ack: str | None = None,
+        expiry_utc: str | None = None,
     ) -> dict[str, Any]:
+        """Queue a C2D message. `ack` (none/positive/negative/full, IoT Hub's `iothub-ack`) asks for feedback;
+        `expiry_utc` is the absolute expiry as the sender set it, passed to the device as `$.exp`."""
         self._row(device_id)
         ttl = DEFAULT_C2D_TTL if ttl_seconds is None else ttl_seconds
         if not 0 < ttl <= 2 * 86400:
             raise bad_request("ttlSeconds must be in (0, 172800]")
+        if ack not in FEEDBACK_ACKS:
+            raise bad_request(f"iothub-ack must be one of {', '.join(FEEDBACK_ACKS[1:])}", 400004)
         message_id = message_id or str(uuid.uuid4())
         system = {"$.mid": message_id, "$.to": f"/devices/{device_id}/messages/deviceBound"}
         if correlation_id:
             system["$.cid"] = correlation_id
+        if expiry_utc:
+            system["$.exp"] = expiry_utc
+        if ack and ack != "none":
+            system["iothub-ack"] = ack
         if content_type:
             system["$.ct"] = content_type
         if content_encoding:
@@ -419,7 +462,9 @@ class Hub:
                         "C2D %s to %s not acknowledged (%r); stays queued", row["message_id"], device_id, exc
                     )
                     return
-                self._store.execute("DELETE FROM c2d WHERE seq=?", (row["seq"],))
+                with self._store.transaction() as db:
+                    db.execute("DELETE FROM c2d WHERE seq=?", (row["seq"],))
+                    self._feedback(db, row, "Success")
                 log.info("C2D %s delivered to %s", row["message_id"], device_id)
 
     # ---- twins -----------------------------------------------------------------------------------

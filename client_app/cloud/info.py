@@ -25,6 +25,10 @@ class ConnectionInfo:
     api_url: str
     api_token: str
     data_dir: str
+    amqp_host: str | None = None  # AMQP service endpoint: amqps on amqp_port (5671), plain AMQP on 5672
+    amqp_port: int | None = None
+    # Event Hubs-compatible endpoint (Endpoint=sb://...;EntityPath=...); trust server_ca_pem for its TLS
+    eventhub_compatible_connection_string: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,13 +11,14 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from client_app.cloud.amqp.service import AMQPS_PORT, AmqpService, AmqpTls, pick_loopback_host
 from client_app.cloud.api import create_app
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.dps import Dps
@@ -27,7 +28,8 @@ from client_app.cloud.hub import Hub
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 from client_app.cloud.mqtt.server import MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
-from client_app.cloud.store import Store, TelemetryWriter
+from client_app.cloud.sas import HUB_POLICIES, AccessPolicy
+from client_app.cloud.store import Store, TelemetryWriter, utc_now
 from client_app.hosts import is_ip_address
 from client_app.pki import (
     CertificateAuthority,
@@ -54,9 +56,13 @@ class CloudSettings:
     dps_name: str = "dps.client-app.localhost"
     hub_name: str = "hub.client-app.localhost"
     telemetry_retention: int | None = 1_000_000  # newest messages kept; None keeps everything
+    amqp: bool = True  # the AMQP service endpoint (C2D, feedback, Event Hubs-compatible telemetry)
+    amqp_host: str | None = None  # its loopback address (ports 5671/5672); None = one chosen once and kept
+    partitions: int = 4  # Event Hubs-compatible partitions; fixed once telemetry is stored
 
     def __post_init__(self) -> None:
-        for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost"):
+        for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost",
+                     self.amqp_host or "localhost"):  # fmt: skip
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
 
@@ -119,7 +125,9 @@ class LocalCloud:
         self._api_task: asyncio.Task[None] | None = None
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
+        self._amqp: AmqpService | None = None
         self.hub: Hub | None = None
+        self.hub_policies: Callable[[], Mapping[str, AccessPolicy]] = dict  # set in start()
 
     async def start(self) -> ConnectionInfo:
         s = self.settings
@@ -128,7 +136,8 @@ class LocalCloud:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
         store = self._store = Store(self.data_dir / "cloud.db")
         id_scope = store.meta("id_scope") or _new_id_scope(store)
-        identity = self._server_identity(store)
+        amqp_host = self._amqp_host(store)
+        identity = self._server_identity(store, amqp_host)
         certificates = CertificateStore(store)
         context = server_context(
             identity.chain_pem, identity.key_pem, _all_pem(certificates), identity.passphrase
@@ -136,11 +145,15 @@ class LocalCloud:
         certificates.on_change = lambda: add_trusted(
             context, _all_pem(certificates)
         )  # new CAs: next handshake
-        self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention)
+        self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention, partitions=_partitions(store, s))
         self._telemetry.start()
         hub = self.hub = Hub(
             store, self._telemetry, {s.hub_name} | ({s.mqtt_listen[0]} if s.mqtt_listen else set())
         )
+        policies = _hub_policies(store)
+        self.hub_policies = lambda: policies  # the seam: the service API's policy store replaces this
+        if amqp_host is not None:
+            self._start_amqp(store, identity, amqp_host)
         enrollments = Enrollments(store, certificates)
         dps = Dps(id_scope, enrollments, hub, s.assignment_delay, self._hub_host_for)
         self._mqtt = MqttServer(
@@ -163,6 +176,9 @@ class LocalCloud:
             api_url=api_url,
             api_token=token,
             data_dir=str(self.data_dir),
+            amqp_host=amqp_host,
+            amqp_port=AMQPS_PORT if amqp_host else None,
+            eventhub_compatible_connection_string=self._eventhub_connection_string(amqp_host),
         )
         atomic_write(
             self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
@@ -171,11 +187,42 @@ class LocalCloud:
         log.info("local cloud ready: %s", json.dumps(public))
         return self.info
 
-    def _server_identity(self, store: Store) -> _ServerIdentity:
-        """The TLS identity, its SANs covering both service names and every address devices may dial."""
+    def _amqp_host(self, store: Store) -> str | None:
+        """The AMQP endpoint's loopback address: configured, else the one used last time while its ports are
+        free (connection strings stay valid across restarts), else a new one."""
+        if not self.settings.amqp:
+            return None
+        host = self.settings.amqp_host or pick_loopback_host(store.meta("amqp_host"))
+        store.set_meta("amqp_host", host)
+        return host
+
+    def _start_amqp(self, store: Store, identity: _ServerIdentity, host: str) -> None:
+        s = self.settings
+        assert self.hub is not None and self._telemetry is not None
+        created = store.meta("hub_created") or utc_now()
+        store.set_meta("hub_created", created)
+        self._amqp = AmqpService(
+            hub=self.hub, db_path=store.path, policies=self.hub_policies, hosts={host, s.hub_name},
+            hub_name=s.hub_name, entity=eventhub_entity(s.hub_name), partitions=self._telemetry.partitions,
+            created=created,
+        )  # fmt: skip
+        self._telemetry.on_commit.append(self._amqp.endpoint.telemetry_committed)
+        self.hub.on_feedback.append(self._amqp.endpoint.feedback_added)
+        self._amqp.start(self._loop, host, AmqpTls(identity.chain_pem, identity.key_pem, identity.passphrase))
+
+    def _eventhub_connection_string(self, host: str | None) -> str | None:
+        """What Azure's portal shows under "Built-in endpoints" (here with the `service` policy)."""
+        if host is None:
+            return None
+        policy = self.hub_policies()["service"]
+        return (f"Endpoint=sb://{host}/;SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key};"
+                f"EntityPath={eventhub_entity(self.settings.hub_name)}")  # fmt: skip
+
+    def _server_identity(self, store: Store, amqp_host: str | None) -> _ServerIdentity:
+        """The TLS identity, its SANs covering both service names and every address clients may dial."""
         s = self.settings
         identity = _ServerIdentity(store, self.data_dir)
-        hosts = (s.bind_host, s.mqtt_listen[0] if s.mqtt_listen else None)
+        hosts = (s.bind_host, s.mqtt_listen[0] if s.mqtt_listen else None, amqp_host)
         identity.issue(
             [s.dps_name, s.hub_name, "localhost"],
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
@@ -217,6 +264,8 @@ class LocalCloud:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)
         if self._mqtt is not None:
             await self._mqtt.close()
+        if self._amqp is not None:
+            await asyncio.to_thread(self._amqp.stop)
         if self._api is not None and self._api_task is not None:
             self._api.should_exit = True
             with contextlib.suppress(Exception):
@@ -228,6 +277,33 @@ class LocalCloud:
         if self._store is not None:
             self._store.close()
         log.info("local cloud stopped")
+
+
+def eventhub_entity(hub_name: str) -> str:
+    """The Event Hubs-compatible name: the hub's name, i.e. the first label of its host name."""
+    return hub_name.split(".", 1)[0]
+
+
+def _partitions(store: Store, settings: CloudSettings) -> int:
+    """Partition count: kept in the store; the setting applies while no telemetry is stored."""
+    kept = int(store.meta("partition_count") or settings.partitions)
+    if kept != settings.partitions and store.one("SELECT 1 FROM telemetry LIMIT 1") is None:
+        kept = settings.partitions
+    store.set_meta("partition_count", str(kept))
+    return kept
+
+
+def _hub_policies(store: Store) -> dict[str, AccessPolicy]:
+    """IoT Hub's built-in shared access policies with keys made once, kept in cloud.db (mode 0600) like the
+    other secrets. Interim: the service API's policy store takes this over."""
+    raw = store.secret("hub-policies")
+    if raw is None:
+        policies = {name: AccessPolicy.generate(name, rights) for name, rights in HUB_POLICIES.items()}
+        kept = {p.name: [p.primary_key, p.secondary_key, sorted(p.rights)] for p in policies.values()}
+        store.set_secret("hub-policies", json.dumps(kept).encode())
+        return policies
+    return {name: AccessPolicy(name, primary, secondary, frozenset(rights))
+            for name, (primary, secondary, rights) in json.loads(raw).items()}  # fmt: skip
 
 
 def _all_pem(certificates: CertificateStore) -> bytes:
