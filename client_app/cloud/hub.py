@@ -344,6 +344,11 @@ class Hub:
             db.execute("DELETE FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time()))
         return int(self._store.one("SELECT COUNT(*) FROM c2d WHERE device_id=?", (device_id,))[0])
 
+    @staticmethod
+    def _loop_call_soon(callback: Callable[[], None]) -> None:
+        """After the current transaction: readers on other connections see the row only once it commits."""
+        asyncio.get_running_loop().call_soon(callback)
+
     def _feedback(self, db: sqlite3.Connection, row: sqlite3.Row, status: str) -> None:
         """A feedback record (IoT Hub's shape, Azure docs "Message feedback") when the message's ack asks
         for this outcome: positive → Success, negative → Expired (and the other failures), full → both."""
@@ -361,6 +366,9 @@ class Hub:
             "enqueuedTimeUtc": utc_now(),
         }
         db.execute("INSERT INTO c2d_feedback(record) VALUES (?)", (dumps(record),))
+        self._loop_call_soon(self._feedback_committed)
+
+    def _feedback_committed(self) -> None:
         for callback in self.on_feedback:
             callback()
 
