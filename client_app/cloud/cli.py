@@ -160,11 +160,21 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
               help="Keep the newest N telemetry messages (0 = keep everything).")  # fmt: skip
 @click.option("--dps-name", default="dps.client-app.localhost", show_default=True)
 @click.option("--hub-name", default="hub.client-app.localhost", show_default=True)
+@click.option(
+    "--amqp-host",
+    default=None,
+    metavar="ADDRESS",
+    help="Loopback address of the AMQP endpoint, ports 5671/5672 (default: one kept per data dir).",
+)
+@click.option("--no-amqp", is_flag=True, help="Do not open the AMQP endpoint (C2D, Event Hubs-compatible).")
+@click.option("--partitions", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Event Hubs-compatible partitions (fixed once telemetry is stored).")  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
           mqtt_listen: str | None, api_port: int, assignment_delay: float, telemetry_retention: int,
-          dps_name: str, hub_name: str, verbose: bool) -> None:  # fmt: skip
+          dps_name: str, hub_name: str, amqp_host: str | None, no_amqp: bool, partitions: int,
+          verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
     if data_dir is None:
@@ -183,7 +193,8 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
         settings = CloudSettings(
             data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port,
             mqtt_listen=listen, api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name,
-            hub_name=hub_name, telemetry_retention=telemetry_retention or None,
+            hub_name=hub_name, telemetry_retention=telemetry_retention or None, amqp=not no_amqp,
+            amqp_host=amqp_host, partitions=partitions,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc

@@ -319,8 +319,12 @@ class AmqpEndpoint(Handler):
     def _sent_settled(self, link: Link, delivery: Delivery) -> None:
         """The peer settled or decided on something we sent: events just settle; feedback is completed
         (deleted) on ACCEPTED, and stays for the next receiver otherwise."""
-        if link in self._feedback_links and delivery.remote_state == Delivery.ACCEPTED and self.thread:
-            self.thread.on_loop(self.hub.delete_feedback, delivery.feedback_ids)
+        if link in self._feedback_links and self.thread is not None:
+            if delivery.remote_state == Delivery.ACCEPTED:  # ids stay "in flight": they are never reused
+                self.thread.on_loop(self.hub.delete_feedback, delivery.feedback_ids)
+            else:
+                link.feedback_in_flight.difference_update(delivery.feedback_ids)
+                self.thread.call(self._pump_feedback, link)
         delivery.settle()
 
     # ---- feedback --------------------------------------------------------------------------------
