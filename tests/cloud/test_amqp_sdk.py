@@ -207,3 +207,11 @@ def test_event_hub_refuses_expired_and_foreign_tokens(local_cloud):
 def test_telemetry_partition_is_stable_per_device():
     assert partition_of("eh-01", 4) == partition_of("eh-01", 4)
     assert {partition_of(f"dev-{uuid.uuid4()}", 4) for _ in range(64)} == {0, 1, 2, 3}
+
+
+def test_development_emulator_connection_string_reaches_plain_amqp(local_cloud):
+    """`UseDevelopmentEmulator=true` (the Event Hubs emulator's convention): plain AMQP on 5672, no CA."""
+    emulator = ";UseDevelopmentEmulator=true"
+    connection_string = local_cloud.info.eventhub_compatible_connection_string + emulator
+    with EventHubConsumerClient.from_connection_string(connection_string, "$Default") as client:
+        assert client.get_eventhub_properties()["partition_ids"] == ["0", "1", "2", "3"]

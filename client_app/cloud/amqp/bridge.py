@@ -83,12 +83,12 @@ class AmqpConnection:
             while (event := self.collector.peek()) is not None:
                 event.dispatch(self.thread.endpoint)
                 self.collector.pop()
-            pending = self.transport.pending()
-            if pending > 0:
+            # The engine hands out its output in pieces: take all of it, or the rest waits for the next event.
+            while (pending := self.transport.pending()) > 0:
                 data = self.transport.peek(pending)
                 self.transport.pop(pending)
                 self.writer.write(self._padder.feed(data))
-            elif pending < 0:
+            if pending < 0:
                 self.writer.close()
         finally:
             self._processing = False
@@ -158,9 +158,10 @@ class AmqpThread:
                 server.close()
             for connection in list(self.connections):
                 connection.writer.close()
-            for task in asyncio.all_tasks(self.loop):
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks(self.loop) if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,6 +175,12 @@ class TelemetryReader:
         }
 
 
+_DEVICE_ID, _AUTH_METHOD, _ENQUEUED, _SOURCE, _SEQUENCE, _OFFSET, _ENQUEUED_TIME = map(symbol, (
+    "iothub-connection-device-id", "iothub-connection-auth-method", "iothub-enqueuedtime",
+    "iothub-message-source", "x-opt-sequence-number", "x-opt-offset", "x-opt-enqueued-time",
+))  # fmt: skip
+
+
 def event_message(row: sqlite3.Row) -> Message:
     """One stored device-to-cloud message as the Event Hubs-compatible endpoint delivers it."""
     enqueued = timestamp(ms_from_iso(row["received"]))
@@ -187,17 +192,14 @@ def event_message(row: sqlite3.Row) -> Message:
     if system.get("userId"):
         message.user_id = system["userId"].encode()
     message.annotations = {
-        symbol("iothub-connection-device-id"): row["device_id"],
-        symbol("iothub-connection-auth-method"): AUTH_METHOD,
-        symbol("iothub-enqueuedtime"): enqueued,
-        symbol("iothub-message-source"): MESSAGE_SOURCE,
-        symbol("x-opt-sequence-number"): row["sequence_number"],
-        symbol("x-opt-offset"): str(row["seq"]),
-        symbol("x-opt-enqueued-time"): enqueued,
+        _DEVICE_ID: row["device_id"],
+        _AUTH_METHOD: AUTH_METHOD,
+        _ENQUEUED: enqueued,
+        _SOURCE: MESSAGE_SOURCE,
+        _SEQUENCE: row["sequence_number"],
+        _OFFSET: str(row["seq"]),
+        _ENQUEUED_TIME: enqueued,
     }
-    message.properties = json.loads(row["properties"]) or None
+    custom = row["properties"]
+    message.properties = json.loads(custom) if custom != "{}" else None
     return message
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
