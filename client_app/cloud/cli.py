@@ -19,6 +19,8 @@ import httpx
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
+HUB_CONNECTION_ENV = "IOTHUB_CONNECTION_STRING"
+EVENTHUB_CONNECTION_ENV = "EVENTHUB_CONNECTION_STRING"
 FOLLOW_INTERVAL = 0.5
 
 
@@ -487,14 +489,53 @@ def _properties(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--content-type", default=None, help="e.g. application/json")
 @click.option("--message-id", default=None)
 @click.option("--ttl", type=float, default=None, help="Seconds until the message expires (default 3600).")
+@click.option("--ack", type=click.Choice(["none", "positive", "negative", "full"]), default=None,
+              help="Delivery feedback to ask for (IoT Hub's iothub-ack).")  # fmt: skip
+@click.option("--hub-connection-string", envvar=HUB_CONNECTION_ENV, default=None,
+              help=f"Send over AMQP to this IoT hub (env {HUB_CONNECTION_ENV}).")  # fmt: skip
 @_options
 def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], content_type: str | None,
-         message_id: str | None, ttl: float | None) -> None:  # fmt: skip
-    """Queue a cloud-to-device message with body TEXT for DEVICE_ID."""
-    body = {"body": text, "properties": _properties(props), "contentType": content_type,
-            "messageId": message_id, "ttlSeconds": ttl}  # fmt: skip
-    result = ctx.call("POST", f"/devices/{_segment(device_id)}/messages/deviceBound", json=body)
-    ctx.output(result, lambda r: [f"queued message {r['messageId']} for {device_id}"])
+         message_id: str | None, ttl: float | None, ack: str | None, hub_connection_string: str | None
+         ) -> None:  # fmt: skip
+    """Send a cloud-to-device message with body TEXT to DEVICE_ID over AMQP, as a backend does."""
+    from client_app.cloud.amqp.operator import C2dMessage, OperatorError, send_c2d  # proton: only here
+
+    connection_string, ca_file = _amqp_target(ctx, hub_connection_string, "hub")
+    if connection_string is None:  # a local cloud without its AMQP endpoint (serve --no-amqp)
+        body = {"body": text, "properties": _properties(props), "contentType": content_type,
+                "messageId": message_id, "ttlSeconds": ttl}  # fmt: skip
+        result = ctx.call("POST", f"/devices/{_segment(device_id)}/messages/deviceBound", json=body)
+        ctx.output(result, lambda r: [f"queued message {r['messageId']} for {device_id}"])
+        return
+    message = C2dMessage(
+        device_id, text.encode(), _properties(props), message_id, None, content_type, ttl, ack
+    )
+    try:
+        sent = send_c2d(connection_string, message, ca_file=ca_file)
+    except OperatorError as exc:
+        raise CliError(str(exc)) from exc
+    ctx.output(
+        {"messageId": sent, "deviceId": device_id}, lambda r: [f"queued message {sent} for {device_id}"]
+    )
+
+
+def _amqp_target(ctx: Context, explicit: str | None, kind: str) -> tuple[str | None, str | None]:
+    """(connection string, CA file) for the AMQP commands: the one given (Azure: the system's CAs, or
+    SSL_CERT_FILE), else the local cloud's own: the Event Hubs-compatible connection string, or the hub one
+    made of its `service` policy key and the AMQP address; None when that cloud runs without AMQP."""
+    if explicit:
+        return explicit, None
+    info = ctx.info()
+    eventhub = info.eventhub_compatible_connection_string
+    if not eventhub or not info.amqp_host:
+        return None, None
+    if kind == "eventhub":
+        return eventhub, info.server_ca_pem
+    from client_app.cloud.sas import parse_connection_string
+
+    fields = parse_connection_string(eventhub)
+    policy, key = fields["SharedAccessKeyName"], fields["SharedAccessKey"]
+    return f"HostName={info.amqp_host};SharedAccessKeyName={policy};SharedAccessKey={key}", info.server_ca_pem
 
 
 @cli.command()
@@ -543,18 +584,34 @@ def _telemetry_line(message: dict[str, Any]) -> str:
 @click.option(
     "--last", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many to show first."
 )
+@click.option(
+    "--eventhub-connection-string",
+    envvar=EVENTHUB_CONNECTION_ENV,
+    default=None,
+    help=f"Follow this Event Hubs-compatible endpoint (env {EVENTHUB_CONNECTION_ENV}).",
+)
 @_options
-def telemetry(ctx: Context, device_id: str | None, follow: bool, last: int) -> None:
-    """Stored device-to-cloud messages (all devices, or DEVICE_ID)."""
-    params: dict[str, Any] = {"tail": last}
-    if device_id:
-        params["deviceId"] = device_id
-    result = ctx.call("GET", "/telemetry", params=params)
-    _print_messages(ctx, result["value"])
-    after = result["last"]
+def telemetry(ctx: Context, device_id: str | None, follow: bool, last: int,
+              eventhub_connection_string: str | None) -> None:  # fmt: skip
+    """Device-to-cloud messages (all devices, or DEVICE_ID): the stored ones, then with --follow new ones as
+    they arrive on the Event Hubs-compatible endpoint (AMQP), as a backend reads them."""
+    after = 0
+    if not eventhub_connection_string:  # the local cloud's stored messages first
+        params: dict[str, Any] = {"tail": last}
+        if device_id:
+            params["deviceId"] = device_id
+        result = ctx.call("GET", "/telemetry", params=params)
+        _print_messages(ctx, result["value"])
+        after = result["last"]
+    elif not follow:
+        raise CliError("--eventhub-connection-string reads new messages only: add --follow")
     try:  # Ctrl-C ends a follow quietly, wherever it lands
         if follow:
             click.echo("following new messages; Ctrl-C stops", err=True)
+            connection_string, ca_file = _amqp_target(ctx, eventhub_connection_string, "eventhub")
+            if connection_string is not None:
+                _follow_amqp(ctx, connection_string, ca_file, device_id)
+                return
         while follow:
             time.sleep(FOLLOW_INTERVAL)
             params = {"after": after, "limit": 1000, **({"deviceId": device_id} if device_id else {})}
@@ -563,6 +620,19 @@ def telemetry(ctx: Context, device_id: str | None, follow: bool, last: int) -> N
             after = result["last"]
     except KeyboardInterrupt:
         pass
+
+
+def _follow_amqp(ctx: Context, connection_string: str, ca_file: str | None, device_id: str | None) -> None:
+    from client_app.cloud.amqp.operator import OperatorError, follow_telemetry  # azure-eventhub: only here
+
+    def on_event(message: dict[str, Any]) -> None:
+        if device_id is None or message["deviceId"] == device_id:
+            _print_messages(ctx, [message])
+
+    try:
+        follow_telemetry(connection_string, on_event, ca_file=ca_file)
+    except OperatorError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _print_messages(ctx: Context, messages: list[dict[str, Any]]) -> None:

@@ -1,0 +1,86 @@
+"""The operator CLI's `send` and `telemetry --follow` over AMQP: the local cloud's own endpoint by default, or
+any hub by connection string (Azure's cannot be reached here, so the same code runs against the local cloud,
+as README says)."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+
+from azure.iot.device import Message
+from click.testing import CliRunner
+
+from client_app.cloud.cli import cli
+from tests.cloud.amqp_helpers import connected_device, hub_connection_string
+from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
+
+pytestmark = PAHO_SOCKET_LEAKS
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_send_by_connection_string_with_ack_and_feedback_record(
+    local_cloud, cloud_api, enrolled_ca, tmp_path
+):
+    env = {"IOTHUB_CONNECTION_STRING": hub_connection_string(local_cloud),
+           "SSL_CERT_FILE": local_cloud.info.server_ca_pem}  # fmt: skip
+    with connected_device(local_cloud, enrolled_ca.issuing, "cli-amqp-01", tmp_path) as device:
+        code, out, err = _cli("send", "cli-amqp-01", "over amqp", "-p", "k=v", "--ack", "full",
+                              "--message-id", "cli-mid", env=env)  # fmt: skip
+        assert code == 0, err
+        assert out.strip() == "queued message cli-mid for cli-amqp-01"
+        message = wait_for(lambda: device.received and device.received[0], what="C2D from the CLI")
+    assert (message.data, message.message_id, message.ack) == (b"over amqp", "cli-mid", "full")
+    assert message.custom_properties == {"k": "v"}
+
+
+def test_send_refusals_are_one_line(local_cloud):
+    data = str(local_cloud.data_dir)
+    code, _, err = _cli("--data", data, "send", "nobody", "x")
+    assert code == 1 and "amqp:not-found" in err and "nobody" in err
+    assert len(err.strip().splitlines()) == 1
+    bad = hub_connection_string(local_cloud, key="QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=")
+    code, _, err = _cli("send", "nobody", "x", "--hub-connection-string", bad,
+                        env={"SSL_CERT_FILE": local_cloud.info.server_ca_pem})  # fmt: skip
+    assert code == 1 and "signature is not valid" in err
+
+
+def test_telemetry_follow_reads_the_event_hubs_endpoint(local_cloud, enrolled_ca, tmp_path):
+    env = {**os.environ, "CLIENT_APP_CLOUD_DATA": str(local_cloud.data_dir)}
+    command = [sys.executable, "-m", "client_app.cloud.cli", "--json", "telemetry", "--follow"]
+    follow = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follow.stderr is not None and "following" in follow.stderr.readline()
+        with connected_device(local_cloud, enrolled_ca.issuing, "cli-amqp-02", tmp_path) as device:
+            lines: list[str] = []
+            assert follow.stdout is not None
+            for attempt in range(20):  # the follower attaches its receivers a moment after it starts
+                message = Message(f"live {attempt}", content_type="text/plain")
+                message.custom_properties = {"n": str(attempt)}
+                device.send_message(message)
+                line = _readline(follow, 1.0)
+                if line:
+                    lines.append(line)
+                    break
+        event = json.loads(lines[0])
+        assert event["deviceId"] == "cli-amqp-02" and event["body"].startswith("live ")
+        assert event["systemProperties"]["contentType"] == "text/plain"
+        assert event["properties"]["n"] == event["body"].split()[1]
+    finally:
+        follow.terminate()
+        follow.communicate(timeout=15)
+
+
+def _readline(process: subprocess.Popen[str], timeout: float) -> str | None:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if selector.select(timeout):
+            return process.stdout.readline()
+    return None
