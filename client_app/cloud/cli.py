@@ -571,6 +571,32 @@ def twin(ctx: Context, device_id: str, set_desired: str | None) -> None:
     ctx.output(result, lambda r: json.dumps(r["properties"], indent=2).splitlines())
 
 
+@cli.group("consumer-groups")
+def consumer_groups() -> None:
+    """Consumer groups of the Event Hubs-compatible endpoint ($Default and yours)."""
+
+
+@consumer_groups.command("list")
+@_options
+def consumer_groups_list(ctx: Context) -> None:
+    _list(ctx, "/consumerGroups", lambda g: [g["name"]])
+
+
+@consumer_groups.command("add")
+@click.argument("name")
+@_options
+def consumer_groups_add(ctx: Context, name: str) -> None:
+    result = ctx.call("PUT", f"/consumerGroups/{_segment(name)}")
+    ctx.output(result, lambda r: [f"consumer group {r['name']}"])
+
+
+@consumer_groups.command("delete")
+@click.argument("name")
+@_options
+def consumer_groups_delete(ctx: Context, name: str) -> None:
+    _delete(ctx, f"/consumerGroups/{_segment(name)}", "consumer group", name)
+
+
 def _telemetry_line(message: dict[str, Any]) -> str:
     body = message.get("body", message.get("bodyBase64", ""))
     extras = {**message["systemProperties"], **message["properties"]}

@@ -37,6 +37,8 @@ DEFAULT_C2D_TTL = 3600.0
 MAX_METHOD_PAYLOAD = 128 * 1024
 FEEDBACK_ACKS = (None, "none", "positive", "negative", "full")
 DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
+_CONSUMER_GROUP = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$")
+DEFAULT_CONSUMER_GROUP = "$Default"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
 SYSTEM_KEYS = {
@@ -333,6 +335,27 @@ class Hub:
                 f"SELECT * FROM telemetry {where} ORDER BY seq LIMIT ?", [*params, after, limit]
             )
         return [_telemetry_json(r) for r in rows]
+
+    # ---- Event Hubs-compatible consumer groups ---------------------------------------------------
+    def consumer_groups(self) -> list[dict[str, Any]]:
+        rows = self._store.all("SELECT name, created FROM consumer_groups ORDER BY name")
+        return [{"name": DEFAULT_CONSUMER_GROUP, "created": None}] + [
+            {"name": r["name"], "created": r["created"]} for r in rows
+        ]
+
+    def add_consumer_group(self, name: str) -> dict[str, Any]:
+        """Idempotent, as ARM's PUT of `eventHubEndpoints/events/ConsumerGroups/{name}` (Event Hubs' naming
+        rules: 1-50 letters, digits, '.', '-', '_', starting and ending with a letter or digit)."""
+        if not _CONSUMER_GROUP.match(name) or name.lower() == DEFAULT_CONSUMER_GROUP.lower():
+            raise bad_request(f"invalid consumer group name {name!r}")
+        self._store.execute("INSERT OR IGNORE INTO consumer_groups VALUES (?, ?)", (name, utc_now()))
+        return next(g for g in self.consumer_groups() if g["name"].lower() == name.lower())
+
+    def delete_consumer_group(self, name: str) -> None:
+        if name.lower() == DEFAULT_CONSUMER_GROUP.lower():
+            raise bad_request("the $Default consumer group cannot be deleted")
+        if not self._store.execute("DELETE FROM consumer_groups WHERE name=?", (name,)).rowcount:
+            raise not_found("consumer group", name)
 
     # ---- cloud-to-device -------------------------------------------------------------------------
     def _queue_depth(self, device_id: str) -> int:

@@ -14,7 +14,8 @@ from azure.iot.device import Message
 from click.testing import CliRunner
 
 from client_app.cloud.cli import cli
-from tests.cloud.amqp_helpers import connected_device, hub_connection_string
+from client_app.cloud.store import partition_of
+from tests.cloud.amqp_helpers import EventCollector, connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
 
 pytestmark = PAHO_SOCKET_LEAKS
@@ -84,3 +85,22 @@ def _readline(process: subprocess.Popen[str], timeout: float) -> str | None:
         if selector.select(timeout):
             return process.stdout.readline()
     return None
+
+
+def test_consumer_groups_added_by_the_operator_are_readable(local_cloud, enrolled_ca, tmp_path):
+    data = str(local_cloud.data_dir)
+    assert (
+        _cli("--data", data, "consumer-groups", "add", "analytics")[1].strip() == "consumer group analytics"
+    )
+    assert _cli("--data", data, "consumer-groups", "list")[1].split() == ["$Default", "analytics"]
+    code, _, err = _cli("--data", data, "consumer-groups", "add", "bad!name")
+    assert code == 1 and "invalid consumer group name" in err
+    assert _cli("--data", data, "consumer-groups", "delete", "$Default")[0] == 1
+    with connected_device(local_cloud, enrolled_ca.issuing, "cli-amqp-03", tmp_path) as device:
+        device.send_message("for analytics")
+    partition = str(partition_of("cli-amqp-03", 4))
+    with EventCollector(local_cloud, partition, "-1", consumer_group="analytics") as collector:
+        wait_for(lambda: collector.events, what="an event for the added consumer group")
+    assert collector.events[0].body_as_str() == "for analytics"
+    assert _cli("--data", data, "consumer-groups", "delete", "analytics")[0] == 0
+    assert _cli("--data", data, "consumer-groups", "list")[1].split() == ["$Default"]

@@ -21,6 +21,8 @@ from typing import Any
 
 from proton import Message, symbol, timestamp
 
+from client_app.cloud.hub import DEFAULT_CONSUMER_GROUP
+
 SELECTOR_FILTER = symbol("apache.org:selector-filter:string")
 _SELECTOR = re.compile(
     r"^\s*amqp\.annotation\.x-opt-(offset|sequence-number|enqueued-time)\s*(>=|>)\s*'([^']*)'\s*$"
@@ -28,7 +30,6 @@ _SELECTOR = re.compile(
 _PARTITION_PATH = re.compile(
     r"^(?P<entity>[^/]+)/ConsumerGroups/(?P<group>[^/]+)/Partitions/(?P<partition>\d+)$", re.IGNORECASE
 )
-DEFAULT_CONSUMER_GROUP = "$Default"
 MESSAGE_SOURCE = "Telemetry"
 AUTH_METHOD = '{"scope":"device","type":"x509Certificate","issuer":"iothub","acceptingIpFilterRule":null}'
 _PROPERTY_FIELDS = {
