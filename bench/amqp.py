@@ -36,8 +36,7 @@ import cloud_load as load
 
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.sas import parse_connection_string
-from client_app.pki import CertificateAuthority
-from tests.fixtures.cloud import api_client, enroll_root, issue_device_files
+from tests.fixtures.cloud import api_client
 
 # ---- the Event Hubs consumer, in a process of its own (so it competes with the server, not with us) ------
 
@@ -238,16 +237,7 @@ def main() -> None:
         cloud = load.CloudProcess(root_dir / "cloud", None)
         try:
             with api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
-                root = CertificateAuthority.root("amqp load Root")
-                issuing = root.intermediate("amqp load Issuing CA", path_length=0)
-                enroll_root(api, root, "load-root", "load-group")
-                devices = []
-                for index in range(args.devices):
-                    files = issue_device_files(issuing, f"amqp-{index:05d}", root_dir / "devices")
-                    context = load.client_context(
-                        cloud.info.server_ca_pem, files.cert_file, files.key_file, files.pass_phrase
-                    )
-                    devices.append(load.Device(files.registration_id, context))
+                devices = load.enrolled_devices(cloud, api, args.devices, "amqp", root_dir / "devices")
                 amqp_host = cloud.info.amqp_host
                 print(f"setup: {args.devices} devices; cloud pid {cloud.popen.pid}, AMQP on {amqp_host}")
                 out = asyncio.run(run(args, cloud, api, devices))

@@ -605,6 +605,21 @@ def report(r: Results, args: argparse.Namespace) -> bool:
 # ---- main -------------------------------------------------------------------------------------------------
 
 
+def enrolled_devices(
+    cloud: CloudProcess, api: CloudApi, count: int, prefix: str, directory: Path
+) -> list[Device]:
+    """A root + issuing CA enrolled on the cloud, and `count` device identities (TLS contexts) from it."""
+    root = CertificateAuthority.root(f"{prefix} Root")
+    issuing = root.intermediate(f"{prefix} Issuing CA", path_length=0)
+    enroll_root(api, root, "load-root", "load-group")
+    devices = []
+    for index in range(count):
+        files = issue_device_files(issuing, f"{prefix}-{index:05d}", directory)
+        context = client_context(cloud.info.server_ca_pem, files.cert_file, files.key_file, files.pass_phrase)
+        devices.append(Device(files.registration_id, context))
+    return devices
+
+
 async def run(args: argparse.Namespace, cloud: CloudProcess, api: CloudApi, devices: list[Device]) -> Results:
     info = cloud.info
     results = Results(args.devices)
@@ -661,17 +676,8 @@ def main() -> None:
         cloud = CloudProcess(root_dir / "cloud", args.server_profile)
         try:
             with api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
-                root = CertificateAuthority.root("load Root")
-                issuing = root.intermediate("load Issuing CA", path_length=0)
-                enroll_root(api, root, "load-root", "load-group")
                 started = time.perf_counter()
-                devices = []
-                for index in range(args.devices):
-                    files = issue_device_files(issuing, f"load-{index:05d}", root_dir / "devices")
-                    context = client_context(
-                        cloud.info.server_ca_pem, files.cert_file, files.key_file, files.pass_phrase
-                    )
-                    devices.append(Device(files.registration_id, context))
+                devices = enrolled_devices(cloud, api, args.devices, "load", root_dir / "devices")
                 print(
                     f"setup: {args.devices} device identities in {time.perf_counter() - started:.1f} s;"
                     f" cloud pid {cloud.popen.pid} on {cloud.info.mqtt_host}:{cloud.info.mqtt_port}"
