@@ -519,6 +519,27 @@ def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], conten
     )
 
 
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for a batch.")  # fmt: skip
+@click.option("--hub-connection-string", envvar=HUB_CONNECTION_ENV, default=None,
+              help=f"Read this IoT hub's feedback (env {HUB_CONNECTION_ENV}).")  # fmt: skip
+@_options
+def feedback(ctx: Context, timeout: float, hub_connection_string: str | None) -> None:
+    """The next batch of C2D delivery feedback (messages sent with --ack), completed once printed."""
+    from client_app.cloud.amqp.operator import OperatorError, receive_feedback
+
+    connection_string, ca_file = _amqp_target(ctx, hub_connection_string, "hub")
+    if connection_string is None:
+        raise CliError("this local cloud runs without its AMQP endpoint (--no-amqp): no feedback")
+    try:
+        records = receive_feedback(connection_string, ca_file=ca_file, timeout=timeout)
+    except OperatorError as exc:
+        raise CliError(str(exc)) from exc
+    ctx.output(records, lambda rs: [f"{r['enqueuedTimeUtc']} {r['deviceId']} {r['originalMessageId']}: "
+                                    f"{r['statusCode']}" for r in rs] or ["(none)"])  # fmt: skip
+
+
 def _amqp_target(ctx: Context, explicit: str | None, kind: str) -> tuple[str | None, str | None]:
     """(connection string, CA file) for the AMQP commands: the one given (Azure: the system's CAs, or
     SSL_CERT_FILE), else the local cloud's own: the Event Hubs-compatible connection string, or the hub one

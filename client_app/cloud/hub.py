@@ -359,14 +359,21 @@ class Hub:
 
     # ---- cloud-to-device -------------------------------------------------------------------------
     def _queue_depth(self, device_id: str) -> int:
-        with self._store.transaction() as db:
-            expired = db.execute(
-                "SELECT * FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time())
-            ).fetchall()
-            for row in expired:
-                self._feedback(db, row, "Expired")
-            db.execute("DELETE FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time()))
+        self.expire_c2d(device_id)
         return int(self._store.one("SELECT COUNT(*) FROM c2d WHERE device_id=?", (device_id,))[0])
+
+    def expire_c2d(self, device_id: str | None = None) -> None:
+        """Drop expired C2D messages, of one device or of all (the cloud sweeps every few seconds, so that
+        `Expired` feedback does not wait until someone looks at the device's queue)."""
+        where, params = (
+            ("device_id=? AND expiry<?", (device_id, time.time()))
+            if device_id
+            else ("expiry<?", (time.time(),))
+        )
+        with self._store.transaction() as db:
+            for row in db.execute(f"SELECT * FROM c2d WHERE {where}", params).fetchall():
+                self._feedback(db, row, "Expired")
+            db.execute(f"DELETE FROM c2d WHERE {where}", params)
 
     @staticmethod
     def _loop_call_soon(callback: Callable[[], None]) -> None:

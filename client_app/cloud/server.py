@@ -209,6 +209,7 @@ class LocalCloud:
         self._telemetry.on_commit.append(self._amqp.endpoint.telemetry_committed)
         self.hub.on_feedback.append(self._amqp.endpoint.feedback_added)
         self._amqp.start(self._loop, host, AmqpTls(identity.chain_pem, identity.key_pem, identity.passphrase))
+        self._expiry_task = asyncio.create_task(_sweep_expired_c2d(self.hub), name="c2d-expiry")
 
     def _eventhub_connection_string(self, host: str | None) -> str | None:
         """What Azure's portal shows under "Built-in endpoints" (here with the `service` policy)."""
@@ -265,6 +266,7 @@ class LocalCloud:
         if self._mqtt is not None:
             await self._mqtt.close()
         if self._amqp is not None:
+            self._expiry_task.cancel()
             await asyncio.to_thread(self._amqp.stop)
         if self._api is not None and self._api_task is not None:
             self._api.should_exit = True
@@ -277,6 +279,15 @@ class LocalCloud:
         if self._store is not None:
             self._store.close()
         log.info("local cloud stopped")
+
+
+async def _sweep_expired_c2d(hub: Hub, interval: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            hub.expire_c2d()
+        except Exception:  # a busy or failing store is logged; the next sweep tries again
+            log.exception("C2D expiry sweep failed")
 
 
 def eventhub_entity(hub_name: str) -> str:

@@ -104,3 +104,19 @@ def test_consumer_groups_added_by_the_operator_are_readable(local_cloud, enrolle
     assert collector.events[0].body_as_str() == "for analytics"
     assert _cli("--data", data, "consumer-groups", "delete", "analytics")[0] == 0
     assert _cli("--data", data, "consumer-groups", "list")[1].split() == ["$Default"]
+
+
+def test_expired_message_with_negative_ack_comes_back_as_feedback(local_cloud, enrolled_ca, tmp_path):
+    data = str(local_cloud.data_dir)
+    with connected_device(local_cloud, enrolled_ca.issuing, "cli-amqp-04", tmp_path) as device:
+        device.disconnect()  # offline: the message waits in the queue until it expires
+    code, _, err = _cli("--data", data, "send", "cli-amqp-04", "too late", "--ack", "negative", "--ttl", "1",
+                        "--message-id", "late-1")  # fmt: skip
+    assert code == 0, err
+    code, out, err = _cli("--data", data, "--json", "feedback", "--timeout", "20")
+    assert code == 0, err
+    records = json.loads(out)
+    assert [(r["originalMessageId"], r["statusCode"], r["description"]) for r in records] == [
+        ("late-1", "Expired", "Expired")
+    ]
+    assert _cli("--data", data, "feedback", "--timeout", "1")[1].strip() == "(none)"  # completed: gone

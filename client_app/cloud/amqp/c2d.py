@@ -95,13 +95,13 @@ def c2d_request(message: Message, now: float | None = None) -> C2dRequest:
         "properties": {str(k): _text(v) or "" for k, v in properties.items()},
         "ack": ack,
     }
-    if message.expiry_time:  # absolute, in seconds; Azure caps a C2D TTL at 48 h
-        ttl = message.expiry_time - (time.time() if now is None else now)
+    moment = time.time() if now is None else now
+    expiry = message.expiry_time or (moment + message.ttl if message.ttl else 0)  # absolute, or the header's
+    if expiry:  # in seconds; Azure caps a C2D TTL at 48 h
+        ttl = expiry - moment
         options["ttl_seconds"] = min(max(ttl, 0.001), 2 * 86400)
         options["expiry_utc"] = (
-            datetime.fromtimestamp(message.expiry_time, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")
+            datetime.fromtimestamp(expiry, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         )
     return C2dRequest(unquote(match[1]), _body(message), options)
 

@@ -10,8 +10,10 @@ endpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -110,8 +112,8 @@ def send_c2d(connection_string: str, message: C2dMessage, *, ca_file: str | None
     amqp = Message(body=message.body, inferred=True, id=message_id, correlation_id=message.correlation_id,
                    content_type=message.content_type, properties=properties or None,
                    address=f"/devices/{quote(message.device_id, safe='')}/messages/devicebound")  # fmt: skip
-    if message.ttl_seconds is not None:
-        amqp.ttl = message.ttl_seconds
+    if message.ttl_seconds is not None:  # Azure's SDKs set the absolute expiry time, not the header's ttl
+        amqp.expiry_time = time.time() + message.ttl_seconds
     with _hub_connection(connection_string, ca_file, timeout) as connection:
         link = connection.create_sender("/messages/devicebound").link
         delivery = link.send(amqp)
@@ -127,6 +129,24 @@ def send_c2d(connection_string: str, message: C2dMessage, *, ca_file: str | None
             )
             raise OperatorError(f"the hub refused the message ({reason})")
     return message_id
+
+
+def receive_feedback(connection_string: str, *, ca_file: str | None = None, timeout: float = 30
+                     ) -> list[dict[str, Any]]:  # fmt: skip
+    """The next batch of C2D feedback records (completed, so the hub forgets them); [] after `timeout`."""
+    with _hub_connection(connection_string, ca_file, timeout) as connection:
+        receiver = connection.create_receiver("/messages/serviceBound/feedback")
+        try:
+            batch = receiver.receive(timeout=timeout)
+        except Timeout:
+            return []
+        try:
+            records = json.loads(bytes(batch.body) if not isinstance(batch.body, str) else batch.body)
+        except (TypeError, ValueError) as exc:
+            receiver.reject()
+            raise OperatorError(f"a feedback batch that is not JSON ({exc})") from exc
+        receiver.accept()
+        return list(records)
 
 
 def follow_telemetry(eventhub_connection_string: str, on_event: Callable[[dict[str, Any]], None], *,
