@@ -267,7 +267,7 @@ class LocalCloud:
             await self._mqtt.close()
         if self._amqp is not None:
             self._expiry_task.cancel()
-            await asyncio.to_thread(self._amqp.stop)
+            self._amqp.stop()  # not to_thread: at interpreter exit (the demo) no executor takes new work
         if self._api is not None and self._api_task is not None:
             self._api.should_exit = True
             with contextlib.suppress(Exception):

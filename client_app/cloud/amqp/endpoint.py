@@ -95,6 +95,7 @@ class AmqpEndpoint(Handler):
     def on_connection_init(self, event: Any) -> None:
         event.connection.auth = ConnectionAuth()
         event.connection.reply_links = {}
+        event.connection.early_replies = {}
 
     def on_connection_remote_open(self, event: Any) -> None:
         connection = event.connection
@@ -144,6 +145,9 @@ class AmqpEndpoint(Handler):
         link.open()
         if link.is_receiver:
             link.flow(CREDIT)
+        _, path = split_address(address)
+        for answer in link.connection.early_replies.pop(path, []) if link.is_sender else []:
+            link.send(answer)  # requests that came before this reply link's attach
 
     def _attach(self, link: Link, address: str) -> None:
         _, path = split_address(address)
@@ -224,16 +228,17 @@ class AmqpEndpoint(Handler):
 
     def _reply(self, link: Link, node: str, request: Message, status: int, description: str, body: Any = None
                ) -> None:  # fmt: skip
-        reply_link = link.connection.reply_links.get(node)
-        if reply_link is None or reply_link.state & Endpoint.LOCAL_CLOSED:
-            log.info("AMQP %s request without a reply link; answer dropped", node)
-            return
         answer = Message(
             body=body,
             correlation_id=request.id,
             address=request.reply_to,
             properties={"status-code": int32(status), "status-description": description},
         )
+        reply_link = link.connection.reply_links.get(node)
+        if reply_link is None or reply_link.state & Endpoint.LOCAL_CLOSED:
+            # A client may send its request before its reply link's attach arrives: answer once it does.
+            link.connection.early_replies.setdefault(node, []).append(answer)
+            return
         reply_link.send(answer)
 
     def _put_token(self, link: Link, delivery: Delivery, request: Message) -> None:
