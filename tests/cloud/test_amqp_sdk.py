@@ -4,6 +4,9 @@ azure-eventhub (`connection_verify=`) for the Event Hubs-compatible endpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
 import time
 import uuid
 from datetime import UTC, datetime
@@ -215,3 +218,29 @@ def test_development_emulator_connection_string_reaches_plain_amqp(local_cloud):
     connection_string = local_cloud.info.eventhub_compatible_connection_string + emulator
     with EventHubConsumerClient.from_connection_string(connection_string, "$Default") as client:
         assert client.get_eventhub_properties()["partition_ids"] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["amqp", "amqps"])
+def test_garbage_costs_only_its_own_connection(local_cloud, tls):
+    info = local_cloud.info
+    raw = socket.create_connection((info.amqp_host, 5671 if tls else 5672), timeout=10)
+    if tls:
+        raw = ssl.create_default_context(cafile=info.server_ca_pem).wrap_socket(
+            raw, server_hostname=info.amqp_host
+        )
+    with raw:
+        raw.sendall(b"AMQP\x03\x01\x00\x00" + b"\xff" * 64)  # a SASL header, then no frame at all
+        raw.sendall(b"\x00\x00\x00\x10garbage-garbage!")
+        with contextlib.suppress(OSError):
+            raw.recv(4096)
+    with socket.create_connection((info.amqp_host, 5672), timeout=10) as raw:
+        raw.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        )  # not AMQP: proton answers with its header and closes
+        with contextlib.suppress(OSError):
+            raw.recv(4096)
+    client = EventHubConsumerClient.from_connection_string(
+        info.eventhub_compatible_connection_string, "$Default", connection_verify=info.server_ca_pem
+    )
+    with client:
+        assert client.get_partition_ids() == ["0", "1", "2", "3"]

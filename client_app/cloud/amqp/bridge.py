@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proton import Collector, Connection, Transport
+from proton import Collector, Condition, Connection, Transport
 
 from client_app.cloud.amqp import sasl
 from client_app.cloud.amqp.frames import FramePadder
@@ -81,7 +81,12 @@ class AmqpConnection:
         self._processing = True
         try:
             while (event := self.collector.peek()) is not None:
-                event.dispatch(self.thread.endpoint)
+                try:
+                    event.dispatch(self.thread.endpoint)
+                except Exception:  # a defect costs this client its connection, never the endpoint
+                    log.exception("AMQP event %s failed; closing that connection", event.type)
+                    self.connection.condition = Condition("amqp:internal-error", "internal error")
+                    self.connection.close()
                 self.collector.pop()
             # The engine hands out its output in pieces: take all of it, or the rest waits for the next event.
             while (pending := self.transport.pending()) > 0:

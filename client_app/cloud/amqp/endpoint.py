@@ -17,7 +17,7 @@ import logging
 import sqlite3
 from typing import Any
 
-from proton import Condition, Delivery, Endpoint, Handler, Link, Message, Terminus, int32
+from proton import Condition, Delivery, Endpoint, Handler, Link, Message, ProtonException, Terminus, int32
 
 from client_app.cloud.amqp.auth import ConnectionAuth, TokenChecker, split_address
 from client_app.cloud.amqp.bridge import AmqpThread
@@ -215,16 +215,22 @@ class AmqpEndpoint(Handler):
         if not delivery.readable or delivery.partial:
             return
         message = Message()
-        message.decode(link.recv(delivery.pending))
+        payload = link.recv(delivery.pending)
         link.advance()
-        link.flow(1)
         _, path = split_address(link.target.address or "")
+        if path != CBS_NODE and path != MANAGEMENT_NODE:
+            self._c2d(delivery, payload)  # credit comes back once the hub has taken or refused it
+            return
+        link.flow(1)
+        try:
+            message.decode(payload)
+        except ProtonException as exc:
+            _reject(delivery, C2dRefused("amqp:decode-error", f"the request cannot be decoded ({exc})"))
+            return
         if path == CBS_NODE:
             self._put_token(link, delivery, message)
-        elif path == MANAGEMENT_NODE:
-            self._management(link, delivery, message)
         else:
-            self._c2d(delivery, message)
+            self._management(link, delivery, message)
 
     def _reply(self, link: Link, node: str, request: Message, status: int, description: str, body: Any = None
                ) -> None:  # fmt: skip
@@ -279,9 +285,14 @@ class AmqpEndpoint(Handler):
             return self._reply(link, MANAGEMENT_NODE, request, 400, f"The type {kind!r} is not supported.")
         return self._reply(link, MANAGEMENT_NODE, request, 200, "OK", body)
 
-    def _c2d(self, delivery: Delivery, message: Message) -> None:
+    def _c2d(self, delivery: Delivery, payload: bytes) -> None:
+        message = Message()
         try:
+            message.decode(payload)
             request = c2d_request(message)
+        except ProtonException as exc:
+            _reject(delivery, C2dRefused("amqp:decode-error", f"the message cannot be decoded ({exc})"))
+            return
         except C2dRefused as refused:
             _reject(delivery, refused)
             return
@@ -365,8 +376,13 @@ def _selector(link: Link) -> str | None:
 
 
 def _settle(delivery: Delivery, outcome: int) -> None:
+    """Settle a received delivery; a C2D sender gets its credit back only now (back-pressure)."""
+    link = delivery.link
     delivery.update(outcome)
     delivery.settle()
+    _, path = split_address(link.target.address or "")
+    if path.lower() == C2D_PATH and link.state & Endpoint.LOCAL_ACTIVE:
+        link.flow(1)
 
 
 def _reject(delivery: Delivery, refused: C2dRefused) -> None:
