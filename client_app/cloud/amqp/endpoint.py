@@ -34,7 +34,7 @@ from client_app.cloud.amqp.eventhub import (
     SELECTOR_FILTER,
     FilterError,
     TelemetryReader,
-    event_message,
+    encode_event,
     parse_partition_address,
     parse_selector,
 )
@@ -325,7 +325,9 @@ class AmqpEndpoint(Handler):
             while link.credit > 0 and link.state & Endpoint.LOCAL_ACTIVE:
                 rows = self.reader.read(reader.partition, reader.next_sequence, min(link.credit, READ_BATCH))
                 for row in rows:
-                    link.send(event_message(row))
+                    link.delivery(link.delivery_tag())
+                    link.stream(encode_event(row))
+                    link.advance()
                     reader.next_sequence = row["sequence_number"] + 1
                 if len(rows) < READ_BATCH:
                     break
