@@ -193,6 +193,9 @@ class LocalCloud:
         if not self.settings.amqp:
             return None
         host = self.settings.amqp_host or pick_loopback_host(store.meta("amqp_host"))
+        if host is None:  # the MQTT side runs anyway: AMQP is for backends, devices never need it
+            log.warning("AMQP endpoint off: no loopback address with ports 5671 and 5672 free")
+            return None
         store.set_meta("amqp_host", host)
         return host
 

@@ -45,16 +45,16 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def pick_loopback_host(preferred: str | None, ports: tuple[int, ...] = (AMQPS_PORT, AMQP_PORT)) -> str:
-    """`preferred` if its ports are free, else a random 127.x.y.z whose ports are (never 127.0.0.1, which
-    other programs use)."""
+def pick_loopback_host(preferred: str | None, ports: tuple[int, ...] = (AMQPS_PORT, AMQP_PORT)) -> str | None:
+    """`preferred` if its ports are free, else a random 127.x.y.z with free ports (Linux routes all of
+    127/8 to loopback), else 127.0.0.1 if its ports are free (macOS without aliases); None if none is."""
     if preferred and all(port_free(preferred, p) for p in ports):
         return preferred
-    for _ in range(200):
-        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    for _ in range(50):
+        host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
         if all(port_free(host, p) for p in ports):
             return host
-    raise OSError("no loopback address with free AMQP ports 5671/5672 found")
+    return "127.0.0.1" if all(port_free("127.0.0.1", p) for p in ports) else None
 
 
 class AmqpService:
