@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from azure.iot.device import Message
 
+from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
 from tests.cloud.amqp_helpers import connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
@@ -121,3 +122,27 @@ def test_event_hubs_consumer_reads_from_start_sequence_number_and_latest(local_c
         _send(device, ["d"])
         code, lines = _outcome(latest)
         assert code == 0 and [e["body"] for e in lines[-1]] == ["d"]
+
+
+def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_cloud, enrolled_ca, tmp_path):
+    device_id = "node-eh-02"
+    partition = str(partition_of(device_id, 4))
+    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
+        _send(device, ["one", "two"])
+    env = {"EVENTHUB_CONNECTION_STRING": local_cloud.info.eventhub_compatible_connection_string,
+           "PARTITION": partition}  # fmt: skip
+    code, lines = _outcome(_node("eventhub_read.js", local_cloud, START="earliest", EXPECTED="2", **env))
+    assert code == 0 and [e["body"] for e in lines[-1]] == ["one", "two"]
+    checkpoint = lines[-1][-1]["sequenceNumber"]
+    local_cloud.stop()
+    restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
+    try:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again") as device:
+            _send(device, ["three"])
+        code, lines = _outcome(
+            _node("eventhub_read.js", restarted, START=str(checkpoint), EXPECTED="1", **env)
+        )
+        resumed = [(e["body"], e["sequenceNumber"]) for e in lines[-1]]
+        assert code == 0 and resumed == [("three", checkpoint + 1)]
+    finally:
+        restarted.stop()
