@@ -234,18 +234,12 @@ def main() -> None:
     load.raise_open_file_limit()
     with tempfile.TemporaryDirectory(prefix="cloud-amqp-") as tmp:
         root_dir = Path(tmp)
-        cloud = load.CloudProcess(root_dir / "cloud", None)
-        try:
-            with api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
-                devices = load.enrolled_devices(cloud, api, args.devices, "amqp", root_dir / "devices")
-                amqp_host = cloud.info.amqp_host
-                print(f"setup: {args.devices} devices; cloud pid {cloud.popen.pid}, AMQP on {amqp_host}")
-                out = asyncio.run(run(args, cloud, api, devices))
-        except BaseException:
-            print(f"server log (tail):\n{cloud.log_tail()}", file=sys.stderr)
-            raise
-        finally:
-            cloud.stop()
+        with load.cloud_process(root_dir / "cloud") as cloud, api_client(cloud) as api:  # type: ignore[arg-type]
+            devices = load.enrolled_devices(api, cloud, "amqp", args.devices, root_dir / "devices")
+            print(
+                f"setup: {args.devices} devices; cloud pid {cloud.popen.pid}, AMQP on {cloud.info.amqp_host}"
+            )
+            out = asyncio.run(run(args, cloud, api, devices))
     sys.exit(0 if report(out, args) else 1)
 
 

@@ -153,7 +153,18 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
               help="HTTP CONNECT front port (0 = a free port).")  # fmt: skip
 @click.option("--no-proxy", is_flag=True, help="Do not open the HTTP CONNECT front.")
 @click.option(
-    "--mqtt-listen", metavar="HOST:PORT", default=None, help="Direct TLS listener, e.g. 127.0.0.2:8883."
+    "--mqtt-listen",
+    metavar="HOST:8883",
+    default="127.0.0.1:8883",
+    show_default=True,
+    help="Direct TLS listener (port 8883, the only one devices dial; another copy: 127.0.0.2:8883).",
+)
+@click.option("--no-direct", is_flag=True, help="No direct listener: devices come through the proxy front.")
+@click.option(
+    "--websocket-listen",
+    metavar="HOST:443",
+    default=None,
+    help="Direct MQTT-over-WebSockets listener (port 443; the proxy front serves it on CONNECT …:443).",
 )
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0, show_default=True)
 @click.option("--assignment-delay", type=click.FloatRange(0, 300), default=0.0, show_default=True,
@@ -174,8 +185,9 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
-          mqtt_listen: str | None, api_port: int, assignment_delay: float, telemetry_retention: int,
-          dps_name: str, hub_name: str, amqp_host: str | None, no_amqp: bool, partitions: int,
+          mqtt_listen: str, no_direct: bool, websocket_listen: str | None, api_port: int,
+          assignment_delay: float, telemetry_retention: int, dps_name: str, hub_name: str,
+          amqp_host: str | None, no_amqp: bool, partitions: int,
           verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
@@ -183,9 +195,9 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
         raise CliError(f"no data directory: pass --data DIR or set {DATA_ENV}")
     from client_app.cloud.server import CloudSettings, serve_forever  # heavy (FastAPI, uvicorn): only here
 
-    listen = _host_port(mqtt_listen)
+    listen = None if no_direct else _host_port(mqtt_listen)
     if no_proxy and listen is None:
-        raise CliError("--no-proxy needs --mqtt-listen: devices could not reach the cloud at all")
+        raise CliError("--no-proxy with --no-direct: devices could not reach the cloud at all")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -194,16 +206,18 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
     try:
         settings = CloudSettings(
             data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port,
-            mqtt_listen=listen, api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name,
-            hub_name=hub_name, telemetry_retention=telemetry_retention or None, amqp=not no_amqp,
-            amqp_host=amqp_host, partitions=partitions,
+            mqtt_listen=listen, websocket_listen=_host_port(websocket_listen), api_port=api_port,
+            assignment_delay=assignment_delay, dps_name=dps_name, hub_name=hub_name,
+            telemetry_retention=telemetry_retention or None, amqp=not no_amqp, amqp_host=amqp_host,
+            partitions=partitions,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     try:
         serve_forever(settings)
     except OSError as exc:
-        raise CliError(f"cannot start: {exc}") from exc
+        hint = " (another local cloud? --mqtt-listen 127.0.0.2:8883 or --no-direct)" if listen else ""
+        raise CliError(f"cannot start: {exc}{hint}") from exc
 
 
 # ---- certificates ---------------------------------------------------------------------------------------

@@ -20,11 +20,13 @@ from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.limits import check_initial_twin, check_twin
+from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.cloud.topics import encode_bag, parse_bag, request_id
 from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
+    from client_app.cloud.mqtt.packets import Will
     from client_app.cloud.mqtt.server import MqttConnection
 
 log = logging.getLogger("client_app.cloud.hub")
@@ -228,6 +230,25 @@ class Hub:
             self._drop_session(device_id)
         self._mark_state(device_id)
         log.info("device %s disconnected: %s", device_id, reason)
+        if conn.will is not None and reason not in (CLIENT_DISCONNECT, SERVER_SHUTDOWN):
+            self._spawn(self._will(device_id, conn.will))
+
+    async def _will(self, device_id: str, will: Will) -> None:
+        """A connection lost without DISCONNECT: IoT Hub sends its Will message as telemetry marked
+        `iothub-MessageType: Will`; the Will topic must be the device's events topic
+        (iot-mqtt-connect-to-iot-hub, "Sending device-to-cloud messages")."""
+        bag = _events_bag(device_id, will.topic)
+        if bag is None:
+            log.warning(
+                "device %s: Will message to %r dropped (not its events topic)", device_id, will.topic[:100]
+            )
+            return
+        try:
+            await self._telemetry_in(device_id, bag, will.message, {"iothub-MessageType": "Will"})
+        except DeviceRefused as exc:
+            log.warning("device %s: Will message dropped: %s", device_id, exc)
+            return
+        log.info("device %s: Will message stored as telemetry", device_id)
 
     def _stop_online(self, online: _Online, reason: str) -> None:
         if online.task is not None:
@@ -260,11 +281,8 @@ class Hub:
         allowed = {C2D_FILTER.format(device_id), METHODS_FILTER, TWIN_RES_FILTER, DESIRED_FILTER}
         if topic_filter not in allowed:
             if topic_filter.startswith("devices/") and not topic_filter.startswith(f"devices/{device_id}/"):
-                raise DeviceRefused(f"subscription to another device's topic {topic_filter!r}")
-            log.warning(
-                "device %s: subscription to unsupported topic filter %r refused", device_id, topic_filter
-            )
-            return 0x80
+                raise DeviceRefused(f"subscription to another device's topic {topic_filter[:100]!r}")
+            raise DeviceRefused(f"unsupported topic filter {topic_filter[:100]!r}")
         filters = self._subscriptions.setdefault(device_id, set())
         if topic_filter not in filters:
             filters.add(topic_filter)
@@ -292,12 +310,15 @@ class Hub:
 
     # ---- device publishes ------------------------------------------------------------------------
     async def device_published(
-        self, conn: MqttConnection, device_id: str, topic: str, payload: bytes
+        self, conn: MqttConnection, device_id: str, topic: str, payload: bytes, *, retain: bool = False
     ) -> None:
         self.touch(device_id)
-        events = f"devices/{device_id}/messages/events"
-        if topic == events or topic.startswith(events + "/"):
-            await self._telemetry_in(device_id, topic[len(events) + 1 :], payload)
+        bag = _events_bag(device_id, topic)
+        if bag is not None:
+            # IoT Hub keeps no retained messages: it adds the `mqtt-retain` application property and passes
+            # the message on (iot-mqtt-connect-to-iot-hub, "Sending device-to-cloud messages"; the value
+            # "true" as in Azure/azure-iot-protocol-gateway src/ProtocolGateway.Core/Mqtt/Util.cs).
+            await self._telemetry_in(device_id, bag, payload, {"mqtt-retain": "true"} if retain else {})
         elif topic.startswith("$iothub/twin/GET/"):
             await self._twin_get(conn, device_id, topic)
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
@@ -309,11 +330,13 @@ class Hub:
         else:
             raise DeviceRefused(f"publish to unknown topic {topic!r}")
 
-    async def _telemetry_in(self, device_id: str, bag: str, payload: bytes) -> None:
+    async def _telemetry_in(
+        self, device_id: str, bag: str, payload: bytes, added: dict[str, str | None]
+    ) -> None:
         if len(payload) + len(bag) > MAX_TELEMETRY:
             raise DeviceRefused(f"telemetry of {len(payload) + len(bag)} bytes exceeds 256 KB (413001)")
         system: dict[str, str] = {}
-        custom: dict[str, str | None] = {}
+        custom: dict[str, str | None] = dict(added)
         for key, value in parse_bag(bag).items():
             if key in SYSTEM_KEYS:
                 system[SYSTEM_KEYS[key]] = value or ""
@@ -657,6 +680,14 @@ class Hub:
             task.cancel()
         with contextlib.suppress(Exception):
             self.flush_activity()
+
+
+def _events_bag(device_id: str, topic: str) -> str | None:
+    """The property bag of a telemetry topic `devices/{id}/messages/events[/{bag}]`; None for other topics."""
+    events = f"devices/{device_id}/messages/events"
+    if topic == events or topic.startswith(events + "/"):
+        return topic[len(events) + 1 :]
+    return None
 
 
 def _c2d_topic(device_id: str, bag: str) -> str:

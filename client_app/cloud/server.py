@@ -26,7 +26,8 @@ from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.handler import CloudHandler
 from client_app.cloud.hub import Hub
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
-from client_app.cloud.mqtt.server import MqttConnection, MqttServer
+from client_app.cloud.mqtt.ratelog import RateLimitedLog
+from client_app.cloud.mqtt.server import WEBSOCKET_PORT, MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
 from client_app.cloud.sas import HUB_POLICIES, AccessPolicy
 from client_app.cloud.store import Store, TelemetryWriter, utc_now
@@ -43,6 +44,8 @@ from client_app.pki import (
 log = logging.getLogger("client_app.cloud")
 
 SERVER_CA_FILE = "server-ca.pem"
+MQTT_PORT = 8883  # Azure's SDKs dial 8883 and nothing else: DPS's assignedHub is a host name without a port
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message at fd exhaustion (EMFILE)
 
 
 @dataclass
@@ -51,6 +54,9 @@ class CloudSettings:
     bind_host: str = "127.0.0.1"  # proxy front and API
     proxy_port: int | None = 0  # 0 = a free port, None = no proxy front
     mqtt_listen: tuple[str, int] | None = None  # direct TLS listener, e.g. ("127.0.0.2", 8883)
+    websocket_listen: tuple[str, int] | None = (
+        None  # direct MQTT-over-WebSockets listener, ("127.0.0.2", 443)
+    )
     api_port: int = 0
     assignment_delay: float = 0.0
     dps_name: str = "dps.client-app.localhost"
@@ -61,10 +67,23 @@ class CloudSettings:
     partitions: int = 4  # Event Hubs-compatible partitions; fixed once telemetry is stored
 
     def __post_init__(self) -> None:
-        for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost",
-                     self.amqp_host or "localhost"):  # fmt: skip
+        for host in (self.bind_host, *self.direct_hosts, self.amqp_host or "localhost"):
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
+        # DPS answers assignedHub = the listener's address and devices dial it at 8883 (443 over WebSockets):
+        # another port would send them to the wrong place. Other ports are for the HTTP CONNECT front.
+        for what, listen, port in (("MQTT", self.mqtt_listen, MQTT_PORT),
+                                   ("WebSocket", self.websocket_listen, WEBSOCKET_PORT)):  # fmt: skip
+            if listen and listen[1] != port:
+                raise ValueError(
+                    f"the direct {what} listener must use port {port} (devices dial DPS's assignedHub at "
+                    f"{port}); pick another loopback address instead, e.g. 127.0.0.2:{port}"
+                )
+
+    @property
+    def direct_hosts(self) -> list[str]:
+        """Addresses of the direct listeners: devices dial them and may name them as their hub."""
+        return [listen[0] for listen in (self.mqtt_listen, self.websocket_listen) if listen]
 
 
 class _ApiServer(uvicorn.Server):
@@ -132,6 +151,8 @@ class LocalCloud:
     async def start(self) -> ConnectionInfo:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_exception)
+        self._accept_errors = RateLimitedLog(log)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
         store = self._store = Store(self.data_dir / "cloud.db")
@@ -147,9 +168,7 @@ class LocalCloud:
         )  # new CAs: next handshake
         self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention, partitions=_partitions(store, s))
         self._telemetry.start()
-        hub = self.hub = Hub(
-            store, self._telemetry, {s.hub_name} | ({s.mqtt_listen[0]} if s.mqtt_listen else set())
-        )
+        hub = self.hub = Hub(store, self._telemetry, {s.hub_name, *s.direct_hosts})
         policies = _hub_policies(store)
         self.hub_policies = lambda: policies  # the seam: the service API's policy store replaces this
         if amqp_host is not None:
@@ -161,6 +180,8 @@ class LocalCloud:
         )
         proxy = await self._mqtt.listen_proxy(s.bind_host, s.proxy_port) if s.proxy_port is not None else None
         direct = await self._mqtt.listen_tls(*s.mqtt_listen) if s.mqtt_listen else None
+        if s.websocket_listen:
+            await self._mqtt.listen_tls(*s.websocket_listen, websocket=True)
         token = _api_token(self.data_dir)
         api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
         self.info = ConnectionInfo(
@@ -226,12 +247,24 @@ class LocalCloud:
         """The TLS identity, its SANs covering both service names and every address clients may dial."""
         s = self.settings
         identity = _ServerIdentity(store, self.data_dir)
-        hosts = (s.bind_host, s.mqtt_listen[0] if s.mqtt_listen else None, amqp_host)
+        hosts = (s.bind_host, *s.direct_hosts, amqp_host)
         identity.issue(
             [s.dps_name, s.hub_name, "localhost"],
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
         )
         return identity
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """At fd exhaustion asyncio reports every failed accept() with a traceback (tens of thousands a
+        second under a flood): one line per interval instead. Everything else goes to the default handler."""
+        if context.get("message") == _ACCEPT_FAILED:
+            self._accept_errors.log(
+                logging.ERROR, "accept",
+                "cannot accept connections: %s (out of file descriptors; `ulimit -n` is the limit)",
+                context.get("exception"),
+            )  # fmt: skip
+            return
+        loop.default_exception_handler(context)
 
     def drop_connection(self, client_id: str) -> bool:
         """Close a device's MQTT connection as a network failure would (tests, operator tooling)."""

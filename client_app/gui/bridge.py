@@ -12,11 +12,11 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from client_app.device.runtime import DeviceStatus, FirstRunStep
+from client_app.device.runtime import DeviceStatus, FirstRunStep, StepOutcome
 from client_app.device.store import InboxMessage
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ class RuntimeBridge(QObject):
             self._status_posted = True
         self._statusPosted.emit()
 
-    def step_changed(
-        self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str
-    ) -> None:
+    def step_changed(self, step: FirstRunStep, outcome: StepOutcome, detail: str) -> None:
         # Few and each one matters for the first-run list: never coalesced.
         self._stepPosted.emit(str(FirstRunStep(step).value), str(outcome), detail or "")
 

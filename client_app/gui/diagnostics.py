@@ -24,6 +24,7 @@ from typing import Any
 
 from client_app.device.config import DeviceConfig
 from client_app.device.runtime import DeviceStatus
+from client_app.pki import atomic_write
 
 # DeviceStatus fields that go in (its to_json_dict promises no secret; this is belt and braces).
 STATUS_FIELDS = (
@@ -190,11 +191,11 @@ class Diagnostics:
             "files": sorted(entries),
         }
         entries["manifest.json"] = json.dumps(manifest, indent=2)
-        partial = path.with_name(path.name + ".partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(entries):
                 archive.writestr(name, entries[name])
-        partial.replace(path)
+        atomic_write(path, buffer.getvalue(), 0o600)
         return path
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -27,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from client_app.device.config import CONFIG_FILE_NAME, ConfigError, DeviceConfig, ProxySetting
 from client_app.hosts import is_ip_address
+from client_app.pki import atomic_write
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
@@ -110,10 +110,7 @@ def save_settings(config: DeviceConfig, settings: ConnectionSettings) -> DeviceC
     else:
         existing.pop("proxy", None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(dump_toml(existing))
-    os.chmod(partial, 0o600)  # a proxy URL may carry a password
-    partial.replace(path)
+    atomic_write(path, dump_toml(existing).encode(), 0o600)  # a proxy URL may carry a password
     return dataclasses.replace(
         config,
         provisioning_host=existing["provisioning_host"],

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from client_app.cloud.cli import cli
 from client_app.pki import CertificateAuthority, certificate_to_pem
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, register, wait_for
-from tests.fixtures.cloud import issue_device_files
+from tests.fixtures.cloud import free_loopback, issue_device_files
 
 
 def run(data: Path, *args: str, ok: bool = True) -> tuple[str, str]:
@@ -96,7 +96,16 @@ def test_serve_foreground_process(tmp_path):
     data = tmp_path / "served"
     env = {**os.environ, "CLIENT_APP_CLOUD_DATA": str(data)}
     command = [sys.executable, "-m", "client_app.cloud.cli"]
-    server = subprocess.Popen([*command, "serve", "--data", str(data), "--assignment-delay", "0"],
+    help_text = subprocess.run(
+        [*command, "serve", "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "[default: 127.0.0.1:8883]" in help_text  # a direct listener by default, as other clients need
+    wrong_port = subprocess.run([*command, "serve", "--data", str(data), "--mqtt-listen", "127.0.0.1:9883"],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert wrong_port.returncode != 0 and "must use port 8883" in wrong_port.stderr
+    host = free_loopback()  # not 127.0.0.1:8883: another copy of the suite may be running
+    server = subprocess.Popen([*command, "serve", "--data", str(data), "--assignment-delay", "0",
+                               "--mqtt-listen", f"{host}:8883"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
     try:
         wait_for(
@@ -106,6 +115,7 @@ def test_serve_foreground_process(tmp_path):
         for key in ("id_scope", "provisioning_host", "hub_hostname", "server_ca_pem", "api_url", "api_token",
                     "mqtt_host", "mqtt_port", "proxy_host", "proxy_port"):  # fmt: skip
             assert key in info
+        assert (info["mqtt_host"], info["mqtt_port"]) == (host, 8883) and info["proxy_port"]
         assert Path(info["server_ca_pem"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
         listing = subprocess.run(
             [*command, "devices", "list"], env=env, capture_output=True, text=True, timeout=30

@@ -12,6 +12,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from client_app.device import identity as ids
 from client_app.device import secrets as keystore
+from client_app.device.paths import DataLayout
+from client_app.device.state import Persister, StateCorrupt, StateFiles
 from client_app.pki import CertificateAuthority
 from client_app.pki.keys import pem_begin
 
@@ -59,15 +61,20 @@ def test_sdk_key_file_is_encrypted_and_removed(issuing_ca: CertificateAuthority)
 
 def test_chain_must_match_keyring_key(tmp_path, issuing_ca: CertificateAuthority):
     identity = ids.create_identity(issuing_ca, days=1)
-    (tmp_path / "chain.pem").write_bytes(identity.chain_pem())
-    assert (
-        ids.load_chain(tmp_path / "chain.pem", identity.registration_id, identity.key).leaf == identity.leaf
-    )
+    persister = Persister()
+    files = StateFiles(DataLayout(tmp_path), persister)
+    files.write_chain(identity.chain_pem())
+    chain = files.read_chain()
+    assert ids.match_chain(chain, identity.registration_id, identity.key).leaf == identity.leaf
     other = ids.create_identity(issuing_ca, days=1)
     with pytest.raises(ids.IdentityError, match="does not match"):
-        ids.load_chain(tmp_path / "chain.pem", identity.registration_id, other.key)
-    with pytest.raises(ids.IdentityError, match="missing or unreadable"):
-        ids.load_chain(tmp_path / "nope.pem", identity.registration_id, identity.key)
+        ids.match_chain(chain, identity.registration_id, other.key)
+    with pytest.raises(ids.IdentityError, match="another registration id"):
+        ids.match_chain(chain, other.registration_id, identity.key)
+    persister.close()  # the durable copy is written, too
+    files.chain_file.unlink()
+    with pytest.raises(StateCorrupt, match="missing or unreadable"):
+        files.read_chain()
 
 
 def test_broken_issuer_bundle_is_one_clear_line(tmp_path):
