@@ -240,10 +240,18 @@ class AmqpEndpoint(Handler):
             address=request.reply_to,
             properties={"status-code": int32(status), "status-description": description},
         )
-        reply_link = link.connection.reply_links.get(node)
+        # Answer in a later round, once the request's settlement has gone out: proton may write a transfer
+        # before a disposition, and uamqp drops an answer to a request it has no settlement for yet
+        # ("Did not receive send confirmation for pending operation", azure-uamqp-c amqp_management.c).
+        assert self.thread is not None
+        self.thread.call(self._send_reply, link.connection, node, answer)
+
+    @staticmethod
+    def _send_reply(connection: Any, node: str, answer: Message) -> None:
+        reply_link = connection.reply_links.get(node)
         if reply_link is None or reply_link.state & Endpoint.LOCAL_CLOSED:
             # A client may send its request before its reply link's attach arrives: answer once it does.
-            link.connection.early_replies.setdefault(node, []).append(answer)
+            connection.early_replies.setdefault(node, []).append(answer)
             return
         reply_link.send(answer)
 
