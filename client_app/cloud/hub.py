@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -103,11 +104,12 @@ class Hub:
         self._activity: dict[str, str] = {}
         self._subscriptions: dict[str, set[str]] = self._load_sessions()
         self._method_ids = itertools.count(1)
+        self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_feedback: list[Callable[[], None]] = []  # new C2D feedback records (the AMQP endpoint)
 
     # ---- registry --------------------------------------------------------------------------------
-    def _device_json(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _device_json(self, row: sqlite3.Row, queued: int | None = None) -> dict[str, Any]:
         device_id = row["device_id"]
         online = self._online.get(device_id)
         return {
@@ -122,7 +124,7 @@ class Hub:
             "connectionState": "Connected" if online else "Disconnected",
             "connectionStateUpdatedTime": row["connection_state_updated"],
             "lastActivityTime": self._activity.get(device_id, row["last_activity"]),
-            "cloudToDeviceMessageCount": self._queue_depth(device_id),
+            "cloudToDeviceMessageCount": self._queue_depth(device_id) if queued is None else queued,
             "createdDateTimeUtc": row["created"],
             "lastUpdatedDateTimeUtc": row["updated"],
         }
@@ -184,6 +186,7 @@ class Hub:
             for table in ("devices", "twins", "sessions", "c2d"):
                 db.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
         self._subscriptions.pop(device_id, None)
+        self._twin_cache.pop(device_id, None)
         self._activity.pop(device_id, None)  # a device created again under this id starts without history
 
     # ---- connections -----------------------------------------------------------------------------
@@ -541,25 +544,50 @@ class Hub:
         assert row is not None
         return row
 
-    def _device_twin(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _parsed(self, row: sqlite3.Row) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+        """(tags, desired, reported, etag) of a twin row, parsed once per content: queries read every twin.
+
+        The cached documents are shared: callers copy before they change anything."""
+        device_id, desired, desired_version, reported, reported_version, tags = (
+            row  # the table's column order
+        )
+        key = (tags, desired, reported, desired_version, reported_version)
+        hit = self._twin_cache.get(device_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        parsed = (json.loads(tags), json.loads(desired), json.loads(reported), _twin_etag(row))
+        self._twin_cache[device_id] = (key, parsed)
+        return parsed
+
+    def _device_twin(self, row: sqlite3.Row, parsed: tuple[Any, ...] | None = None) -> dict[str, Any]:
+        _, desired, reported, _ = parsed or self._parsed(row)
         return {
-            "desired": {**json.loads(row["desired"]), "$version": row["desired_version"]},
-            "reported": {**json.loads(row["reported"]), "$version": row["reported_version"]},
+            "desired": {**desired, "$version": row["desired_version"]},
+            "reported": {**reported, "$version": row["reported_version"]},
         }
 
     def twin(self, device_id: str) -> dict[str, Any]:
         """Service view of the twin (shape of the IoT Hub service API)."""
         row = self._twin_row(device_id)
-        device = self.device(device_id)
+        return self._service_twin(self.device(device_id), row)
+
+    def _service_twin(self, device: dict[str, Any], row: sqlite3.Row) -> dict[str, Any]:
+        # Azure's Twin (azure-iot-hub models.Twin): the twin has its own etag, the identity's is deviceEtag.
+        parsed = self._parsed(row)
         return {
-            "deviceId": device_id,
-            "etag": device["etag"],
+            "deviceId": device["deviceId"],
+            "etag": parsed[3],
+            "deviceEtag": device["etag"],
             "version": row["desired_version"] + row["reported_version"],
             "status": device["status"],
             "connectionState": device["connectionState"],
             "lastActivityTime": device["lastActivityTime"],
-            "tags": json.loads(row["tags"]),
-            "properties": self._device_twin(row),
+            "cloudToDeviceMessageCount": device["cloudToDeviceMessageCount"],
+            "authenticationType": device["authentication"]["type"],
+            "x509Thumbprint": device["authentication"]["x509Thumbprint"],
+            "tags": dict(parsed[0]),
+            "properties": self._device_twin(row, parsed),
+            "capabilities": {"iotEdge": False},
         }
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -656,6 +684,106 @@ class Hub:
             result = payload.decode("utf-8", "replace")
         future.set_result((status, result))
 
+    # ---- service API: registry writes, twin updates, query, purge, statistics ---------------------
+    def create_device(self, device_id: str, thumbprint: str, *, enabled: bool = True) -> dict[str, Any]:
+        """A new X.509 (thumbprint) identity; an existing ID is refused (409001 DeviceAlreadyExists)."""
+        if not valid_device_id(device_id):
+            raise bad_request(
+                f"device id {device_id!r}: up to 128 of A-Z a-z 0-9 - . % _ * ? ! ( ) , = @ $ ' :",
+                400004,
+            )
+        if self._store.one("SELECT 1 FROM devices WHERE device_id=?", (device_id,)) is not None:
+            raise CloudError(409, 409001, f"device {device_id!r} already exists")
+        now = utc_now()
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (device_id, thumbprint, int(enabled), uuid.uuid4().hex, secrets.token_hex(8), now, now),
+            )
+            db.execute("INSERT OR IGNORE INTO twins VALUES (?, '{}', 1, '{}', 1, '{}')", (device_id,))
+        log.info("device %s created by the service API", device_id)
+        return self.device(device_id)
+
+    def check_device_etag(self, device_id: str, if_match: str | None) -> None:
+        """412 / 412002 (PreconditionFailed) unless If-Match is absent, `*` or the identity's etag."""
+        _check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
+
+    def all_twins(self, where: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+        """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
+        document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
+        twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
+        self._store.execute("DELETE FROM c2d WHERE expiry<?", (time.time(),))
+        queued = dict(self._store.all("SELECT device_id, COUNT(*) FROM c2d GROUP BY device_id"))
+        result = []
+        for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
+            twin_row = twins.get(row["device_id"])
+            if twin_row is None:
+                continue
+            if where is not None:
+                tags, desired, reported, _ = self._parsed(twin_row)
+                light = {
+                    "deviceId": row["device_id"],
+                    "status": "enabled" if row["enabled"] else "disabled",
+                    "connectionState": "Connected" if row["device_id"] in self._online else "Disconnected",
+                    "tags": tags,
+                    "properties": {"desired": desired, "reported": reported},
+                }
+                if where(light) is not True:
+                    continue
+            device = self._device_json(row, queued.get(row["device_id"], 0))
+            result.append(self._service_twin(device, twin_row))
+        return result
+
+    def update_twin(
+        self,
+        device_id: str,
+        tags: dict[str, Any] | None,
+        desired: dict[str, Any] | None,
+        *,
+        if_match: str | None,
+        replace: bool,
+    ) -> dict[str, Any]:
+        """PATCH (merge) or PUT (replace) tags and desired properties under the twin's etag."""
+        row = self._twin_row(device_id)
+        _check_etag(f"twin {device_id!r}", _twin_etag(row), if_match)
+        current_tags, current_desired = json.loads(row["tags"]), json.loads(row["desired"])
+        patch: dict[str, Any] = {}
+        if desired is not None:  # replace = a patch that also deletes what the new document lacks
+            check_twin("desired", desired)
+            patch = (
+                {**{k: None for k in current_desired if k not in desired}, **desired} if replace else desired
+            )
+            check_twin("desired", merge_patch(current_desired, patch))
+        if tags is not None:
+            check_twin("tags", tags)
+            new_tags = tags if replace else merge_patch(current_tags, tags)
+            check_twin("tags", new_tags)
+            self._store.execute("UPDATE twins SET tags=? WHERE device_id=?", (dumps(new_tags), device_id))
+        if patch:
+            self.patch_desired(device_id, patch)
+        return self.twin(device_id)
+
+    def purge_c2d(self, device_id: str) -> dict[str, Any]:
+        self._row(device_id)
+        purged = self._store.execute("DELETE FROM c2d WHERE device_id=?", (device_id,)).rowcount
+        log.info("C2D queue of %s purged (%d messages)", device_id, purged)
+        return {"deviceId": device_id, "totalMessagesPurged": purged}
+
+    def connected_count(self) -> int:
+        return len(self._online)
+
+    def listening_for_methods(self, device_id: str) -> bool:
+        return device_id in self._online and self._subscribed(device_id, METHODS_FILTER)
+
+    def statistics(self) -> dict[str, int]:
+        row = self._store.one("SELECT COUNT(*), COALESCE(SUM(enabled), 0) FROM devices")
+        total, enabled = (int(row[0]), int(row[1])) if row else (0, 0)
+        return {
+            "totalDeviceCount": total,
+            "enabledDeviceCount": enabled,
+            "disabledDeviceCount": total - enabled,
+        }
+
     # ---- helpers ---------------------------------------------------------------------------------
     @staticmethod
     async def _respond(conn: MqttConnection, topic: str, body: bytes) -> None:
@@ -680,6 +808,17 @@ class Hub:
             task.cancel()
         with contextlib.suppress(Exception):
             self.flush_activity()
+
+
+def _twin_etag(row: sqlite3.Row) -> str:
+    """Changes with every tags, desired or reported change (derived from the content, no column)."""
+    digest = hashlib.sha256(f"{row['tags']}|{row['desired_version']}|{row['reported_version']}".encode())
+    return base64.b64encode(digest.digest()[:9]).decode()
+
+
+def _check_etag(what: str, etag: str, if_match: str | None) -> None:
+    if if_match is not None and if_match.strip('"') not in ("*", etag):
+        raise CloudError(412, 412002, f"{what}: the If-Match etag {if_match!r} is not the current one")
 
 
 def _events_bag(device_id: str, topic: str) -> str | None:

@@ -11,25 +11,26 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from client_app.cloud.amqp.service import AMQPS_PORT, AmqpService, AmqpTls, pick_loopback_host
-from client_app.cloud.api import create_app
+from client_app.cloud.api import BodyLimit, create_app
+from client_app.cloud.arm_api import add_arm_routes
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.dps import Dps
 from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.handler import CloudHandler
+from client_app.cloud.http_server import HttpServer, listening_socket
 from client_app.cloud.hub import Hub
-from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
+from client_app.cloud.info import CONNECTION_FILE, SECRET_FIELDS, ConnectionInfo
 from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import WEBSOCKET_PORT, MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
-from client_app.cloud.sas import HUB_POLICIES, AccessPolicy
+from client_app.cloud.policies import load_policies
+from client_app.cloud.sas import DPS_POLICIES, HUB_POLICIES, AccessPolicy, connection_string
+from client_app.cloud.service_api import ServiceAuth, create_service_app, error_response
 from client_app.cloud.store import Store, TelemetryWriter, utc_now
 from client_app.hosts import is_ip_address
 from client_app.pki import (
@@ -62,12 +63,17 @@ class CloudSettings:
     dps_name: str = "dps.client-app.localhost"
     hub_name: str = "hub.client-app.localhost"
     telemetry_retention: int | None = 1_000_000  # newest messages kept; None keeps everything
+    # HTTPS service API (IoT Hub + DPS REST, SAS). None: a free 127.x address on 443, where Azure's SDKs dial
+    # (Node keeps no port from a host name); without the privilege for 443, 127.0.0.1 and a free port.
+    service_listen: tuple[str, int] | None = None
     amqp: bool = True  # the AMQP service endpoint (C2D, feedback, Event Hubs-compatible telemetry)
-    amqp_host: str | None = None  # its loopback address (ports 5671/5672); None = one chosen once and kept
+    # its loopback address (ports 5671/5672); None = the service API's when free there, kept across restarts
+    amqp_host: str | None = None
     partitions: int = 4  # Event Hubs-compatible partitions; fixed once telemetry is stored
 
     def __post_init__(self) -> None:
-        for host in (self.bind_host, *self.direct_hosts, self.amqp_host or "localhost"):
+        service = [self.service_listen[0]] if self.service_listen else []
+        for host in (self.bind_host, *self.direct_hosts, *service, self.amqp_host or "localhost"):
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
         # DPS answers assignedHub = the listener's address and devices dial it at 8883 (443 over WebSockets):
@@ -84,12 +90,6 @@ class CloudSettings:
     def direct_hosts(self) -> list[str]:
         """Addresses of the direct listeners: devices dial them and may name them as their hub."""
         return [listen[0] for listen in (self.mqtt_listen, self.websocket_listen) if listen]
-
-
-class _ApiServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the cloud owns SIGINT/SIGTERM; uvicorn would re-raise them after shutting down
 
 
 class _ServerIdentity:
@@ -140,13 +140,15 @@ class LocalCloud:
         self.data_dir = Path(settings.data_dir).resolve()
         self.info: ConnectionInfo | None = None
         self._mqtt: MqttServer | None = None
-        self._api: _ApiServer | None = None
-        self._api_task: asyncio.Task[None] | None = None
+        self._api: HttpServer | None = None
+        self._service: HttpServer | None = None
+        self._service_sock: socket.socket | None = None
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
         self._amqp: AmqpService | None = None
         self.hub: Hub | None = None
-        self.hub_policies: Callable[[], Mapping[str, AccessPolicy]] = dict  # set in start()
+        self.hub_policies: dict[str, AccessPolicy] = {}
+        self.dps_policies: dict[str, AccessPolicy] = {}
 
     async def start(self) -> ConnectionInfo:
         s = self.settings
@@ -157,8 +159,12 @@ class LocalCloud:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
         store = self._store = Store(self.data_dir / "cloud.db")
         id_scope = store.meta("id_scope") or _new_id_scope(store)
-        amqp_host = self._amqp_host(store)
-        identity = self._server_identity(store, amqp_host)
+        # The service API's address is chosen before the server certificate is issued, which names it.
+        # Before the certificate: its IPs. The AMQP endpoint shares the service API's address where it can, so
+        # one connection string serves REST and AMQP; that address is kept for the next start.
+        service_sock = self._service_sock = _service_socket(s.service_listen, store.meta("amqp_host"))
+        amqp_host = self._amqp_host(store, service_sock.getsockname()[0])
+        identity = self._server_identity(store, service_sock.getsockname()[0], amqp_host)
         certificates = CertificateStore(store)
         context = server_context(
             identity.chain_pem, identity.key_pem, _all_pem(certificates), identity.passphrase
@@ -169,10 +175,6 @@ class LocalCloud:
         self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention, partitions=_partitions(store, s))
         self._telemetry.start()
         hub = self.hub = Hub(store, self._telemetry, {s.hub_name, *s.direct_hosts})
-        policies = _hub_policies(store)
-        self.hub_policies = lambda: policies  # the seam: the service API's policy store replaces this
-        if amqp_host is not None:
-            self._start_amqp(store, identity, amqp_host)
         enrollments = Enrollments(store, certificates)
         dps = Dps(id_scope, enrollments, hub, s.assignment_delay, self._hub_host_for)
         self._mqtt = MqttServer(
@@ -184,6 +186,9 @@ class LocalCloud:
             await self._mqtt.listen_tls(*s.websocket_listen, websocket=True)
         token = _api_token(self.data_dir)
         api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
+        service_host = await self._start_service(store, identity, certificates, enrollments, token)
+        if amqp_host is not None:
+            self._start_amqp(store, identity, amqp_host)
         self.info = ConnectionInfo(
             id_scope=id_scope,
             # Through the proxy devices dial names; over the direct listener they dial its address.
@@ -197,6 +202,11 @@ class LocalCloud:
             api_url=api_url,
             api_token=token,
             data_dir=str(self.data_dir),
+            service_host=service_host,
+            iothub_connection_string=connection_string(service_host, self.hub_policies["iothubowner"]),
+            dps_connection_string=connection_string(
+                service_host, self.dps_policies["provisioningserviceowner"]
+            ),
             amqp_host=amqp_host,
             amqp_port=AMQPS_PORT if amqp_host else None,
             eventhub_compatible_connection_string=self._eventhub_connection_string(amqp_host),
@@ -204,16 +214,34 @@ class LocalCloud:
         atomic_write(
             self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
         )
-        public = {k: v for k, v in self.info.to_json().items() if k != "api_token"}
+        public = {k: v for k, v in self.info.to_json().items() if k not in SECRET_FIELDS}
         log.info("local cloud ready: %s", json.dumps(public))
         return self.info
 
-    def _amqp_host(self, store: Store) -> str | None:
-        """The AMQP endpoint's loopback address: configured, else the one used last time while its ports are
-        free (connection strings stay valid across restarts), else a new one."""
+    async def _start_service(self, store: Store, identity: _ServerIdentity, certificates: CertificateStore,
+                             enrollments: Enrollments, token: str) -> str:  # fmt: skip
+        """Azure's service API (IoT Hub and DPS REST, ARM certificates) over HTTPS; returns its HostName."""
+        assert self.hub is not None and self._service_sock is not None
+        host = _host_name(*self._service_sock.getsockname()[:2])
+        self.hub_policies = load_policies(store, "hub", HUB_POLICIES)
+        self.dps_policies = load_policies(store, "dps", DPS_POLICIES)
+        app = create_service_app(
+            self.hub, enrollments, ServiceAuth(host, self.hub_policies, self.dps_policies)
+        )
+        add_arm_routes(app, certificates, token)
+        app.add_middleware(BodyLimit, render=error_response)
+        tls = (str(identity.chain_pem), str(identity.key_pem), identity.passphrase.decode())
+        self._service = HttpServer(app, self._service_sock, tls)
+        await self._service.start()
+        return host
+
+    def _amqp_host(self, store: Store, service_ip: str) -> str | None:
+        """The AMQP endpoint's loopback address: configured, else the service API's (one connection string
+        for both) while 5671/5672 are free there, else the one used last time, else a new one."""
         if not self.settings.amqp:
             return None
-        host = self.settings.amqp_host or pick_loopback_host(store.meta("amqp_host"))
+        shared = service_ip if service_ip != "127.0.0.1" else store.meta("amqp_host")
+        host = self.settings.amqp_host or pick_loopback_host(shared)
         if host is None:  # the MQTT side runs anyway: AMQP is for backends, devices never need it
             log.warning("AMQP endpoint off: no loopback address with ports 5671 and 5672 free")
             return None
@@ -226,7 +254,7 @@ class LocalCloud:
         created = store.meta("hub_created") or utc_now()
         store.set_meta("hub_created", created)
         self._amqp = AmqpService(
-            hub=self.hub, db_path=store.path, policies=self.hub_policies, hosts={host, s.hub_name},
+            hub=self.hub, db_path=store.path, policies=lambda: self.hub_policies, hosts={host, s.hub_name},
             hub_name=s.hub_name, entity=eventhub_entity(s.hub_name), partitions=self._telemetry.partitions,
             created=created,
         )  # fmt: skip
@@ -239,15 +267,15 @@ class LocalCloud:
         """What Azure's portal shows under "Built-in endpoints" (here with the `service` policy)."""
         if host is None:
             return None
-        policy = self.hub_policies()["service"]
+        policy = self.hub_policies["service"]
         return (f"Endpoint=sb://{host}/;SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key};"
                 f"EntityPath={eventhub_entity(self.settings.hub_name)}")  # fmt: skip
 
-    def _server_identity(self, store: Store, amqp_host: str | None) -> _ServerIdentity:
-        """The TLS identity, its SANs covering both service names and every address clients may dial."""
+    def _server_identity(self, store: Store, service_ip: str, amqp_host: str | None) -> _ServerIdentity:
+        """The TLS identity, its SANs covering both service names and every address devices may dial."""
         s = self.settings
         identity = _ServerIdentity(store, self.data_dir)
-        hosts = (s.bind_host, *s.direct_hosts, amqp_host)
+        hosts = (s.bind_host, *s.direct_hosts, service_ip, amqp_host)
         identity.issue(
             [s.dps_name, s.hub_name, "localhost"],
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
@@ -278,23 +306,9 @@ class LocalCloud:
         return self.settings.hub_name if conn.proxy_target is not None else conn.local_host
 
     async def _start_api(self, app: Any) -> str:
-        host = self.settings.bind_host
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (0 does not);
-        # without it each response (headers and body are separate writes) waits ~40 ms for a delayed ACK.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, self.settings.api_port))
-        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=3)  # fmt: skip
-        self._api = _ApiServer(config)
-        self._api_task = asyncio.create_task(self._api.serve(sockets=[sock]), name="api")
-        while not self._api.started:
-            if self._api_task.done():
-                self._api_task.result()
-                raise RuntimeError("the API server stopped during startup")
-            await asyncio.sleep(0.01)
-        port = sock.getsockname()[1]
+        self._api = HttpServer(app, listening_socket(self.settings.bind_host, self.settings.api_port))
+        await self._api.start()
+        host, port = self._api.address
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     async def stop(self) -> None:
@@ -304,10 +318,11 @@ class LocalCloud:
         if self._amqp is not None:
             self._expiry_task.cancel()
             self._amqp.stop()  # not to_thread: at interpreter exit (the demo) no executor takes new work
-        if self._api is not None and self._api_task is not None:
-            self._api.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._api_task, 10)
+        for http in (self._api, self._service):
+            if http is not None:
+                await http.stop()
+        if self._service is None and self._service_sock is not None:  # start failed before serving it
+            self._service_sock.close()
         if self.hub is not None:
             await self.hub.close()
         if self._telemetry is not None:
@@ -315,6 +330,10 @@ class LocalCloud:
         if self._store is not None:
             self._store.close()
         log.info("local cloud stopped")
+
+
+def _all_pem(certificates: CertificateStore) -> bytes:
+    return certificates.all_pem().encode()
 
 
 async def _sweep_expired_c2d(hub: Hub, interval: float = 5.0) -> None:
@@ -340,21 +359,32 @@ def _partitions(store: Store, settings: CloudSettings) -> int:
     return kept
 
 
-def _hub_policies(store: Store) -> dict[str, AccessPolicy]:
-    """IoT Hub's built-in shared access policies with keys made once, kept in cloud.db (mode 0600) like the
-    other secrets. Interim: the service API's policy store takes this over."""
-    raw = store.secret("hub-policies")
-    if raw is None:
-        policies = {name: AccessPolicy.generate(name, rights) for name, rights in HUB_POLICIES.items()}
-        kept = {p.name: [p.primary_key, p.secondary_key, sorted(p.rights)] for p in policies.values()}
-        store.set_secret("hub-policies", json.dumps(kept).encode())
-        return policies
-    return {name: AccessPolicy(name, primary, secondary, frozenset(rights))
-            for name, (primary, secondary, rights) in json.loads(raw).items()}  # fmt: skip
+def _service_socket(listen: tuple[str, int] | None, preferred: str | None = None) -> socket.socket:
+    """The service API's socket: as configured, or a free loopback address on 443 (see CloudSettings), the
+    `preferred` one (last start's) first."""
+    if listen is not None:
+        try:
+            return listening_socket(*listen)
+        except OSError as exc:
+            raise OSError(f"service API: cannot listen on {listen[0]}:{listen[1]} ({exc.strerror})") from exc
+    for attempt in range(64):
+        host = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(253) + 2}"
+        host = preferred if attempt == 0 and preferred and preferred != "127.0.0.1" else host
+        try:
+            return listening_socket(host, 443)
+        except PermissionError:
+            break  # no privilege for ports below net.ipv4.ip_unprivileged_port_start
+        except OSError:
+            continue  # taken, or an address this system does not route to loopback (macOS without aliases)
+    log.warning("service API: no loopback address free on port 443 (not root? see docs/local-cloud.md); "
+                "using 127.0.0.1 on a free port, which Node's service SDKs cannot reach")  # fmt: skip
+    return listening_socket("127.0.0.1", 0)
 
 
-def _all_pem(certificates: CertificateStore) -> bytes:
-    return certificates.all_pem().encode()
+def _host_name(host: str, port: int) -> str:
+    """HostName= of the connection strings: the address, with the port unless it is HTTPS's 443."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 443 else f"{name}:{port}"
 
 
 def _new_id_scope(store: Store) -> str:
@@ -459,7 +489,9 @@ def serve_forever(settings: CloudSettings) -> None:
         try:
             info = await cloud.start()
             print(
-                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url})", flush=True
+                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url},"
+                f" service API https://{info.service_host})",
+                flush=True,
             )
             await stop_event.wait()
         finally:

@@ -28,6 +28,7 @@ from client_app.pki import (
     load_issuer_bundle,
     private_key_to_pem,
     sha1_thumbprint,
+    sha256_thumbprint,
     validate_registration_id,
 )
 from client_app.pki.keys import same_public_key
@@ -61,6 +62,11 @@ class Identity:
     @property
     def thumbprint(self) -> str:
         return sha1_thumbprint(self.leaf)
+
+    @property
+    def issuer_thumbprint(self) -> str | None:
+        """SHA-256 of the issuing CA (the release's intermediate): operators find a release by it."""
+        return sha256_thumbprint(self.chain[1]) if len(self.chain) > 1 else None
 
     def chain_pem(self) -> bytes:
         return b"".join(certificate_to_pem(cert) for cert in self.chain)

@@ -69,6 +69,7 @@ class LiveSession:
             "registration_id": identity.registration_id,
             "certificate_not_after": identity.not_after.isoformat(),
             "certificate_thumbprint": identity.thumbprint,
+            "issuer_thumbprint": identity.issuer_thumbprint,  # `client-app-cloud revoke-signer` queries it
             "connected_at": connected_at,
         }
         try:

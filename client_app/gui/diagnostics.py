@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from client_app.cloud.info import SECRET_FIELDS, read_connection_json
 from client_app.device.config import DeviceConfig
 from client_app.device.runtime import DeviceStatus
 from client_app.pki import atomic_write
@@ -237,15 +238,18 @@ def collect(
 
 
 def _local_cloud_secrets(config: DeviceConfig) -> list[str]:
-    """A local cloud's operator API token must never leak through a log line that echoed it."""
+    """A local cloud's API token and shared access keys never leak through a log line that echoed them."""
     local_cloud = getattr(config, "local_cloud", None)
     if not local_cloud:
         return []
     try:
-        info = json.loads((Path(local_cloud) / "connection.json").read_text())
+        info = read_connection_json(Path(local_cloud))
     except (OSError, ValueError):
         return []
-    return [str(info[k]) for k in ("api_token",) if info.get(k)]
+    values = [str(info[k]) for k in sorted(SECRET_FIELDS) if info.get(k)]  # token, service connection strings
+    return values + [
+        v.split("SharedAccessKey=", 1)[1].split(";")[0] for v in values if "SharedAccessKey=" in v
+    ]
 
 
 def default_zip_name(now: datetime | None = None) -> str:

@@ -17,7 +17,7 @@ from tests.fixtures.cloud import issue_device_files
 
 def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str | None = None) -> str:
     """What Azure's portal shows for a hub policy; HostName is the AMQP endpoint's loopback address."""
-    access = cloud.cloud.hub_policies()[policy]
+    access = cloud.cloud.hub_policies[policy]
     return (f"HostName={cloud.info.amqp_host};SharedAccessKeyName={access.name};"
             f"SharedAccessKey={key or access.primary_key}")  # fmt: skip
 

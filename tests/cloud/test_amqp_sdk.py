@@ -194,7 +194,7 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
 
 def test_event_hub_refuses_expired_and_foreign_tokens(local_cloud):
     info = local_cloud.info
-    policy = local_cloud.cloud.hub_policies()["service"]
+    policy = local_cloud.cloud.hub_policies["service"]
     audience = f"sb://{info.amqp_host}/hub"
     expired = generate_token(audience, policy.primary_key, policy.name, ttl=-60)
     wrong_key = generate_token(audience, "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=", policy.name)

@@ -14,7 +14,7 @@ from client_app.device import identity as ids
 from client_app.device import secrets as keystore
 from client_app.device.paths import DataLayout
 from client_app.device.state import Persister, StateCorrupt, StateFiles
-from client_app.pki import CertificateAuthority
+from client_app.pki import CertificateAuthority, sha256_thumbprint
 from client_app.pki.keys import pem_begin
 
 
@@ -36,6 +36,8 @@ def test_leaf_profile_and_chain(issuing_ca: CertificateAuthority):
     assert identity.chain[1:] == (issuing_ca.certificate,)
     assert all(c.subject != c.issuer for c in identity.chain)
     assert identity.chain_pem().count(b"BEGIN CERTIFICATE") == 2
+    # reported to the twin: operators find (and revoke) a release's devices by it
+    assert identity.issuer_thumbprint == sha256_thumbprint(issuing_ca.certificate)
 
 
 def test_renewal_due_and_issuer_replaced(issuing_ca: CertificateAuthority):
