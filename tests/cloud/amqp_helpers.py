@@ -16,7 +16,11 @@ from tests.fixtures.cloud import issue_device_files
 
 
 def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str | None = None) -> str:
-    """What Azure's portal shows for a hub policy; HostName is the AMQP endpoint's loopback address."""
+    """What Azure's portal shows for a hub policy; HostName is the AMQP endpoint's loopback address (the
+    service API's too, when it listens on 443: then connection.json's iothub_connection_string is one)."""
+    info = cloud.info
+    if policy == "iothubowner" and key is None and info.service_host == info.amqp_host:
+        return info.iothub_connection_string
     access = cloud.cloud.hub_policies[policy]
     return (f"HostName={cloud.info.amqp_host};SharedAccessKeyName={access.name};"
             f"SharedAccessKey={key or access.primary_key}")  # fmt: skip

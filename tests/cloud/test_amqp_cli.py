@@ -47,7 +47,7 @@ def test_send_refusals_are_one_line(local_cloud):
     assert code == 1 and "amqp:not-found" in err and "nobody" in err
     assert len(err.strip().splitlines()) == 1
     bad = hub_connection_string(local_cloud, key="QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=")
-    code, _, err = _cli("send", "nobody", "x", "--hub-connection-string", bad,
+    code, _, err = _cli("--hub-connection-string", bad, "send", "nobody", "x",
                         env={"SSL_CERT_FILE": local_cloud.info.server_ca_pem})  # fmt: skip
     assert code == 1 and "signature is not valid" in err
 

@@ -40,7 +40,9 @@ def _registry(cloud, policy="service", key=None):
 def test_send_c2d_message_reaches_the_device_with_its_properties(local_cloud, enrolled_ca, tmp_path,
                                                                  openssl_trusts_cloud):  # fmt: skip
     with connected_device(local_cloud, enrolled_ca.issuing, "c2d-amqp-01", tmp_path) as device:
-        registry = _registry(local_cloud)
+        registry = _registry(
+            local_cloud, "iothubowner"
+        )  # connection.json's own, where REST and AMQP share it
         try:
             registry.send_c2d_message(
                 "c2d-amqp-01",
