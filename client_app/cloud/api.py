@@ -359,6 +359,18 @@ def _device_routes(router: APIRouter, hub: Hub) -> None:
         )
         return {"status": status, "payload": payload}
 
+    @router.get("/consumerGroups", tags=["telemetry"])
+    async def consumer_groups() -> dict[str, Any]:
+        return {"value": hub.consumer_groups()}
+
+    @router.put("/consumerGroups/{name}", tags=["telemetry"])
+    async def add_consumer_group(name: str) -> dict[str, Any]:
+        return hub.add_consumer_group(name)
+
+    @router.delete("/consumerGroups/{name}", status_code=204, tags=["telemetry"])
+    async def delete_consumer_group(name: str) -> None:
+        hub.delete_consumer_group(name)
+
     @router.get("/telemetry", tags=["telemetry"])
     async def telemetry(
         deviceId: str | None = None,
