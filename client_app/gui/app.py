@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 _NEVER = datetime.min.replace(tzinfo=UTC)
 INITIAL_INBOX_ROWS = 1000
 OUTBOX_ROWS = 200
+# Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
+# left behind after this long (the outbox and inbox are already on disk).
+QUIT_STOP_SECONDS = 3.0
 
 # Plain words for the commands the user can trigger.
 COMMANDS = {
@@ -414,14 +417,14 @@ def preload_core_modules() -> None:
     gc.freeze()
 
 
-def _quit_on_signals(app: QApplication) -> Callable[[], None]:
+def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
     """Ctrl-C and SIGTERM quit cleanly (core stopped, embedded demo cloud stopped at exit).
 
     Python runs signal handlers only between bytecodes, so a timer wakes the interpreter. The quit is
     queued: a signal that arrives before app.exec() (slow cold start) must not be lost."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
-        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, app.quit))
+        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, quit_app))
     wake = QTimer(app)
     wake.timeout.connect(lambda: None)
     wake.start(300)
@@ -458,10 +461,18 @@ def run_gui(config: DeviceConfig) -> int:
         tray = StatusTray()
         tray.show()
         window.keep_running_in_tray = True
-        tray.quitRequested.connect(app.quit)
         app.setQuitOnLastWindowClosed(False)
+
+    def quit_app() -> None:
+        # Not app.quit(): since Qt 6 it first asks every window to close, and a window that hides to the
+        # tray refuses, so Quit would only hide it. exit() ends the loop whatever the windows say.
+        window.quitting = True
+        app.exit(0)
+
+    if tray is not None:
+        tray.quitRequested.connect(quit_app)
     # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
-    window.quitRequested.connect(app.quit)
+    window.quitRequested.connect(quit_app)
     hint_shown = False
 
     def hidden_to_tray() -> None:
@@ -476,7 +487,7 @@ def run_gui(config: DeviceConfig) -> int:
     controller = AppController(config, window, tray=tray)
     single.activateRequested.connect(window.bring_forward)
     window.show()
-    restore_signals = _quit_on_signals(app)
+    restore_signals = _quit_on_signals(app, quit_app)
     code = 1
     try:
         # Start the core once the window is on screen: first-run steps then show as they happen.
@@ -487,7 +498,7 @@ def run_gui(config: DeviceConfig) -> int:
         QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
     finally:
         window.hide()
-        controller.shutdown()
+        controller.shutdown(timeout=QUIT_STOP_SECONDS)
         single.release()
         if tray is not None:
             tray.dispose()

@@ -123,6 +123,7 @@ class MainWindow(QMainWindow):
         # Set by the app from QSystemTrayIcon.isSystemTrayAvailable(): without a tray, closing
         # must quit, never hide the only window for good.
         self.keep_running_in_tray = False
+        self.quitting = False  # set by the app on Quit: closing then really closes
         self._status: DeviceStatus | None = None
 
         self.banner = StatusBanner()
@@ -341,7 +342,7 @@ class MainWindow(QMainWindow):
         self.activateWindow()
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.keep_running_in_tray:
+        if self.keep_running_in_tray and not self.quitting:
             event.ignore()
             self.hide()
             self.hiddenToTray.emit()
