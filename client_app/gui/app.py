@@ -116,6 +116,8 @@ class AppController(QObject):
 
     def start(self) -> None:
         """Start the core off the GUI thread: opening its database and files must not stall the window."""
+        if not self.config.layout.chain_file.exists():
+            self.window.begin_setup()  # the first run: its steps are worth showing
         self.bridge.run_command(COMMANDS["start"], self._start_core)
 
     def _start_core(self) -> None:  # bridge worker thread
@@ -235,7 +237,7 @@ class AppController(QObject):
 
     @Slot()
     def reset_identity(self) -> None:
-        self.window.first_run.reset()
+        self.window.begin_setup()
         self._run("reset", "reset_identity")
 
     @Slot(object)

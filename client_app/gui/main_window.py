@@ -34,14 +34,8 @@ from client_app.gui.first_run import FirstRunPanel
 from client_app.gui.icons import status_icon
 from client_app.gui.models import InboxModel, OutboxModel, format_properties
 from client_app.gui.status_banner import StatusBanner
-from client_app.gui.status_text import describe
+from client_app.gui.status_text import describe, send_hint
 
-# States in which the device is still being set up: the first-run list is worth showing.
-_SETUP_STATES = {
-    ConnectionState.NOT_PROVISIONED,
-    ConnectionState.CREATING_IDENTITY,
-    ConnectionState.PROVISIONING,
-}
 MAX_MESSAGE_CHARS = 4096
 
 
@@ -123,6 +117,7 @@ class MainWindow(QMainWindow):
         # Set by the app from QSystemTrayIcon.isSystemTrayAvailable(): without a tray, closing
         # must quit, never hide the only window for good.
         self.keep_running_in_tray = False
+        self.setting_up = False  # first run: the steps are shown (begin_setup)
         self.quitting = False  # set by the app on Quit: closing then really closes
         self._status: DeviceStatus | None = None
 
@@ -235,32 +230,41 @@ class MainWindow(QMainWindow):
 
     # --- inputs ----------------------------------------------------------------------------
 
+    def begin_setup(self) -> None:
+        """This computer has no identity yet: show the first-run steps until it is connected.
+
+        Later launches never show them: the banner alone speaks, with one Retry."""
+        self.setting_up = True
+        self.first_run.reset()
+        self.first_run.show()
+
     def show_status(self, status: DeviceStatus) -> None:
         self._status = status
-        self.banner.show_status(status)
         state = ConnectionState(status.state)
-        if state in _SETUP_STATES:
-            self._hide_first_run.stop()
-            self.first_run.show()
-        elif state is ConnectionState.CONNECTED and self.first_run.isVisible():
-            self._hide_first_run.start()
-        elif state in (ConnectionState.ERROR, ConnectionState.BLOCKED) and (
-            self.first_run.isVisible() or not status.registration_id
-        ):
-            # Failing before this computer has an identity is a setup failure: explain it there.
-            self._hide_first_run.stop()
-            self.first_run.show()
-            self.first_run.show_general_failure(status.message)
+        if self.setting_up:
+            if state is ConnectionState.CONNECTED:
+                self._hide_first_run.start()
+            elif state is ConnectionState.BLOCKED:
+                # Only an administrator can help: the banner says so once, with the device ID.
+                self.first_run.failure_box.hide()
+            elif state is ConnectionState.ERROR:
+                # A failure outside any one step (e.g. no keyring at all, checked up front).
+                self._hide_first_run.stop()
+                self.first_run.show()
+                self.first_run.show_general_failure(describe(status).detail)
+        self.banner.show_status(status, offer_retry=not self._setup_failure_shown())
         self.setWindowIcon(status_icon(describe(status).tone))
         self._update_send_hint()
 
+    def _setup_failure_shown(self) -> bool:
+        """The first-run list explains a failure with its own Retry: the banner then offers none."""
+        return self.setting_up and not self.first_run.failure_box.isHidden()
+
     def step_changed(self, step: str, outcome: str, detail: str) -> None:
         self.first_run.step_changed(step, outcome, detail)
-        # CONNECT alone also runs on reconnects; the list is only for setting up.
-        if step != "connect" or self.first_run.isVisible():
-            self._hide_first_run.stop()
-            self.first_run.show()
-        if self.first_run.all_done() and self._connected():
+        if self._status is not None:
+            self.banner.show_status(self._status, offer_retry=not self._setup_failure_shown())
+        if self.setting_up and self.first_run.all_done() and self._connected():
             self._hide_first_run.start()
 
     def add_messages(self, messages: Sequence[InboxMessage]) -> int:
@@ -285,13 +289,11 @@ class MainWindow(QMainWindow):
         # The keyring step may finish after connecting: keep the list until every step is done.
         if self._connected() and self.first_run.all_done():
             self.first_run.hide()
+            self.setting_up = False
 
     def _update_send_hint(self) -> None:
         self.send_hint.setStyleSheet("color: palette(placeholder-text);")
-        if self._connected():
-            self.send_hint.setText("Messages are delivered right away.")
-        else:
-            self.send_hint.setText("Offline: messages are kept and sent when the connection is back.")
+        self.send_hint.setText(send_hint(self._status))
 
     def _send_clicked(self) -> None:
         text = self.message_edit.text().strip()

@@ -128,7 +128,7 @@ def test_first_run_failure_is_explained_and_retry_recovers(qtbot, running_app_fa
     assert panel.failure_box.isVisible() and panel.retry_button.isEnabled()
     text = panel.failure_text.text() + window.banner.detail.text()
     assert "keyring" in text.lower() and "Traceback" not in text and "Error(" not in text
-    assert window.banner.retry_button.isVisible()
+    assert not window.banner.retry_button.isVisible()  # one Retry, next to the explanation
     # The user starts a keyring and presses Retry: setup finishes and connects.
     no_keyring.delenv("PYTHON_KEYRING_BACKEND")
     qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
@@ -149,6 +149,11 @@ def test_refused_registration_shows_blocked_with_retry(qtbot, running_app_factor
     assert window.banner.headline.text() == "Blocked by the cloud"
     assert window.banner.retry_button.isVisible()
     assert window.first_run.outcome(FirstRunStep.REGISTER) == FAILED
+    # Said once, in the banner: no second box, no second Retry, no Settings that cannot help.
+    assert not window.first_run.failure_box.isVisible()
+    assert "status" not in window.banner.detail.text()
+    assert window.banner.device_id.text() == f"Device ID: {controller.status.registration_id}"
+    assert window.send_hint.text().startswith("Blocked")
     assert controller.tray.tone.value == "problem"
 
 
@@ -294,8 +299,8 @@ def test_retry_starts_a_core_that_could_not_start(qtbot, running_app_factory, de
     wait_state(qtbot, controller, S.ERROR)
     assert controller.runtime is None
     assert "could not start" in window.first_run.failure_text.text()
-    assert window.banner.retry_button.isVisible()
+    assert not window.banner.retry_button.isVisible()  # one Retry, next to the explanation
     # The user fixes it and presses Retry: the core starts now (before, Retry did nothing).
     device_config.data_dir.unlink()
-    qtbot.mouseClick(window.banner.retry_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(window.first_run.retry_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, controller, S.CONNECTED)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from PySide6.QtCore import QItemSelectionModel, Qt
-from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton, QSystemTrayIcon
 
 from client_app.device.runtime import ConnectionState, FirstRunStep
 from client_app.device.store import InboxMessage, OutboxMessage
@@ -14,7 +14,7 @@ from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.first_run import DONE, FAILED, PENDING, RUNNING
 from client_app.gui.main_window import parse_properties
 from client_app.gui.models import InboxModel
-from client_app.gui.status_text import Tone, describe
+from client_app.gui.status_text import BLOCKED_DETAIL, Tone, describe
 from client_app.gui.tray import StatusTray
 from tests.gui.conftest import make_status
 
@@ -53,11 +53,11 @@ def test_window_shows_every_state(window, state, headline, tone, retry, reconnec
     )
     banner = window.banner
     assert banner.headline.text() == headline
-    assert banner.detail.text() == "Plain words here."
+    assert banner.detail.text() == ("Plain words here." if state is not S.BLOCKED else BLOCKED_DETAIL)
     assert banner.property("tone") == tone.value
     assert banner.retry_button.isVisible() is retry
     assert banner.reconnect_button.isVisible() is reconnect
-    assert window.first_run.isVisible() is (state in (S.NOT_PROVISIONED, S.CREATING_IDENTITY, S.PROVISIONING))
+    assert not window.first_run.isVisible()  # not the first run: the banner alone speaks
 
 
 def test_reconnecting_counts_down(window, qtbot):
@@ -76,6 +76,7 @@ def test_reconnecting_counts_down(window, qtbot):
 
 def test_first_run_progress_and_failure_with_retry(window, qtbot):
     window.show()
+    window.begin_setup()
     window.show_status(make_status(S.NOT_PROVISIONED))
     panel = window.first_run
     assert panel.isVisible()
@@ -110,11 +111,71 @@ def test_first_run_progress_and_failure_with_retry(window, qtbot):
 
 def test_failure_before_any_identity_is_shown_as_setup_failure(window):
     window.show()
+    window.begin_setup()
     window.show_status(
         make_status(S.ERROR, message="No secure system keyring is available. Then press Retry.")
     )
     assert window.first_run.isVisible() and window.first_run.failure_box.isVisible()
     assert window.first_run.failure_text.text().startswith("No secure system keyring")
+    assert not window.banner.retry_button.isVisible()  # one Retry: the one next to the explanation
+
+
+SDK_CHAIN = (
+    "ClientError: Unexpected failure <- ProtocolProxyError: Unexpected error <- "
+    "ProxyConnectionError: [Errno 111] Connection refused"
+)
+
+
+def test_later_launches_show_no_setup_steps_and_no_exception_chain(window):
+    window.show()  # an identity exists: the app did not call begin_setup()
+    window.show_status(make_status(S.NOT_PROVISIONED, message="Not started yet."))
+    window.show_status(make_status(S.CONNECTING, assigned_hub="hub.example"))
+    window.step_changed("connect", RUNNING, "hub.example")
+    window.step_changed("connect", FAILED, SDK_CHAIN)
+    window.show_status(make_status(S.ERROR, message="The cloud could not be reached. Then press Retry."))
+    assert not window.first_run.isVisible()
+    assert window.banner.retry_button.isVisible()
+    retry_buttons = [b for b in window.findChildren(QPushButton) if b.text() == "Retry" and b.isVisible()]
+    assert retry_buttons == [window.banner.retry_button]
+    assert "Error" not in window.banner.detail.text()
+
+
+def test_blocked_is_said_once_with_the_device_id_to_copy(window, qtbot):
+    window.show()
+    window.begin_setup()
+    window.step_changed("register", FAILED, "The provisioning service refused this device (status 200).")
+    window.show_status(
+        make_status(S.BLOCKED, message="Refused (status 200). Then press Retry.", registration_id="desk-7")
+    )
+    banner = window.banner
+    assert banner.detail.text() == BLOCKED_DETAIL
+    assert not window.first_run.failure_box.isVisible()
+    shown_retries = [b for b in window.findChildren(QPushButton) if b.text() == "Retry" and b.isVisible()]
+    assert shown_retries == [banner.retry_button]
+    assert not any(b.isVisible() for b in window.findChildren(QPushButton) if b.text() == "Settings…")
+    assert banner.device_id.text() == "Device ID: desk-7"
+    qtbot.mouseClick(banner.copy_id_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == "desk-7"
+    assert window.send_hint.text().startswith("Blocked: messages are kept")
+    window.show_status(make_status(S.CONNECTED, registration_id="desk-7"))
+    assert not banner.id_row.isVisible()
+
+
+def test_first_run_step_details_are_plain_words(window):
+    window.show()
+    window.begin_setup()
+    window.step_changed("create_key", DONE, "ca-63b5d0e1f2a3")
+    window.step_changed("store_in_keyring", DONE, "keyring.backends.SecretService.Keyring")
+    window.step_changed("register", RUNNING, "global.azure-devices-provisioning.net")
+    window.step_changed("register", DONE, "hub.example")
+    window.step_changed("connect", FAILED, SDK_CHAIN)
+    details = [label.text() for label in window.first_run._details.values()]
+    keyring = "In the system keyring (GNOME Keyring or KWallet)"
+    assert details[:4] == ["", "", keyring, "Assigned to hub.example"]
+    failure = window.first_run.failure_text.text()
+    assert "<-" not in failure and "Errno" not in failure
+    assert "The cloud could not be reached" in failure
+    assert not window.first_run.settings_button.isVisible()
 
 
 def test_failure_without_detail_gets_advice(window):
