@@ -30,6 +30,7 @@ from client_app.gui.main_window import MainWindow
 from client_app.gui.notifications import MessageNotifier
 from client_app.gui.settings_dialog import SettingsDialog
 from client_app.gui.single_instance import SingleInstance, tell_user_already_running
+from client_app.gui.style import install_style
 from client_app.gui.support_panel import SupportPanel
 from client_app.gui.tray import StatusTray
 
@@ -448,6 +449,7 @@ def run_gui(config: DeviceConfig) -> int:
     app.setApplicationName("client-app")
     app.setApplicationDisplayName("client-app")
     app.setDesktopFileName("client-app")
+    install_style(app)
 
     single = SingleInstance(config.data_dir)
     if not single.claim():

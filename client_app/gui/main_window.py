@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QItemSelection, QModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -58,6 +58,8 @@ def _table(model, stretch_column: int) -> QTableView:
     view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     view.setAlternatingRowColors(True)
     view.setWordWrap(False)
+    # Tab moves between widgets (not from cell to cell); the arrow keys move inside the table.
+    view.setTabKeyNavigation(False)
     view.verticalHeader().hide()
     # Fixed row heights: the view never measures rows, which keeps big inboxes cheap.
     view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
@@ -140,8 +142,9 @@ class MainWindow(QMainWindow):
         self.inbox_view.setColumnWidth(InboxModel.UNREAD, 24)
         self.inbox_view.setColumnWidth(InboxModel.TIME, 90)
         self.inbox_view.setColumnWidth(InboxModel.PROPERTIES, 180)
-        self.inbox_view.selectionModel().selectionChanged.connect(self._inbox_selection_changed)
-        self.inbox_view.doubleClicked.connect(self.show_message_details)
+        # Read means looked at on purpose (a click, Enter, opening it), never passed over with the arrows.
+        self.inbox_view.clicked.connect(self._mark_read)
+        self.inbox_view.activated.connect(self.show_message_details)
         self.inbox_view.setToolTip("Double-click a message to read all of it.")
         self.inbox_view.setAccessibleName("Messages from the cloud")
         self.message_dialog: MessageDialog | None = None
@@ -177,6 +180,9 @@ class MainWindow(QMainWindow):
         self.outbox_view.setAccessibleName("Sent messages")
         self.outbox_view.setColumnWidth(OutboxModel.TIME, 90)
         self.outbox_view.setColumnWidth(OutboxModel.STATE, 130)
+        # Tab follows the layout: the message, Send beside it, then the properties below.
+        QWidget.setTabOrder(self.message_edit, self.send_button)
+        QWidget.setTabOrder(self.send_button, self.properties_edit)
         send_row = QHBoxLayout()
         send_row.addWidget(self.message_edit, 1)
         send_row.addWidget(self.send_button)
@@ -309,11 +315,6 @@ class MainWindow(QMainWindow):
         self._update_send_hint()
         self.sendRequested.emit(text, properties)
 
-    def _inbox_selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
-        for index in selected.indexes():
-            if index.column() == 0:
-                self._mark_read(index)
-
     def _mark_read(self, index: QModelIndex) -> None:
         message = self.inbox_model.mark_read(index.row())
         if message is not None:
@@ -322,6 +323,7 @@ class MainWindow(QMainWindow):
 
     def show_message_details(self, index: QModelIndex) -> None:
         """The whole message, selectable: the table shows one line of it."""
+        self._mark_read(index)
         if self.message_dialog is None:
             self.message_dialog = MessageDialog(self)
         self.message_dialog.show_message(self.inbox_model.message_at(index.row()))

@@ -208,10 +208,8 @@ def test_inbox_inserts_a_burst_in_one_batch_and_marks_read(window, qtbot):
     # Duplicates (initial load racing a live delivery) are dropped.
     assert window.add_messages([inbox_message(1000)]) == 0
     with qtbot.waitSignal(window.messageRead, timeout=1000) as read:
-        window.inbox_view.selectionModel().select(
-            model.index(0, 0),
-            QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows,
-        )
+        rect = window.inbox_view.visualRect(model.index(0, InboxModel.TEXT))
+        qtbot.mouseClick(window.inbox_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert read.args[0].id == 1000
     assert model.index(0, InboxModel.UNREAD).data() == ""
     assert window.windowTitle() == "client-app (999 unread)"
@@ -427,6 +425,39 @@ def test_connected_banner_does_not_repeat_itself(window):
     window.show_status(status)
     assert window.banner.headline.text() == "Connected to hub.example"
     assert window.banner.detail.text().startswith("Connected since ")
+
+
+def test_keyboard_tab_leaves_tables_and_arrows_do_not_mark_read(window, qtbot):
+    from client_app.gui.style import install_style
+
+    install_style(QApplication.instance())
+    window.show()
+    window.activateWindow()
+    window.add_messages([inbox_message(n) for n in range(1, 201)])
+    view = window.inbox_view
+    view.setFocus(Qt.FocusReason.TabFocusReason)
+    view.setCurrentIndex(window.inbox_model.index(0, InboxModel.TEXT))
+    read = []
+    window.messageRead.connect(read.append)
+    for _ in range(5):
+        qtbot.keyClick(view, Qt.Key.Key_Down)
+    assert view.currentIndex().row() == 5
+    assert read == [] and window.inbox_model.unread_count() == 200  # passing over is not reading
+    qtbot.keyClick(view, Qt.Key.Key_Tab)
+    assert not view.hasFocus()  # one Tab leaves a 200-row table
+    # Enter opens the current message: that is reading it.
+    view.setFocus(Qt.FocusReason.TabFocusReason)
+    qtbot.keyClick(view, Qt.Key.Key_Return)
+    assert [m.id for m in read] == [195]
+    window.message_dialog.close()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=2000)
+    # Tab reaches Send, which then shows a focus ring.
+    window.message_edit.setFocus(Qt.FocusReason.TabFocusReason)
+    unfocused = window.send_button.grab().toImage()
+    qtbot.keyClick(window.message_edit, Qt.Key.Key_Tab)
+    assert window.send_button.hasFocus()
+    assert window.send_button.grab().toImage() != unfocused
 
 
 def test_double_click_shows_the_whole_message(window, qtbot):
