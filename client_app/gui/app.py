@@ -50,7 +50,7 @@ COMMANDS = {
     "reconnect": "Reconnecting",
     "reset": "Resetting the identity",
     "restart": "Applying the new settings",
-    "mark_read": "Marking the message read",
+    "mark_read": "Marking messages read",
     "copy": "Copying diagnostics",
     "export": "Exporting diagnostics",
     "outbox": "Loading the sent messages",
@@ -104,7 +104,7 @@ class AppController(QObject):
         window.sendRequested.connect(self.send)
         window.retryRequested.connect(self.retry)
         window.reconnectRequested.connect(self.reconnect_now)
-        window.messageRead.connect(self._message_read)
+        window.readChanged.connect(self._read_changed)
         window.settingsRequested.connect(self.open_settings)
         window.detailsRequested.connect(self.open_support_panel)
         window.exportDiagnosticsRequested.connect(self.export_diagnostics)
@@ -241,11 +241,12 @@ class AppController(QObject):
         self.window.begin_setup()
         self._run("reset", "reset_identity")
 
-    @Slot(object)
-    def _message_read(self, message: InboxMessage) -> None:
+    @Slot(list, bool)
+    def _read_changed(self, messages: list[InboxMessage], read: bool) -> None:
         runtime = self.runtime
         if runtime is not None:
-            self.bridge.run_command(COMMANDS["mark_read"], runtime.inbox.mark_read, message.id)
+            ids = [message.id for message in messages]
+            self.bridge.run_command(COMMANDS["mark_read"], runtime.inbox.set_read, ids, read)
 
     @Slot()
     def open_support_panel(self) -> None:

@@ -32,6 +32,7 @@ from client_app.device.runtime import ConnectionState, DeviceStatus
 from client_app.device.store import InboxMessage, OutboxMessage
 from client_app.gui.first_run import FirstRunPanel
 from client_app.gui.icons import status_icon
+from client_app.gui.inbox_panel import InboxPanel
 from client_app.gui.models import InboxModel, OutboxModel, format_properties
 from client_app.gui.status_banner import StatusBanner
 from client_app.gui.status_text import describe, send_hint
@@ -103,7 +104,7 @@ class MainWindow(QMainWindow):
     sendRequested = Signal(str, dict)  # text, properties
     retryRequested = Signal()
     reconnectRequested = Signal()
-    messageRead = Signal(object)  # InboxMessage the user has now seen
+    readChanged = Signal(list, bool)  # list[InboxMessage] the user marked read (True) or unread
     settingsRequested = Signal()
     detailsRequested = Signal()
     exportDiagnosticsRequested = Signal()
@@ -139,22 +140,16 @@ class MainWindow(QMainWindow):
         self.inbox_model = InboxModel(parent=self)
         self.inbox_view = _table(self.inbox_model, InboxModel.TEXT)
         self.inbox_view.setObjectName("inboxView")
+        self.inbox_view.setToolTip("Double-click a message (or press Enter) to read all of it.")
+        self.inbox_view.setAccessibleName("Messages from the cloud")
+        self.inbox_box = InboxPanel(self.inbox_view, self.inbox_model)
         self.inbox_view.setColumnWidth(InboxModel.UNREAD, 24)
         self.inbox_view.setColumnWidth(InboxModel.TIME, 90)
         self.inbox_view.setColumnWidth(InboxModel.PROPERTIES, 180)
-        # Read means looked at on purpose (a click, Enter, opening it), never passed over with the arrows.
-        self.inbox_view.clicked.connect(self._mark_read)
-        self.inbox_view.activated.connect(self.show_message_details)
-        self.inbox_view.setToolTip("Double-click a message to read all of it.")
-        self.inbox_view.setAccessibleName("Messages from the cloud")
+        self.inbox_box.readChanged.connect(self.readChanged)
+        self.inbox_box.openRequested.connect(self._show_message)
+        self.inbox_box.unreadChanged.connect(self._update_title)
         self.message_dialog: MessageDialog | None = None
-        self.inbox_empty = QLabel("No messages from the cloud yet.")
-        self.inbox_empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.inbox_empty.setStyleSheet("color: palette(placeholder-text);")
-        self.inbox_box = QGroupBox("Messages from the cloud")
-        inbox_layout = QVBoxLayout(self.inbox_box)
-        inbox_layout.addWidget(self.inbox_empty)
-        inbox_layout.addWidget(self.inbox_view)
 
         # Send box + sent messages
         self.message_edit = QLineEdit()
@@ -206,7 +201,6 @@ class MainWindow(QMainWindow):
         layout.addWidget(splitter, 1)
         self.setCentralWidget(central)
         self._build_menus()
-        self._update_inbox_title()
         self._update_send_hint()
 
     def _build_menus(self) -> None:
@@ -274,10 +268,7 @@ class MainWindow(QMainWindow):
             self._hide_first_run.start()
 
     def add_messages(self, messages: Sequence[InboxMessage]) -> int:
-        added = self.inbox_model.add_messages(messages)
-        if added:
-            self._update_inbox_title()
-        return added
+        return self.inbox_box.add_messages(messages)
 
     def set_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         self.outbox_model.set_messages(messages)
@@ -315,27 +306,17 @@ class MainWindow(QMainWindow):
         self._update_send_hint()
         self.sendRequested.emit(text, properties)
 
-    def _mark_read(self, index: QModelIndex) -> None:
-        message = self.inbox_model.mark_read(index.row())
-        if message is not None:
-            self._update_inbox_title()
-            self.messageRead.emit(message)
-
     def show_message_details(self, index: QModelIndex) -> None:
-        """The whole message, selectable: the table shows one line of it."""
-        self._mark_read(index)
+        """The whole message, selectable: the table shows one line of it. Opening it reads it."""
+        self.inbox_box.set_read([index], True)
+        self._show_message(self.inbox_box.message_at(index))
+
+    def _show_message(self, message: InboxMessage) -> None:
         if self.message_dialog is None:
             self.message_dialog = MessageDialog(self)
-        self.message_dialog.show_message(self.inbox_model.message_at(index.row()))
+        self.message_dialog.show_message(message)
 
-    def _update_inbox_title(self) -> None:
-        unread = self.inbox_model.unread_count()
-        total = self.inbox_model.rowCount()
-        self.inbox_box.setTitle(
-            f"Messages from the cloud ({unread} unread)" if unread else "Messages from the cloud"
-        )
-        self.inbox_empty.setVisible(total == 0)
-        self.inbox_view.setVisible(total > 0)
+    def _update_title(self, unread: int) -> None:
         self.setWindowTitle(f"client-app ({unread} unread)" if unread else "client-app")
 
     def bring_forward(self) -> None:

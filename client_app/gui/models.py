@@ -82,7 +82,7 @@ class InboxModel(_MessageTable[InboxMessage]):
 
     def __init__(self, max_rows: int = 5000, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._read: set[Any] = set()  # ids marked read in this session (the core keeps the truth)
+        self._read: dict[Any, bool] = {}  # id -> read, as changed in this session (the core keeps the truth)
         self._ids: set[Any] = set()
         self._max_rows = max_rows
         self._bold = QFont()
@@ -122,17 +122,30 @@ class InboxModel(_MessageTable[InboxMessage]):
 
     def mark_read(self, row: int) -> InboxMessage | None:
         """Mark one row read; returns the message when it was unread (so the core can be told)."""
-        if not 0 <= row < len(self._rows):
-            return None
-        message = self._rows[row]
-        if not self.is_unread(message):
-            return None
-        self._read.add(message.id)
-        self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
-        return message
+        changed = self.set_read([row], True)
+        return changed[0] if changed else None
+
+    def set_read(self, rows: Iterable[int], read: bool) -> list[InboxMessage]:
+        """Mark rows read or unread; returns the messages that changed (so the core can be told)."""
+        changed: list[InboxMessage] = []
+        for row in rows:
+            if 0 <= row < len(self._rows) and self.is_unread(self._rows[row]) == read:
+                message = self._rows[row]
+                self._read[message.id] = read
+                changed.append(message)
+                self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
+        return changed
+
+    def mark_all_read(self) -> list[InboxMessage]:
+        changed = [m for m in self._rows if self.is_unread(m)]
+        for message in changed:
+            self._read[message.id] = True
+        if changed:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(self.COLUMNS) - 1))
+        return changed
 
     def is_unread(self, message: InboxMessage) -> bool:
-        return not message.read and message.id not in self._read
+        return not self._read.get(message.id, message.read)
 
     def unread_count(self) -> int:
         return sum(1 for m in self._rows if self.is_unread(m))

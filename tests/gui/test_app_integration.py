@@ -71,7 +71,8 @@ def test_cloud_message_reaches_inbox_and_notifies(qtbot, running_app, cloud_api)
     assert model.index(0, InboxModel.UNREAD).data() == "●"
     assert window.inbox_box.title() == "Messages from the cloud (1 unread)"
     # Reading it tells the core, which counts it as read.
-    window.inbox_view.selectRow(0)
+    rect = window.inbox_view.visualRect(window.inbox_box.proxy.index(0, InboxModel.TEXT))
+    qtbot.mouseClick(window.inbox_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     qtbot.waitUntil(lambda: running_app.runtime.inbox.unread_count() == 0, timeout=5000)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from PySide6.QtCore import QItemSelectionModel, Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton, QSystemTrayIcon
 
 from client_app.device.runtime import ConnectionState, FirstRunStep
@@ -207,10 +207,10 @@ def test_inbox_inserts_a_burst_in_one_batch_and_marks_read(window, qtbot):
     assert window.inbox_box.title() == "Messages from the cloud (1000 unread)"
     # Duplicates (initial load racing a live delivery) are dropped.
     assert window.add_messages([inbox_message(1000)]) == 0
-    with qtbot.waitSignal(window.messageRead, timeout=1000) as read:
-        rect = window.inbox_view.visualRect(model.index(0, InboxModel.TEXT))
+    with qtbot.waitSignal(window.readChanged, timeout=1000) as read:
+        rect = window.inbox_view.visualRect(window.inbox_box.proxy.index(0, InboxModel.TEXT))
         qtbot.mouseClick(window.inbox_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
-    assert read.args[0].id == 1000
+    assert [m.id for m in read.args[0]] == [1000] and read.args[1] is True
     assert model.index(0, InboxModel.UNREAD).data() == ""
     assert window.windowTitle() == "client-app (999 unread)"
 
@@ -436,9 +436,9 @@ def test_keyboard_tab_leaves_tables_and_arrows_do_not_mark_read(window, qtbot):
     window.add_messages([inbox_message(n) for n in range(1, 201)])
     view = window.inbox_view
     view.setFocus(Qt.FocusReason.TabFocusReason)
-    view.setCurrentIndex(window.inbox_model.index(0, InboxModel.TEXT))
+    view.setCurrentIndex(window.inbox_box.proxy.index(0, InboxModel.TEXT))
     read = []
-    window.messageRead.connect(read.append)
+    window.readChanged.connect(lambda messages, _read: read.extend(messages))
     for _ in range(5):
         qtbot.keyClick(view, Qt.Key.Key_Down)
     assert view.currentIndex().row() == 5
@@ -458,6 +458,61 @@ def test_keyboard_tab_leaves_tables_and_arrows_do_not_mark_read(window, qtbot):
     qtbot.keyClick(window.message_edit, Qt.Key.Key_Tab)
     assert window.send_button.hasFocus()
     assert window.send_button.grab().toImage() != unfocused
+
+
+def top_text(view) -> str:
+    return view.indexAt(QPoint(view.columnViewportPosition(InboxModel.TEXT) + 2, 2)).data()
+
+
+def test_inbox_keeps_the_reader_in_place_during_a_burst(window, qtbot):
+    window.show()
+    window.add_messages([inbox_message(n) for n in range(1, 201)])
+    view = window.inbox_view
+    bar = view.verticalScrollBar()
+    view.scrollTo(window.inbox_box.proxy.index(130, InboxModel.TEXT), view.ScrollHint.PositionAtTop)
+    qtbot.wait(10)
+    top_before = top_text(view)
+    assert top_before == "message 70"
+    for start in range(201, 301, 10):  # a burst arrives in batches
+        window.add_messages([inbox_message(n) for n in range(start, start + 10)])
+        qtbot.wait(5)
+    assert top_text(view) == "message 70"
+    button = window.inbox_box.new_button
+    assert button.isVisible() and button.text() == "100 new ↑"
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    assert bar.value() == 0 and not button.isVisible()
+    assert top_text(view) == "message 300"
+    # At the top the reader sees the newest as it comes, with no button.
+    window.add_messages([inbox_message(301)])
+    assert bar.value() == 0 and not button.isVisible()
+
+
+def test_inbox_filter_mark_all_read_and_context_menu(window, qtbot):
+    window.show()
+    window.add_messages([inbox_message(1, "alpha", properties={"k": "v"}), inbox_message(2, "beta")])
+    panel = window.inbox_box
+    changes = []
+    window.readChanged.connect(lambda messages, read: changes.append(([m.id for m in messages], read)))
+    qtbot.keyClicks(panel.filter_edit, "ALP")
+    assert panel.proxy.rowCount() == 1
+    assert panel.proxy.index(0, InboxModel.TEXT).data() == "alpha"
+    menu = panel.context_menu(panel.proxy.index(0, InboxModel.TEXT))
+    actions = {a.text(): a for a in menu.actions() if a.text()}
+    actions["Copy message"].trigger()
+    assert QApplication.clipboard().text() == "alpha"
+    actions["Copy properties"].trigger()
+    assert QApplication.clipboard().text() == "k=v"
+    actions["Mark as read"].trigger()
+    assert changes == [([1], True)]
+    menu = panel.context_menu(panel.proxy.index(0, InboxModel.TEXT))
+    next(a for a in menu.actions() if a.text() == "Mark as unread").trigger()
+    assert changes[-1] == ([1], False)
+    panel.filter_edit.clear()
+    assert panel.proxy.rowCount() == 2
+    qtbot.mouseClick(panel.mark_all_button, Qt.MouseButton.LeftButton)
+    assert sorted(changes[-1][0]) == [1, 2] and changes[-1][1] is True
+    assert window.inbox_model.unread_count() == 0 and not panel.mark_all_button.isEnabled()
+    assert window.windowTitle() == "client-app"
 
 
 def test_double_click_shows_the_whole_message(window, qtbot):
