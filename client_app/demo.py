@@ -13,7 +13,6 @@ CLIENT_APP_DEMO_DIR moves the whole tree elsewhere (tests, screenshots).
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import logging
@@ -246,36 +245,38 @@ def _print_banner(cloud: Path, device_data: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-def use_demo_device(args: argparse.Namespace) -> None:
-    """Give the demo instance its own data dir unless --data-dir was given: a real install stays untouched."""
-    if not getattr(args, "data_dir", None):
-        args.data_dir = str(device_dir(demo_root()))
+def device_layer(data_dir: str | None) -> dict[str, Any]:
+    """The demo instance's own data dir unless --data-dir was given: a real install stays untouched."""
+    return {} if data_dir else {"data_dir": str(device_dir(demo_root()))}
 
 
-def prepare_demo(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Hook for main.py: set up (or, for --status, only locate) the demo; returns (cloud dir, bundle).
+def prepare_demo(data_dir: Path, *, status_only: bool = False) -> dict[str, Any]:
+    """Set up (or, for --status, only locate) the demo; returns its configuration layer.
 
-    Also points the demo instance at its own data dir unless --data-dir was given.
-    """
+    The layer names the local cloud and the issuer bundle; the ConfigStore puts it above the environment
+    and below the command line, so `--demo --issuer-bundle X` still uses X."""
     root = demo_root()
-    use_demo_device(args)
     # A demo instance already running owns the embedded cloud: a second launch only brings its
     # window forward (single instance), and must not start a second cloud on the same directory.
-    already_running = running_pid(paths.DataLayout(Path(args.data_dir)).lock_file) is not None
-    status_only = bool(getattr(args, "status", False)) or already_running
+    already_running = running_pid(paths.DataLayout(Path(data_dir)).lock_file) is not None
+    locate_only = status_only or already_running
     try:
-        cloud, bundle = setup_demo(root, start=not status_only)
+        cloud, bundle = setup_demo(root, start=not locate_only)
     except DemoError:
         stop_cloud()
         raise
     except Exception as exc:  # logged with its traceback by the caller, which reports the one line
         stop_cloud()
         raise DemoError(f"the demo could not be set up: {exc}") from exc
-    if not status_only:
-        _print_banner(cloud, Path(args.data_dir))
-    elif already_running and not getattr(args, "status", False):
+    if not locate_only:
+        _print_banner(cloud, Path(data_dir))
+    elif already_running and not status_only:
         print(f"client-app demo is already running (local cloud data dir: {cloud}).", flush=True)
-    return cloud, bundle
+    layer: dict[str, Any] = {"issuer_bundle": str(bundle)}
+    # `--demo --status` before the demo ever ran: there is no cloud to read yet, only a status to print.
+    if cloud.is_dir() or not status_only:
+        layer["local_cloud"] = str(cloud)
+    return layer
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: set up the demo without the app

@@ -116,6 +116,21 @@ def load_key(registration_id: str) -> PrivateKey:
     return key  # type: ignore[return-value]
 
 
+def proxy_entry(proxy: str) -> str:
+    """The keyring entry of a proxy's password, named by the proxy URL without it."""
+    return f"proxy-password/{proxy}"
+
+
+def store_secret(entry: str, value: str) -> None:
+    check_backend()
+    _call(keyring.set_password, SERVICE, entry, value)
+
+
+def load_secret(entry: str) -> str | None:
+    check_backend()
+    return _call(keyring.get_password, SERVICE, entry)
+
+
 def delete_key(registration_id: str) -> None:
     """Best effort: a stale entry is harmless, a failure here must not block re-creating the identity."""
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import logging.handlers
 import signal
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
-from client_app.device.config import DeviceConfig
+from client_app.device.config import ConfigStore, DeviceConfig
 from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus
 from client_app.device.store import InboxMessage
 from client_app.gui import diagnostics
@@ -33,6 +32,7 @@ from client_app.gui.single_instance import SingleInstance, tell_user_already_run
 from client_app.gui.style import install_style
 from client_app.gui.support_panel import SupportPanel
 from client_app.gui.tray import StatusTray
+from client_app.logsetup import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class AppController(QObject):
     diagnosticsExported = Signal(str)  # path of the written zip
     _diagnosticsCopied = Signal(str)  # the summary text
     _outboxLoaded = Signal(list)
-    _runtimeReplaced = Signal(object)  # the new runtime's first DeviceStatus
-    _started = Signal(list, list, object)  # inbox history, sent messages, DeviceStatus
+    _runtimeReplaced = Signal(object, object)  # the new DeviceRuntime, its first DeviceStatus
+    _started = Signal(object, list, list, object)  # DeviceRuntime, inbox history, sent messages, DeviceStatus
     _startFailed = Signal(str)
 
     def __init__(
@@ -75,15 +75,21 @@ class AppController(QObject):
         *,
         tray: StatusTray | None = None,
         notify: bool = True,
+        store: ConfigStore | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.store = store  # where Settings are saved; None: the dialog is not offered
         self.window = window
         self.tray = tray
         self.bridge = RuntimeBridge(self)
         self.notifier = MessageNotifier(tray, window, self)
         self.notifier.enabled = notify
+        # Two references, one per thread: the GUI reads `runtime` (assigned only in GUI slots), the bridge's
+        # worker calls `_worker_runtime` (assigned only on the worker). A restart on the worker never swaps
+        # the object a GUI slot is reading, and a command queued during a restart runs on the new core.
         self.runtime: DeviceRuntime | None = None
+        self._worker_runtime: DeviceRuntime | None = None
         self.support_panel: SupportPanel | None = None
         self.settings_dialog: SettingsDialog | None = None
         self.status: DeviceStatus | None = None
@@ -132,18 +138,20 @@ class AppController(QObject):
             log.exception("the device core could not start")
             self._startFailed.emit(f"The app could not start its connection: {exc}")
             return
-        self.runtime = runtime
+        self._worker_runtime = runtime
         # Read here: status() waits on the core's lock, which its threads hold around SQLite counts.
-        self._started.emit(history, sent, runtime.status())
+        self._started.emit(runtime, history, sent, runtime.status())
 
-    @Slot(list, list, object)
-    def _core_started(self, history: list, sent: list, status: DeviceStatus) -> None:
+    @Slot(object, list, list, object)
+    def _core_started(self, runtime: DeviceRuntime, history: list, sent: list, status: DeviceStatus) -> None:
+        self.runtime = runtime
         self.window.add_messages(history)
         self.window.set_outbox(sent)
         self.show_status(self._newest(status))
 
     @Slot(str)
     def _core_failed(self, message: str) -> None:
+        self.runtime = None
         self.show_status(
             DeviceStatus(state=ConnectionState.ERROR, message=message, log_dir=str(self.config.log_dir))
         )
@@ -157,8 +165,8 @@ class AppController(QObject):
 
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the core and wait for it; the window may already be gone."""
-        self.bridge.shutdown()
-        runtime, self.runtime = self.runtime, None
+        self.bridge.shutdown()  # the worker is idle from here on: its runtime is ours to stop
+        runtime, self._worker_runtime, self.runtime = self._worker_runtime, None, None
         if runtime is not None:
             runtime.stop(timeout)
             runtime.close()
@@ -187,11 +195,7 @@ class AppController(QObject):
 
     @Slot()
     def refresh_outbox(self) -> None:
-        runtime = self.runtime
-        if runtime is not None:
-            self.bridge.run_command(
-                COMMANDS["outbox"], lambda: self._outboxLoaded.emit(runtime.outbox.list(OUTBOX_ROWS))
-            )
+        self._on_worker("outbox", lambda runtime: self._outboxLoaded.emit(runtime.outbox.list(OUTBOX_ROWS)))
 
     @Slot(str, str)
     def _command_failed(self, what: str, why: str) -> None:
@@ -205,24 +209,33 @@ class AppController(QObject):
 
     # --- from the user ---------------------------------------------------------------------
 
+    def _on_worker(self, command: str, call: Callable[[DeviceRuntime], Any]) -> None:
+        """Run `call` on the bridge's worker with the runtime current *then* (not when queued)."""
+
+        def with_runtime() -> None:
+            runtime = self._worker_runtime
+            if runtime is None:
+                raise RuntimeError("the app's connection did not start")
+            call(runtime)
+
+        if self.runtime is not None:
+            self.bridge.run_command(COMMANDS[command], with_runtime)
+
     def _run(self, command: str, method: str, *args: Any) -> None:
-        runtime = self.runtime
-        if runtime is not None:
-            self.bridge.run_command(COMMANDS[command], getattr(runtime, method), *args)
+        self._on_worker(command, lambda runtime: getattr(runtime, method)(*args))
 
     @Slot(str, dict)
     def send(self, text: str, properties: dict[str, str]) -> None:
         # Persisted by the core before it returns; the outbox refresh shows it queued or delivered.
-        runtime = self.runtime
-        if runtime is None:
+        if self.runtime is None:
             self.window.show_send_error("The message was not kept: the app's connection did not start.")
             return
 
-        def send_and_refresh() -> None:
+        def send_and_refresh(runtime: DeviceRuntime) -> None:
             runtime.send(text, properties or None)
             self.bridge.outbox_changed()
 
-        self.bridge.run_command(COMMANDS["send"], send_and_refresh)
+        self._on_worker("send", send_and_refresh)
 
     @Slot()
     def retry(self) -> None:
@@ -243,10 +256,8 @@ class AppController(QObject):
 
     @Slot(list, bool)
     def _read_changed(self, messages: list[InboxMessage], read: bool) -> None:
-        runtime = self.runtime
-        if runtime is not None:
-            ids = [message.id for message in messages]
-            self.bridge.run_command(COMMANDS["mark_read"], runtime.inbox.set_read, ids, read)
+        ids = [message.id for message in messages]
+        self._on_worker("mark_read", lambda runtime: runtime.inbox.set_read(ids, read))
 
     @Slot()
     def open_support_panel(self) -> None:
@@ -274,8 +285,11 @@ class AppController(QObject):
 
     @Slot()
     def open_settings(self) -> None:
+        if self.store is None:
+            self.window.statusBar().showMessage("Settings are not available in this window.", 15000)
+            return
         if self.settings_dialog is None:
-            dialog = SettingsDialog(self.config, self.window)
+            dialog = SettingsDialog(self.store, self.config, self.window)
             dialog.saved.connect(self.apply_config)
             dialog.finished.connect(lambda _result: self._settings_closed())
             self.settings_dialog = dialog
@@ -290,20 +304,26 @@ class AppController(QObject):
     def apply_config(self, config: DeviceConfig) -> None:
         """Restart the core with new settings, off the GUI thread (stop() joins threads)."""
         self.config = config
-        old = self.runtime
 
-        def restart() -> None:
+        def restart() -> None:  # bridge worker thread
+            old, self._worker_runtime = self._worker_runtime, None
             if old is not None:
                 old.close()  # stops the core and closes its database
-                self.runtime = None  # if the new one fails, Retry starts afresh instead of using a closed one
-            self.runtime = DeviceRuntime(config, self.bridge)
-            self.runtime.start()
-            self._runtimeReplaced.emit(self.runtime.status())
+            try:
+                runtime = DeviceRuntime(config, self.bridge)
+                runtime.start()
+            except Exception as exc:  # Retry then starts afresh instead of using the closed core
+                log.exception("the device core could not restart")
+                self._startFailed.emit(f"The app could not start its connection: {exc}")
+                return
+            self._worker_runtime = runtime
+            self._runtimeReplaced.emit(runtime, runtime.status())
 
         self.bridge.run_command(COMMANDS["restart"], restart)
 
-    @Slot(object)
-    def _runtime_replaced(self, status: DeviceStatus) -> None:
+    @Slot(object, object)
+    def _runtime_replaced(self, runtime: DeviceRuntime, status: DeviceStatus) -> None:
+        self.runtime = runtime
         self.show_status(self._newest(status))
         self.refresh_outbox()
 
@@ -325,7 +345,7 @@ class AppController(QObject):
         status = self.status
 
         def gather() -> None:
-            runtime = self.runtime
+            runtime = self._worker_runtime
             current = runtime.status() if runtime is not None else status
             use(diagnostics.collect(current, self.config, app_facts=facts, include_logs=include_logs))
 
@@ -368,23 +388,6 @@ class AppController(QObject):
         if self.support_panel is not None and self.support_panel.isVisible():
             self.support_panel.show_feedback(text)
         self.window.statusBar().showMessage(text, 15000)
-
-
-def _ensure_logging(config: DeviceConfig) -> None:
-    """The device core's entry point normally configures logging; this covers a direct call."""
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    try:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.TimedRotatingFileHandler(
-            config.log_dir / "client-app.log", when="D", backupCount=5, encoding="utf-8"
-        )
-    except OSError:
-        return
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 # Modules the device core imports lazily on its first connection (SDK pipelines, paho, keyring backends).
@@ -442,9 +445,9 @@ def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callabl
     return restore
 
 
-def run_gui(config: DeviceConfig) -> int:
+def run_gui(config: DeviceConfig, store: ConfigStore | None = None) -> int:
     """Run the desktop app until the user quits; returns the process exit code."""
-    _ensure_logging(config)
+    setup_logging(config.log_dir)  # the entry point normally did it already; this covers a direct call
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
     app.setApplicationName("client-app")
@@ -489,7 +492,7 @@ def run_gui(config: DeviceConfig) -> int:
             )
 
     window.hiddenToTray.connect(hidden_to_tray)
-    controller = AppController(config, window, tray=tray)
+    controller = AppController(config, window, tray=tray, store=store)
     single.activateRequested.connect(window.bring_forward)
     window.show()
     restore_signals = _quit_on_signals(app, quit_app)

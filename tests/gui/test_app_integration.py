@@ -12,11 +12,11 @@ import pytest
 from PySide6.QtCore import Qt
 
 from client_app.cloud.server import CloudSettings, start_in_thread
-from client_app.device.logsetup import setup_logging
 from client_app.device.runtime import ConnectionState, FirstRunStep
 from client_app.gui.first_run import DONE, FAILED
 from client_app.gui.main_window import MainWindow
 from client_app.gui.models import InboxModel, OutboxModel
+from client_app.logsetup import setup_logging
 from client_app.pki import ISSUER_BUNDLE_PASSPHRASE
 
 S = ConnectionState
@@ -278,18 +278,22 @@ def test_reset_identity_after_confirmation_registers_anew(qtbot, running_app):
     qtbot.waitUntil(running_app.window.first_run.all_done, timeout=20_000)
 
 
-def test_saved_settings_restart_the_core(qtbot, running_app):
+def test_saved_settings_restart_the_core_and_a_message_sent_meanwhile_is_kept(qtbot, running_app):
+    window = running_app.window
     wait_state(qtbot, running_app, S.CONNECTED)
     old_runtime = running_app.runtime
     running_app.open_settings()
     dialog = running_app.settings_dialog
-    dialog.scope_edit.setText("0ne00NEW123")
+    # This instance follows a local cloud, which owns these values: shown, not rewritten.
+    assert dialog.scope_edit.isReadOnly() and dialog.host_edit.isReadOnly()
     dialog.buttons.button(dialog.buttons.StandardButton.Save).click()
+    running_app.send("sent during the restart", {})  # the worker is restarting the core right now
     qtbot.waitUntil(lambda: running_app.runtime is not old_runtime, timeout=20_000)
-    assert running_app.config.id_scope == "0ne00NEW123"
-    assert (running_app.config.config_dir / "config.toml").read_text().count("0ne00NEW123") == 1
-    # This instance follows a local cloud, whose connection.json still decides the scope: it reconnects.
+    assert running_app.store.path.exists()
     wait_state(qtbot, running_app, S.CONNECTED)
+    qtbot.waitUntil(lambda: "Delivered" in outbox_states(window), timeout=30_000)
+    assert window.outbox_model.index(0, OutboxModel.TEXT).data() == "sent during the restart"
+    assert "did not" not in window.send_hint.text()
 
 
 def test_retry_starts_a_core_that_could_not_start(qtbot, running_app_factory, device_config):

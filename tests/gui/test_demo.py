@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -23,7 +22,11 @@ BIN = Path(sys.executable).parent
 def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
     try:
-        cloud, bundle = demo.prepare_demo(argparse.Namespace(data_dir=None, status=False))
+        device = tmp_path / "demo-device"
+        assert demo.device_layer(None) == {"data_dir": str(device)}
+        assert demo.device_layer("/elsewhere") == {}
+        layer = demo.prepare_demo(device)
+        cloud, bundle = Path(layer["local_cloud"]), Path(layer["issuer_bundle"])
         first_issuer = sha1_thumbprint(load_issuer_bundle(bundle).certificate)
         info = demo.connection_info(cloud)
         headers = {"Authorization": f"Bearer {info['api_token']}"}
@@ -33,9 +36,7 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
         assert certificate["properties"]["isVerified"] is True
         assert group["attestation"]["x509"]["caReferences"]["primary"] == demo.ROOT_CERTIFICATE_NAME
         # Second run in the same process (cloud still up): nothing is re-made.
-        args = argparse.Namespace(data_dir=None, status=False)
-        assert demo.prepare_demo(args) == (cloud, bundle)
-        assert args.data_dir == str(tmp_path / "demo-device")
+        assert demo.prepare_demo(device) == layer
         assert sha1_thumbprint(load_issuer_bundle(bundle).certificate) == first_issuer
         with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False) as api:
             again = api.get(f"/certificates/{demo.ROOT_CERTIFICATE_NAME}").json()
@@ -44,7 +45,7 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
         demo.stop_cloud()
     assert not (cloud / "connection.json").exists()
     # --demo --status only locates the directories.
-    assert demo.prepare_demo(argparse.Namespace(data_dir=None, status=True)) == (cloud, bundle)
+    assert demo.prepare_demo(device, status_only=True) == layer
     assert demo._running_cloud is None
     assert not (cloud / "connection.json").exists()
 
@@ -54,7 +55,7 @@ def test_a_damaged_demo_ca_says_what_to_delete(tmp_path, monkeypatch):
     demo.ensure_demo_ca(demo.ca_dir(tmp_path))
     (demo.ca_dir(tmp_path) / "private" / "root.key.pem").write_text("not a key\n")
     with pytest.raises(demo.DemoError) as failure:
-        demo.prepare_demo(argparse.Namespace(data_dir=None, status=False))
+        demo.prepare_demo(tmp_path / "demo-device")
     message = str(failure.value)
     assert "root.key.pem" in message and f"delete {demo.ca_dir(tmp_path)}" in message
     assert "\n" not in message
