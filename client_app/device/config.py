@@ -91,6 +91,9 @@ class DeviceConfig:
     leaf_days: int = 365
     backoff_cap: float = 300.0  # seconds; longest wait between retries
     keep_alive: int = 60
+    # The desktop app's own settings (the device core ignores them).
+    do_not_disturb: bool = False  # no "new message" notifications
+    start_at_login: bool = False  # off by default: the user opts in
 
     @property
     def issuer_bundle_path(self) -> Path:
@@ -115,6 +118,15 @@ class DeviceConfig:
         return dataclasses.replace(self, **_typed(read_local_cloud(self.local_cloud)))
 
 
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
 # name -> (type converter, help); the same names serve TOML keys, CLIENT_APP_<NAME> and --<name>.
 _OPTIONS: dict[str, tuple[Any, str]] = {
     "provisioning_host": (str, f"DPS host name (default {DEFAULT_PROVISIONING_HOST})"),
@@ -127,6 +139,8 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "leaf_days": (int, "validity of the device certificate in days (default 365)"),
     "backoff_cap": (float, "longest wait between retries in seconds (default 300)"),
     "keep_alive": (int, "MQTT keep-alive in seconds (default 60)"),
+    "do_not_disturb": (parse_bool, "no notifications for new messages: true/false (default false)"),
+    "start_at_login": (parse_bool, "start the app when you log in: true/false (default false)"),
 }
 _CLI_ALIASES = {"server_ca_pem": "--server-ca"}
 _LOCATION_OPTIONS = ("data_dir", "log_dir")  # command line / environment only
@@ -236,7 +250,7 @@ def load_config(
 
 
 # The settings a person edits in the app (the Settings dialog); the rest are for installers and support.
-USER_SETTINGS = ("provisioning_host", "id_scope", "proxy")
+USER_SETTINGS = ("provisioning_host", "id_scope", "proxy", "do_not_disturb", "start_at_login")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _ID_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{2,63}$")
@@ -254,7 +268,7 @@ def clean_host(text: str) -> str:
     return host.strip().rstrip(".")
 
 
-def validate_settings(values: Mapping[str, str]) -> dict[str, str]:
+def validate_settings(values: Mapping[str, str]) -> dict[str, str]:  # the text settings
     """Setting name -> problem in plain words, for the values a person typed; empty when all is fine."""
     problems: dict[str, str] = {}
     if "provisioning_host" in values:
@@ -364,13 +378,14 @@ class ConfigStore:
                     owners[name] = "the local cloud" if "local_cloud" in present else f"the {where}"
         return owners
 
-    def save(self, values: Mapping[str, str]) -> DeviceConfig:
+    def save(self, values: Mapping[str, str | bool]) -> DeviceConfig:
         """Validate, write the user settings to the file this store read, and load again (same precedence).
 
         Settings owned by a higher layer are left as they are in the file. Raises ConfigError with the
         problems in plain words, or OSError when the file cannot be written."""
-        editable = {k: v for k, v in values.items() if k in USER_SETTINGS and k not in self.owned_elsewhere()}
-        problems = validate_settings(editable)
+        owned = self.owned_elsewhere()
+        editable = {k: v for k, v in values.items() if k in USER_SETTINGS and k not in owned}
+        problems = validate_settings({k: v for k, v in editable.items() if isinstance(v, str)})
         if problems:
             raise ConfigError(" ".join(problems.values()))
         try:
@@ -378,6 +393,9 @@ class ConfigStore:
         except ConfigError:
             existing = {}  # unreadable: rewritten with what the user just entered
         for name, raw in editable.items():
+            if isinstance(raw, bool):
+                existing[name] = raw
+                continue
             value = clean_host(raw) if name == "provisioning_host" else raw.strip()
             if name == "proxy" and value:
                 proxy = ProxySetting.parse(value)

@@ -7,6 +7,7 @@ signals. Widgets never see the runtime, and core threads never see a widget.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
-from client_app.device.config import ConfigStore, DeviceConfig
+from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
 from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus
 from client_app.device.store import InboxMessage
 from client_app.gui import diagnostics
@@ -84,7 +85,8 @@ class AppController(QObject):
         self.tray = tray
         self.bridge = RuntimeBridge(self)
         self.notifier = MessageNotifier(tray, window, self)
-        self.notifier.enabled = notify
+        self.notifier.enabled = notify and not config.do_not_disturb
+        self.notifier.openRequested.connect(self.open_message)
         # Two references, one per thread: the GUI reads `runtime` (assigned only in GUI slots), the bridge's
         # worker calls `_worker_runtime` (assigned only on the worker). A restart on the worker never swaps
         # the object a GUI slot is reading, and a command queued during a restart runs on the new core.
@@ -118,6 +120,11 @@ class AppController(QObject):
         if tray is not None:
             tray.showWindowRequested.connect(window.bring_forward)
             tray.reconnectRequested.connect(self.reconnect_now)
+            tray.detailsRequested.connect(self.open_support_panel)
+            tray.settingsRequested.connect(self._settings_from_tray)
+            tray.doNotDisturbChanged.connect(self.set_do_not_disturb)
+            tray.set_do_not_disturb(config.do_not_disturb)
+            window.inbox_box.unreadChanged.connect(tray.show_unread)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -273,6 +280,26 @@ class AppController(QObject):
         self.support_panel.show()
         self.support_panel.raise_()
         self.support_panel.activateWindow()
+
+    @Slot(object)
+    def open_message(self, message: InboxMessage) -> None:
+        """A notification was clicked: the window comes forward on that message."""
+        self.window.bring_forward()
+        self.window.inbox_box.reveal(message)
+
+    @Slot(bool)
+    def set_do_not_disturb(self, on: bool) -> None:
+        self.notifier.enabled = not on
+        self.config = dataclasses.replace(self.config, do_not_disturb=on)
+        if self.store is not None:
+            try:
+                self.store.save({"do_not_disturb": on})  # a small local file write: kept for the next start
+            except (ConfigError, OSError) as exc:
+                self.window.statusBar().showMessage(f"Do not disturb is on until you quit ({exc}).", 15000)
+
+    def _settings_from_tray(self) -> None:
+        self.window.bring_forward()
+        self.open_settings()
 
     @Slot()
     def open_log_folder(self) -> None:

@@ -112,6 +112,19 @@ class InboxPanel(QGroupBox):
         self.new_above = 0
         self.new_button.hide()
 
+    def reveal(self, message: InboxMessage) -> None:
+        """Scroll to and select `message` (clearing a filter that hides it)."""
+        row = self.model.row_of(message.id)
+        if row is None:
+            return
+        index = self.proxy.mapFromSource(self.model.index(row, InboxModel.TEXT))
+        if not index.isValid():
+            self.filter_edit.clear()
+            index = self.proxy.mapFromSource(self.model.index(row, InboxModel.TEXT))
+        self.view.setCurrentIndex(index)
+        self.view.scrollTo(index, QTableView.ScrollHint.PositionAtCenter)
+        self.view.setFocus()
+
     # --- reading -----------------------------------------------------------------------------
 
     def message_at(self, index: QModelIndex) -> InboxMessage:

@@ -144,6 +144,9 @@ class InboxModel(_MessageTable[InboxMessage]):
             self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(self.COLUMNS) - 1))
         return changed
 
+    def row_of(self, message_id: int) -> int | None:
+        return next((row for row, m in enumerate(self._rows) if m.id == message_id), None)
+
     def is_unread(self, message: InboxMessage) -> bool:
         return not self._read.get(message.id, message.read)
 

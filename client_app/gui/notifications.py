@@ -28,6 +28,7 @@ def notification_text(count: int, newest: InboxMessage) -> tuple[str, str]:
 
 class MessageNotifier(QObject):
     notified = Signal(str, str)  # title, body: whatever was shown, however it was shown
+    openRequested = Signal(object)  # the InboxMessage the clicked notification was about
 
     def __init__(self, tray: StatusTray | None, window: QWidget, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -40,6 +41,9 @@ class MessageNotifier(QObject):
         self._later = QTimer(self)
         self._later.setSingleShot(True)
         self._later.timeout.connect(self._flush)
+        self.shown_message: InboxMessage | None = None  # the newest message of the last notification
+        if tray is not None:
+            tray.icon.messageClicked.connect(self.clicked)
 
     def messages_arrived(self, messages: Sequence[InboxMessage]) -> None:
         if not self.enabled or not messages:
@@ -60,6 +64,7 @@ class MessageNotifier(QObject):
         if self._newest is None:
             return
         title, body = notification_text(self._pending_count, self._newest)
+        self.shown_message = self._newest
         self._pending_count, self._newest = 0, None
         self._last_shown = time.monotonic()
         if self.tray is not None and self.tray.can_notify():
@@ -67,3 +72,8 @@ class MessageNotifier(QObject):
         else:
             QApplication.alert(self.window)  # taskbar attention: works without a tray
         self.notified.emit(title, body)
+
+    def clicked(self) -> None:
+        """The user clicked the notification: open the window on the message it announced."""
+        if self.shown_message is not None:
+            self.openRequested.emit(self.shown_message)

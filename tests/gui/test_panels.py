@@ -289,3 +289,49 @@ def test_diagnostics_zip_is_allow_listed_and_redacted(tmp_path, config):
     assert status_json["certificate_thumbprint"] == FULL_STATUS["certificate_thumbprint"]
     assert status_json["registration_id"] == "desk-0123"
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_clicking_a_notification_opens_the_window_on_that_message(qtbot, store, config):
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+    from client_app.gui.models import InboxModel
+    from client_app.gui.tray import StatusTray
+    from tests.gui.test_widgets import inbox_message
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    controller = AppController(config, window, tray=StatusTray(), store=store)
+    try:
+        window.add_messages([inbox_message(n) for n in range(1, 301)])
+        controller.notifier.messages_arrived([inbox_message(42)])
+        window.hide()
+        controller.tray.icon.messageClicked.emit()
+        assert window.isVisible()
+        current = window.inbox_view.currentIndex()
+        assert window.inbox_box.message_at(current).id == 42
+        assert window.inbox_view.visualRect(current).intersects(window.inbox_view.viewport().rect())
+        assert current.sibling(current.row(), InboxModel.TEXT).data() == "message 42"
+    finally:
+        controller.tray.dispose()
+
+
+def test_do_not_disturb_in_the_tray_is_kept(qtbot, store, config):
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+    from client_app.gui.tray import StatusTray
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    controller = AppController(config, window, tray=StatusTray(), store=store)
+    texts = [a.text() for a in controller.tray.menu.actions() if a.text()]
+    for wanted in ("Connection details…", "Settings…", "Do not disturb", "Quit", "No unread messages"):
+        assert wanted in texts
+    assert controller.notifier.enabled
+    controller.tray.dnd_action.trigger()
+    assert not controller.notifier.enabled
+    assert store.load().do_not_disturb is True
+    controller.tray.dispose()
+    # The next start remembers it.
+    again = AppController(store.load(), window, tray=StatusTray(), store=store)
+    assert again.tray.dnd_action.isChecked() and not again.notifier.enabled
+    again.tray.dispose()
