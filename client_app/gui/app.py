@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
-from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
 from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus
@@ -94,6 +94,7 @@ class AppController(QObject):
         self._worker_runtime: DeviceRuntime | None = None
         self.support_panel: SupportPanel | None = None
         self.settings_dialog: SettingsDialog | None = None
+        self.about_dialog: QDialog | None = None
         self.status: DeviceStatus | None = None
 
         self.bridge.statusChanged.connect(self.show_status)
@@ -117,6 +118,7 @@ class AppController(QObject):
         window.detailsRequested.connect(self.open_support_panel)
         window.exportDiagnosticsRequested.connect(self.export_diagnostics)
         window.openLogsRequested.connect(self.open_log_folder)
+        window.aboutRequested.connect(self.open_about)
         if tray is not None:
             tray.showWindowRequested.connect(window.bring_forward)
             tray.reconnectRequested.connect(self.reconnect_now)
@@ -277,6 +279,7 @@ class AppController(QObject):
             self.support_panel = panel
         if self.status is not None:
             self.support_panel.show_status(self.status)
+        self.support_panel.show_facts(self.support_facts())
         self.support_panel.show()
         self.support_panel.raise_()
         self.support_panel.activateWindow()
@@ -353,6 +356,30 @@ class AppController(QObject):
         self.runtime = runtime
         self.show_status(self._newest(status))
         self.refresh_outbox()
+
+    def support_facts(self) -> dict[str, str]:
+        """What a support call asks besides the connection: full, readable paths (the user's own screen)."""
+        import platform
+
+        from client_app.logsetup import app_version
+
+        config = self.config
+        return {
+            "App version": app_version(),
+            "Operating system": platform.platform(terse=True),
+            "Proxy": str(config.proxy) if config.proxy else "none",
+            "Data folder": str(config.data_dir),
+            "Settings file": str(self.store.path) if self.store else str(config.config_dir),
+        }
+
+    @Slot()
+    def open_about(self) -> None:
+        from client_app.gui.about import AboutDialog
+
+        dialog = AboutDialog(self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.about_dialog = dialog
+        dialog.show()
 
     def app_facts(self) -> dict[str, Any]:
         from PySide6.QtWidgets import QSystemTrayIcon

@@ -109,6 +109,7 @@ class MainWindow(QMainWindow):
     detailsRequested = Signal()
     exportDiagnosticsRequested = Signal()
     openLogsRequested = Signal()
+    aboutRequested = Signal()
     quitRequested = Signal()
     hiddenToTray = Signal()
 
@@ -227,6 +228,11 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.details_action)
         help_menu.addAction(export_action)
         help_menu.addAction(logs_action)
+        help_menu.addSeparator()
+        about_action = QAction("&About client-app", self)
+        about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        about_action.triggered.connect(self.aboutRequested)
+        help_menu.addAction(about_action)
 
     # --- inputs ----------------------------------------------------------------------------
 

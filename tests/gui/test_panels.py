@@ -227,6 +227,17 @@ ENCRYPTED_KEY = private_key_to_pem(generate_key(), b"passphrase").decode().split
 KEY_LINES = PEM_KEY.splitlines()
 
 
+def test_redaction_keeps_ordinary_paths_readable():
+    line = (
+        "logs in /var/tmp/pytest-of-me/client-app-demo/demo-device/logs/client-app.log, C:/Users/Me/AppData/x"
+    )
+    assert diagnostics.redact(line) == line
+    home = f"{Path.home()}/.local/share/client-app/demo-device/logs"
+    assert diagnostics.redact(home) == "~/.local/share/client-app/demo-device/logs"  # the user name goes
+    secret = "k/" + "Zm9vYmFyYmF6cXV4cXV1eHF1dXhx/dXV4cXV1eA"  # base64 with a slash is still removed
+    assert "Zm9vYmFy" not in diagnostics.redact(f"key {secret} here")
+
+
 @pytest.mark.parametrize(
     ("line", "leak"),
     [
@@ -335,3 +346,48 @@ def test_do_not_disturb_in_the_tray_is_kept(qtbot, store, config):
     again = AppController(store.load(), window, tray=StatusTray(), store=store)
     assert again.tray.dnd_action.isChecked() and not again.notifier.enabled
     again.tray.dispose()
+
+
+def test_support_panel_has_what_a_support_call_needs(qtbot, store, config):
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+    from client_app.logsetup import app_version
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    controller = AppController(config, window, store=store)
+    controller.show_status(
+        make_status(ConnectionState.CONNECTED, registration_id="desk-9", device_id="desk-9")
+    )
+    controller.open_support_panel()
+    panel = controller.support_panel
+    facts = {label: value.text() for label, value in panel.facts.items()}
+    assert facts["App version"] == app_version()
+    assert facts["Proxy"] == "none"
+    assert facts["Data folder"] == str(config.data_dir)  # whole and readable, not "~/.[token removed]"
+    assert facts["Settings file"] == str(store.path)
+    assert facts["Operating system"]
+    qtbot.mouseClick(panel.copy_id_button, Qt.MouseButton.LeftButton)
+    from PySide6.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text() == "desk-9"
+    assert panel.copy_button.text() == "Copy all"
+    panel.close()
+
+
+def test_about_names_versions_build_and_licences(qtbot):
+    from PySide6.QtCore import qVersion
+
+    from client_app.gui.about import AboutDialog
+    from client_app.gui.main_window import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    about = next(a for a in window.menuBar().actions()[-1].menu().actions() if "About" in a.text())
+    with qtbot.waitSignal(window.aboutRequested, timeout=1000):
+        about.trigger()
+    dialog = AboutDialog(window)
+    qtbot.addWidget(dialog)
+    text = dialog.text.text()
+    for wanted in (qVersion(), "Azure IoT device SDK", "LGPL-3.0", "MIT", "from source", "Version"):
+        assert wanted in text
