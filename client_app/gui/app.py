@@ -15,15 +15,13 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
 from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
-from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus
-from client_app.device.store import InboxMessage
-from client_app.gui import diagnostics
+from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.errors import ErrorReporter
 from client_app.gui.main_window import MainWindow
@@ -34,6 +32,11 @@ from client_app.gui.style import install_style
 from client_app.gui.support_panel import SupportPanel
 from client_app.gui.tray import StatusTray
 from client_app.logsetup import setup_logging
+
+if TYPE_CHECKING:  # the device core, the SDK and keyring are imported after the window is up
+    from client_app.device.runtime import DeviceRuntime
+    from client_app.device.store import InboxMessage
+    from client_app.gui import diagnostics
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,9 @@ class AppController(QObject):
 
     def _start_core(self) -> None:  # bridge worker thread
         try:
+            preload_core_modules()  # after the window is up: the user sees it within a second
+            from client_app.device.runtime import DeviceRuntime
+
             runtime = DeviceRuntime(self.config, self.bridge)
             # Short SQLite reads; later arrivals come through the bridge (the model drops duplicates).
             history = runtime.inbox.list(INITIAL_INBOX_ROWS)
@@ -340,6 +346,8 @@ class AppController(QObject):
             if old is not None:
                 old.close()  # stops the core and closes its database
             try:
+                from client_app.device.runtime import DeviceRuntime
+
                 runtime = DeviceRuntime(config, self.bridge)
                 runtime.start()
             except Exception as exc:  # Retry then starts afresh instead of using the closed core
@@ -401,6 +409,8 @@ class AppController(QObject):
         def gather() -> None:
             runtime = self._worker_runtime
             current = runtime.status() if runtime is not None else status
+            from client_app.gui import diagnostics
+
             use(diagnostics.collect(current, self.config, app_facts=facts, include_logs=include_logs))
 
         self.bridge.run_command(COMMANDS[command], gather)
@@ -420,10 +430,12 @@ class AppController(QObject):
     @Slot()
     def export_diagnostics(self, path: Path | None = None) -> None:
         if path is None:
+            from client_app.gui.diagnostics import default_zip_name
+
             chosen, _filter = QFileDialog.getSaveFileName(
                 self.window,
                 "Export diagnostics",
-                str(Path.home() / diagnostics.default_zip_name()),
+                str(Path.home() / default_zip_name()),
                 "Zip archives (*.zip)",
             )
             if not chosen:
@@ -445,8 +457,8 @@ class AppController(QObject):
 
 
 # Modules the device core imports lazily on its first connection (SDK pipelines, paho, keyring backends).
-# An import on a core thread holds the GIL for tens of milliseconds at a time, which the window feels as a
-# stall; importing them before the window is shown moves that cost to start-up.
+# They are imported once, up front, on the bridge's worker right after the window is shown: the window
+# appears without waiting for them, and the core's first connection does not pay for them either.
 _CORE_MODULES = (
     "azure.iot.device",
     "azure.iot.device.iothub.pipeline.mqtt_pipeline",
@@ -514,7 +526,6 @@ def run_gui(config: DeviceConfig, store: ConfigStore | None = None) -> int:
         tell_user_already_running()
         return 0
 
-    preload_core_modules()
     window = MainWindow()
     reporter = ErrorReporter(lambda: window, config.log_dir)
     reporter.install()

@@ -12,12 +12,14 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from client_app.device.runtime import DeviceStatus, FirstRunStep
-from client_app.device.store import InboxMessage
+from client_app.device.status import DeviceStatus, FirstRunStep
+
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from client_app.device.config import DeviceConfig
-from client_app.device.runtime import DeviceStatus
+from client_app.device.status import DeviceStatus
 
 # DeviceStatus fields that go in (its to_json_dict promises no secret; this is belt and braces).
 STATUS_FIELDS = (

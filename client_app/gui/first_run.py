@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.runtime import FirstRunStep
+from client_app.device.status import FirstRunStep
 from client_app.gui.status_text import STEP_LABELS, TONE_COLOURS, Tone, step_detail
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"

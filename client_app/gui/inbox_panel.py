@@ -8,6 +8,7 @@ Read means looked at on purpose (a click, Enter, opening it, the context menu), 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QModelIndex, QPoint, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QAction
@@ -24,8 +25,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.store import InboxMessage
 from client_app.gui.models import InboxModel, format_properties
+
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage
 
 TITLE = "Messages from the cloud"
 

@@ -7,6 +7,7 @@ emits signals for what the user asks. The AppController (app.py) connects the tw
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
@@ -28,14 +29,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.runtime import ConnectionState, DeviceStatus
-from client_app.device.store import InboxMessage, OutboxMessage
+from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.first_run import FirstRunPanel
 from client_app.gui.icons import status_icon
 from client_app.gui.inbox_panel import InboxPanel
 from client_app.gui.models import InboxModel, OutboxModel, format_properties
 from client_app.gui.status_banner import StatusBanner
 from client_app.gui.status_text import describe, send_hint
+
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage, OutboxMessage
 
 MAX_MESSAGE_CHARS = 4096
 
@@ -176,9 +179,6 @@ class MainWindow(QMainWindow):
         self.outbox_view.setAccessibleName("Sent messages")
         self.outbox_view.setColumnWidth(OutboxModel.TIME, 90)
         self.outbox_view.setColumnWidth(OutboxModel.STATE, 130)
-        # Tab follows the layout: the message, Send beside it, then the properties below.
-        QWidget.setTabOrder(self.message_edit, self.send_button)
-        QWidget.setTabOrder(self.send_button, self.properties_edit)
         send_row = QHBoxLayout()
         send_row.addWidget(self.message_edit, 1)
         send_row.addWidget(self.send_button)
@@ -201,6 +201,9 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.first_run)
         layout.addWidget(splitter, 1)
         self.setCentralWidget(central)
+        # Tab follows the layout: the message, Send beside it, then the properties below.
+        QWidget.setTabOrder(self.message_edit, self.send_button)
+        QWidget.setTabOrder(self.send_button, self.properties_edit)
         self._build_menus()
         self._update_send_hint()
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
-from client_app.device.store import InboxMessage, OutboxMessage
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage, OutboxMessage
+
 
 Index = QModelIndex | QPersistentModelIndex
 _ROOT = QModelIndex()
-Message = TypeVar("Message", InboxMessage, OutboxMessage)
+Message = TypeVar("Message", bound=Any)  # InboxMessage or OutboxMessage
 
 
 # Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
@@ -73,7 +75,7 @@ class _MessageTable(QAbstractTableModel, Generic[Message]):
         return None
 
 
-class InboxModel(_MessageTable[InboxMessage]):
+class InboxModel(_MessageTable["InboxMessage"]):
     """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties."""
 
     COLUMNS = ("", "Received", "Message", "Properties")
@@ -188,7 +190,7 @@ OUTBOX_STATE_TEXT = {
 }
 
 
-class OutboxModel(_MessageTable[OutboxMessage]):
+class OutboxModel(_MessageTable["OutboxMessage"]):
     """Messages sent to the cloud, newest first. Columns: time, text, state."""
 
     COLUMNS = ("Sent", "Message", "State")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QWidget
 
-from client_app.device.store import InboxMessage
 from client_app.gui.tray import StatusTray
+
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage
 
 PREVIEW_CHARS = 160
 MIN_SECONDS_BETWEEN = 5.0

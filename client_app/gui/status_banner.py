@@ -7,7 +7,7 @@ from datetime import datetime
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from client_app.device.runtime import ConnectionState, DeviceStatus
+from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.icons import status_pixmap
 from client_app.gui.status_text import TONE_COLOURS, Tone, describe
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from client_app.device.runtime import ConnectionState, DeviceStatus, FirstRunStep
+from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep
 
 
 class Tone(StrEnum):

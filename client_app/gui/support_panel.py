@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.runtime import DeviceStatus
+from client_app.device.status import DeviceStatus
 from client_app.gui.status_text import describe
 
 # (DeviceStatus field, label) in the order support staff read them.

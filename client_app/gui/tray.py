@@ -6,7 +6,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from client_app.device.runtime import DeviceStatus
+from client_app.device.status import DeviceStatus
 from client_app.gui.icons import status_icon
 from client_app.gui.status_text import Tone, describe, tooltip
 
