@@ -46,6 +46,7 @@ OUTBOX_ROWS = 200
 # Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
 # left behind after this long (the outbox and inbox are already on disk).
 QUIT_STOP_SECONDS = 3.0
+WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
 # Plain words for the commands the user can trigger.
 COMMANDS = {
@@ -559,6 +560,8 @@ def run_gui(config: DeviceConfig, store: ConfigStore | None = None) -> int:
     window.hiddenToTray.connect(hidden_to_tray)
     controller = AppController(config, window, tray=tray, store=store)
     single.activateRequested.connect(window.bring_forward)
+    state_file = config.config_dir / WINDOW_STATE_FILE
+    window.place(state_file)
     window.show()
     restore_signals = _quit_on_signals(app, quit_app)
     code = 1
@@ -570,6 +573,7 @@ def run_gui(config: DeviceConfig, store: ConfigStore | None = None) -> int:
         log.exception("the app failed")
         QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
     finally:
+        window.remember_place(state_file)
         window.hide()
         controller.shutdown(timeout=QUIT_STOP_SECONDS)
         single.release()

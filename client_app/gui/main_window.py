@@ -7,14 +7,16 @@ emits signals for what the user asks. The AppController (app.py) connects the tw
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtCore import QByteArray, QModelIndex, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
     QDialogButtonBox,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QTableView,
     QVBoxLayout,
@@ -41,6 +44,8 @@ if TYPE_CHECKING:  # the store imports cryptography: not needed to show the wind
     from client_app.device.store import InboxMessage, OutboxMessage
 
 MAX_MESSAGE_CHARS = 4096
+DEFAULT_SIZE = (860, 620)
+GEOMETRY_KEY = "main_window/geometry"
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -120,7 +125,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setWindowTitle("client-app")
-        self.resize(860, 620)
+        self.resize(*DEFAULT_SIZE)
         # Set by the app from QSystemTrayIcon.isSystemTrayAvailable(): without a tray, closing
         # must quit, never hide the only window for good.
         self.keep_running_in_tray = False
@@ -200,7 +205,14 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner)
         layout.addWidget(self.first_run)
         layout.addWidget(splitter, 1)
-        self.setCentralWidget(central)
+        # On a small screen (1366×800 at 200 %: 683×400 logical pixels) the content scrolls instead of
+        # pushing the window past the screen's edges.
+        scroller = QScrollArea()
+        scroller.setObjectName("mainScroller")
+        scroller.setWidgetResizable(True)
+        scroller.setFrameShape(QFrame.Shape.NoFrame)
+        scroller.setWidget(central)
+        self.setCentralWidget(scroller)
         # Tab follows the layout: the message, Send beside it, then the properties below.
         QWidget.setTabOrder(self.message_edit, self.send_button)
         QWidget.setTabOrder(self.send_button, self.properties_edit)
@@ -327,6 +339,43 @@ class MainWindow(QMainWindow):
 
     def _update_title(self, unread: int) -> None:
         self.setWindowTitle(f"client-app ({unread} unread)" if unread else "client-app")
+
+    def place(self, state_file: Path | None) -> None:
+        """Where the user left the window last time, if that still fits a screen; else a size that fits."""
+        if state_file is not None:
+            saved = QSettings(str(state_file), QSettings.Format.IniFormat).value(GEOMETRY_KEY)
+            if isinstance(saved, QByteArray) and self.restoreGeometry(saved) and self._on_a_screen():
+                return
+        screen = (self.screen() or QGuiApplication.primaryScreen()).availableGeometry()
+        # Leave room for the window manager's frame and title bar.
+        width = min(DEFAULT_SIZE[0], int(screen.width() * 0.9))
+        height = min(DEFAULT_SIZE[1], int(screen.height() * 0.85))
+        self.resize(width, height)
+        self.move(screen.center() - self.rect().center())
+
+    def _on_a_screen(self) -> bool:
+        """A saved place from another monitor set-up may be off every screen now, or larger than it."""
+        frame = self.frameGeometry()
+        for screen in QGuiApplication.screens():
+            area = screen.availableGeometry()
+            if (
+                area.contains(frame.center())
+                and frame.width() <= area.width()
+                and frame.height() <= area.height()
+            ):
+                return True
+        return False
+
+    def remember_place(self, state_file: Path | None) -> None:
+        if state_file is None:
+            return
+        try:
+            state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return  # a convenience: never a reason to fail
+        settings = QSettings(str(state_file), QSettings.Format.IniFormat)
+        settings.setValue(GEOMETRY_KEY, self.saveGeometry())
+        settings.sync()
 
     def bring_forward(self) -> None:
         """Show, un-minimise and raise (a second launch or a tray click asks for this)."""

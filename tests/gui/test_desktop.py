@@ -5,6 +5,7 @@ Each test runs `client-app` as a user would, in its own process, and watches it 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ QUIT_WITHIN = 5.0
 def launch(x_display, data_dir: Path, *extra: str) -> subprocess.Popen[str]:
     # No cloud needed: a closed loopback port keeps the app retrying, as it would be on a train.
     env = {**x_display.env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    if "QT_SCALE_FACTOR" in os.environ:
+        env["QT_SCALE_FACTOR"] = os.environ["QT_SCALE_FACTOR"]
     command = [sys.executable, "-m", "client_app.main", "--data-dir", str(data_dir)]
     command += ["--provisioning-host", "127.0.0.1", "--id-scope", "0ne000TEST", *extra]
     with (data_dir.parent / "console.txt").open("a") as console:
@@ -61,3 +64,45 @@ def test_ctrl_q_with_the_window_shown_quits(shown_app, x_display):
     x_display.xdotool("key", "--window", window, "ctrl+q")
     assert ended_within(process, QUIT_WITHIN) is not None, "Ctrl+Q left the app running"
     assert process.returncode == 0
+
+
+def window_geometry(x_display, window: str) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of the window's frame as the X server has it."""
+    lines = dict(
+        line.split("=", 1) for line in x_display.xdotool("getwindowgeometry", "--shell", window).splitlines()
+    )
+    return int(lines["X"]), int(lines["Y"]), int(lines["WIDTH"]), int(lines["HEIGHT"])
+
+
+def test_fits_a_small_screen_at_200_percent(x_display, tmp_path, monkeypatch):
+    # 1366×800 at QT_SCALE_FACTOR=2: 683×400 logical pixels for a window made for 860×620.
+    monkeypatch.setenv("QT_SCALE_FACTOR", "2")
+    process = launch(x_display, tmp_path / "device")
+    try:
+        window = x_display.wait_window("^client-app")
+        time.sleep(0.5)
+        x, y, width, height = window_geometry(x_display, window)
+        assert x >= 0 and y >= 0 and x + width <= 1366 and y + height <= 800, (x, y, width, height)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        ended_within(process, QUIT_WITHIN)
+
+
+def test_window_size_and_position_are_remembered(x_display, tmp_path):
+    data = tmp_path / "device"
+    process = launch(x_display, data)
+    window = x_display.wait_window("^client-app")
+    x_display.xdotool("windowsize", "--sync", window, "700", "500")
+    x_display.xdotool("windowmove", "--sync", window, "120", "90")
+    time.sleep(0.5)
+    placed = window_geometry(x_display, window)
+    process.send_signal(signal.SIGTERM)
+    assert ended_within(process, QUIT_WITHIN) is not None
+    again = launch(x_display, data)
+    try:
+        window = x_display.wait_window("^client-app")
+        time.sleep(0.5)
+        assert window_geometry(x_display, window) == placed
+    finally:
+        again.send_signal(signal.SIGTERM)
+        ended_within(again, QUIT_WITHIN)
