@@ -307,6 +307,14 @@ class AppController(QObject):
             except (ConfigError, OSError) as exc:
                 self.window.statusBar().showMessage(f"Do not disturb is on until you quit ({exc}).", 15000)
 
+    def _apply_start_at_login(self, on: bool) -> None:
+        from client_app.gui.login_start import set_start_at_login
+
+        try:
+            set_start_at_login(on)
+        except OSError as exc:
+            self.window.statusBar().showMessage(f"Start at login could not be changed: {exc}", 15000)
+
     def _settings_from_tray(self) -> None:
         self.window.bring_forward()
         self.open_settings()
@@ -340,6 +348,8 @@ class AppController(QObject):
     @Slot(object)
     def apply_config(self, config: DeviceConfig) -> None:
         """Restart the core with new settings, off the GUI thread (stop() joins threads)."""
+        if config.start_at_login != self.config.start_at_login:
+            self._apply_start_at_login(config.start_at_login)
         self.config = config
 
         def restart() -> None:  # bridge worker thread

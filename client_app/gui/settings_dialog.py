@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -68,6 +69,9 @@ class SettingsDialog(QDialog):
             form.addRow(label, edit)
             form.addRow("", error)
             edit.textChanged.connect(lambda _text, n=name: self._clear_error(n))
+        self.login_check = QCheckBox("Start client-app when I &log in")
+        self.login_check.setChecked(config.start_at_login)
+        form.addRow("", self.login_check)
         note = QLabel(
             f"Saved in {store.path}. Options given on the command line or in the environment take precedence."
         )
@@ -89,15 +93,19 @@ class SettingsDialog(QDialog):
         layout.addWidget(self.save_error)
         layout.addWidget(self.buttons)
 
-    def values(self) -> dict[str, str]:
-        return {name: edit.text() for name, edit in self.edits.items() if name not in self.owners}
+    def values(self) -> dict[str, str | bool]:
+        values: dict[str, str | bool] = {
+            name: edit.text() for name, edit in self.edits.items() if name not in self.owners
+        }
+        values["start_at_login"] = self.login_check.isChecked()
+        return values
 
     def _clear_error(self, name: str) -> None:
         if name not in self.owners:
             self.errors[name].setText("")
 
     def try_save(self) -> bool:
-        problems = validate_settings(self.values())
+        problems = validate_settings({k: v for k, v in self.values().items() if isinstance(v, str)})
         for name, text in problems.items():
             self.errors[name].setText(text)
         if problems:
