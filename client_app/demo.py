@@ -17,6 +17,7 @@ import atexit
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def start_cloud(directory: Path) -> Any:
     if _running_cloud is None:
         directory.mkdir(parents=True, exist_ok=True)
         _running_cloud = start_in_thread(CloudSettings(data_dir=directory))
+        atexit.unregister(stop_cloud)  # once, however often the demo menu restarts it
         atexit.register(stop_cloud)
     return _running_cloud
 
@@ -118,6 +120,29 @@ def stop_cloud() -> None:
     cloud, _running_cloud = _running_cloud, None
     if cloud is not None:
         cloud.stop()
+
+
+class CloudSwitch:
+    """The demo window's Demo menu: stop and start the embedded local cloud, for a fault drill.
+
+    Started again, it may listen on new ports: the device core re-reads connection.json on each attempt."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def running(self) -> bool:
+        return _running_cloud is not None
+
+    def stop(self) -> None:
+        stop_cloud()
+
+    def start(self) -> None:
+        start_cloud(self.directory)
+
+
+def cloud_switch() -> CloudSwitch | None:
+    """A switch for the cloud this process runs; None when another process runs it."""
+    return CloudSwitch(cloud_dir()) if _running_cloud is not None else None
 
 
 def connection_info(directory: Path) -> dict[str, Any]:
@@ -230,6 +255,26 @@ def _start_afresh(problem: str, directory: Path) -> str:
     return f"{problem}. To start over with a new one, delete {directory} and run client-app --demo again."
 
 
+def command_for(script: str, module: str) -> list[str]:
+    """A command that runs from any directory: the installed script by its absolute path (next to this
+    Python, as a virtual environment or an install lays them out), else this Python with the module."""
+    installed = Path(sys.executable).parent / (script + (".exe" if os.name == "nt" else ""))
+    return [str(installed)] if installed.is_file() else [sys.executable, "-m", module]
+
+
+def demo_hints(cloud: Path, demo_dir: Path) -> list[str]:
+    """Commands to try from another terminal, in this shell's quoting."""
+    cloud_cli = [*command_for("client-app-cloud", "client_app.cloud.cli"), "--data", str(cloud)]
+    app = command_for("client-app", "client_app.main")
+    env = f"{DEMO_DIR_ENV}={shlex.quote(str(demo_dir))} " if os.environ.get(DEMO_DIR_ENV) else ""
+    return [
+        shlex.join([*cloud_cli, "devices", "list"]),
+        shlex.join([*cloud_cli, "send", "DEVICE-ID", "hello"]),
+        shlex.join([*cloud_cli, "telemetry", "--follow"]),
+        env + shlex.join([*app, "--demo", "--status"]),
+    ]
+
+
 def _print_banner(cloud: Path, device_data: Path) -> None:
     info = connection_info(cloud)
     lines = [
@@ -237,10 +282,9 @@ def _print_banner(cloud: Path, device_data: Path) -> None:
         f"  local cloud data dir: {cloud}",
         f"  demo device data dir: {device_data}",
         f"  ID scope {info.get('id_scope')}, operator API {info.get('api_url')}",
-        "Try from another terminal (the device ID is shown under Help > Connection details):",
-        f'  uv run client-app-cloud --data "{cloud}" devices list',
-        f'  uv run client-app-cloud --data "{cloud}" send <device-id> "hello"',
-        "  uv run client-app --demo --status",
+        "Try from another terminal, in any folder (DEVICE-ID is under Help > Connection details):",
+        *(f"  {hint}" for hint in demo_hints(cloud, demo_root())),
+        "Demo > Stop the local cloud (in the window) takes the cloud away for a fault drill.",
     ]
     print("\n".join(lines), flush=True)
 

@@ -70,8 +70,9 @@ def _self_test(config: DeviceConfig) -> int:
     return int(importlib.import_module("client_app.selftest").run(config) or 0)
 
 
-def _gui(config: DeviceConfig, store: ConfigStore) -> int:
-    return int(importlib.import_module("client_app.gui.app").run_gui(config, store) or 0)
+def _gui(config: DeviceConfig, store: ConfigStore, demo: ModuleType | None) -> int:
+    switch = demo.cloud_switch() if demo is not None else None
+    return int(importlib.import_module("client_app.gui.app").run_gui(config, store, switch) or 0)
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -128,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         from client_app.headless import run_headless
 
         return run_headless(config)
-    return _gui(config, store)
+    return _gui(config, store, demo)
 
 
 if __name__ == "__main__":

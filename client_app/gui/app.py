@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
 from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
@@ -60,7 +60,16 @@ COMMANDS = {
     "export": "Exporting diagnostics",
     "outbox": "Loading the sent messages",
     "start": "Starting the connection",
+    "demo_cloud": "Switching the demo's local cloud",
 }
+
+
+class CloudSwitch(Protocol):
+    """The demo's embedded local cloud (client_app.demo.CloudSwitch); the GUI never imports the demo."""
+
+    def running(self) -> bool: ...
+    def stop(self) -> None: ...
+    def start(self) -> None: ...
 
 
 class AppController(QObject):
@@ -72,6 +81,7 @@ class AppController(QObject):
     _runtimeReplaced = Signal(object, object)  # the new DeviceRuntime, its first DeviceStatus
     _started = Signal(object, list, list, object)  # DeviceRuntime, inbox history, sent messages, DeviceStatus
     _startFailed = Signal(str)
+    _demoCloudSwitched = Signal(bool)  # running now?
 
     def __init__(
         self,
@@ -81,6 +91,7 @@ class AppController(QObject):
         tray: StatusTray | None = None,
         notify: bool = True,
         store: ConfigStore | None = None,
+        cloud_switch: CloudSwitch | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -123,6 +134,11 @@ class AppController(QObject):
         window.exportDiagnosticsRequested.connect(self.export_diagnostics)
         window.openLogsRequested.connect(self.open_log_folder)
         window.aboutRequested.connect(self.open_about)
+        self.cloud_switch = cloud_switch
+        if cloud_switch is not None:
+            window.add_demo_menu(cloud_switch.running())
+            window.demoCloudToggleRequested.connect(self.toggle_demo_cloud)
+            self._demoCloudSwitched.connect(window.demo_cloud_switched, queued)
         if tray is not None:
             tray.showWindowRequested.connect(window.bring_forward)
             tray.reconnectRequested.connect(self.reconnect_now)
@@ -296,6 +312,21 @@ class AppController(QObject):
         """A notification was clicked: the window comes forward on that message."""
         self.window.bring_forward()
         self.window.inbox_box.reveal(message)
+
+    @Slot()
+    def toggle_demo_cloud(self) -> None:
+        switch = self.cloud_switch
+        if switch is None:
+            return
+
+        def toggle() -> None:  # bridge worker: stopping joins the cloud's thread
+            if switch.running():
+                switch.stop()
+            else:
+                switch.start()
+            self._demoCloudSwitched.emit(switch.running())
+
+        self.bridge.run_command(COMMANDS["demo_cloud"], toggle)
 
     @Slot(bool)
     def set_do_not_disturb(self, on: bool) -> None:
@@ -522,13 +553,15 @@ def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callabl
     return restore
 
 
-def run_gui(config: DeviceConfig, store: ConfigStore | None = None) -> int:
+def run_gui(
+    config: DeviceConfig, store: ConfigStore | None = None, cloud_switch: CloudSwitch | None = None
+) -> int:
     """Run the desktop app until the user quits; returns the process exit code."""
     setup_logging(config.log_dir)  # the entry point normally did it already; this covers a direct call
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
     app.setApplicationName("client-app")
-    app.setApplicationDisplayName("client-app")
+    # No display name: Qt appends it to every window title ("client-app (3 unread) — client-app").
     app.setDesktopFileName("client-app")
     install_style(app)
 
@@ -568,7 +601,7 @@ def run_gui(config: DeviceConfig, store: ConfigStore | None = None) -> int:
             )
 
     window.hiddenToTray.connect(hidden_to_tray)
-    controller = AppController(config, window, tray=tray, store=store)
+    controller = AppController(config, window, tray=tray, store=store, cloud_switch=cloud_switch)
     single.activateRequested.connect(window.bring_forward)
     state_file = config.config_dir / WINDOW_STATE_FILE
     window.place(state_file)

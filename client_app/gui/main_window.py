@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -118,6 +119,7 @@ class MainWindow(QMainWindow):
     exportDiagnosticsRequested = Signal()
     openLogsRequested = Signal()
     aboutRequested = Signal()
+    demoCloudToggleRequested = Signal()
     quitRequested = Signal()
     hiddenToTray = Signal()
 
@@ -182,7 +184,9 @@ class MainWindow(QMainWindow):
         self.outbox_view = _table(self.outbox_model, OutboxModel.TEXT)
         self.outbox_view.setObjectName("outboxView")
         self.outbox_view.setAccessibleName("Sent messages")
-        self.outbox_view.setColumnWidth(OutboxModel.TIME, 90)
+        self.outbox_view.setColumnWidth(OutboxModel.WRITTEN, 80)
+        self.outbox_view.setColumnWidth(OutboxModel.TIME, 80)
+        self.outbox_view.setColumnWidth(OutboxModel.PROPERTIES, 140)
         self.outbox_view.setColumnWidth(OutboxModel.STATE, 130)
         send_row = QHBoxLayout()
         send_row.addWidget(self.message_edit, 1)
@@ -324,6 +328,7 @@ class MainWindow(QMainWindow):
             self.show_send_error(str(exc))
             return
         self.message_edit.clear()
+        self.properties_edit.clear()  # they belonged to that message
         self._update_send_hint()
         self.sendRequested.emit(text, properties)
 
@@ -339,6 +344,22 @@ class MainWindow(QMainWindow):
 
     def _update_title(self, unread: int) -> None:
         self.setWindowTitle(f"client-app ({unread} unread)" if unread else "client-app")
+
+    def add_demo_menu(self, cloud_running: bool) -> None:
+        """`--demo` only: stop and start the embedded local cloud, to watch the app go offline and back."""
+        menu = self.menuBar().insertMenu(self.menuBar().actions()[-1], QMenu("&Demo", self)).menu()
+        self.demo_cloud_action = QAction(self)
+        self.demo_cloud_action.triggered.connect(self._demo_toggle_clicked)
+        menu.addAction(self.demo_cloud_action)
+        self.demo_cloud_switched(cloud_running)
+
+    def _demo_toggle_clicked(self) -> None:
+        self.demo_cloud_action.setEnabled(False)  # one switch at a time
+        self.demoCloudToggleRequested.emit()
+
+    def demo_cloud_switched(self, running: bool) -> None:
+        self.demo_cloud_action.setText("&Stop the local cloud" if running else "&Start the local cloud")
+        self.demo_cloud_action.setEnabled(True)
 
     def place(self, state_file: Path | None) -> None:
         """Where the user left the window last time, if that still fits a screen; else a size that fits."""

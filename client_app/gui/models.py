@@ -191,10 +191,11 @@ OUTBOX_STATE_TEXT = {
 
 
 class OutboxModel(_MessageTable["OutboxMessage"]):
-    """Messages sent to the cloud, newest first. Columns: time, text, state."""
+    """Messages sent to the cloud, newest first. Columns: written, sent (once delivered), text, properties,
+    state. A queued message has no "Sent" time: it has not been sent."""
 
-    COLUMNS = ("Sent", "Message", "State")
-    TIME, TEXT, STATE = range(3)
+    COLUMNS = ("Written", "Sent", "Message", "Properties", "State")
+    WRITTEN, TIME, TEXT, PROPERTIES, STATE = range(5)
 
     def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
         rows = sorted(messages, key=_arrival_order, reverse=True)
@@ -210,14 +211,18 @@ class OutboxModel(_MessageTable["OutboxMessage"]):
 
     def cell(self, message: OutboxMessage, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
-            if column == self.TIME:
+            if column == self.WRITTEN:
                 return format_time(message.created_at)
+            if column == self.TIME:
+                return format_time(message.delivered_at) if str(message.state) == "delivered" else ""
             if column == self.TEXT:
                 return message.text.replace("\n", " ⏎ ")
+            if column == self.PROPERTIES:
+                return format_properties(message.properties)
             if column == self.STATE:
                 return OUTBOX_STATE_TEXT.get(str(message.state), str(message.state).capitalize())
-        elif role == Qt.ItemDataRole.ToolTipRole and column == self.TEXT:
-            return message.text
+        elif role == Qt.ItemDataRole.ToolTipRole and column in (self.TEXT, self.PROPERTIES):
+            return message.text if column == self.TEXT else format_properties(message.properties) or None
         elif role == Qt.ItemDataRole.ForegroundRole and column == self.STATE:
             return QBrush(QColor("#2e9d4f" if str(message.state) == "delivered" else "#d08a12"))
         return None

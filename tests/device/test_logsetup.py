@@ -24,7 +24,7 @@ def clean_root():
 def test_log_file_is_private_and_set_up_once(tmp_path, clean_root):
     path = logsetup.setup_logging(tmp_path / "logs")
     assert logsetup.setup_logging(tmp_path / "logs") == path
-    ours = [h for h in clean_root.handlers if isinstance(h, logsetup.PrivateRotatingFileHandler)]
+    ours = [h for h in clean_root.handlers if getattr(h, "baseFilename", None) == str(path.absolute())]
     assert len(ours) == 1
     logging.getLogger("client_app.test").warning("hello")
     assert oct(path.stat().st_mode & 0o777) == "0o600"

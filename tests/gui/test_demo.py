@@ -143,7 +143,7 @@ def test_demo_connects_receives_and_is_reused(tmp_path, keyring_env):
     finally:
         output = _quit(process)
     assert f"local cloud data dir: {cloud_dir}" in output
-    assert "send <device-id>" in output and "Traceback" not in output
+    assert "send DEVICE-ID hello" in output and "Traceback" not in output
     assert not (cloud_dir / "connection.json").exists()  # the embedded cloud stopped with the app
 
     # Next run: same CA, same device identity, connected again without registering anew.
@@ -156,3 +156,45 @@ def test_demo_connects_receives_and_is_reused(tmp_path, keyring_env):
     finally:
         _quit(process)
     assert {p: p.stat().st_mtime_ns for p in ca_files} == ca_files
+
+
+def test_demo_hints_work_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
+    cloud = demo.cloud_dir(tmp_path)
+    demo.start_cloud(cloud)
+    try:
+        hints = demo.demo_hints(cloud, tmp_path)
+        assert any("telemetry --follow" in hint for hint in hints)
+        for hint in (h for h in hints if "devices list" in h or "--status" in h):
+            done = subprocess.run(hint, shell=True, cwd="/", capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, (hint, done.stderr)
+    finally:
+        demo.stop_cloud()
+
+
+def test_the_demo_menu_stops_and_starts_the_local_cloud(qtbot, tmp_path, monkeypatch):
+    import argparse
+
+    from client_app.device.config import load_config
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
+    cloud = demo.cloud_dir(tmp_path)
+    demo.start_cloud(cloud)
+    try:
+        window = MainWindow()
+        qtbot.addWidget(window)
+        config = load_config(argparse.Namespace(data_dir=str(tmp_path / "device")), {})
+        controller = AppController(config, window, cloud_switch=demo.cloud_switch())
+        action = window.demo_cloud_action
+        assert action.text() == "&Stop the local cloud"
+        action.trigger()
+        qtbot.waitUntil(lambda: action.text() == "&Start the local cloud", timeout=20_000)
+        assert not (cloud / "connection.json").exists() and demo._running_cloud is None
+        action.trigger()
+        qtbot.waitUntil(lambda: action.text() == "&Stop the local cloud", timeout=20_000)
+        assert (cloud / "connection.json").exists()
+        controller.shutdown()
+    finally:
+        demo.stop_cloud()

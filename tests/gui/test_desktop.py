@@ -106,3 +106,21 @@ def test_window_size_and_position_are_remembered(x_display, tmp_path):
     finally:
         again.send_signal(signal.SIGTERM)
         ended_within(again, QUIT_WITHIN)
+
+
+def test_the_title_names_the_app_once(x_display, tmp_path):
+    from client_app.device.paths import DataLayout
+    from client_app.device.store import Database, Inbox
+
+    data = tmp_path / "device"
+    data.mkdir()
+    db = Database(DataLayout(data).database)
+    Inbox(db).add("m-1", "kept from last time", {})
+    db.close()
+    process = launch(x_display, data)
+    try:
+        window = x_display.wait_window("unread")
+        assert x_display.xdotool("getwindowname", window) == "client-app (1 unread)"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        ended_within(process, QUIT_WITHIN)

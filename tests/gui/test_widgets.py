@@ -13,7 +13,7 @@ from client_app.device.store import InboxMessage, OutboxMessage
 from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.first_run import DONE, FAILED, PENDING, RUNNING
 from client_app.gui.main_window import parse_properties
-from client_app.gui.models import InboxModel
+from client_app.gui.models import InboxModel, OutboxModel
 from client_app.gui.status_text import BLOCKED_DETAIL, Tone, describe
 from client_app.gui.tray import StatusTray
 from tests.gui.conftest import make_status
@@ -233,18 +233,23 @@ def test_send_box_and_outbox_states(window, qtbot):
     with qtbot.waitSignal(window.sendRequested, timeout=1000) as sent:
         qtbot.keyClick(window.message_edit, Qt.Key.Key_Return)
     assert sent.args == ["hello backend", {"kind": "greeting", "n": "1"}]
-    assert window.message_edit.text() == ""
+    assert window.message_edit.text() == "" and window.properties_edit.text() == ""
     now = datetime.now(UTC)
     window.set_outbox(
         [
             OutboxMessage(1, "a", "first", {}, now, "delivered", now),
-            OutboxMessage(2, "b", "hello backend", {}, now, "queued"),
+            OutboxMessage(2, "b", "hello backend", {"kind": "greeting", "n": "1"}, now, "queued"),
         ]
     )
     model = window.outbox_model
-    assert model.index(0, 1).data() == "hello backend"
-    assert model.index(0, 2).data() == "Queued (offline)"
-    assert model.index(1, 2).data() == "Delivered"
+    assert model.headerData(OutboxModel.PROPERTIES, Qt.Orientation.Horizontal) == "Properties"
+    assert model.index(0, OutboxModel.TEXT).data() == "hello backend"
+    assert model.index(0, OutboxModel.PROPERTIES).data() == "kind=greeting, n=1"
+    assert model.index(0, OutboxModel.STATE).data() == "Queued (offline)"
+    assert model.index(0, OutboxModel.TIME).data() == ""  # not sent yet: no "Sent" time
+    assert model.index(0, OutboxModel.WRITTEN).data()
+    assert model.index(1, OutboxModel.STATE).data() == "Delivered"
+    assert model.index(1, OutboxModel.TIME).data()
 
 
 def test_return_in_the_properties_field_sends_too_and_fields_have_names(window, qtbot):
