@@ -124,3 +124,25 @@ def test_the_title_names_the_app_once(x_display, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         ended_within(process, QUIT_WITHIN)
+
+
+def tray_icon(x_display, timeout: float = 20) -> tuple[int, int]:
+    """The centre of the app's icon in the tray host: the small window of the app's class."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for window in x_display.xdotool("search", "--class", "client-app").splitlines():
+            x, y, width, height = window_geometry(x_display, window)
+            if width <= 64 and height <= 64:
+                return x + width // 2, y + height // 2
+        time.sleep(0.1)
+    raise AssertionError("no client-app icon in the tray")
+
+
+def test_tray_quit_with_the_window_shown_quits(shown_app, x_display):
+    process, _window = shown_app
+    x, y = tray_icon(x_display)
+    x_display.xdotool("mousemove", str(x), str(y), "click", "3")  # the tray menu
+    time.sleep(0.5)
+    x_display.xdotool("key", "Up", "Return")  # its last item: Quit
+    assert ended_within(process, QUIT_WITHIN) is not None, "tray → Quit left the app running"
+    assert process.returncode == 0
