@@ -146,3 +146,59 @@ def test_tray_quit_with_the_window_shown_quits(shown_app, x_display):
     x_display.xdotool("key", "Up", "Return")  # its last item: Quit
     assert ended_within(process, QUIT_WITHIN) is not None, "tray → Quit left the app running"
     assert process.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_quits_mid_burst_with_its_messages_intact(x_display, tmp_path, keyring_env):
+    """SIGTERM while 300 cloud-to-device messages pour in: the demo ends within 5 s, what was stored stays."""
+    import threading
+
+    import httpx
+
+    from client_app import demo
+    from client_app.device.paths import DataLayout
+    from client_app.device.store import Database, Inbox, Outbox
+    from tests.gui.test_demo import _wait
+
+    env = {**x_display.env, demo.DEMO_DIR_ENV: str(tmp_path)}
+    command = [sys.executable, "-m", "client_app.main", "--demo"]
+    with (tmp_path / "console.txt").open("w") as console:
+        process = subprocess.Popen(command, env=env, stdout=console, stderr=subprocess.STDOUT)
+    try:
+        x_display.wait_window("^client-app", timeout=60)
+        device_id = _wait(env, lambda s: s.get("state") == "connected")["device_id"]
+        queued = subprocess.run([*command, "--send", "kept in the outbox"], env=env, timeout=60, check=True)
+        assert queued.returncode == 0
+        info = demo.connection_info(demo.cloud_dir(tmp_path))
+        sent: list[int] = []
+
+        def burst() -> None:
+            headers = {"Authorization": f"Bearer {info['api_token']}"}
+            with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False, timeout=5) as api:
+                for n in range(300):
+                    try:
+                        api.post(f"/devices/{device_id}/messages/deviceBound", json={"body": f"burst {n}"})
+                    except httpx.HTTPError:
+                        return  # the cloud went away with the app
+                    sent.append(n)
+
+        sender = threading.Thread(target=burst, daemon=True)
+        sender.start()
+        _wait(env, lambda s: s.get("inbox", 0) >= 20, timeout=60)  # mid-burst
+        process.send_signal(signal.SIGTERM)
+        assert ended_within(process, QUIT_WITHIN) is not None, "SIGTERM mid-burst left the demo running"
+        assert process.returncode == 0
+        sender.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    db = Database(DataLayout(tmp_path / "demo-device").database)
+    try:
+        inbox = Inbox(db).list(1000)
+        assert 20 <= len(inbox) <= len(sent)
+        assert len({m.message_id for m in inbox}) == len(inbox)
+        assert "kept in the outbox" in [m.text for m in Outbox(db).list(10)]
+    finally:
+        db.close()
