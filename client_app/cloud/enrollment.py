@@ -26,6 +26,7 @@ from cryptography.x509.verification import (
 
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.errors import CloudError, bad_request, not_found
+from client_app.cloud.limits import check_initial_twin
 from client_app.cloud.store import Store, dumps, utc_now
 from client_app.pki import PkiError, sha256_thumbprint, validate_registration_id
 
@@ -205,6 +206,7 @@ class Enrollments:
         if existing is None and len(self.groups()) >= MAX_GROUPS:
             raise CloudError(403, 403002, f"at most {MAX_GROUPS} enrollment groups")
         twin = initial_twin if initial_twin is not None else {}
+        check_initial_twin(twin)
         now = utc_now()
         self._store.execute(
             "INSERT OR REPLACE INTO enrollment_groups VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
+from client_app.cloud.limits import check_initial_twin, check_twin
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.cloud.topics import encode_bag, parse_bag, request_id
 from client_app.pki import sha256_thumbprint
@@ -33,7 +34,6 @@ MAX_C2D_QUEUE = 50
 MAX_TOPIC = 0xFFFF  # MQTT's limit on a topic name, in bytes
 DEFAULT_C2D_TTL = 3600.0
 MAX_METHOD_PAYLOAD = 128 * 1024
-MAX_TWIN_SECTION = 32 * 1024
 DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
@@ -134,6 +134,7 @@ class Hub:
 
     def provision(self, device_id: str, thumbprint: str, initial_twin: dict[str, Any]) -> None:
         """Create the device on first assignment, or bind it to a renewed leaf (new thumbprint)."""
+        check_initial_twin(initial_twin)  # groups are checked when stored; this guards older databases
         now = utc_now()
         with self._store.transaction() as db:
             existing = db.execute("SELECT thumbprint FROM devices WHERE device_id=?", (device_id,)).fetchone()
@@ -456,10 +457,10 @@ class Hub:
         }
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        check_twin("desired", patch)
         row = self._twin_row(device_id)
         desired = merge_patch(json.loads(row["desired"]), patch)
-        if len(dumps(desired)) > MAX_TWIN_SECTION:
-            raise CloudError(413, 413001, "desired properties would exceed 32 KB")
+        check_twin("desired", desired)
         version = row["desired_version"] + 1
         self._store.execute(
             "UPDATE twins SET desired=?, desired_version=? WHERE device_id=?",
@@ -483,17 +484,17 @@ class Hub:
         rid = request_id(topic) or ""
         try:
             patch = json.loads(payload)
-            if not isinstance(patch, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
+            check_twin("reported", patch)
+            row = self._twin_row(device_id)
+            reported = merge_patch(json.loads(row["reported"]), patch)
+            check_twin("reported", reported)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
             log.warning("device %s: reported patch refused, invalid JSON (%s)", device_id, exc)
             await self._respond(conn, f"$iothub/twin/res/400/?$rid={rid}", b"")
             return
-        row = self._twin_row(device_id)
-        reported = merge_patch(json.loads(row["reported"]), patch)
-        if len(dumps(reported)) > MAX_TWIN_SECTION:
-            log.warning("device %s: reported properties would exceed 32 KB", device_id)
-            await self._respond(conn, f"$iothub/twin/res/413/?$rid={rid}", b"")
+        except CloudError as exc:
+            log.warning("device %s: reported patch refused: %s", device_id, exc.message)
+            await self._respond(conn, f"$iothub/twin/res/{exc.status}/?$rid={rid}", b"")
             return
         version = row["reported_version"] + 1
         self._store.execute(
