@@ -116,7 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     log_start(_mode(args))
     if demo is not None:
         data_dir = ConfigStore(args, os.environ, layer).load().data_dir
-        layer = {**layer, **demo.prepare_demo(data_dir, status_only=args.status)}
+        # Only the window and --headless run the demo's cloud; the others read or queue and exit.
+        locate_only = args.status or args.send is not None or args.self_test
+        layer = {**layer, **demo.prepare_demo(data_dir, status_only=locate_only)}
     store = ConfigStore(args, os.environ, layer)
     config = store.load()
     if args.status:

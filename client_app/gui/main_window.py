@@ -81,6 +81,16 @@ def _table(model, stretch_column: int) -> QTableView:
     return view
 
 
+class _MinimumSizeLayout(QVBoxLayout):
+    """The window's content in a scroll area that scrolls only below the content's minimum size.
+
+    Word-wrapped labels make a layout "height for width", and QScrollArea then scrolls below the preferred
+    height: a scroll bar on a window with room to spare."""
+
+    def hasHeightForWidth(self) -> bool:
+        return False
+
+
 class MessageDialog(QDialog):
     """One cloud-to-device message in full (non-modal, reused)."""
 
@@ -205,7 +215,7 @@ class MainWindow(QMainWindow):
         splitter.setSizes([340, 260])
 
         central = QWidget()
-        layout = QVBoxLayout(central)
+        layout = _MinimumSizeLayout(central)
         layout.addWidget(self.banner)
         layout.addWidget(self.first_run)
         layout.addWidget(splitter, 1)
