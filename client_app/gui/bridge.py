@@ -28,14 +28,16 @@ class RuntimeBridge(QObject):
     """Implements RuntimeListener. Public signals are emitted on the GUI thread only."""
 
     statusChanged = Signal(object)  # the newest DeviceStatus
-    stepChanged = Signal(str, str, str)  # FirstRunStep value, "running"|"done"|"failed", detail
+    stepChanged = Signal(
+        object, str, str
+    )  # FirstRunStep (the enum itself), "running"|"done"|"failed", detail
     messagesArrived = Signal(list)  # list[InboxMessage], oldest first
     outboxChanged = Signal()
     commandFailed = Signal(str, str)  # what was tried, why it failed (plain words)
 
     # Posted from core threads; queued to the bridge's own thread.
     _statusPosted = Signal()
-    _stepPosted = Signal(str, str, str)
+    _stepPosted = Signal(object, str, str)
     _messagesPosted = Signal()
     _outboxPosted = Signal()
     _failurePosted = Signal(str, str)
@@ -70,7 +72,7 @@ class RuntimeBridge(QObject):
         self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str
     ) -> None:
         # Few and each one matters for the first-run list: never coalesced.
-        self._stepPosted.emit(str(FirstRunStep(step).value), str(outcome), detail or "")
+        self._stepPosted.emit(FirstRunStep(step), str(outcome), detail or "")
 
     def message_received(self, message: InboxMessage) -> None:
         with self._lock:

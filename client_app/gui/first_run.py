@@ -118,7 +118,7 @@ class FirstRunPanel(QGroupBox):
     def all_done(self) -> bool:
         return all(o == DONE for o in self._outcomes.values())
 
-    def step_changed(self, step_value: str, outcome: str, detail: str) -> None:
+    def step_changed(self, step_value: FirstRunStep | str, outcome: str, detail: str) -> None:
         try:
             step = FirstRunStep(step_value)
         except ValueError:

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.status import ConnectionState, DeviceStatus
+from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep
 from client_app.gui.first_run import FirstRunPanel
 from client_app.gui.icons import status_icon
 from client_app.gui.inbox_panel import InboxPanel
@@ -295,7 +295,7 @@ class MainWindow(QMainWindow):
         """The first-run list explains a failure with its own Retry: the banner then offers none."""
         return self.setting_up and not self.first_run.failure_box.isHidden()
 
-    def step_changed(self, step: str, outcome: str, detail: str) -> None:
+    def step_changed(self, step: FirstRunStep | str, outcome: str, detail: str) -> None:
         self.first_run.step_changed(step, outcome, detail)
         if self._status is not None:
             self.banner.show_status(self._status, offer_retry=not self._setup_failure_shown())

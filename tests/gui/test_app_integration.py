@@ -49,7 +49,8 @@ def test_first_run_goes_to_connected(qtbot, running_app):
     assert running_app.tray.status_action.text().startswith("Connected to")
     # The steps were shown as they happened, in order.
     running = [step for step, outcome in steps_seen if outcome == "running"]
-    assert running == [s.value for s in FirstRunStep][-len(running) :]
+    assert running == list(FirstRunStep)[-len(running) :]
+    assert all(type(step) is FirstRunStep for step, _outcome in steps_seen)  # Qt carries the enum itself
     qtbot.waitUntil(lambda: not window.first_run.isVisible(), timeout=5000)
 
 
