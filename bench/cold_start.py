@@ -41,7 +41,9 @@ DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 def xvfb() -> Iterator[str]:
     read, write = os.pipe()
     server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        # -noreset: by default the server resets when its last client leaves, and a process connecting during
+        # the reset fails ("no Qt platform plugin could be initialized"), as between two timed runs.
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset"],
         pass_fds=(write,),
         stderr=subprocess.DEVNULL,
     )
