@@ -89,13 +89,15 @@ def app_version() -> str:
 
 
 def log_start(mode: str) -> None:
+    # Not platform.platform(): on Linux it runs `uname -p` in a subprocess, on the way to the window.
+    system = f"{platform.system()} {platform.release()}"
     log.info(
         "client-app %s starting (%s mode, pid %d, Python %s, %s)",
         app_version(),
         mode,
         os.getpid(),
         platform.python_version(),
-        platform.platform(terse=True),
+        system,
     )
 
 
