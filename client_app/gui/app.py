@@ -416,7 +416,8 @@ class AppController(QObject):
         config = self.config
         return {
             "App version": app_version(),
-            "Operating system": platform.platform(terse=True),
+            # Not platform.platform(): it runs `uname -p` in a subprocess, here on the GUI thread.
+            "Operating system": f"{platform.system()} {platform.release()} ({platform.machine()})",
             "Proxy": str(config.proxy) if config.proxy else "none",
             "Data folder": str(config.data_dir),
             "Settings file": str(self.store.path) if self.store else str(config.config_dir),
