@@ -24,8 +24,20 @@ def launch(x_display, data_dir: Path, *extra: str) -> subprocess.Popen[str]:
         env["QT_SCALE_FACTOR"] = os.environ["QT_SCALE_FACTOR"]
     command = [sys.executable, "-m", "client_app.main", "--data-dir", str(data_dir)]
     command += ["--provisioning-host", "127.0.0.1", "--id-scope", "0ne000TEST", *extra]
-    with (data_dir.parent / "console.txt").open("a") as console:
-        return subprocess.Popen(command, env=env, stdout=console, stderr=subprocess.STDOUT, text=True)
+    console_path = data_dir.parent / "console.txt"
+    with console_path.open("a") as console:
+        process = subprocess.Popen(command, env=env, stdout=console, stderr=subprocess.STDOUT, text=True)
+    process.console = console_path  # type: ignore[attr-defined]
+    return process
+
+
+def wait_shown(x_display, process: subprocess.Popen[str], name: str = "^client-app") -> str:
+    """The app's window; on failure, say whether the app ended and what it printed."""
+    try:
+        return x_display.wait_window(name)
+    except AssertionError as exc:
+        said = process.console.read_text()[-2000:]  # type: ignore[attr-defined]
+        raise AssertionError(f"{exc}; exit code {process.poll()}; the app printed:\n{said}") from None
 
 
 def ended_within(process: subprocess.Popen[str], seconds: float) -> float | None:
@@ -43,7 +55,7 @@ def ended_within(process: subprocess.Popen[str], seconds: float) -> float | None
 def shown_app(x_display, tmp_path):
     process = launch(x_display, tmp_path / "device")
     try:
-        window = x_display.wait_window("^client-app")
+        window = wait_shown(x_display, process)
         yield process, window
     finally:
         if process.poll() is None:
@@ -79,7 +91,7 @@ def test_fits_a_small_screen_at_200_percent(x_display, tmp_path, monkeypatch):
     monkeypatch.setenv("QT_SCALE_FACTOR", "2")
     process = launch(x_display, tmp_path / "device")
     try:
-        window = x_display.wait_window("^client-app")
+        window = wait_shown(x_display, process)
         time.sleep(0.5)
         x, y, width, height = window_geometry(x_display, window)
         assert x >= 0 and y >= 0 and x + width <= 1366 and y + height <= 800, (x, y, width, height)
@@ -91,7 +103,7 @@ def test_fits_a_small_screen_at_200_percent(x_display, tmp_path, monkeypatch):
 def test_window_size_and_position_are_remembered(x_display, tmp_path):
     data = tmp_path / "device"
     process = launch(x_display, data)
-    window = x_display.wait_window("^client-app")
+    window = wait_shown(x_display, process)
     x_display.xdotool("windowsize", "--sync", window, "700", "500")
     x_display.xdotool("windowmove", "--sync", window, "120", "90")
     time.sleep(0.5)
@@ -100,7 +112,7 @@ def test_window_size_and_position_are_remembered(x_display, tmp_path):
     assert ended_within(process, QUIT_WITHIN) is not None
     again = launch(x_display, data)
     try:
-        window = x_display.wait_window("^client-app")
+        window = wait_shown(x_display, again)
         time.sleep(0.5)
         assert window_geometry(x_display, window) == placed
     finally:
@@ -119,7 +131,7 @@ def test_the_title_names_the_app_once(x_display, tmp_path):
     db.close()
     process = launch(x_display, data)
     try:
-        window = x_display.wait_window("unread")
+        window = wait_shown(x_display, process, "unread")
         assert x_display.xdotool("getwindowname", window) == "client-app (1 unread)"
     finally:
         process.send_signal(signal.SIGTERM)
