@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,9 +476,15 @@ def write_private(path: Path, data: bytes) -> None:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        handle = path.open("rb")
     except FileNotFoundError:
-        return {}
+        return {}  # the usual case: nothing saved yet, and no TOML parser to import on the way to the window
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc
+    import tomllib
+
+    try:
+        with handle:
+            return tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc
