@@ -42,7 +42,7 @@ from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.server import raise_open_file_limit
 from client_app.pki import CertificateAuthority
-from tests.fixtures.cloud import CloudApi, api_client, enroll_root, issue_device_files
+from tests.fixtures.cloud import CloudApi, api_client, enroll_root, free_loopback, issue_device_files
 
 OP_TIMEOUT = 30.0  # per device operation (connect, register, subscribe); the SDK's DPS timeout
 KEEPALIVE = 60  # as the SDK; the generator pings idle hub connections like the SDK does
@@ -192,10 +192,10 @@ class CloudProcess:
     def __init__(self, data_dir: Path, profile: Path | None) -> None:
         self.data_dir = data_dir
         self.log_file = data_dir.parent / "server.log"
-        # Port 0 on the direct listener: always free, so several copies of the bench can run side by side.
+        # A free 127.x address for the direct listener (its port is always 8883): copies run side by side.
         command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
                    "-m", "client_app.cloud.cli", "serve", "--data", str(data_dir),
-                   "--no-proxy", "--mqtt-listen", "127.0.0.1:0"]  # fmt: skip
+                   "--no-proxy", "--mqtt-listen", f"{free_loopback()}:8883"]  # fmt: skip
         with self.log_file.open("wb") as log:
             self.popen = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -226,6 +226,19 @@ class CloudProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(10)
+
+
+@contextlib.contextmanager
+def cloud_process(data_dir: Path, profile: Path | None = None) -> Iterator[CloudProcess]:
+    """A CloudProcess stopped at the end; on an error its log's tail goes to stderr first."""
+    cloud = CloudProcess(data_dir, profile)
+    try:
+        yield cloud
+    except BaseException:
+        print(f"server log (tail):\n{cloud.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        cloud.stop()
 
 
 class Peaks:
@@ -645,6 +658,21 @@ async def run(args: argparse.Namespace, cloud: CloudProcess, api: CloudApi, devi
     return results
 
 
+def enrolled_devices(
+    api: CloudApi, cloud: CloudProcess, prefix: str, count: int, directory: Path
+) -> list[Device]:
+    """`count` device identities, issued by an intermediate under a root enrolled as `{prefix}-group`."""
+    root = CertificateAuthority.root(f"{prefix} Root")
+    issuing = root.intermediate(f"{prefix} Issuing CA", path_length=0)
+    enroll_root(api, root, f"{prefix}-root", f"{prefix}-group")
+    devices = []
+    for index in range(count):
+        files = issue_device_files(issuing, f"{prefix}-{index:05d}", directory)
+        context = client_context(cloud.info.server_ca_pem, files.cert_file, files.key_file, files.pass_phrase)
+        devices.append(Device(files.registration_id, context))
+    return devices
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
@@ -658,30 +686,14 @@ def main() -> None:
     print(f"open-file limit: {raise_open_file_limit()}")
     with tempfile.TemporaryDirectory(prefix="cloud-load-") as tmp:
         root_dir = Path(tmp)
-        cloud = CloudProcess(root_dir / "cloud", args.server_profile)
-        try:
-            with api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
-                root = CertificateAuthority.root("load Root")
-                issuing = root.intermediate("load Issuing CA", path_length=0)
-                enroll_root(api, root, "load-root", "load-group")
-                started = time.perf_counter()
-                devices = []
-                for index in range(args.devices):
-                    files = issue_device_files(issuing, f"load-{index:05d}", root_dir / "devices")
-                    context = client_context(
-                        cloud.info.server_ca_pem, files.cert_file, files.key_file, files.pass_phrase
-                    )
-                    devices.append(Device(files.registration_id, context))
-                print(
-                    f"setup: {args.devices} device identities in {time.perf_counter() - started:.1f} s;"
-                    f" cloud pid {cloud.popen.pid} on {cloud.info.mqtt_host}:{cloud.info.mqtt_port}"
-                )
-                results = asyncio.run(run(args, cloud, api, devices))
-        except BaseException:
-            print(f"server log (tail):\n{cloud.log_tail()}", file=sys.stderr)
-            raise
-        finally:
-            cloud.stop()
+        with cloud_process(root_dir / "cloud", args.server_profile) as cloud, api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
+            started = time.perf_counter()
+            devices = enrolled_devices(api, cloud, "load", args.devices, root_dir / "devices")
+            print(
+                f"setup: {args.devices} device identities in {time.perf_counter() - started:.1f} s;"
+                f" cloud pid {cloud.popen.pid} on {cloud.info.mqtt_host}:{cloud.info.mqtt_port}"
+            )
+            results = asyncio.run(run(args, cloud, api, devices))
     sys.exit(0 if report(results, args) else 1)
 
 

@@ -14,22 +14,23 @@ CLIENT_APP_DEMO_DIR moves the whole tree elsewhere (tests, screenshots).
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+from azure.core.exceptions import AzureError
 
+from client_app.cloud.info import ConnectionInfo, read_connection_json
+from client_app.cloud.service_client import ServiceClient, ServiceError
 from client_app.device import paths
 from client_app.device.status import running_pid
 from client_app.pki import (
     ISSUER_BUNDLE_PASSPHRASE,
     CertificateAuthority,
-    certificate_to_pem,
     load_issuer_bundle,
     sha1_thumbprint,
     write_issuer_bundle,
@@ -146,80 +147,51 @@ def cloud_switch() -> CloudSwitch | None:
 
 
 def connection_info(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / "connection.json").read_text())
+    return read_connection_json(directory)
 
 
 class OperatorApi:
-    """The few operator API calls the demo needs (shaped after Azure's DPS service API)."""
+    """What the demo sets up, through the operator client (Azure's service API and ARM, as against Azure)."""
 
     def __init__(self, info: dict[str, Any]) -> None:
-        self.client = httpx.Client(
-            base_url=str(info["api_url"]).rstrip("/"),
-            headers={"Authorization": f"Bearer {info['api_token']}"},
-            timeout=15,
-            trust_env=False,  # loopback only: never through a desktop proxy
-        )
+        self.client = ServiceClient.for_local_cloud(ConnectionInfo.from_json(info), timeout=15)
 
     def close(self) -> None:
         self.client.close()
 
-    def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any] | None:
-        response = self.client.request(method, url, **kwargs)
-        if response.status_code == 404 and method == "GET":
-            return None
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("message", response.text)
-            except ValueError:
-                message = response.text
-            raise DemoError(f"local cloud refused {method} {url}: {message}")
-        return response.json() if response.content else {}
-
-    def _find(self, collection: str, name: str) -> dict[str, Any] | None:
-        """One item of a list by name (listing avoids a logged 404 for what is simply not made yet)."""
-        listing = self._call("GET", collection) or {}
-        for item in listing.get("value", []):
-            if name in (item.get("name"), item.get("enrollmentGroupId"), item.get("id")):
-                return item
-        return None
+    def _do(self, what: str, work: Callable[[], Any]) -> Any:
+        try:
+            return work()
+        except (ServiceError, AzureError) as exc:
+            raise DemoError(f"the local cloud refused to {what}: {str(exc).splitlines()[0]}") from exc
 
     def ensure_verified_root(self, root: CertificateAuthority) -> None:
         """Upload the root once and prove possession of its key (idempotent)."""
+        arm = self.client.certificates
+        assert arm is not None  # the local cloud's ARM endpoint
         name = ROOT_CERTIFICATE_NAME
-        existing = self._find("/certificates", name)
-        thumbprint = sha1_thumbprint(root.certificate)
-        if existing is not None and existing["properties"].get("thumbprint", "").upper() != thumbprint:
-            self._call("DELETE", f"/certificates/{name}")  # a different demo root: replace it
-            existing = None
-        if existing is None:
-            pem = certificate_to_pem(root.certificate).decode()
-            existing = self._call("PUT", f"/certificates/{name}", json={"certificate": pem})
-        assert existing is not None
-        if existing["properties"].get("isVerified"):
-            return
-        with_code = self._call("POST", f"/certificates/{name}/generateVerificationCode")
-        assert with_code is not None
-        proof, _key = root.issue_verification(with_code["properties"]["verificationCode"])
-        self._call(
-            "POST", f"/certificates/{name}/verify", json={"certificate": certificate_to_pem(proof).decode()}
+        existing = next((c for c in self._do("list certificates", arm.list) if c.name == name), None)
+        same = existing is not None and (existing.properties.thumbprint or "").upper() == sha1_thumbprint(
+            root.certificate
         )
+        if same and existing.properties.is_verified:
+            return
+        if existing is not None:  # another demo root, or never verified: start it again
+            self._do("delete the old demo root", lambda: arm.delete(name))
+        self._do("verify the demo root", lambda: arm.enroll(root, name))
 
     def ensure_enrollment_group(self) -> None:
-        group = self._find("/enrollmentGroups", ENROLLMENT_GROUP)
-        primary = ((group or {}).get("attestation", {}).get("x509", {}).get("caReferences", {}) or {}).get(
-            "primary"
-        )
-        if (
-            group is not None
-            and primary == ROOT_CERTIFICATE_NAME
-            and group.get("provisioningStatus") == "enabled"
-        ):
-            return
-        body = {
-            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ROOT_CERTIFICATE_NAME}}},
-            "provisioningStatus": "enabled",
-        }
-        self._call("PUT", f"/enrollmentGroups/{ENROLLMENT_GROUP}", json=body)
+        groups = self._do("list enrollment groups", self.client.groups)
+        group = next((g for g in groups if g.get("enrollmentGroupId") == ENROLLMENT_GROUP), None)
+        attestation = {"type": "x509", "x509": {"caReferences": {"primary": ROOT_CERTIFICATE_NAME}}}
+        if group is None:
+            self._do(
+                "create the demo group",
+                lambda: self.client.create_group(ENROLLMENT_GROUP, ROOT_CERTIFICATE_NAME),
+            )
+        elif group.get("attestation") != attestation or group.get("provisioningStatus") != "enabled":
+            fixed = {**group, "attestation": attestation, "provisioningStatus": "enabled"}
+            self._do("repair the demo group", lambda: self.client.replace_group(fixed))
 
 
 def setup_demo(root: Path | None = None, *, start: bool = True) -> tuple[Path, Path]:
@@ -243,8 +215,8 @@ def setup_demo(root: Path | None = None, *, start: bool = True) -> tuple[Path, P
     try:
         api.ensure_verified_root(root_ca)
         api.ensure_enrollment_group()
-    except httpx.HTTPError as exc:
-        raise DemoError(f"the local cloud's operator API did not answer: {exc}") from exc
+    except ServiceError as exc:
+        raise DemoError(f"the local cloud's service API did not answer: {exc}") from exc
     finally:
         api.close()
     return cloud, bundle

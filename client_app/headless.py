@@ -5,10 +5,16 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Literal
 
 from client_app.device.config import DeviceConfig
-from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus, FirstRunStep, InboxMessage
+from client_app.device.runtime import (
+    ConnectionState,
+    DeviceRuntime,
+    DeviceStatus,
+    FirstRunStep,
+    InboxMessage,
+    StepOutcome,
+)
 
 
 class _ConsoleListener:
@@ -23,9 +29,7 @@ class _ConsoleListener:
             self._last = line
             print(f"client-app: {status.state}: {status.message}", file=sys.stderr, flush=True)
 
-    def step_changed(
-        self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str
-    ) -> None:
+    def step_changed(self, step: FirstRunStep, outcome: StepOutcome, detail: str) -> None:
         pass
 
     def message_received(self, message: InboxMessage) -> None:

@@ -12,3 +12,11 @@ def is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_loopback_address(text: str) -> bool:
+    """True for a loopback IP literal (127.0.0.0/8, ::1): reaching it needs no resolver and no network."""
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False

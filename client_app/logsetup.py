@@ -13,6 +13,8 @@ import platform
 import time
 from pathlib import Path
 
+from client_app.device.paths import private_dir
+
 LOG_FILE = "client-app.log"
 MAX_BYTES = 2_000_000
 BACKUPS = 5
@@ -66,7 +68,7 @@ def setup_logging(log_dir: Path, level: int = logging.INFO) -> Path | None:
             return path
     root.setLevel(level)
     try:
-        Path(log_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(Path(log_dir))
         handler = PrivateRotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
     except OSError:
         return None  # logging is a help, not a reason to refuse to start

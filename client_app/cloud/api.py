@@ -6,13 +6,14 @@ import base64
 import binascii
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +30,7 @@ MAX_REQUEST_BODY = 1024 * 1024
 
 Status = Literal["enabled", "disabled"]
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
@@ -72,14 +74,26 @@ class DeviceIn(BaseModel):
     status: Status
 
 
+def _unicode(value: str) -> str:
+    """JSON's "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder (or SQLite) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text with a lone surrogate (not valid Unicode)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class C2DIn(BaseModel):
-    body: str = Field("", description="message body as text (UTF-8)")
+    body: Text = Field("", description="message body as text (UTF-8)")
     bodyBase64: str | None = Field(None, description="binary body; overrides `body`")
-    contentType: str | None = None
-    contentEncoding: str | None = None
-    properties: dict[str, str] = Field(default_factory=dict)
-    messageId: str | None = None
-    correlationId: str | None = None
+    contentType: Text | None = None
+    contentEncoding: Text | None = None
+    properties: dict[Text, Text] = Field(default_factory=dict)
+    messageId: Text | None = None
+    correlationId: Text | None = None
     ttlSeconds: float | None = Field(None, description="default 3600")
 
 
@@ -105,7 +119,9 @@ def create_app(certificates: CertificateStore, enrollments: Enrollments, hub: Hu
     )
 
     def authorize(credentials: Credentials) -> None:
-        if credentials is None or not secrets.compare_digest(credentials.credentials, token):
+        # Bytes: compare_digest raises on a non-ASCII str, and a header may carry any latin-1 text.
+        presented = credentials.credentials.encode("utf-8") if credentials is not None else b""
+        if credentials is None or not secrets.compare_digest(presented, token.encode()):
             raise CloudError(401, 401001, "missing or wrong API token (Authorization: Bearer <api_token>)")
 
     router = APIRouter(dependencies=[Depends(authorize)])
@@ -114,15 +130,18 @@ def create_app(certificates: CertificateStore, enrollments: Enrollments, hub: Hu
     _enrollment_routes(router, enrollments)
     _device_routes(router, hub)
     app.include_router(router)
-    app.add_middleware(_BodyLimit)
+    app.add_middleware(BodyLimit)
     return app
 
 
-class _BodyLimit:
-    """Refuse a request body over MAX_REQUEST_BODY (413) before more of it is read; pass the rest on whole."""
+class BodyLimit:
+    """Refuse a request body over MAX_REQUEST_BODY (413) before more of it is read; pass the rest on whole.
 
-    def __init__(self, app: ASGIApp) -> None:
+    `render` shapes the refusal (the service API answers with Azure's error body)."""
+
+    def __init__(self, app: ASGIApp, render: Callable[[str, CloudError], Response] | None = None) -> None:
         self.app = app
+        self.render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,7 +157,7 @@ class _BodyLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > MAX_REQUEST_BODY:
-                await _refuse_large(scope, receive, send)
+                await self._refuse_large(scope, receive, send)
                 return
         body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
@@ -147,11 +166,11 @@ class _BodyLimit:
 
         await self.app(scope, replay, send)
 
-
-async def _refuse_large(scope: Scope, receive: Receive, send: Send) -> None:
-    message = f"request body exceeds {MAX_REQUEST_BODY // 1024} KB"
-    log.warning("API %s %s -> 413 %s", scope["method"], scope["path"], message)
-    await JSONResponse({"errorCode": 413001, "message": message}, 413)(scope, receive, send)
+    async def _refuse_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = CloudError(413, 413001, f"request body exceeds {MAX_REQUEST_BODY // 1024} KB")
+        log.warning("API %s %s -> 413 %s", scope["method"], scope["path"], error.message)
+        response = self.render(scope["path"], error) if self.render else JSONResponse(error.to_json(), 413)
+        await response(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -218,13 +237,16 @@ def _enrollment_routes(router: APIRouter, enrollments: Enrollments) -> None:
         return enrollments.group(group_id).to_json()
 
     @router.put("/enrollmentGroups/{group_id}", tags=["enrollment groups"])
-    async def put_group(group_id: str, body: EnrollmentGroupIn, if_match: IfMatch = None) -> dict[str, Any]:
+    async def put_group(
+        group_id: str, body: EnrollmentGroupIn, if_match: IfMatch = None, if_none_match: IfNoneMatch = None
+    ) -> dict[str, Any]:
         group = enrollments.put_group(
             group_id,
             body.attestation.x509.caReferences.primary,
             enabled=body.provisioningStatus == "enabled",
             initial_twin=body.initialTwin,
             if_match=if_match,
+            create_only=if_none_match == "*",  # HTTP's "create, never replace" (the CLI's create)
         )
         return group.to_json()
 

@@ -20,7 +20,10 @@ from client_app.pki import certificate_to_pem, load_certificates, sha1_thumbprin
 
 log = logging.getLogger("client_app.cloud.certificates")
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # DPS certificate names: alphanumerics and - . _
+# DPS certificate names: alphanumerics and - . _ (an ARM child resource name); like every ARM resource name
+# it may not end with a period ("Naming rules and restrictions for Azure resources", resource-name-rules),
+# which also rules out "." and "..", names no URL path can address.
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(?<!\.)$")
 MAX_CERTIFICATES = 25
 
 
@@ -133,7 +136,10 @@ class CertificateStore:
     ) -> CaCertificate:
         """Create or replace a CA certificate; replacing resets verification (new key, new proof)."""
         if not _NAME.match(name):
-            raise bad_request(f"certificate name '{name}' may only contain letters, digits and - . _", 400001)
+            raise bad_request(
+                f"certificate name {name!r}: 1-128 of letters, digits, - . _; no '.' at either end",
+                400001,
+            )
         cert = parse_single_certificate(pem, f"certificate '{name}'")
         if not _is_ca(cert):
             raise bad_request(

@@ -15,8 +15,10 @@ from urllib.parse import quote
 
 import click
 import httpx
+from azure.core.exceptions import AzureError
 
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
+from client_app.cloud.service_client import ArmCertificates, ServiceClient, ServiceError
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
 FOLLOW_INTERVAL = 0.5
@@ -35,10 +37,43 @@ class CliError(click.ClickException):
 
 
 class Context:
-    def __init__(self, data: Path | None, as_json: bool) -> None:
+    def __init__(
+        self,
+        data: Path | None,
+        as_json: bool,
+        hub_cs: str | None = None,
+        dps_cs: str | None = None,
+        arm: tuple[str, str, str] | None = None,
+    ) -> None:
         self.data = data
         self.as_json = as_json
+        self.hub_cs = hub_cs  # a real hub's (or any) service connection strings; default: the local cloud's
+        self.dps_cs = dps_cs
+        self.arm = arm  # (subscription, resource group, DPS name) for certificates on Azure
         self._info: ConnectionInfo | None = None
+
+    def service(self) -> ServiceClient:
+        """Azure's service API: the given connection strings (real Azure, system trust) or the local cloud."""
+        try:
+            if self.hub_cs or self.dps_cs:
+                return ServiceClient(self.hub_cs, self.dps_cs, certificates=self._azure_certificates())
+            return ServiceClient.for_local_cloud(self.info())
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+
+    def _azure_certificates(self) -> ArmCertificates | None:
+        if self.arm is None:
+            return None
+        from azure.identity import DefaultAzureCredential  # heavy: only for Azure's ARM
+
+        return ArmCertificates(DefaultAzureCredential(), *self.arm)
+
+    def serve_call(self, work: Callable[[ServiceClient], Any]) -> Any:
+        with self.service() as client:
+            try:
+                return work(client)
+            except (ServiceError, ValueError, AzureError) as exc:  # AzureError: ARM (certificates)
+                raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 
     def info(self) -> ConnectionInfo:
         if self._info is None:
@@ -57,7 +92,7 @@ class Context:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         info = self.info()
-        headers = {"Authorization": f"Bearer {info.api_token}"}
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {info.api_token}"}
         timeout = kwargs.pop("timeout", 30.0)
         try:
             response = httpx.request(method, info.api_url + path, headers=headers, timeout=timeout, **kwargs)
@@ -92,21 +127,11 @@ def _options(function: Callable[..., Any]) -> Callable[..., Any]:
     @click.pass_context
     def wrapper(ctx: click.Context, data: Path | None, as_json: bool | None, **kwargs: Any) -> Any:
         parent: Context = ctx.obj
-        merged = Context(data or parent.data, parent.as_json if as_json is None else as_json)
+        merged = Context(data or parent.data, parent.as_json if as_json is None else as_json, parent.hub_cs,
+                         parent.dps_cs, parent.arm)  # fmt: skip
         return ctx.invoke(function, merged, **kwargs)
 
     return update_wrapper(wrapper, function)
-
-
-def _list(ctx: Context, path: str, lines: Callable[[dict[str, Any]], list[str]]) -> None:
-    """GET a collection (`{"value": [...]}`) and print each item's lines."""
-    result = ctx.call("GET", path)
-    ctx.output(result, lambda r: [line for item in r["value"] for line in lines(item)] or ["(none)"])
-
-
-def _delete(ctx: Context, path: str, what: str, name: str) -> None:
-    ctx.call("DELETE", path)
-    ctx.output({"deleted": name}, lambda _: [f"deleted {what} {name}"])
 
 
 def _table(rows: list[list[str]], header: list[str]) -> Iterable[str]:
@@ -122,10 +147,25 @@ def _table(rows: list[list[str]], header: list[str]) -> Iterable[str]:
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_ENV, default=None,
               help=f"Local cloud data directory (env {DATA_ENV}).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--hub-connection-string", envvar="IOTHUB_CONNECTION_STRING", default=None,
+              help="Operate this IoT Hub (e.g. a real one) instead of the local cloud's.")  # fmt: skip
+@click.option("--dps-connection-string", envvar="DPS_CONNECTION_STRING", default=None,
+              help="Operate this DPS instead of the local cloud's.")  # fmt: skip
+@click.option("--subscription", envvar="AZURE_SUBSCRIPTION_ID", default=None,
+              help="Azure subscription of the DPS (certificates through ARM, with azure-identity's default "
+                   "credential).")  # fmt: skip
+@click.option("--resource-group", default=None, help="Resource group of the DPS on Azure.")
+@click.option("--dps-name", "dps_resource", default=None, help="Name of the DPS resource on Azure.")
 @click.pass_context
-def cli(ctx: click.Context, data: Path | None, as_json: bool) -> None:
-    """Local DPS + IoT Hub for client_app: run it, and operate it."""
-    ctx.obj = Context(data, as_json)
+def cli(ctx: click.Context, data: Path | None, as_json: bool, hub_connection_string: str | None,
+        dps_connection_string: str | None, subscription: str | None, resource_group: str | None,
+        dps_resource: str | None) -> None:  # fmt: skip
+    """Local DPS + IoT Hub for client_app: run it, and operate it (or a real hub and DPS)."""
+    arm = (subscription, resource_group, dps_resource)
+    if any(arm) and not all(arm):
+        raise CliError("--subscription, --resource-group and --dps-name go together")
+    ctx.obj = Context(data, as_json, hub_connection_string, dps_connection_string,
+                      arm if all(arm) else None)  # type: ignore[arg-type]  # fmt: skip
 
 
 # ---- serve ------------------------------------------------------------------------------------------
@@ -151,9 +191,22 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
               help="HTTP CONNECT front port (0 = a free port).")  # fmt: skip
 @click.option("--no-proxy", is_flag=True, help="Do not open the HTTP CONNECT front.")
 @click.option(
-    "--mqtt-listen", metavar="HOST:PORT", default=None, help="Direct TLS listener, e.g. 127.0.0.2:8883."
+    "--mqtt-listen",
+    metavar="HOST:8883",
+    default="127.0.0.1:8883",
+    show_default=True,
+    help="Direct TLS listener (port 8883, the only one devices dial; another copy: 127.0.0.2:8883).",
+)
+@click.option("--no-direct", is_flag=True, help="No direct listener: devices come through the proxy front.")
+@click.option(
+    "--websocket-listen",
+    metavar="HOST:443",
+    default=None,
+    help="Direct MQTT-over-WebSockets listener (port 443; the proxy front serves it on CONNECT …:443).",
 )
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0, show_default=True)
+@click.option("--service-listen", metavar="HOST:PORT", default=None,
+              help="Azure's service API (HTTPS), e.g. 127.0.0.3:443 (default: free 127.x:443).")  # fmt: skip
 @click.option("--assignment-delay", type=click.FloatRange(0, 300), default=0.0, show_default=True,
               help="Seconds DPS reports 'assigning' before 'assigned' (0 = answer at once).")  # fmt: skip
 @click.option("--telemetry-retention", type=click.IntRange(0), default=1_000_000, show_default=True,
@@ -163,17 +216,18 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
-          mqtt_listen: str | None, api_port: int, assignment_delay: float, telemetry_retention: int,
-          dps_name: str, hub_name: str, verbose: bool) -> None:  # fmt: skip
+          mqtt_listen: str, no_direct: bool, websocket_listen: str | None, api_port: int,
+          service_listen: str | None, assignment_delay: float, telemetry_retention: int, dps_name: str,
+          hub_name: str, verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
     if data_dir is None:
         raise CliError(f"no data directory: pass --data DIR or set {DATA_ENV}")
     from client_app.cloud.server import CloudSettings, serve_forever  # heavy (FastAPI, uvicorn): only here
 
-    listen = _host_port(mqtt_listen)
+    listen = None if no_direct else _host_port(mqtt_listen)
     if no_proxy and listen is None:
-        raise CliError("--no-proxy needs --mqtt-listen: devices could not reach the cloud at all")
+        raise CliError("--no-proxy with --no-direct: devices could not reach the cloud at all")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -182,15 +236,17 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
     try:
         settings = CloudSettings(
             data_dir=data_dir, bind_host=bind, proxy_port=None if no_proxy else proxy_port,
-            mqtt_listen=listen, api_port=api_port, assignment_delay=assignment_delay, dps_name=dps_name,
-            hub_name=hub_name, telemetry_retention=telemetry_retention or None,
+            mqtt_listen=listen, websocket_listen=_host_port(websocket_listen), api_port=api_port,
+            assignment_delay=assignment_delay, dps_name=dps_name, hub_name=hub_name,
+            telemetry_retention=telemetry_retention or None, service_listen=_host_port(service_listen),
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     try:
         serve_forever(settings)
     except OSError as exc:
-        raise CliError(f"cannot start: {exc}") from exc
+        hint = " (another local cloud? --mqtt-listen 127.0.0.2:8883 or --no-direct)" if listen else ""
+        raise CliError(f"cannot start: {exc}{hint}") from exc
 
 
 # ---- certificates ---------------------------------------------------------------------------------------
@@ -198,10 +254,9 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
 
 def _certificate_lines(cert: dict[str, Any]) -> list[str]:
     p = cert["properties"]
-    state = "verified" if p["isVerified"] else "unverified"
-    return [
-        f"{cert['name']}: {p['subject']} ({state}, expires {p['expiry']}, SHA-256 {p['sha256Thumbprint']})"
-    ]
+    state = "verified" if p.get("isVerified") else "unverified"
+    expiry, thumbprint = p.get("expiry"), p.get("thumbprint")
+    return [f"{cert['name']}: {p.get('subject')} ({state}, expires {expiry}, thumbprint {thumbprint})"]
 
 
 def _read_pem(path: Path) -> str:
@@ -209,6 +264,19 @@ def _read_pem(path: Path) -> str:
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {path}: {exc}") from exc
+
+
+def _arm(ctx: Context, work: Callable[[ArmCertificates], Any]) -> Any:
+    """Certificates go through ARM: the local cloud's, or Azure's (with --subscription, --resource-group
+    and --dps-name besides the connection strings)."""
+
+    def call(client: ServiceClient) -> Any:
+        if client.certificates is None:
+            raise ValueError("certificates need --subscription, --resource-group and --dps-name (Azure ARM)")
+        result = work(client.certificates)
+        return result.as_dict() if hasattr(result, "as_dict") else result
+
+    return ctx.serve_call(call)
 
 
 @cli.group()
@@ -222,9 +290,9 @@ def certificates() -> None:
 @click.option("--verified", is_flag=True, help="Trust without proof of possession (Azure's auto-verify).")
 @_options
 def certificates_upload(ctx: Context, name: str, pemfile: Path, verified: bool) -> None:
-    """Upload CA certificate NAME from PEMFILE (unverified unless --verified)."""
-    body = {"certificate": _read_pem(pemfile), "isVerified": verified}
-    ctx.output(ctx.call("PUT", f"/certificates/{_segment(name)}", json=body), _certificate_lines)
+    """Upload CA certificate NAME from PEMFILE (unverified unless --verified; an existing NAME is refused)."""
+    pem = _read_pem(pemfile).encode()
+    ctx.output(_arm(ctx, lambda arm: arm.upload(name, pem, verified=verified)), _certificate_lines)
 
 
 @certificates.command("verification-code")
@@ -232,7 +300,7 @@ def certificates_upload(ctx: Context, name: str, pemfile: Path, verified: bool) 
 @_options
 def certificates_code(ctx: Context, name: str) -> None:
     """Generate a verification code for NAME (printed alone on the last line)."""
-    result = ctx.call("POST", f"/certificates/{_segment(name)}/generateVerificationCode")
+    result = _arm(ctx, lambda arm: arm.verification_code(name))
     code = result["properties"]["verificationCode"]
     ctx.output(result, lambda _: [
         f"Issue a certificate with CN = this code, signed by the key of '{name}', then run"
@@ -247,17 +315,16 @@ def certificates_code(ctx: Context, name: str) -> None:
 @_options
 def certificates_verify(ctx: Context, name: str, pemfile: Path) -> None:
     """Verify NAME with the proof-of-possession certificate in PEMFILE."""
-    result = ctx.call(
-        "POST", f"/certificates/{_segment(name)}/verify", json={"certificate": _read_pem(pemfile)}
-    )
-    ctx.output(result, _certificate_lines)
+    pem = _read_pem(pemfile)
+    ctx.output(_arm(ctx, lambda arm: arm.verify(name, pem)), _certificate_lines)
 
 
 @certificates.command("list")
 @_options
 def certificates_list(ctx: Context) -> None:
     """List CA certificates."""
-    _list(ctx, "/certificates", _certificate_lines)
+    result = _arm(ctx, lambda arm: [c.as_dict() for c in arm.list()])
+    ctx.output(result, lambda r: [line for c in r for line in _certificate_lines(c)] or ["(none)"])
 
 
 @certificates.command("delete")
@@ -265,7 +332,8 @@ def certificates_list(ctx: Context) -> None:
 @_options
 def certificates_delete(ctx: Context, name: str) -> None:
     """Delete CA certificate NAME (groups that name it match nothing until it is back)."""
-    _delete(ctx, f"/certificates/{_segment(name)}", "certificate", name)
+    _arm(ctx, lambda arm: arm.delete(name))
+    ctx.output({"deleted": name}, lambda _: [f"deleted certificate {name}"])
 
 
 # ---- enrollment groups and enrollments ------------------------------------------------------------------
@@ -293,22 +361,10 @@ def enrollment_groups() -> None:
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 @_options
 def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> None:
-    """Create (or replace) enrollment group GROUP_ID on CA certificate --ca."""
-    body = {
-        "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
-        "provisioningStatus": "disabled" if disabled else "enabled",
-    }
-    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
-
-
-def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
-    group = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}")
-    body = {
-        "attestation": group["attestation"],
-        "provisioningStatus": status,
-        "initialTwin": group["initialTwin"],
-    }
-    ctx.output(ctx.call("PUT", f"/enrollmentGroups/{_segment(group_id)}", json=body), _group_lines)
+    """Create enrollment group GROUP_ID on CA certificate --ca (an existing GROUP_ID is refused)."""
+    ctx.output(
+        ctx.serve_call(lambda c: c.create_group(group_id, ca_name, enabled=not disabled)), _group_lines
+    )
 
 
 @enrollment_groups.command("enable")
@@ -316,7 +372,7 @@ def _set_group_status(ctx: Context, group_id: str, status: str) -> None:
 @_options
 def groups_enable(ctx: Context, group_id: str) -> None:
     """Enable GROUP_ID."""
-    _set_group_status(ctx, group_id, "enabled")
+    ctx.output(ctx.serve_call(lambda c: c.set_group_status(group_id, True)), _group_lines)
 
 
 @enrollment_groups.command("disable")
@@ -324,7 +380,7 @@ def groups_enable(ctx: Context, group_id: str) -> None:
 @_options
 def groups_disable(ctx: Context, group_id: str) -> None:
     """Disable GROUP_ID: its devices can no longer register (hub devices stay)."""
-    _set_group_status(ctx, group_id, "disabled")
+    ctx.output(ctx.serve_call(lambda c: c.set_group_status(group_id, False)), _group_lines)
 
 
 @enrollment_groups.command("show")
@@ -332,14 +388,15 @@ def groups_disable(ctx: Context, group_id: str) -> None:
 @_options
 def groups_show(ctx: Context, group_id: str) -> None:
     """Show GROUP_ID."""
-    ctx.output(ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}"), _group_lines)
+    ctx.output(ctx.serve_call(lambda c: c.group(group_id)), _group_lines)
 
 
 @enrollment_groups.command("list")
 @_options
 def groups_list(ctx: Context) -> None:
     """List enrollment groups."""
-    _list(ctx, "/enrollmentGroups", _group_lines)
+    groups = ctx.serve_call(lambda c: c.groups())
+    ctx.output(groups, lambda r: [line for g in r for line in _group_lines(g)] or ["(none)"])
 
 
 @enrollment_groups.command("delete")
@@ -347,7 +404,8 @@ def groups_list(ctx: Context) -> None:
 @_options
 def groups_delete(ctx: Context, group_id: str) -> None:
     """Delete GROUP_ID (registrations and hub devices stay)."""
-    _delete(ctx, f"/enrollmentGroups/{_segment(group_id)}", "enrollment group", group_id)
+    ctx.serve_call(lambda c: c.delete_group(group_id))
+    ctx.output({"deleted": group_id}, lambda _: [f"deleted enrollment group {group_id}"])
 
 
 @enrollment_groups.command("registrations")
@@ -355,8 +413,7 @@ def groups_delete(ctx: Context, group_id: str) -> None:
 @_options
 def groups_registrations(ctx: Context, group_id: str) -> None:
     """Registrations provisioned through GROUP_ID."""
-    result = ctx.call("GET", f"/enrollmentGroups/{_segment(group_id)}/registrations")
-    ctx.output(result, lambda r: _registration_rows(r["value"]))
+    ctx.output(ctx.serve_call(lambda c: c.registrations(group_id)), _registration_rows)
 
 
 @cli.group()
@@ -373,10 +430,7 @@ def _enrollment_lines(enrollment: dict[str, Any]) -> list[str]:
 @_options
 def enrollments_block(ctx: Context, registration_id: str) -> None:
     """Block REGISTRATION_ID: a disabled individual enrollment (refused even if its group is enabled)."""
-    result = ctx.call(
-        "PUT", f"/enrollments/{_segment(registration_id)}", json={"provisioningStatus": "disabled"}
-    )
-    ctx.output(result, _enrollment_lines)
+    ctx.output(ctx.serve_call(lambda c: c.put_enrollment(registration_id, enabled=False)), _enrollment_lines)
 
 
 @enrollments.command("unblock")
@@ -384,14 +438,16 @@ def enrollments_block(ctx: Context, registration_id: str) -> None:
 @_options
 def enrollments_unblock(ctx: Context, registration_id: str) -> None:
     """Delete the individual enrollment of REGISTRATION_ID (the device falls back to its group)."""
-    _delete(ctx, f"/enrollments/{_segment(registration_id)}", "individual enrollment", registration_id)
+    ctx.serve_call(lambda c: c.delete_enrollment(registration_id))
+    ctx.output({"deleted": registration_id}, lambda _: [f"deleted individual enrollment {registration_id}"])
 
 
 @enrollments.command("list")
 @_options
 def enrollments_list(ctx: Context) -> None:
     """List individual enrollments."""
-    _list(ctx, "/enrollments", _enrollment_lines)
+    items = ctx.serve_call(lambda c: c.enrollments())
+    ctx.output(items, lambda r: [line for e in r for line in _enrollment_lines(e)] or ["(none)"])
 
 
 # ---- devices ----------------------------------------------------------------------------------------------
@@ -412,7 +468,7 @@ def devices() -> None:
 @_options
 def devices_list(ctx: Context) -> None:
     """Devices with their connection state."""
-    ctx.output(ctx.call("GET", "/devices"), lambda r: _device_rows(r["value"]))
+    ctx.output(ctx.serve_call(lambda c: c.devices()), _device_rows)
 
 
 @devices.command("show")
@@ -420,9 +476,7 @@ def devices_list(ctx: Context) -> None:
 @_options
 def devices_show(ctx: Context, device_id: str) -> None:
     """One device."""
-    ctx.output(
-        ctx.call("GET", f"/devices/{_segment(device_id)}"), lambda d: json.dumps(d, indent=2).splitlines()
-    )
+    ctx.output(ctx.serve_call(lambda c: c.device(device_id)), lambda d: json.dumps(d, indent=2).splitlines())
 
 
 @devices.command("enable")
@@ -430,10 +484,7 @@ def devices_show(ctx: Context, device_id: str) -> None:
 @_options
 def devices_enable(ctx: Context, device_id: str) -> None:
     """Let DEVICE_ID connect again."""
-    ctx.output(
-        ctx.call("PUT", f"/devices/{_segment(device_id)}", json={"status": "enabled"}),
-        lambda d: _device_rows([d]),
-    )
+    ctx.output(ctx.serve_call(lambda c: c.set_device_status(device_id, True)), lambda d: _device_rows([d]))
 
 
 @devices.command("disable")
@@ -441,10 +492,7 @@ def devices_enable(ctx: Context, device_id: str) -> None:
 @_options
 def devices_disable(ctx: Context, device_id: str) -> None:
     """Refuse DEVICE_ID at the hub (CONNACK 5) and drop its connection."""
-    ctx.output(
-        ctx.call("PUT", f"/devices/{_segment(device_id)}", json={"status": "disabled"}),
-        lambda d: _device_rows([d]),
-    )
+    ctx.output(ctx.serve_call(lambda c: c.set_device_status(device_id, False)), lambda d: _device_rows([d]))
 
 
 # ---- messaging ---------------------------------------------------------------------------------------------
@@ -494,12 +542,7 @@ def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], conten
 @_options
 def invoke(ctx: Context, device_id: str, method: str, payload: str | None, timeout: float) -> None:
     """Invoke direct method METHOD on DEVICE_ID; prints the device's status and payload."""
-    body = {
-        "methodName": method,
-        "payload": _json_arg(payload, "--payload"),
-        "responseTimeoutInSeconds": timeout,
-    }
-    result = ctx.call("POST", f"/twins/{_segment(device_id)}/methods", json=body, timeout=timeout + 10)
+    result = ctx.serve_call(lambda c: c.invoke(device_id, method, _json_arg(payload, "--payload"), timeout))
     ctx.output(result, lambda r: [f"status: {r['status']}", f"payload: {json.dumps(r['payload'])}"])
 
 
@@ -513,9 +556,9 @@ def twin(ctx: Context, device_id: str, set_desired: str | None) -> None:
     if patch is not None and not isinstance(patch, dict):
         raise CliError("--set-desired: expected a JSON object")
     if patch is None:
-        result = ctx.call("GET", f"/twins/{_segment(device_id)}")
+        result = ctx.serve_call(lambda c: c.twin(device_id))
     else:
-        result = ctx.call("PATCH", f"/twins/{_segment(device_id)}", json={"properties": {"desired": patch}})
+        result = ctx.serve_call(lambda c: c.update_twin(device_id, {"properties": {"desired": patch}}))
     ctx.output(result, lambda r: json.dumps(r["properties"], indent=2).splitlines())
 
 
@@ -574,3 +617,50 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---- Azure's service API: query and registrations ---------------------------------------------------------
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True)
+@_options
+def query(ctx: Context, sql: str, page_size: int) -> None:
+    """Run an IoT Hub query, e.g. "SELECT * FROM devices WHERE properties.reported.appVersion = '1.0'"."""
+    rows = ctx.serve_call(lambda client: client.query(sql, page_size))
+
+    def human(items: list[dict[str, Any]]) -> Iterable[str]:
+        if items and all("deviceId" in r and "properties" in r for r in items):  # whole twins: one line each
+            return _table([[r["deviceId"], r.get("status", ""), r.get("connectionState", "")] for r in items],
+                          ["DEVICE ID", "STATUS", "CONNECTION"])  # fmt: skip
+        return [json.dumps(r, sort_keys=True) for r in items] or ["(none)"]
+
+    ctx.output(rows, human)
+
+
+@cli.command()
+@click.argument("group_id")
+@_options
+def registrations(ctx: Context, group_id: str) -> None:
+    """Registration states DPS holds for enrollment group GROUP_ID (Azure's registration query)."""
+    ctx.output(ctx.serve_call(lambda client: client.registrations(group_id)), _registration_rows)
+
+
+@cli.command("revoke-signer")
+@click.argument("certfile", type=click.Path(dir_okay=False, path_type=Path))
+@_options
+def revoke_signer_command(ctx: Context, certfile: Path) -> None:
+    """Revoke the release whose devices CERTFILE (an intermediate) issued: a disabled enrollment group on it
+    (other releases keep provisioning) and its hub devices disabled (found by their reported issuer)."""
+    from client_app.cloud.revoke import revoke_signer
+    from client_app.pki import PkiError, load_certificates
+
+    try:
+        certificates = load_certificates(certfile.read_bytes())
+    except (OSError, PkiError, ValueError) as exc:
+        raise CliError(f"cannot read {certfile}: {exc}") from exc
+    if len(certificates) != 1:
+        raise CliError(f"{certfile}: expected one certificate, found {len(certificates)}")
+    result = ctx.serve_call(lambda client: revoke_signer(client, certificates[0]))
+    ctx.output(result.__dict__, lambda _: result.lines())

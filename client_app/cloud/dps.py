@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from client_app.cloud.enrollment import Enrollments, Match
+from client_app.cloud.enrollment import Enrollments, Match, unauthorized
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import DeviceRefused, Hub
 from client_app.cloud.store import utc_now
@@ -28,6 +28,9 @@ REGISTER_PREFIX = "$dps/registrations/PUT/iotdps-register/"
 POLL_PREFIX = "$dps/registrations/GET/iotdps-get-operationstatus/"
 RESPONSE_FILTER = "$dps/registrations/res/#"
 OPERATION_TTL = 600.0
+# Intermediates a presented chain may carry (the chain validator's depth, cryptography's max_chain_depth
+# default). Azure documents no number; a longer chain would otherwise fail as "CA certificate not found".
+MAX_CHAIN_INTERMEDIATES = 8
 
 
 @dataclass
@@ -68,8 +71,7 @@ class Dps:
     def subscribe(topic_filter: str, requested_qos: int) -> int:
         if topic_filter == RESPONSE_FILTER:
             return min(requested_qos, 1)
-        log.warning("DPS: subscription to %r refused", topic_filter)
-        return 0x80
+        raise DeviceRefused(f"unsupported topic filter {topic_filter[:100]!r}")
 
     async def published(self, conn: MqttConnection, registration_id: str, topic: str, payload: bytes) -> None:
         rid = request_id(topic)
@@ -110,6 +112,7 @@ class Dps:
             raise CloudError(
                 400, 400004, f"Invalid RegistrationId: body says {body_id!r}, connection {registration_id!r}"
             )
+        _check_chain_length(conn.peer_chain)
         match = self._enrollments.attest(registration_id, conn.peer_chain)
         self._expire_operations()
         operation_id = f"4.{secrets.token_hex(8)}.{uuid.uuid4()}"
@@ -178,3 +181,12 @@ class Dps:
             del self._operations[operation_id]
             if self._latest.get(operation.match.registration_id.lower()) == operation_id:
                 del self._latest[operation.match.registration_id.lower()]
+
+
+def _check_chain_length(chain: list[Any]) -> None:
+    """Refuse a chain with more intermediates than the validator follows, and say so (a root sent along is
+    tolerated and not counted)."""
+    count = sum(1 for cert in chain[1:] if cert.issuer != cert.subject)
+    if count > MAX_CHAIN_INTERMEDIATES:
+        limit = MAX_CHAIN_INTERMEDIATES
+        raise unauthorized(f"certificate chain too long: {count} intermediates, at most {limit}")

@@ -181,7 +181,9 @@ class Enrollments:
         enabled: bool = True,
         initial_twin: dict[str, Any] | None = None,
         if_match: str | None = None,
+        create_only: bool = False,
     ) -> EnrollmentGroup:
+        """Create or replace a group; with `create_only` an existing ID is refused (replacing is explicit)."""
         if not _GROUP_ID.match(group_id):
             raise bad_request(
                 f"enrollment group id '{group_id}': up to 128 of A-Z a-z 0-9 - . _ :,"
@@ -201,6 +203,8 @@ class Enrollments:
                 409, 409001, f"certificate '{ca_name}' already backs enrollment group '{other[0]}'"
             )
         existing = self._store.one("SELECT * FROM enrollment_groups WHERE group_id=?", (group_id,))
+        if existing is not None and create_only:
+            raise CloudError(409, 409001, f"enrollment group {existing['group_id']!r} already exists")
         if existing is not None and if_match not in (None, "*", existing["etag"]):
             raise CloudError(412, 412001, f"enrollment group '{group_id}': etag mismatch")
         if existing is None and len(self.groups()) >= MAX_GROUPS:

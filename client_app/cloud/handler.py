@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from client_app.cloud.dps import Dps
 from client_app.cloud.hub import DeviceRefused, Hub, valid_device_id
+from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import ConnectDecision, RefusePublish
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class CloudHandler:
         self.dps = dps
         self.hub = hub
         self._roles: dict[int, Role] = {}
+        self._refusals = RateLimitedLog(log)  # per device: one that repeats a refused request costs a line
 
     def _role(self, conn: MqttConnection) -> Role:
         role = self._roles.get(id(conn))
@@ -74,13 +76,17 @@ class CloudHandler:
         return ConnectDecision(code, session)
 
     async def subscribed(self, conn: MqttConnection, topic_filter: str, requested_qos: int) -> int:
+        """IoT Hub and DPS close the connection on a subscription they do not support (their devices never
+        check the SUBACK: "IoT Hub would disconnect if there was a problem subscribing",
+        Azure/azure-iot-middleware-freertos#89, source/azure_iot_hub_client.c); so do we, logging it once."""
         role = self._role(conn)
-        if role.service == "dps":
-            return self.dps.subscribe(topic_filter, requested_qos)
         try:
+            if role.service == "dps":
+                return self.dps.subscribe(topic_filter, requested_qos)
             return self.hub.subscribe(role.identity, topic_filter, requested_qos)
         except DeviceRefused as exc:
-            log.warning("device %s: %s; closing", role.identity, exc)
+            self._refusals.log(logging.WARNING, f"{role.service}/{role.identity}", "%s %s: %s; closing",
+                               role.service, role.identity, exc)  # fmt: skip
             conn.close(str(exc))
             return 0x80
 
@@ -89,13 +95,15 @@ class CloudHandler:
         if role.service == "hub":  # the SDK unsubscribes when a handler is set back to None
             self.hub.unsubscribe(role.identity, topic_filter)
 
-    async def published(self, conn: MqttConnection, topic: str, payload: bytes, qos: int) -> None:
+    async def published(
+        self, conn: MqttConnection, topic: str, payload: bytes, qos: int, *, retain: bool = False
+    ) -> None:
         role = self._role(conn)
         try:
             if role.service == "dps":
                 await self.dps.published(conn, role.identity, topic, payload)
             else:
-                await self.hub.device_published(conn, role.identity, topic, payload)
+                await self.hub.device_published(conn, role.identity, topic, payload, retain=retain)
         except DeviceRefused as exc:
             log.warning("%s %s: %s; closing", role.service, role.identity, exc)
             raise RefusePublish(str(exc)) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -13,17 +14,20 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.limits import check_initial_twin, check_twin
+from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.cloud.topics import encode_bag, parse_bag, request_id
 from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
+    from client_app.cloud.mqtt.packets import Will
     from client_app.cloud.mqtt.server import MqttConnection
 
 log = logging.getLogger("client_app.cloud.hub")
@@ -97,10 +101,11 @@ class Hub:
         self._activity: dict[str, str] = {}
         self._subscriptions: dict[str, set[str]] = self._load_sessions()
         self._method_ids = itertools.count(1)
+        self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- registry --------------------------------------------------------------------------------
-    def _device_json(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _device_json(self, row: sqlite3.Row, queued: int | None = None) -> dict[str, Any]:
         device_id = row["device_id"]
         online = self._online.get(device_id)
         return {
@@ -115,7 +120,7 @@ class Hub:
             "connectionState": "Connected" if online else "Disconnected",
             "connectionStateUpdatedTime": row["connection_state_updated"],
             "lastActivityTime": self._activity.get(device_id, row["last_activity"]),
-            "cloudToDeviceMessageCount": self._queue_depth(device_id),
+            "cloudToDeviceMessageCount": self._queue_depth(device_id) if queued is None else queued,
             "createdDateTimeUtc": row["created"],
             "lastUpdatedDateTimeUtc": row["updated"],
         }
@@ -177,6 +182,7 @@ class Hub:
             for table in ("devices", "twins", "sessions", "c2d"):
                 db.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
         self._subscriptions.pop(device_id, None)
+        self._twin_cache.pop(device_id, None)
         self._activity.pop(device_id, None)  # a device created again under this id starts without history
 
     # ---- connections -----------------------------------------------------------------------------
@@ -223,6 +229,25 @@ class Hub:
             self._drop_session(device_id)
         self._mark_state(device_id)
         log.info("device %s disconnected: %s", device_id, reason)
+        if conn.will is not None and reason not in (CLIENT_DISCONNECT, SERVER_SHUTDOWN):
+            self._spawn(self._will(device_id, conn.will))
+
+    async def _will(self, device_id: str, will: Will) -> None:
+        """A connection lost without DISCONNECT: IoT Hub sends its Will message as telemetry marked
+        `iothub-MessageType: Will`; the Will topic must be the device's events topic
+        (iot-mqtt-connect-to-iot-hub, "Sending device-to-cloud messages")."""
+        bag = _events_bag(device_id, will.topic)
+        if bag is None:
+            log.warning(
+                "device %s: Will message to %r dropped (not its events topic)", device_id, will.topic[:100]
+            )
+            return
+        try:
+            await self._telemetry_in(device_id, bag, will.message, {"iothub-MessageType": "Will"})
+        except DeviceRefused as exc:
+            log.warning("device %s: Will message dropped: %s", device_id, exc)
+            return
+        log.info("device %s: Will message stored as telemetry", device_id)
 
     def _stop_online(self, online: _Online, reason: str) -> None:
         if online.task is not None:
@@ -255,11 +280,8 @@ class Hub:
         allowed = {C2D_FILTER.format(device_id), METHODS_FILTER, TWIN_RES_FILTER, DESIRED_FILTER}
         if topic_filter not in allowed:
             if topic_filter.startswith("devices/") and not topic_filter.startswith(f"devices/{device_id}/"):
-                raise DeviceRefused(f"subscription to another device's topic {topic_filter!r}")
-            log.warning(
-                "device %s: subscription to unsupported topic filter %r refused", device_id, topic_filter
-            )
-            return 0x80
+                raise DeviceRefused(f"subscription to another device's topic {topic_filter[:100]!r}")
+            raise DeviceRefused(f"unsupported topic filter {topic_filter[:100]!r}")
         filters = self._subscriptions.setdefault(device_id, set())
         if topic_filter not in filters:
             filters.add(topic_filter)
@@ -287,12 +309,15 @@ class Hub:
 
     # ---- device publishes ------------------------------------------------------------------------
     async def device_published(
-        self, conn: MqttConnection, device_id: str, topic: str, payload: bytes
+        self, conn: MqttConnection, device_id: str, topic: str, payload: bytes, *, retain: bool = False
     ) -> None:
         self.touch(device_id)
-        events = f"devices/{device_id}/messages/events"
-        if topic == events or topic.startswith(events + "/"):
-            await self._telemetry_in(device_id, topic[len(events) + 1 :], payload)
+        bag = _events_bag(device_id, topic)
+        if bag is not None:
+            # IoT Hub keeps no retained messages: it adds the `mqtt-retain` application property and passes
+            # the message on (iot-mqtt-connect-to-iot-hub, "Sending device-to-cloud messages"; the value
+            # "true" as in Azure/azure-iot-protocol-gateway src/ProtocolGateway.Core/Mqtt/Util.cs).
+            await self._telemetry_in(device_id, bag, payload, {"mqtt-retain": "true"} if retain else {})
         elif topic.startswith("$iothub/twin/GET/"):
             await self._twin_get(conn, device_id, topic)
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
@@ -304,11 +329,13 @@ class Hub:
         else:
             raise DeviceRefused(f"publish to unknown topic {topic!r}")
 
-    async def _telemetry_in(self, device_id: str, bag: str, payload: bytes) -> None:
+    async def _telemetry_in(
+        self, device_id: str, bag: str, payload: bytes, added: dict[str, str | None]
+    ) -> None:
         if len(payload) + len(bag) > MAX_TELEMETRY:
             raise DeviceRefused(f"telemetry of {len(payload) + len(bag)} bytes exceeds 256 KB (413001)")
         system: dict[str, str] = {}
-        custom: dict[str, str | None] = {}
+        custom: dict[str, str | None] = dict(added)
         for key, value in parse_bag(bag).items():
             if key in SYSTEM_KEYS:
                 system[SYSTEM_KEYS[key]] = value or ""
@@ -435,25 +462,50 @@ class Hub:
         assert row is not None
         return row
 
-    def _device_twin(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _parsed(self, row: sqlite3.Row) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+        """(tags, desired, reported, etag) of a twin row, parsed once per content: queries read every twin.
+
+        The cached documents are shared: callers copy before they change anything."""
+        device_id, desired, desired_version, reported, reported_version, tags = (
+            row  # the table's column order
+        )
+        key = (tags, desired, reported, desired_version, reported_version)
+        hit = self._twin_cache.get(device_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        parsed = (json.loads(tags), json.loads(desired), json.loads(reported), _twin_etag(row))
+        self._twin_cache[device_id] = (key, parsed)
+        return parsed
+
+    def _device_twin(self, row: sqlite3.Row, parsed: tuple[Any, ...] | None = None) -> dict[str, Any]:
+        _, desired, reported, _ = parsed or self._parsed(row)
         return {
-            "desired": {**json.loads(row["desired"]), "$version": row["desired_version"]},
-            "reported": {**json.loads(row["reported"]), "$version": row["reported_version"]},
+            "desired": {**desired, "$version": row["desired_version"]},
+            "reported": {**reported, "$version": row["reported_version"]},
         }
 
     def twin(self, device_id: str) -> dict[str, Any]:
         """Service view of the twin (shape of the IoT Hub service API)."""
         row = self._twin_row(device_id)
-        device = self.device(device_id)
+        return self._service_twin(self.device(device_id), row)
+
+    def _service_twin(self, device: dict[str, Any], row: sqlite3.Row) -> dict[str, Any]:
+        # Azure's Twin (azure-iot-hub models.Twin): the twin has its own etag, the identity's is deviceEtag.
+        parsed = self._parsed(row)
         return {
-            "deviceId": device_id,
-            "etag": device["etag"],
+            "deviceId": device["deviceId"],
+            "etag": parsed[3],
+            "deviceEtag": device["etag"],
             "version": row["desired_version"] + row["reported_version"],
             "status": device["status"],
             "connectionState": device["connectionState"],
             "lastActivityTime": device["lastActivityTime"],
-            "tags": json.loads(row["tags"]),
-            "properties": self._device_twin(row),
+            "cloudToDeviceMessageCount": device["cloudToDeviceMessageCount"],
+            "authenticationType": device["authentication"]["type"],
+            "x509Thumbprint": device["authentication"]["x509Thumbprint"],
+            "tags": dict(parsed[0]),
+            "properties": self._device_twin(row, parsed),
+            "capabilities": {"iotEdge": False},
         }
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -550,6 +602,106 @@ class Hub:
             result = payload.decode("utf-8", "replace")
         future.set_result((status, result))
 
+    # ---- service API: registry writes, twin updates, query, purge, statistics ---------------------
+    def create_device(self, device_id: str, thumbprint: str, *, enabled: bool = True) -> dict[str, Any]:
+        """A new X.509 (thumbprint) identity; an existing ID is refused (409001 DeviceAlreadyExists)."""
+        if not valid_device_id(device_id):
+            raise bad_request(
+                f"device id {device_id!r}: up to 128 of A-Z a-z 0-9 - . % _ * ? ! ( ) , = @ $ ' :",
+                400004,
+            )
+        if self._store.one("SELECT 1 FROM devices WHERE device_id=?", (device_id,)) is not None:
+            raise CloudError(409, 409001, f"device {device_id!r} already exists")
+        now = utc_now()
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (device_id, thumbprint, int(enabled), uuid.uuid4().hex, secrets.token_hex(8), now, now),
+            )
+            db.execute("INSERT OR IGNORE INTO twins VALUES (?, '{}', 1, '{}', 1, '{}')", (device_id,))
+        log.info("device %s created by the service API", device_id)
+        return self.device(device_id)
+
+    def check_device_etag(self, device_id: str, if_match: str | None) -> None:
+        """412 / 412002 (PreconditionFailed) unless If-Match is absent, `*` or the identity's etag."""
+        _check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
+
+    def all_twins(self, where: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
+        """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
+        document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
+        twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
+        self._store.execute("DELETE FROM c2d WHERE expiry<?", (time.time(),))
+        queued = dict(self._store.all("SELECT device_id, COUNT(*) FROM c2d GROUP BY device_id"))
+        result = []
+        for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
+            twin_row = twins.get(row["device_id"])
+            if twin_row is None:
+                continue
+            if where is not None:
+                tags, desired, reported, _ = self._parsed(twin_row)
+                light = {
+                    "deviceId": row["device_id"],
+                    "status": "enabled" if row["enabled"] else "disabled",
+                    "connectionState": "Connected" if row["device_id"] in self._online else "Disconnected",
+                    "tags": tags,
+                    "properties": {"desired": desired, "reported": reported},
+                }
+                if where(light) is not True:
+                    continue
+            device = self._device_json(row, queued.get(row["device_id"], 0))
+            result.append(self._service_twin(device, twin_row))
+        return result
+
+    def update_twin(
+        self,
+        device_id: str,
+        tags: dict[str, Any] | None,
+        desired: dict[str, Any] | None,
+        *,
+        if_match: str | None,
+        replace: bool,
+    ) -> dict[str, Any]:
+        """PATCH (merge) or PUT (replace) tags and desired properties under the twin's etag."""
+        row = self._twin_row(device_id)
+        _check_etag(f"twin {device_id!r}", _twin_etag(row), if_match)
+        current_tags, current_desired = json.loads(row["tags"]), json.loads(row["desired"])
+        patch: dict[str, Any] = {}
+        if desired is not None:  # replace = a patch that also deletes what the new document lacks
+            check_twin("desired", desired)
+            patch = (
+                {**{k: None for k in current_desired if k not in desired}, **desired} if replace else desired
+            )
+            check_twin("desired", merge_patch(current_desired, patch))
+        if tags is not None:
+            check_twin("tags", tags)
+            new_tags = tags if replace else merge_patch(current_tags, tags)
+            check_twin("tags", new_tags)
+            self._store.execute("UPDATE twins SET tags=? WHERE device_id=?", (dumps(new_tags), device_id))
+        if patch:
+            self.patch_desired(device_id, patch)
+        return self.twin(device_id)
+
+    def purge_c2d(self, device_id: str) -> dict[str, Any]:
+        self._row(device_id)
+        purged = self._store.execute("DELETE FROM c2d WHERE device_id=?", (device_id,)).rowcount
+        log.info("C2D queue of %s purged (%d messages)", device_id, purged)
+        return {"deviceId": device_id, "totalMessagesPurged": purged}
+
+    def connected_count(self) -> int:
+        return len(self._online)
+
+    def listening_for_methods(self, device_id: str) -> bool:
+        return device_id in self._online and self._subscribed(device_id, METHODS_FILTER)
+
+    def statistics(self) -> dict[str, int]:
+        row = self._store.one("SELECT COUNT(*), COALESCE(SUM(enabled), 0) FROM devices")
+        total, enabled = (int(row[0]), int(row[1])) if row else (0, 0)
+        return {
+            "totalDeviceCount": total,
+            "enabledDeviceCount": enabled,
+            "disabledDeviceCount": total - enabled,
+        }
+
     # ---- helpers ---------------------------------------------------------------------------------
     @staticmethod
     async def _respond(conn: MqttConnection, topic: str, body: bytes) -> None:
@@ -574,6 +726,25 @@ class Hub:
             task.cancel()
         with contextlib.suppress(Exception):
             self.flush_activity()
+
+
+def _twin_etag(row: sqlite3.Row) -> str:
+    """Changes with every tags, desired or reported change (derived from the content, no column)."""
+    digest = hashlib.sha256(f"{row['tags']}|{row['desired_version']}|{row['reported_version']}".encode())
+    return base64.b64encode(digest.digest()[:9]).decode()
+
+
+def _check_etag(what: str, etag: str, if_match: str | None) -> None:
+    if if_match is not None and if_match.strip('"') not in ("*", etag):
+        raise CloudError(412, 412002, f"{what}: the If-Match etag {if_match!r} is not the current one")
+
+
+def _events_bag(device_id: str, topic: str) -> str | None:
+    """The property bag of a telemetry topic `devices/{id}/messages/events[/{bag}]`; None for other topics."""
+    events = f"devices/{device_id}/messages/events"
+    if topic == events or topic.startswith(events + "/"):
+        return topic[len(events) + 1 :]
+    return None
 
 
 def _c2d_topic(device_id: str, bag: str) -> str:

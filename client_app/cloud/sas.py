@@ -112,7 +112,7 @@ def parse_token(token: str) -> SasToken:
         if not sep or name in fields:
             raise SasError("The SharedAccessSignature is malformed.")
         fields[name] = value
-    if not {"sr", "sig", "se"} <= fields.keys() or not fields["se"].isdigit():
+    if not {"sr", "sig", "se"} <= fields.keys() or not (fields["se"].isascii() and fields["se"].isdigit()):
         raise SasError("The SharedAccessSignature must carry sr, sig and a numeric se.")
     return SasToken(fields["sr"], unquote(fields["sig"]), fields["se"], fields.get("skn"))
 

@@ -11,22 +11,25 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from client_app.cloud.api import create_app
+from client_app.cloud.api import BodyLimit, create_app
+from client_app.cloud.arm_api import add_arm_routes
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.dps import Dps
 from client_app.cloud.enrollment import Enrollments
 from client_app.cloud.handler import CloudHandler
+from client_app.cloud.http_server import HttpServer, listening_socket
 from client_app.cloud.hub import Hub
-from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
-from client_app.cloud.mqtt.server import MqttConnection, MqttServer
+from client_app.cloud.info import CONNECTION_FILE, SECRET_FIELDS, ConnectionInfo
+from client_app.cloud.mqtt.ratelog import RateLimitedLog
+from client_app.cloud.mqtt.server import WEBSOCKET_PORT, MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
+from client_app.cloud.policies import load_policies
+from client_app.cloud.sas import DPS_POLICIES, HUB_POLICIES, AccessPolicy, connection_string
+from client_app.cloud.service_api import ServiceAuth, create_service_app, error_response
 from client_app.cloud.store import Store, TelemetryWriter
 from client_app.hosts import is_ip_address
 from client_app.pki import (
@@ -41,6 +44,8 @@ from client_app.pki import (
 log = logging.getLogger("client_app.cloud")
 
 SERVER_CA_FILE = "server-ca.pem"
+MQTT_PORT = 8883  # Azure's SDKs dial 8883 and nothing else: DPS's assignedHub is a host name without a port
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message at fd exhaustion (EMFILE)
 
 
 @dataclass
@@ -49,22 +54,37 @@ class CloudSettings:
     bind_host: str = "127.0.0.1"  # proxy front and API
     proxy_port: int | None = 0  # 0 = a free port, None = no proxy front
     mqtt_listen: tuple[str, int] | None = None  # direct TLS listener, e.g. ("127.0.0.2", 8883)
+    websocket_listen: tuple[str, int] | None = (
+        None  # direct MQTT-over-WebSockets listener, ("127.0.0.2", 443)
+    )
     api_port: int = 0
     assignment_delay: float = 0.0
     dps_name: str = "dps.client-app.localhost"
     hub_name: str = "hub.client-app.localhost"
     telemetry_retention: int | None = 1_000_000  # newest messages kept; None keeps everything
+    # HTTPS service API (IoT Hub + DPS REST, SAS). None: a free 127.x address on 443, where Azure's SDKs dial
+    # (Node keeps no port from a host name); without the privilege for 443, 127.0.0.1 and a free port.
+    service_listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
-        for host in (self.bind_host, self.mqtt_listen[0] if self.mqtt_listen else "localhost"):
+        service = [self.service_listen[0]] if self.service_listen else []
+        for host in (self.bind_host, *self.direct_hosts, *service):
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
+        # DPS answers assignedHub = the listener's address and devices dial it at 8883 (443 over WebSockets):
+        # another port would send them to the wrong place. Other ports are for the HTTP CONNECT front.
+        for what, listen, port in (("MQTT", self.mqtt_listen, MQTT_PORT),
+                                   ("WebSocket", self.websocket_listen, WEBSOCKET_PORT)):  # fmt: skip
+            if listen and listen[1] != port:
+                raise ValueError(
+                    f"the direct {what} listener must use port {port} (devices dial DPS's assignedHub at "
+                    f"{port}); pick another loopback address instead, e.g. 127.0.0.2:{port}"
+                )
 
-
-class _ApiServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the cloud owns SIGINT/SIGTERM; uvicorn would re-raise them after shutting down
+    @property
+    def direct_hosts(self) -> list[str]:
+        """Addresses of the direct listeners: devices dial them and may name them as their hub."""
+        return [listen[0] for listen in (self.mqtt_listen, self.websocket_listen) if listen]
 
 
 class _ServerIdentity:
@@ -115,20 +135,27 @@ class LocalCloud:
         self.data_dir = Path(settings.data_dir).resolve()
         self.info: ConnectionInfo | None = None
         self._mqtt: MqttServer | None = None
-        self._api: _ApiServer | None = None
-        self._api_task: asyncio.Task[None] | None = None
+        self._api: HttpServer | None = None
+        self._service: HttpServer | None = None
+        self._service_sock: socket.socket | None = None
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
         self.hub: Hub | None = None
+        self.hub_policies: dict[str, AccessPolicy] = {}
+        self.dps_policies: dict[str, AccessPolicy] = {}
 
     async def start(self) -> ConnectionInfo:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_exception)
+        self._accept_errors = RateLimitedLog(log)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)  # a stale file must not look "ready"
         store = self._store = Store(self.data_dir / "cloud.db")
         id_scope = store.meta("id_scope") or _new_id_scope(store)
-        identity = self._server_identity(store)
+        # The service API's address is chosen before the server certificate is issued, which names it.
+        service_sock = self._service_sock = _service_socket(s.service_listen)
+        identity = self._server_identity(store, service_sock.getsockname()[0])
         certificates = CertificateStore(store)
         context = server_context(
             identity.chain_pem, identity.key_pem, _all_pem(certificates), identity.passphrase
@@ -138,9 +165,7 @@ class LocalCloud:
         )  # new CAs: next handshake
         self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention)
         self._telemetry.start()
-        hub = self.hub = Hub(
-            store, self._telemetry, {s.hub_name} | ({s.mqtt_listen[0]} if s.mqtt_listen else set())
-        )
+        hub = self.hub = Hub(store, self._telemetry, {s.hub_name, *s.direct_hosts})
         enrollments = Enrollments(store, certificates)
         dps = Dps(id_scope, enrollments, hub, s.assignment_delay, self._hub_host_for)
         self._mqtt = MqttServer(
@@ -148,8 +173,11 @@ class LocalCloud:
         )
         proxy = await self._mqtt.listen_proxy(s.bind_host, s.proxy_port) if s.proxy_port is not None else None
         direct = await self._mqtt.listen_tls(*s.mqtt_listen) if s.mqtt_listen else None
+        if s.websocket_listen:
+            await self._mqtt.listen_tls(*s.websocket_listen, websocket=True)
         token = _api_token(self.data_dir)
         api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
+        service_host = await self._start_service(store, identity, certificates, enrollments, token)
         self.info = ConnectionInfo(
             id_scope=id_scope,
             # Through the proxy devices dial names; over the direct listener they dial its address.
@@ -163,24 +191,58 @@ class LocalCloud:
             api_url=api_url,
             api_token=token,
             data_dir=str(self.data_dir),
+            service_host=service_host,
+            iothub_connection_string=connection_string(service_host, self.hub_policies["iothubowner"]),
+            dps_connection_string=connection_string(
+                service_host, self.dps_policies["provisioningserviceowner"]
+            ),
         )
         atomic_write(
             self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
         )
-        public = {k: v for k, v in self.info.to_json().items() if k != "api_token"}
+        public = {k: v for k, v in self.info.to_json().items() if k not in SECRET_FIELDS}
         log.info("local cloud ready: %s", json.dumps(public))
         return self.info
 
-    def _server_identity(self, store: Store) -> _ServerIdentity:
+    async def _start_service(self, store: Store, identity: _ServerIdentity, certificates: CertificateStore,
+                             enrollments: Enrollments, token: str) -> str:  # fmt: skip
+        """Azure's service API (IoT Hub and DPS REST, ARM certificates) over HTTPS; returns its HostName."""
+        assert self.hub is not None and self._service_sock is not None
+        host = _host_name(*self._service_sock.getsockname()[:2])
+        self.hub_policies = load_policies(store, "hub", HUB_POLICIES)
+        self.dps_policies = load_policies(store, "dps", DPS_POLICIES)
+        app = create_service_app(
+            self.hub, enrollments, ServiceAuth(host, self.hub_policies, self.dps_policies)
+        )
+        add_arm_routes(app, certificates, token)
+        app.add_middleware(BodyLimit, render=error_response)
+        tls = (str(identity.chain_pem), str(identity.key_pem), identity.passphrase.decode())
+        self._service = HttpServer(app, self._service_sock, tls)
+        await self._service.start()
+        return host
+
+    def _server_identity(self, store: Store, service_ip: str) -> _ServerIdentity:
         """The TLS identity, its SANs covering both service names and every address devices may dial."""
         s = self.settings
         identity = _ServerIdentity(store, self.data_dir)
-        hosts = (s.bind_host, s.mqtt_listen[0] if s.mqtt_listen else None)
+        hosts = (s.bind_host, *s.direct_hosts, service_ip)
         identity.issue(
             [s.dps_name, s.hub_name, "localhost"],
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
         )
         return identity
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """At fd exhaustion asyncio reports every failed accept() with a traceback (tens of thousands a
+        second under a flood): one line per interval instead. Everything else goes to the default handler."""
+        if context.get("message") == _ACCEPT_FAILED:
+            self._accept_errors.log(
+                logging.ERROR, "accept",
+                "cannot accept connections: %s (out of file descriptors; `ulimit -n` is the limit)",
+                context.get("exception"),
+            )  # fmt: skip
+            return
+        loop.default_exception_handler(context)
 
     def drop_connection(self, client_id: str) -> bool:
         """Close a device's MQTT connection as a network failure would (tests, operator tooling)."""
@@ -194,33 +256,20 @@ class LocalCloud:
         return self.settings.hub_name if conn.proxy_target is not None else conn.local_host
 
     async def _start_api(self, app: Any) -> str:
-        host = self.settings.bind_host
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (0 does not);
-        # without it each response (headers and body are separate writes) waits ~40 ms for a delayed ACK.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, self.settings.api_port))
-        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", access_log=False,
-                                timeout_graceful_shutdown=3)  # fmt: skip
-        self._api = _ApiServer(config)
-        self._api_task = asyncio.create_task(self._api.serve(sockets=[sock]), name="api")
-        while not self._api.started:
-            if self._api_task.done():
-                self._api_task.result()
-                raise RuntimeError("the API server stopped during startup")
-            await asyncio.sleep(0.01)
-        port = sock.getsockname()[1]
+        self._api = HttpServer(app, listening_socket(self.settings.bind_host, self.settings.api_port))
+        await self._api.start()
+        host, port = self._api.address
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     async def stop(self) -> None:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)
         if self._mqtt is not None:
             await self._mqtt.close()
-        if self._api is not None and self._api_task is not None:
-            self._api.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._api_task, 10)
+        for http in (self._api, self._service):
+            if http is not None:
+                await http.stop()
+        if self._service is None and self._service_sock is not None:  # start failed before serving it
+            self._service_sock.close()
         if self.hub is not None:
             await self.hub.close()
         if self._telemetry is not None:
@@ -232,6 +281,32 @@ class LocalCloud:
 
 def _all_pem(certificates: CertificateStore) -> bytes:
     return certificates.all_pem().encode()
+
+
+def _service_socket(listen: tuple[str, int] | None) -> socket.socket:
+    """The service API's socket: as configured, or a free loopback address on 443 (see CloudSettings)."""
+    if listen is not None:
+        try:
+            return listening_socket(*listen)
+        except OSError as exc:
+            raise OSError(f"service API: cannot listen on {listen[0]}:{listen[1]} ({exc.strerror})") from exc
+    for _ in range(64):
+        host = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(253) + 2}"
+        try:
+            return listening_socket(host, 443)
+        except PermissionError:
+            break  # no privilege for ports below net.ipv4.ip_unprivileged_port_start
+        except OSError:
+            continue  # taken, or an address this system does not route to loopback (macOS without aliases)
+    log.warning("service API: no loopback address free on port 443 (not root? see docs/local-cloud.md); "
+                "using 127.0.0.1 on a free port, which Node's service SDKs cannot reach")  # fmt: skip
+    return listening_socket("127.0.0.1", 0)
+
+
+def _host_name(host: str, port: int) -> str:
+    """HostName= of the connection strings: the address, with the port unless it is HTTPS's 443."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 443 else f"{name}:{port}"
 
 
 def _new_id_scope(store: Store) -> str:
@@ -336,7 +411,9 @@ def serve_forever(settings: CloudSettings) -> None:
         try:
             info = await cloud.start()
             print(
-                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url})", flush=True
+                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url},"
+                f" service API https://{info.service_host})",
+                flush=True,
             )
             await stop_event.wait()
         finally:

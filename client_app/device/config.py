@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -462,16 +461,11 @@ def dump_toml(values: Mapping[str, Any]) -> str:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Atomic write readable by this user only (0600 in a 0700 directory we create)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(partial, 0o600)
-    os.replace(partial, path)
+    """Atomic write readable by this user only (0600 in a 0700 directory), with the app's one helper."""
+    from client_app.pki import atomic_write  # cryptography: not on the way to the window
+
+    paths.private_dir(path.parent)
+    atomic_write(path, data, 0o600)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

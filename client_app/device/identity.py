@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +25,10 @@ from client_app.pki import (
     PrivateKey,
     certificate_to_pem,
     generate_key,
-    load_certificates,
     load_issuer_bundle,
     private_key_to_pem,
     sha1_thumbprint,
+    sha256_thumbprint,
     validate_registration_id,
 )
 from client_app.pki.keys import same_public_key
@@ -62,6 +62,11 @@ class Identity:
     @property
     def thumbprint(self) -> str:
         return sha1_thumbprint(self.leaf)
+
+    @property
+    def issuer_thumbprint(self) -> str | None:
+        """SHA-256 of the issuing CA (the release's intermediate): operators find a release by it."""
+        return sha256_thumbprint(self.chain[1]) if len(self.chain) > 1 else None
 
     def chain_pem(self) -> bytes:
         return b"".join(certificate_to_pem(cert) for cert in self.chain)
@@ -104,23 +109,14 @@ def create_identity(
     issuer: CertificateAuthority,
     days: int,
     registration_id: str | None = None,
-    on_step: Callable[[str], None] = lambda step: None,
 ) -> Identity:
     """New key + leaf; reuses registration_id on renewal so DPS keeps the same registration record."""
-    on_step("key")
     key = generate_key()
-    on_step("certificate")
     return issue_leaf(issuer, registration_id or new_registration_id(), key, days)
 
 
-def load_chain(path: Path, registration_id: str, key: PrivateKey) -> Identity:
-    """Pair the stored chain with the keyring's key; IdentityError when they do not belong together."""
-    try:
-        chain = tuple(load_certificates(path))
-    except (PkiError, OSError, ValueError) as exc:
-        raise IdentityError(f"the certificate file {path.name} is missing or unreadable") from exc
-    if not chain:
-        raise IdentityError(f"the certificate file {path.name} holds no certificate")
+def match_chain(chain: tuple[x509.Certificate, ...], registration_id: str, key: PrivateKey) -> Identity:
+    """The identity if this chain (leaf first) belongs to this registration id and key, else IdentityError."""
     if subject_cn(chain[0]).lower() != registration_id.lower():
         raise IdentityError("the stored certificate belongs to another registration id")
     if not same_public_key(chain[0].public_key(), key.public_key()):

@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+log = logging.getLogger(__name__)
+
 APP_NAME = "client-app"
 ISSUER_BUNDLE_NAME = "issuer-bundle.pem"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (or tighten an existing one) so only this user may enter it: 0700.
+
+    The data, log and config directories hold messages, logs and status other local users have no business
+    reading; files inside are written 0600 as well (no reliance on the umask). An existing directory that is
+    clearly not the app's own (someone else's, a sticky shared one like /tmp, the home directory) is left as
+    it is: --data-dir or --log-dir may point anywhere.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "nt":
+        return path
+    info = path.stat()
+    if (
+        info.st_mode & 0o077
+        and info.st_uid == os.getuid()
+        and not info.st_mode & stat.S_ISVTX
+        and path.resolve() != Path.home().resolve()
+    ):
+        path.chmod(0o700)
+        log.info("made %s private to this user (0700)", path)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` empty if missing, and make it 0600 (e.g. a database before SQLite opens it)."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if os.name != "nt":
+        path.chmod(0o600)
+    return path
 
 
 def default_data_dir() -> Path:

@@ -5,19 +5,19 @@ No secrets here: the key lives in the keyring.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client_app.pki import atomic_write
+from cryptography import x509
+
+from client_app.device.paths import DataLayout, private_dir
+from client_app.pki import PkiError, atomic_write, load_certificates
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class DeviceState:
     assignment: Assignment | None = None
     last_connected: str | None = None
     last_disconnected: str | None = None
+    previous_registration_id: str | None = None  # the identity this one replaced after its key was lost
 
     def with_(self, **changes: Any) -> DeviceState:
         return dataclasses.replace(self, **changes)
@@ -71,27 +72,13 @@ def load_state(path: Path) -> DeviceState | None:
             assignment=Assignment(**assignment) if assignment else None,
             last_connected=raw.get("last_connected"),
             last_disconnected=raw.get("last_disconnected"),
+            previous_registration_id=raw.get("previous_registration_id"),
         )
     except (AttributeError, KeyError, TypeError) as exc:
         raise StateCorrupt(f"state file {path.name} is incomplete ({exc.__class__.__name__}: {exc})") from exc
     if not state.registration_id:
         raise StateCorrupt(f"state file {path.name} has no registration id")
     return state
-
-
-def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomic replace without fsync: readers never see half a file; durability is the Persister's job."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.chmod(temp, mode)
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 class Persister:
@@ -142,14 +129,60 @@ class Persister:
                 path, (data, mode, durable) = self._pending.popitem()
                 self._busy = True
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                (atomic_write if durable else replace_file)(path, data, mode)
+                private_dir(path.parent)
+                atomic_write(path, data, mode, durable=durable)
             except Exception:
                 log.warning("cannot write %s", path, exc_info=True)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+class StateFiles:
+    """The state repository: state.json and identity/chain.pem in the data directory (no secret in either).
+
+    Writes go through the Persister (fsync off the worker thread); the chain is also replaced at once, because
+    the SDK reads it from the file when a client is created.
+    """
+
+    def __init__(self, layout: DataLayout, persister: Persister) -> None:
+        self._layout, self._persister = layout, persister
+
+    @property
+    def chain_file(self) -> Path:
+        return self._layout.chain_file
+
+    def load(self) -> DeviceState | None:
+        return load_state(self._layout.state_file)
+
+    def save(self, state: DeviceState) -> None:
+        self._persister.write(self._layout.state_file, state_bytes(state))
+
+    def read_chain(self) -> tuple[x509.Certificate, ...]:
+        """The stored chain, leaf first; StateCorrupt when it is missing, unreadable or empty."""
+        name = self.chain_file.name
+        try:
+            chain = tuple(load_certificates(self.chain_file))
+        except (PkiError, OSError, ValueError) as exc:
+            raise StateCorrupt(f"the certificate file {name} is missing or unreadable") from exc
+        if not chain:
+            raise StateCorrupt(f"the certificate file {name} holds no certificate")
+        return chain
+
+    def write_chain(self, pem: bytes) -> None:
+        private_dir(self.chain_file.parent)
+        atomic_write(self.chain_file, pem, 0o600, durable=False)
+        self._persister.write(self.chain_file, pem)
+
+    def anything_stored(self) -> bool:
+        """True if state.json or chain.pem exists (readable or not): an identity was made here before."""
+        return self._layout.state_file.exists() or self.chain_file.exists()
+
+    def discard(self) -> None:
+        for path in (self._layout.state_file, self.chain_file):
+            self._persister.discard(path)
+            path.unlink(missing_ok=True)
 
 
 def parse_time(value: str | None) -> datetime | None:

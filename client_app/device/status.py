@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from client_app.device.paths import private_file
+
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +45,14 @@ class FirstRunStep(StrEnum):
     CONNECT = "connect"
 
 
+class StepOutcome(StrEnum):
+    """How a first-run step (or any long-running task shown to the user) stands."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class DeviceStatus:
     state: ConnectionState = ConnectionState.NOT_PROVISIONED
@@ -61,6 +71,7 @@ class DeviceStatus:
     last_connected: datetime | None = None
     last_disconnected: datetime | None = None
     last_error: str | None = None
+    previous_registration_id: str | None = None  # a lost key forced a new identity: retire this one
     outbox: int = 0  # messages waiting to be sent
     inbox: int = 0  # messages received
     log_dir: str | None = None
@@ -99,13 +110,13 @@ _TIME_FIELDS = {"retry_at", "certificate_not_after", "last_connected", "last_dis
 
 
 class StatusBoard:
-    """Current status: updated by the core threads, published to the listener and to status.json."""
+    """The current status snapshot: plain data, replaced on every change, published to the listener and
+    to status.json. Nothing is computed here: callers pass the new values (the runtime owns the counts)."""
 
     def __init__(
         self,
         initial: DeviceStatus,
         publish: Callable[[DeviceStatus], None],
-        counts: Callable[[], dict[str, int]],
         write: Callable[[Path, bytes], None],
     ) -> None:
         self._lock = threading.Lock()
@@ -113,7 +124,7 @@ class StatusBoard:
         # SDK handler threads and the GUI's send() all update). Reentrant: a listener may update, too.
         self._publish_lock = threading.RLock()
         self._status = initial
-        self._publish, self._counts, self._write = publish, counts, write
+        self._publish, self._write = publish, write
         self._file: Path | None = None
 
     def publish_to(self, status_file: Path | None) -> None:
@@ -125,17 +136,11 @@ class StatusBoard:
         with self._lock:
             return self._status
 
-    def update(self, *, recount: bool = False, **changes: Any) -> DeviceStatus:
-        """recount: the message counts may have changed (three COUNT queries, so only when asked)."""
+    def update(self, **changes: Any) -> DeviceStatus:
         from client_app.device.state import utcnow
 
         with self._publish_lock:
             with self._lock:
-                if recount:
-                    try:
-                        changes = {**self._counts(), **changes}
-                    except Exception:  # a busy/broken database must not stop status reporting
-                        log.debug("counting messages failed", exc_info=True)
                 self._status = dataclasses.replace(self._status, updated_at=utcnow(), **changes)
                 status = self._status
                 if self._file is not None:
@@ -152,8 +157,7 @@ class InstanceLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the life of the instance
+        handle = open(private_file(self.path), "r+")  # noqa: SIM115 - held open for the life of the instance
         if not _try_lock(handle):
             handle.close()
             return False

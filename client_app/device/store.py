@@ -18,31 +18,40 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from client_app.device.paths import private_file
 from client_app.device.state import parse_time, utcnow
 
 log = logging.getLogger(__name__)
 OutboxState = Literal["queued", "delivered"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL UNIQUE,
-    text TEXT NOT NULL,
-    properties TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',
-    delivered_at TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(state, id);
-CREATE TABLE IF NOT EXISTS inbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL UNIQUE,
-    text TEXT NOT NULL,
-    properties TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    read INTEGER NOT NULL DEFAULT 0
-);
-"""
+# The schema as steps: _MIGRATIONS[i] takes a database from user_version i to i + 1. A step that has shipped
+# is never edited; a change is a new step appended here (tests/device/test_store_migration.py).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 0 → 1: the schema of the releases before user_version (IF NOT EXISTS: such a database has it)
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL UNIQUE,
+            text TEXT NOT NULL,
+            properties TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'queued',
+            delivered_at TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(state, id)",
+        """CREATE TABLE IF NOT EXISTS inbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL UNIQUE,
+            text TEXT NOT NULL,
+            properties TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            read INTEGER NOT NULL DEFAULT 0
+        )""",
+    ),
+    (  # 1 → 2: the unread count is asked on every status change
+        "CREATE INDEX IF NOT EXISTS inbox_unread ON inbox(read)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,13 @@ class Database:
     """One connection shared by the runtime's threads, serialised by a lock (calls are short)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
             self._open(path)
-        except sqlite3.OperationalError as exc:  # locked or no access: the messages are fine, keep them
+        except StoreUnavailable:
+            self._conn.close()
+            raise
+        except (sqlite3.OperationalError, OSError) as exc:  # locked or no access: the messages are fine
             raise StoreUnavailable(
                 f"The message database {path} cannot be opened ({exc}). "
                 "Check that the data directory is writable and not in use by another program."
@@ -91,12 +102,35 @@ class Database:
             self._open(path)
 
     def _open(self, path: Path) -> None:
+        private_file(path)  # SQLite gives its -wal and -shm files the database file's mode: 0600
         self._conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
         # An empty schema needs no fsync (lost in a crash, it is simply created again); messages do.
         self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+        self._migrate(path)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # "persisted" must survive a power cut, too
+
+    def _migrate(self, path: Path) -> None:
+        """Bring the schema to SCHEMA_VERSION in one transaction (another process may be opening it, too)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"The message database {path} was written by a newer client-app (schema {version}, "
+                    f"this one knows {SCHEMA_VERSION}). Install the newer version again."
+                )
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                log.info("message database schema %d → %d", version, SCHEMA_VERSION)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

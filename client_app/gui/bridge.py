@@ -12,11 +12,11 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from client_app.device.status import DeviceStatus, FirstRunStep
+from client_app.device.status import DeviceStatus, FirstRunStep, StepOutcome
 
 if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
     from client_app.device.store import InboxMessage
@@ -28,16 +28,14 @@ class RuntimeBridge(QObject):
     """Implements RuntimeListener. Public signals are emitted on the GUI thread only."""
 
     statusChanged = Signal(object)  # the newest DeviceStatus
-    stepChanged = Signal(
-        object, str, str
-    )  # FirstRunStep (the enum itself), "running"|"done"|"failed", detail
+    stepChanged = Signal(object, object, str)  # FirstRunStep, StepOutcome (the enums themselves), detail
     messagesArrived = Signal(list)  # list[InboxMessage], oldest first
     outboxChanged = Signal()
     commandFailed = Signal(str, str)  # what was tried, why it failed (plain words)
 
     # Posted from core threads; queued to the bridge's own thread.
     _statusPosted = Signal()
-    _stepPosted = Signal(object, str, str)
+    _stepPosted = Signal(object, object, str)
     _messagesPosted = Signal()
     _outboxPosted = Signal()
     _failurePosted = Signal(str, str)
@@ -68,11 +66,9 @@ class RuntimeBridge(QObject):
             self._status_posted = True
         self._statusPosted.emit()
 
-    def step_changed(
-        self, step: FirstRunStep, outcome: Literal["running", "done", "failed"], detail: str
-    ) -> None:
+    def step_changed(self, step: FirstRunStep, outcome: StepOutcome, detail: str) -> None:
         # Few and each one matters for the first-run list: never coalesced.
-        self._stepPosted.emit(FirstRunStep(step), str(outcome), detail or "")
+        self._stepPosted.emit(FirstRunStep(step), StepOutcome(outcome), detail or "")
 
     def message_received(self, message: InboxMessage) -> None:
         with self._lock:

@@ -22,8 +22,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from client_app.cloud.info import SECRET_FIELDS, read_connection_json
 from client_app.device.config import DeviceConfig
 from client_app.device.status import DeviceStatus
+from client_app.pki import atomic_write
 
 # DeviceStatus fields that go in (its to_json_dict promises no secret; this is belt and braces).
 STATUS_FIELDS = (
@@ -199,11 +201,11 @@ class Diagnostics:
             "files": sorted(entries),
         }
         entries["manifest.json"] = json.dumps(manifest, indent=2)
-        partial = path.with_name(path.name + ".partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(entries):
                 archive.writestr(name, entries[name])
-        partial.replace(path)
+        atomic_write(path, buffer.getvalue(), 0o600)
         return path
 
 
@@ -245,15 +247,18 @@ def collect(
 
 
 def _local_cloud_secrets(config: DeviceConfig) -> list[str]:
-    """A local cloud's operator API token must never leak through a log line that echoed it."""
+    """A local cloud's API token and shared access keys never leak through a log line that echoed them."""
     local_cloud = getattr(config, "local_cloud", None)
     if not local_cloud:
         return []
     try:
-        info = json.loads((Path(local_cloud) / "connection.json").read_text())
+        info = read_connection_json(Path(local_cloud))
     except (OSError, ValueError):
         return []
-    return [str(info[k]) for k in ("api_token",) if info.get(k)]
+    values = [str(info[k]) for k in sorted(SECRET_FIELDS) if info.get(k)]  # token, service connection strings
+    return values + [
+        v.split("SharedAccessKey=", 1)[1].split(";")[0] for v in values if "SharedAccessKey=" in v
+    ]
 
 
 def default_zip_name(now: datetime | None = None) -> str:

@@ -14,12 +14,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from client_app.pki.errors import PkiError
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write all of `data` or nothing: temp file in the same directory, fsync, os.replace."""
-    atomic_write_all({Path(path): (data, mode)})
+class FileWriteError(PkiError, OSError):
+    """A file could not be written; one line. An OSError too, so callers outside the PKI catch it as such."""
 
 
-def atomic_write_all(files: Mapping[Path, tuple[bytes, int]]) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write all of `data` or nothing: temp file in the same directory (created 0600, then `mode`),
+    fsync unless `durable` is False (a live view rewritten on every change), os.replace.
+
+    The one atomic-write helper of the app: PKI files, device state, config.toml, diagnostics zips.
+    """
+    atomic_write_all({Path(path): (data, mode)}, durable=durable)
+
+
+def atomic_write_all(files: Mapping[Path, tuple[bytes, int]], *, durable: bool = True) -> None:
     """Write several files (path -> (data, mode)) so that a failure leaves none of them new.
 
     Every file is staged and synced first; only then are they renamed into place, so a full disk or
@@ -29,8 +37,8 @@ def atomic_write_all(files: Mapping[Path, tuple[bytes, int]]) -> None:
     staged: dict[Path, str] = {}
     try:
         for path, (data, mode) in files.items():
-            staged[path] = _stage(path, data, mode)
-    except PkiError:
+            staged[path] = _stage(path, data, mode, durable)
+    except FileWriteError:
         _discard(staged.values())
         raise
     created = [path for path in staged if not path.exists()]
@@ -39,29 +47,30 @@ def atomic_write_all(files: Mapping[Path, tuple[bytes, int]]) -> None:
             os.replace(temp, path)
         except OSError as exc:
             _discard([*staged.values(), *map(str, created)])
-            raise PkiError(f"cannot write {path}: {exc.strerror}") from exc
+            raise FileWriteError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def _stage(path: Path, data: bytes, mode: int) -> str:
-    """A synced temp file next to `path` holding `data` with `mode`; its name is returned.
+def _stage(path: Path, data: bytes, mode: int, durable: bool) -> str:
+    """A (synced) temp file next to `path` holding `data` with `mode`; its name is returned.
 
     mkstemp creates the file 0600, so a key is never readable by others, not even for a moment.
     """
     if path.is_dir():  # os.replace would fail only after other files had already been renamed
-        raise PkiError(f"cannot write {path}: Is a directory")
+        raise FileWriteError(f"cannot write {path}: Is a directory")
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise PkiError(f"cannot write {path}: {exc.strerror}") from exc
+        raise FileWriteError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as stream:
             os.fchmod(stream.fileno(), mode)
             stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
     except OSError as exc:
         _discard([temp])
-        raise PkiError(f"cannot write {path}: {exc.strerror}") from exc
+        raise FileWriteError(f"cannot write {path}: {exc.strerror}") from exc
     return temp
 
 

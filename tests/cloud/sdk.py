@@ -38,7 +38,7 @@ def _x509(files: DeviceFiles) -> X509:
     return X509(str(files.cert_file), str(files.key_file), files.pass_phrase)
 
 
-def provisioning_client(info: ConnectionInfo, files: DeviceFiles, *, aio: bool = False) -> Any:
+def provisioning_client(info: ConnectionInfo, files: DeviceFiles, *, aio: bool = False, **kwargs: Any) -> Any:
     cls = AioProvisioningClient if aio else ProvisioningDeviceClient
     return cls.create_from_x509_certificate(
         provisioning_host=info.provisioning_host,
@@ -46,6 +46,7 @@ def provisioning_client(info: ConnectionInfo, files: DeviceFiles, *, aio: bool =
         id_scope=info.id_scope,
         x509=_x509(files),
         **_common(info),
+        **kwargs,
     )
 
 
@@ -85,7 +86,7 @@ class RawDevice:
     """paho-mqtt 1.x client for the hub, through the proxy front: to send what the SDK never would."""
 
     def __init__(self, info: ConnectionInfo, files: DeviceFiles, username: str | None = None, *,
-                 clean_session: bool = False) -> None:  # fmt: skip
+                 clean_session: bool = False, will: tuple[str, bytes] | None = None) -> None:  # fmt: skip
         context = ssl.create_default_context(cadata=Path(info.server_ca_pem).read_text())
         context.load_cert_chain(files.cert_file, files.key_file, files.pass_phrase)
         self.client = mqtt.Client(
@@ -93,6 +94,8 @@ class RawDevice:
         )
         hub_user = f"{info.hub_hostname}/{files.registration_id}/?api-version=2019-10-01"
         self.client.username_pw_set(username or hub_user)
+        if will is not None:
+            self.client.will_set(*will, qos=1)
         self.client.tls_set_context(context)
         self.client.proxy_set(proxy_type=socks.HTTP, proxy_addr=info.proxy_host, proxy_port=info.proxy_port)
         self.connack: int | None = None

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from client_app.cloud.cli import cli
 from client_app.pki import CertificateAuthority, certificate_to_pem
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, register, wait_for
-from tests.fixtures.cloud import issue_device_files
+from tests.fixtures.cloud import free_loopback, issue_device_files
 
 
 def run(data: Path, *args: str, ok: bool = True) -> tuple[str, str]:
@@ -41,12 +41,17 @@ def test_operator_workflow(local_cloud, tmp_path):
     assert "verified" in run(data, "certificates", "verify", "cli-root", str(proof))[0]
     assert "cli-root" in run(data, "certificates", "list")[0]
     assert "enabled" in run(data, "enrollment-groups", "create", "cli-group", "--ca", "cli-root")[0]
+    again = CliRunner().invoke(
+        cli, ["--data", str(data), "enrollment-groups", "create", "cli-group", "--ca", "cli-root"]
+    )
+    assert again.exit_code == 1 and "already exists" in again.stderr  # create never replaces
     assert "disabled" in run(data, "enrollment-groups", "disable", "cli-group")[0]
     assert "enabled" in run(data, "enrollment-groups", "enable", "cli-group")[0]
 
     files = issue_device_files(issuing, "cli-01", tmp_path)
     register(local_cloud.info, files)
     assert "cli-01" in run(data, "enrollment-groups", "registrations", "cli-group")[0]
+    assert "cli-01" in run(data, "registrations", "cli-group")[0]  # through Azure's DPS service API
     assert "disabled" in run(data, "enrollments", "block", "cli-02")[0]
 
     received = []
@@ -68,10 +73,22 @@ def test_operator_workflow(local_cloud, tmp_path):
         out = run(data, "invoke", "cli-01", "reboot", "--payload", '{"delay": 1}', "--timeout", "10")[0]
         assert out.splitlines() == ["status: 200", 'payload: {"got": {"delay": 1}}']
         assert '"interval": 5' in run(data, "twin", "cli-01", "--set-desired", '{"interval": 5}')[0]
+        assert (
+            "cli-01" in run(data, "query", "SELECT * FROM devices WHERE properties.desired.interval = 5")[0]
+        )
+        counted = run(data, "--json", "query", "SELECT COUNT() AS n FROM devices")[0]
+        assert json.loads(counted) == [{"n": 1}]
+        # The same code path as against a real hub: a connection string and the usual CA-trust variable.
+        env = {"IOTHUB_CONNECTION_STRING": local_cloud.info.iothub_connection_string,
+               "SSL_CERT_FILE": local_cloud.info.server_ca_pem}  # fmt: skip
+        by_string = CliRunner(env=env).invoke(cli, ["query", "SELECT deviceId FROM devices"])
+        assert by_string.exit_code == 0 and '"deviceId": "cli-01"' in by_string.stdout, by_string.output
         client.send_message("from device")
         assert "cli-01: from device" in run(data, "telemetry", "cli-01")[0]
         assert json.loads(run(data, "--json", "telemetry")[0].splitlines()[-1])["body"] == "from device"
-        assert json.loads(run(data, "devices", "list", "--json")[0])["value"][0]["deviceId"] == "cli-01"
+        assert (
+            json.loads(run(data, "devices", "list", "--json")[0])[0]["deviceId"] == "cli-01"
+        )  # Azure's list
     finally:
         client.shutdown()
 
@@ -96,7 +113,16 @@ def test_serve_foreground_process(tmp_path):
     data = tmp_path / "served"
     env = {**os.environ, "CLIENT_APP_CLOUD_DATA": str(data)}
     command = [sys.executable, "-m", "client_app.cloud.cli"]
-    server = subprocess.Popen([*command, "serve", "--data", str(data), "--assignment-delay", "0"],
+    help_text = subprocess.run(
+        [*command, "serve", "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "[default: 127.0.0.1:8883]" in help_text  # a direct listener by default, as other clients need
+    wrong_port = subprocess.run([*command, "serve", "--data", str(data), "--mqtt-listen", "127.0.0.1:9883"],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert wrong_port.returncode != 0 and "must use port 8883" in wrong_port.stderr
+    host = free_loopback()  # not 127.0.0.1:8883: another copy of the suite may be running
+    server = subprocess.Popen([*command, "serve", "--data", str(data), "--assignment-delay", "0",
+                               "--mqtt-listen", f"{host}:8883"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
     try:
         wait_for(
@@ -106,6 +132,7 @@ def test_serve_foreground_process(tmp_path):
         for key in ("id_scope", "provisioning_host", "hub_hostname", "server_ca_pem", "api_url", "api_token",
                     "mqtt_host", "mqtt_port", "proxy_host", "proxy_port"):  # fmt: skip
             assert key in info
+        assert (info["mqtt_host"], info["mqtt_port"]) == (host, 8883) and info["proxy_port"]
         assert Path(info["server_ca_pem"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
         listing = subprocess.run(
             [*command, "devices", "list"], env=env, capture_output=True, text=True, timeout=30

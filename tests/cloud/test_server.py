@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import random
-import socket
 import stat
 import time
 from pathlib import Path
-
-import pytest
 
 from client_app.cloud.info import ConnectionInfo
 from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import Store, TelemetryWriter
 from client_app.pki import CertificateAuthority
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, provisioning_client, register, wait_for
-from tests.fixtures.cloud import api_client, enroll_root, issue_device_files
+from tests.fixtures.cloud import api_client, enroll_root, free_loopback, issue_device_files
 
 
 @PAHO_SOCKET_LEAKS
@@ -68,22 +63,9 @@ def test_restart_keeps_everything(tmp_path):
         assert register(info, issue_device_files(issuing, "new-01", tmp_path)).status == "assigned"
 
 
-def _free_loopback_8883() -> str:
-    """A random 127.x.y.z whose port 8883 is free, so two copies of the suite never collide."""
-    for _ in range(50):
-        host = str(ipaddress.IPv4Address(random.randint(0x7F000002, 0x7FFFFFFE)))
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, 8883))
-            except OSError:
-                continue
-        return host
-    pytest.skip("no free loopback address on port 8883")
-
-
 @PAHO_SOCKET_LEAKS
 def test_direct_listener_without_proxy(tmp_path):
-    host = _free_loopback_8883()
+    host = free_loopback()
     settings = CloudSettings(data_dir=tmp_path / "cloud", proxy_port=None, mqtt_listen=(host, 8883))
     with start_in_thread(settings) as cloud, api_client(cloud) as api:
         info = cloud.info

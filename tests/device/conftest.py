@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,20 @@ def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     gc.collect()  # SDK objects are reference cycles: leaked sockets would surface (as errors) here
     assert plaintext_keys(data, temp) == []
     assert list(temp.glob("client-app-*")) == []  # temporary key files are gone, too
+
+
+@pytest.fixture
+def user_env(keyring_env, app_dirs, tmp_path) -> dict[str, str]:
+    """A fresh user profile: HOME/XDG relocate every platformdirs path; keyring_env is the Secret Service."""
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_STATE_HOME": str(home / ".local/state"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_DATA_HOME": str(home / ".local/share"),
+        "CLIENT_APP_BACKOFF_CAP": "2",
+    }
+    env.pop("CLIENT_APP_DATA_DIR", None)
+    return env

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,3 +68,39 @@ def plaintext_keys(*roots: Path) -> list[Path]:
                 if any(marker in data for marker in PLAINTEXT_KEY_MARKERS):
                     found.append(path)
     return found
+
+
+CLIENT_APP = str(Path(sys.executable).with_name("client-app"))
+REQUIRED = {
+    "state",
+    "registration_id",
+    "device_id",
+    "assigned_hub",
+    "certificate_not_after",
+    "last_error",
+    "outbox",
+    "inbox",
+}
+
+
+def run_app(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLIENT_APP, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def app_status(env: dict[str, str], cloud_dir: Path) -> dict:
+    out = run_app(env, "--status", "--local-cloud", str(cloud_dir))
+    assert out.returncode == 0, out.stderr
+    assert "PRIVATE KEY" not in out.stdout
+    data = json.loads(out.stdout)
+    assert set(data) >= REQUIRED
+    return data
+
+
+def headless(env: dict[str, str], cloud_dir: Path, bundle: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [CLIENT_APP, "--headless", "--local-cloud", str(cloud_dir), "--issuer-bundle", str(bundle)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -5,94 +5,40 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
 from client_app.cloud.server import CloudSettings, start_in_thread
-from tests.device.e2e import plaintext_keys, wait_for
+from tests.device.e2e import app_status, headless, plaintext_keys, run_app, wait_for
 from tests.fixtures.cloud import api_client
-
-CLIENT_APP = str(Path(sys.executable).with_name("client-app"))
-REQUIRED = {
-    "state",
-    "registration_id",
-    "device_id",
-    "assigned_hub",
-    "certificate_not_after",
-    "last_error",
-    "outbox",
-    "inbox",
-}
-
-
-@pytest.fixture
-def user_env(keyring_env, app_dirs, tmp_path) -> dict[str, str]:
-    """A fresh user profile: HOME/XDG relocate every platformdirs path; keyring_env is the Secret Service."""
-    home = tmp_path / "home"
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_STATE_HOME": str(home / ".local/state"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_DATA_HOME": str(home / ".local/share"),
-        "CLIENT_APP_BACKOFF_CAP": "2",
-    }
-    env.pop("CLIENT_APP_DATA_DIR", None)
-    return env
-
-
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLIENT_APP, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def _status(env: dict[str, str], cloud_dir: Path) -> dict:
-    out = _run(env, "--status", "--local-cloud", str(cloud_dir))
-    assert out.returncode == 0, out.stderr
-    assert "PRIVATE KEY" not in out.stdout
-    data = json.loads(out.stdout)
-    assert set(data) >= REQUIRED
-    return data
-
-
-def _headless(env: dict[str, str], cloud_dir: Path, bundle: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [CLIENT_APP, "--headless", "--local-cloud", str(cloud_dir), "--issuer-bundle", str(bundle)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_killed_process_delivers_its_outbox_on_next_start(user_env, local_cloud, enrolled_ca, tmp_path):
     cloud_dir, bundle = local_cloud.data_dir, enrolled_ca.bundle_path
-    assert _status(user_env, cloud_dir)["state"] == "not_provisioned"
-    first = _headless(user_env, cloud_dir, bundle)
+    assert app_status(user_env, cloud_dir)["state"] == "not_provisioned"
+    first = headless(user_env, cloud_dir, bundle)
     restarted = None
     try:
         live = wait_for(
-            lambda: (s := _status(user_env, cloud_dir))["state"] == "connected" and s, 60, "connected"
+            lambda: (s := app_status(user_env, cloud_dir))["state"] == "connected" and s, 60, "connected"
         )
         assert live["pid"] == first.pid and live["registration_id"] == live["device_id"]
         local_cloud.stop()
-        wait_for(lambda: _status(user_env, cloud_dir)["state"] == "reconnecting", 30, "reconnecting")
-        queued = [json.loads(_run(user_env, "--send", f"crash test {i}").stdout)["queued"] for i in range(3)]
-        wait_for(lambda: _status(user_env, cloud_dir)["outbox"] == 3, 30, "outbox of 3")
+        wait_for(lambda: app_status(user_env, cloud_dir)["state"] == "reconnecting", 30, "reconnecting")
+        queued = [
+            json.loads(run_app(user_env, "--send", f"crash test {i}").stdout)["queued"] for i in range(3)
+        ]
+        wait_for(lambda: app_status(user_env, cloud_dir)["outbox"] == 3, 30, "outbox of 3")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         # status.json still says "reconnecting" with the dead pid: --status must not believe it.
-        after_kill = _status(user_env, cloud_dir)
+        after_kill = app_status(user_env, cloud_dir)
         assert after_kill["state"] == "stopped" and after_kill["pid"] is None and after_kill["outbox"] == 3
 
         restarted = start_in_thread(CloudSettings(data_dir=cloud_dir))
-        second = _headless(user_env, cloud_dir, bundle)
+        second = headless(user_env, cloud_dir, bundle)
         try:
             wait_for(
-                lambda: (s := _status(user_env, cloud_dir))["state"] == "connected" and s["outbox"] == 0,
+                lambda: (s := app_status(user_env, cloud_dir))["state"] == "connected" and s["outbox"] == 0,
                 60,
                 "delivered after restart",
             )
@@ -105,7 +51,7 @@ def test_killed_process_delivers_its_outbox_on_next_start(user_env, local_cloud,
             _, err = second.communicate(timeout=30)
         assert second.returncode == 0, err
         assert "Traceback" not in err and "connected" in err
-        assert _status(user_env, cloud_dir)["state"] == "stopped"
+        assert app_status(user_env, cloud_dir)["state"] == "stopped"
     finally:
         if first.poll() is None:
             first.kill()
@@ -119,10 +65,10 @@ def test_killed_process_delivers_its_outbox_on_next_start(user_env, local_cloud,
 
 
 def test_bad_options_give_one_line_not_a_traceback(user_env, tmp_path):
-    out = _run(user_env, "--status", "--local-cloud", str(tmp_path / "nope"))
+    out = run_app(user_env, "--status", "--local-cloud", str(tmp_path / "nope"))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "no local cloud" in out.stderr
-    out = _run(user_env, "--headless", "--proxy", "nonsense")
+    out = run_app(user_env, "--headless", "--proxy", "nonsense")
     assert out.returncode == 2 and "proxy" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -142,10 +88,10 @@ def test_no_keyring_is_a_clear_error_state(app_dirs, tmp_path):
 
     bundle = tmp_path / "bundle.pem"
     write_issuer_bundle(CertificateAuthority.root("r").intermediate("i"), bundle)
-    proc = _headless(env, cloud, bundle)
+    proc = headless(env, cloud, bundle)
     try:
-        wait_for(lambda: _status(env, cloud)["state"] == "error", 30, "error state")
-        status = _status(env, cloud)
+        wait_for(lambda: app_status(env, cloud)["state"] == "error", 30, "error state")
+        status = app_status(env, cloud)
         assert "keyring" in status["last_error"] and "Secret Service" in status["message"]
     finally:
         proc.send_signal(signal.SIGTERM)

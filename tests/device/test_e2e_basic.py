@@ -105,3 +105,33 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
         wait_for(lambda: runtime.status().last_connected != before, what="reconnected")
         wait_state(runtime, ConnectionState.CONNECTED)
         wait_for(lambda: threading.active_count() <= threads, what="no thread leak")
+
+
+def test_files_are_private_to_the_user(keyring_env, local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """Issue 14 item 11: data, log and config directories 0700, files 0600 (whatever the umask)."""
+    import os
+    import stat
+
+    data = tmp_path / "app"
+    (data / "config").mkdir(parents=True, mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
+            wait_state(runtime, ConnectionState.CONNECTED)
+            cloud_api.call(
+                "POST",
+                f"/devices/{runtime.status().device_id}/messages/deviceBound",
+                json={"body": "private", "messageId": "private-1"},
+            )
+            wait_for(lambda: runtime.status().inbox == 1, what="message stored")
+            modes = {
+                str(path.relative_to(data)): stat.S_IMODE(path.stat().st_mode)
+                for path in [data, *data.rglob("*")]
+            }
+    finally:
+        os.umask(old_umask)
+    for name in (".", "identity", "logs", "config"):
+        assert modes.pop(name) == 0o700, name
+    expected = {"messages.sqlite3", "messages.sqlite3-wal", "state.json", "status.json", "identity/chain.pem"}
+    assert expected <= set(modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}

@@ -196,6 +196,7 @@ def test_locked_keyring_is_a_clear_error(keyring_env, local_cloud, enrolled_ca, 
         runtime.retry()
         wait_state(runtime, C.CONNECTED)
         registration_id = runtime.status().registration_id
+        assert runtime.status().last_error is None  # issue 14.13: "keyring locked" is over once connected
     finally:
         runtime.close()
     # Existing identity + locked keyring: an error, never a new identity.
@@ -215,30 +216,35 @@ def test_locked_keyring_is_a_clear_error(keyring_env, local_cloud, enrolled_ca, 
         runtime.close()
 
 
-def test_corrupt_state_file_recreates_identity(keyring_env, local_cloud, enrolled_ca, app_dirs, caplog):
+def test_damaged_identity_never_forks_silently(keyring_env, local_cloud, enrolled_ca, app_dirs, caplog):
+    """Issue 14 item 2, against the real keyring and cloud: damaged files keep the device; a lost key makes a
+    new one only as a visible event, and a valid key is never deleted."""
+    from client_app.device import secrets as keystore
+
     data, _ = app_dirs
     config = config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)
     with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         old = runtime.status().registration_id
+    key = keystore.load_key(old)
+    (data / "identity" / "chain.pem").write_bytes(b"garbage")
+    with running(config) as runtime:
+        wait_state(runtime, C.CONNECTED)
+        assert runtime.status().registration_id == old  # chain re-issued for the same key and id
+    assert keystore.load_key(old).private_numbers() == key.private_numbers()  # never deleted
     (data / "state.json").write_text('{"registration_id": ')
+    with running(config) as runtime:
+        wait_state(runtime, C.CONNECTED)
+        assert runtime.status().registration_id == old  # the id comes from the certificate
+    # A keyring entry that vanished (user cleaned the keyring): a new identity, and everyone is told.
+    keystore.delete_key(old)
     caplog.set_level(logging.WARNING, logger="client_app.device")
     with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
-        second = runtime.status().registration_id
-        assert second != old
-        assert any(
-            "re-creating the identity" in r.getMessage() and "unreadable" in r.getMessage()
-            for r in caplog.records
-        )
-    # A keyring entry that vanished (user cleaned the keyring): re-created as well, with the reason logged.
-    from client_app.device import secrets as keystore
-
-    keystore.delete_key(second)
-    with running(config) as runtime:
-        wait_state(runtime, C.CONNECTED)
-        assert runtime.status().registration_id not in (old, second)
-        assert any("missing from the keyring" in r.getMessage() for r in caplog.records)
+        status = runtime.status()
+    assert status.registration_id != old and status.previous_registration_id == old
+    notice = f"New identity {status.registration_id}; previous ID {old}"
+    assert notice in (status.last_error or "") and any(notice in r.getMessage() for r in caplog.records)
 
 
 def test_reset_identity_on_request(keyring_env, local_cloud, enrolled_ca, app_dirs):

@@ -12,7 +12,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from client_app.device import identity as ids
 from client_app.device import secrets as keystore
-from client_app.pki import CertificateAuthority
+from client_app.device.paths import DataLayout
+from client_app.device.state import Persister, StateCorrupt, StateFiles
+from client_app.pki import CertificateAuthority, sha256_thumbprint
 from client_app.pki.keys import pem_begin
 
 
@@ -34,6 +36,8 @@ def test_leaf_profile_and_chain(issuing_ca: CertificateAuthority):
     assert identity.chain[1:] == (issuing_ca.certificate,)
     assert all(c.subject != c.issuer for c in identity.chain)
     assert identity.chain_pem().count(b"BEGIN CERTIFICATE") == 2
+    # reported to the twin: operators find (and revoke) a release's devices by it
+    assert identity.issuer_thumbprint == sha256_thumbprint(issuing_ca.certificate)
 
 
 def test_renewal_due_and_issuer_replaced(issuing_ca: CertificateAuthority):
@@ -59,15 +63,20 @@ def test_sdk_key_file_is_encrypted_and_removed(issuing_ca: CertificateAuthority)
 
 def test_chain_must_match_keyring_key(tmp_path, issuing_ca: CertificateAuthority):
     identity = ids.create_identity(issuing_ca, days=1)
-    (tmp_path / "chain.pem").write_bytes(identity.chain_pem())
-    assert (
-        ids.load_chain(tmp_path / "chain.pem", identity.registration_id, identity.key).leaf == identity.leaf
-    )
+    persister = Persister()
+    files = StateFiles(DataLayout(tmp_path), persister)
+    files.write_chain(identity.chain_pem())
+    chain = files.read_chain()
+    assert ids.match_chain(chain, identity.registration_id, identity.key).leaf == identity.leaf
     other = ids.create_identity(issuing_ca, days=1)
     with pytest.raises(ids.IdentityError, match="does not match"):
-        ids.load_chain(tmp_path / "chain.pem", identity.registration_id, other.key)
-    with pytest.raises(ids.IdentityError, match="missing or unreadable"):
-        ids.load_chain(tmp_path / "nope.pem", identity.registration_id, identity.key)
+        ids.match_chain(chain, identity.registration_id, other.key)
+    with pytest.raises(ids.IdentityError, match="another registration id"):
+        ids.match_chain(chain, other.registration_id, identity.key)
+    persister.close()  # the durable copy is written, too
+    files.chain_file.unlink()
+    with pytest.raises(StateCorrupt, match="missing or unreadable"):
+        files.read_chain()
 
 
 def test_broken_issuer_bundle_is_one_clear_line(tmp_path):

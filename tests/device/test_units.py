@@ -143,3 +143,29 @@ def test_unopenable_database_is_a_clear_error_and_not_moved_aside(tmp_path):
         Database(path)
     assert "\n" not in str(info.value)
     assert path.is_dir() and not list(tmp_path.glob("m.sqlite3.corrupt-*"))
+
+
+def test_private_dir_tightens_the_apps_own_directories_only(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from client_app.device.paths import private_dir, private_file
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(private_dir(tmp_path / "new" / "data")) == 0o700
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    os.chmod(existing, 0o755)
+    assert mode(private_dir(existing)) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: --log-dir /tmp must not lock everyone else out
+    assert mode(private_dir(shared)) == 0o1777
+    monkeypatch.setenv("HOME", str(existing.parent / "home"))
+    home = private_dir(existing.parent / "home")
+    os.chmod(home, 0o755)
+    assert mode(private_dir(home)) == 0o755
+    database = private_file(tmp_path / "new" / "data" / "messages.sqlite3")
+    assert mode(database) == 0o600 and database.read_bytes() == b""

@@ -177,6 +177,8 @@ def test_support_panel_and_diagnostics_export_without_secrets(qtbot, running_app
     try:
         wait_state(qtbot, running_app, S.CONNECTED)
         logging.getLogger("client_app.test").info("api token for the record: %s", local_cloud.info.api_token)
+        service_key = local_cloud.info.iothub_connection_string.split("SharedAccessKey=")[1]
+        logging.getLogger("client_app.test").info("and a shared access key: %s", service_key)
         running_app.open_support_panel()
         panel = running_app.support_panel
         assert panel is not None and panel.isVisible()
@@ -211,6 +213,7 @@ def test_support_panel_and_diagnostics_export_without_secrets(qtbot, running_app
         assert status.registration_id.encode() in contents["status.json"]
         assert b"PRIVATE KEY" not in blob and b"-----BEGIN" not in blob
         assert local_cloud.info.api_token.encode() not in blob
+        assert service_key.encode() not in blob
         assert ISSUER_BUNDLE_PASSPHRASE not in blob
         secrets = _keyring_secrets()
         assert secrets, "the device key should be in the keyring"

@@ -44,6 +44,10 @@ class MalformedPacket(ValueError):
     """The bytes are not a valid MQTT 3.1.1 packet this server supports; the message says why."""
 
 
+class UnsupportedProtocolLevel(MalformedPacket):
+    """A CONNECT named "MQTT" at a level other than 4 (MQTT 5): answered with CONNACK 1, then closed."""
+
+
 #
 # Packets
 
@@ -247,6 +251,8 @@ def _decode_connect(flags: int, body: _Cursor) -> Connect:
     _expect_flags(flags, 0, "CONNECT")
     name = body.text("protocol name")
     level = body.u8()
+    if name == PROTOCOL_NAME and level != PROTOCOL_LEVEL:
+        raise UnsupportedProtocolLevel(f"CONNECT: unsupported protocol level {level} (need 4, MQTT 3.1.1)")
     if name != PROTOCOL_NAME or level != PROTOCOL_LEVEL:
         raise MalformedPacket(f"CONNECT: unsupported protocol {name!r} level {level} (need 'MQTT' level 4)")
     connect_flags = body.u8()

@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import gc
 import logging
+import os
 import re
 import ssl
 import time
@@ -24,7 +27,10 @@ from typing import Any, NamedTuple, Protocol
 from cryptography import x509
 
 from client_app.cloud.mqtt import packets as p
+from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.tls import presented_chain
+from client_app.cloud.mqtt.websocket import WebSocketRefused
+from client_app.cloud.mqtt.websocket import accept as accept_websocket
 
 _READ_CHUNK = 64 * 1024
 _TLS_READ_BUFFER = 32 * 1024  # asyncio's SSL layer allocates 256 KiB per connection by default
@@ -32,8 +38,16 @@ _PROXY_HEADER_LIMIT = 8 * 1024
 _MAX_UNREAD_BYTES = 1024 * 1024  # PINGRESPs are written without drain(); bound what a non-reader costs
 _CLOSE_GRACE = 2.0  # seconds a closing transport may take to flush before it is aborted
 _VALID_RETURN_CODES = frozenset({0, 2, 3, 4, 5})  # never 1: paho silently downgrades to MQTT 3.1 on it
+# IoT Hub's idle limit: 1.5 × keep-alive, at most 1,767 s ("the maximum server-supported keep-alive value is
+# 29.45 minutes", learn.microsoft.com/azure/iot/iot-mqtt-connect-to-iot-hub#default-keep-alive-timeout). A
+# keep-alive of 0 gets the maximum too, as in Azure's MQTT adapter (Azure/azure-iot-protocol-gateway,
+# src/ProtocolGateway.Core/Mqtt/MqttAdapter.cs DeriveKeepAliveTimeout): no connection idles forever.
+MAX_IDLE_TIMEOUT = 1767.0
+CLIENT_DISCONNECT = "client sent DISCONNECT"  # close reasons a handler may tell apart from a lost connection
+SERVER_SHUTDOWN = "server shutting down"
 _HOST_RE = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _LOG = logging.getLogger("client_app.cloud.mqtt")
+WEBSOCKET_PORT = 443  # a CONNECT to this port is MQTT over WebSockets, as on IoT Hub; any other is plain MQTT
 
 
 class ConnectDecision(NamedTuple):
@@ -67,7 +81,9 @@ class MqttHandler(Protocol):
         """Granted QoS (0/1/2) or 0x80 for failure. Called once per filter of a SUBSCRIBE."""
         ...
 
-    async def published(self, conn: MqttConnection, topic: str, payload: bytes, qos: int) -> None:
+    async def published(
+        self, conn: MqttConnection, topic: str, payload: bytes, qos: int, *, retain: bool = False
+    ) -> None:
         """A client PUBLISH; the PUBACK is sent after this returns. Raise RefusePublish to drop and close."""
         ...
 
@@ -97,8 +113,10 @@ class MqttConnection:
         self.password: bytes | None = connect.password
         self.keepalive: int = connect.keepalive
         self.clean_session: bool = connect.clean_session
+        self.will: p.Will | None = connect.will
         self.peer_chain: list[x509.Certificate] = peer_chain
         self.proxy_target: str | None = proxy_target
+        self.websocket = False  # MQTT over WebSockets (set by the server after the upgrade)
         sockname = writer.get_extra_info("sockname")
         self.local_host: str = sockname[0] if sockname else ""
         self.peer_address: tuple[str, int] | None = _address(writer.get_extra_info("peername"))
@@ -202,8 +220,9 @@ class MqttConnection:
             self._settled.set()
             self._dispatch_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
             self._log.info(
-                "%s: connected (user %r, keepalive %d)", self._peer_text(), self.username, self.keepalive
-            )
+                "%s: connected%s (user %r, keepalive %d)", self._peer_text(),
+                " over WebSockets" if self.websocket else "", self.username, self.keepalive,
+            )  # fmt: skip
             self._handle_packets(early_packets)
             await self._read_loop()
         except ConnectionClosed:
@@ -227,7 +246,7 @@ class MqttConnection:
         self._done.set()
 
     async def _read_loop(self) -> None:
-        keepalive = self.keepalive * 1.5 if self.keepalive else None
+        keepalive = self._server.idle_timeout(self.keepalive)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + keepalive if keepalive else None
         while not self.closed:
@@ -281,7 +300,7 @@ class MqttConnection:
                     if self._writer.transport.get_write_buffer_size() > _MAX_UNREAD_BYTES:
                         self._close_logged("client is not reading its PINGRESPs", logging.WARNING)
                 case p.Disconnect():
-                    self.close("client sent DISCONNECT")
+                    self.close(CLIENT_DISCONNECT)
                 case p.Publish() | p.Subscribe() | p.Unsubscribe():
                     self._enqueue(packet)
                 case _:
@@ -340,12 +359,18 @@ class MqttConnection:
     async def _dispatch(self, packet: p.Packet) -> None:
         handler = self._server.handler
         match packet:
-            case p.Publish(topic, payload, qos, packet_id):
-                await handler.published(self, topic, payload, qos)
+            case p.Publish(topic, payload, qos, packet_id, retain):
+                await handler.published(self, topic, payload, qos, retain=retain)
                 if qos == 1 and packet_id is not None:
                     await self._ack(p.Puback(packet_id))
             case p.Subscribe(packet_id, topics):
-                codes = [self._granted(await handler.subscribed(self, f, q), f) for f, q in topics]
+                codes = []
+                for topic_filter, qos in topics:
+                    if self.closed:  # the handler closed us (e.g. an unsupported filter): skip the rest
+                        return
+                    codes.append(
+                        self._granted(await handler.subscribed(self, topic_filter, qos), topic_filter)
+                    )
                 await self._ack(p.Suback(packet_id, tuple(codes)))
             case p.Unsubscribe(packet_id, topics):
                 unsubscribed = getattr(handler, "unsubscribed", None)
@@ -446,6 +471,9 @@ class MqttServer:
         max_queued_bytes: int = 16 * 1024 * 1024,
         write_timeout: float = 30.0,
         handler_grace: float = 10.0,
+        max_idle_timeout: float = MAX_IDLE_TIMEOUT,
+        max_pending_handshakes: int = 128,
+        refusal_log_interval: float = 10.0,
     ) -> None:
         self.handler = handler
         self.ssl_context = ssl_context
@@ -461,13 +489,22 @@ class MqttServer:
         self.max_queued_bytes = max_queued_bytes
         self.write_timeout = write_timeout
         self.handler_grace = handler_grace  # how long teardown waits for a running handler call
+        self.max_idle_timeout = max_idle_timeout
+        # Connections accepted but not yet through TLS and CONNECT each hold a socket and up to ~300 KiB of
+        # TLS buffers; past this many the oldest is dropped (a real device gets through in milliseconds, a
+        # half-open one waits for its timeout): they can neither exhaust memory and fds nor lock devices out.
+        self.max_pending_handshakes = max_pending_handshakes
+        self.refusals = RateLimitedLog(self.log, refusal_log_interval)  # floods cost a line per interval
         self.connections: dict[str, MqttConnection] = {}
+        self._pending: dict[asyncio.Task[Any], None] = {}  # insertion order: oldest first
+        self._trim_due = False  # the cap was reached: give the memory back once the flood is over
         self._listeners: list[asyncio.Server] = []
         self._tasks: dict[asyncio.Task[Any], MqttConnection | None] = {}
         self._closing = False
 
-    async def listen_tls(self, host: str, port: int) -> tuple[str, int]:
-        """Direct TLS listener; port 0 picks a free port. Returns the bound (host, port).
+    async def listen_tls(self, host: str, port: int, *, websocket: bool = False) -> tuple[str, int]:
+        """Direct TLS listener; port 0 picks a free port. Returns the bound (host, port). With `websocket`,
+        clients speak MQTT over WebSockets inside TLS (IoT Hub's port 443 flavour).
 
         TLS is started by our own task (as behind the proxy) rather than by asyncio's `ssl=` listener: the
         handshake is then tracked (server.close() ends it) and a refused client certificate gets a log line.
@@ -475,7 +512,8 @@ class MqttServer:
         loop = asyncio.get_running_loop()
 
         def factory() -> asyncio.StreamReaderProtocol:
-            return _PausedUntilTls(asyncio.StreamReader(loop=loop), self._on_direct_client, loop=loop)
+            client = self._on_websocket_client if websocket else self._on_direct_client
+            return _PausedUntilTls(asyncio.StreamReader(loop=loop), client, loop=loop)
 
         listener = await loop.create_server(factory, host, port, backlog=1024)
         return self._add_listener(listener)
@@ -485,6 +523,14 @@ class MqttServer:
         listener = await asyncio.start_server(self._on_proxy_client, host, port, backlog=1024)
         return self._add_listener(listener)
 
+    def idle_timeout(self, keepalive: int) -> float:
+        """Seconds of silence after which a client with this keep-alive is disconnected."""
+        return min(keepalive * 1.5, self.max_idle_timeout) if keepalive else self.max_idle_timeout
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._pending)
+
     async def close(self) -> None:
         """Stop listening, close every connection (handlers see 'server shutting down') and wait for them."""
         self._closing = True
@@ -492,7 +538,7 @@ class MqttServer:
             listener.close()
         for task, conn in list(self._tasks.items()):
             if conn is not None:
-                conn.close("server shutting down")
+                conn.close(SERVER_SHUTDOWN)
             else:
                 task.cancel()
         if self._tasks:
@@ -516,6 +562,9 @@ class MqttServer:
     async def _on_direct_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._guarded(self._serve_direct(reader, writer), writer)
 
+    async def _on_websocket_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._guarded(self._serve_direct(reader, writer, websocket=True), writer)
+
     async def _on_proxy_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._guarded(self._serve_proxied(reader, writer), writer)
 
@@ -524,76 +573,136 @@ class MqttServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = None
+        self._admit(task)
         try:
             await work
         except asyncio.CancelledError:
-            pass  # server shutdown; the task ends here
+            pass  # server shutdown or dropped as the oldest pending handshake; the task ends here
         except Exception as exc:
             self.log.error("mqtt: connection handling failed: %r", exc, exc_info=True)
         finally:
+            self._pending.pop(task, None)
             del self._tasks[task]
+            if self._trim_due and not self._pending:
+                self._trim_due = False  # later: the transports' last callbacks free their buffers first
+                asyncio.get_running_loop().call_later(1.0, _release_free_memory)
             if not writer.transport.is_closing():
                 writer.transport.abort()
 
-    async def _serve_direct(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _admit(self, task: asyncio.Task[Any]) -> None:
+        """Count a new connection as pending; at the cap, drop the oldest pending one to make room."""
+        if len(self._pending) >= self.max_pending_handshakes:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.cancel()
+            self._trim_due = True
+            self.refusals.log(
+                logging.WARNING, "pending-cap",
+                "mqtt: %d connections without TLS + CONNECT yet (the cap); dropped the oldest",
+                self.max_pending_handshakes,
+            )  # fmt: skip
+        self._pending[task] = None
+
+    async def _serve_direct(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, websocket: bool = False
+    ) -> None:
         if await self._start_tls(writer, _peer_text(writer), None):
-            await self._serve(reader, writer, None)
+            await self._serve(reader, writer, None, websocket=websocket)
 
     async def _serve_proxied(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_text(writer)
         target = await self._proxy_handshake(reader, writer, peer)
         if target is None:
             await _close_writer(writer)
-        elif await self._start_tls(writer, peer, target):
-            await self._serve(reader, writer, target)
+        elif await self._start_tls(writer, peer, target[0]):
+            await self._serve(reader, writer, target[0], websocket=target[1] == WEBSOCKET_PORT)
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str, target: str | None) -> bool:
         try:
+            async with asyncio.timeout(self.tls_handshake_timeout):
+                await _client_hello(writer)
             await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.tls_handshake_timeout)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             via = f" (proxied to {target})" if target else ""
-            self.log.info("mqtt %s%s: TLS handshake failed: %s", peer, via, _short(exc))
+            reason = _short(exc)
+            self.refusals.log(
+                logging.INFO, f"tls:{reason}", "mqtt %s%s: TLS handshake failed: %s", peer, via, reason
+            )
             writer.transport.abort()
             return False
         return True
 
     async def _proxy_handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> str | None:
-        """Read the CONNECT request; answer 200 and return the target host, or answer an error and None."""
+    ) -> tuple[str, int] | None:
+        """Read the CONNECT request; answer 200 and return the target (host, port), or an error and None."""
         try:
             async with asyncio.timeout(self.proxy_header_timeout):
                 request = await _read_http_head(reader)
         except (TimeoutError, OSError) as exc:
-            self.log.info("mqtt proxy %s: no complete CONNECT request: %s", peer, _short(exc) or "timeout")
+            reason = _short(exc) or "timeout"
+            message = "mqtt proxy %s: no complete CONNECT request: %s"
+            self.refusals.log(logging.INFO, f"proxy:{reason}", message, peer, reason)
             return None
         if request is None:
             return None
         status, target = _parse_connect_request(request)
         if target is None:
-            self.log.info("mqtt proxy %s: refused request (%s)", peer, status)
+            self.refusals.log(
+                logging.INFO, f"proxy:{status}", "mqtt proxy %s: refused request (%s)", peer, status
+            )
             writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
             return None
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        writer.transport.pause_reading()  # the ClientHello that follows is for TLS, not for this reader
         return target
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy_target: str | None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        proxy_target: str | None,
+        *,
+        websocket: bool = False,
     ) -> None:
-        """From an established TLS stream: CONNECT → authorize → CONNACK → serve."""
+        """From an established TLS stream: [WebSocket upgrade →] CONNECT → authorize → CONNACK → serve."""
         peer = _peer_text(writer)
         _shrink_tls_buffer(writer.transport)
+        if websocket:
+            try:
+                reader, writer = await accept_websocket(reader, writer, self.connect_timeout)  # type: ignore[assignment]
+            except (WebSocketRefused, TimeoutError, OSError, ssl.SSLError) as exc:
+                reason = _short(exc) or "timeout"
+                self.refusals.log(
+                    logging.INFO, f"ws:{reason[:80]}", "mqtt %s: WebSocket refused: %s", peer, reason
+                )
+                await _close_writer(writer)
+                return
         packet_reader = p.PacketReader(self.max_packet_size)
         try:
             first, early = await self._read_connect(reader, packet_reader)
-        except (TimeoutError, OSError, ssl.SSLError, p.MalformedPacket, ValueError) as exc:
-            self.log.info("mqtt %s: no valid CONNECT: %s", peer, _short(exc) or "timeout")
+        except p.UnsupportedProtocolLevel as exc:
+            # As IoT Hub's MQTT codec does (Azure/DotNetty src/DotNetty.Codecs.Mqtt/MqttDecoder.cs,
+            # DecodeConnectPacket): protocol name "MQTT" at another level (MQTT 5) gets CONNACK 1
+            # "unacceptable protocol version", then a close. MQTT 3.1's name "MQIsdp" is closed without one.
+            self.refusals.log(logging.INFO, "level", "mqtt %s: %s; CONNACK 1", peer, exc)
+            writer.write(p.encode(p.Connack(1)))
             await _close_writer(writer)
             return
+        except (TimeoutError, OSError, ssl.SSLError, p.MalformedPacket, ValueError) as exc:
+            reason = _short(exc) or "timeout"
+            self.refusals.log(
+                logging.INFO, f"connect:{reason[:80]}", "mqtt %s: no valid CONNECT: %s", peer, reason
+            )
+            await _close_writer(writer)
+            return
+        task = asyncio.current_task()
+        self._pending.pop(task, None)  # type: ignore[arg-type]  # through TLS and CONNECT: no longer pending
         chain = presented_chain(writer.get_extra_info("ssl_object"))
         conn = MqttConnection(
             self, reader, writer, packet_reader, first, peer_chain=chain, proxy_target=proxy_target
         )
+        conn.websocket = websocket
         task = asyncio.current_task()
         assert task is not None
         self._tasks[task] = conn
@@ -676,6 +785,44 @@ class _PausedUntilTls(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
 
+def _release_free_memory() -> None:
+    """Free what cycles hold and hand freed heap memory back to the OS (glibc's malloc_trim; elsewhere the
+    collection alone).
+
+    Thousands of handshakes started and dropped leave the heap fragmented: without this the process keeps
+    its peak size (+100 MiB after three floods of 1,000) although every connection is gone; with it, it
+    returns to where it started.
+    """
+    gc.collect()  # cancelled handshakes leave reference cycles (exceptions, tracebacks) holding their buffers
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+async def _client_hello(writer: asyncio.StreamWriter) -> None:
+    """Wait until the client has sent something (its ClientHello) on a paused transport.
+
+    start_tls allocates ~256 KiB of buffers per connection at once; a client that connects and stays silent
+    costs only its socket this way. The wait watches a duplicate of the socket's descriptor: the paused
+    transport's own descriptor may not be given to add_reader.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = os.dup(sock.fileno())
+    try:
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    except NotImplementedError:  # Windows' proactor loop: no readiness API; the handshake timeout still holds
+        os.close(fd)
+        return
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 async def _read_http_head(reader: asyncio.StreamReader) -> bytes | None:
     """Bytes up to the blank line; None if the client hung up. Bytes after the head are refused later."""
     data = b""
@@ -689,8 +836,8 @@ async def _read_http_head(reader: asyncio.StreamReader) -> bytes | None:
     return data
 
 
-def _parse_connect_request(request: bytes) -> tuple[str, str | None]:
-    """(HTTP status line, target host); host is None when the request is refused."""
+def _parse_connect_request(request: bytes) -> tuple[str, tuple[str, int] | None]:
+    """(HTTP status line, target (host, port)); the target is None when the request is refused."""
     head, terminator, rest = request.partition(b"\r\n\r\n")
     if rest or not terminator or len(head) > _PROXY_HEADER_LIMIT:
         return "400 Bad Request", None  # oversized, or data before our 200 (TLS must wait for it)
@@ -711,7 +858,7 @@ def _parse_connect_request(request: bytes) -> tuple[str, str | None]:
         name, colon, _value = line.partition(":")
         if not colon or not name or name != name.strip() or " " in name:
             return "400 Bad Request", None
-    return "200 Connection established", host.strip("[]")
+    return "200 Connection established", (host.strip("[]"), int(port))
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:

@@ -115,6 +115,7 @@ class RecordingHandler:
         self.accepted: list[MqttConnection] = []  # authorize answered 0
         self.subscriptions: list[tuple[str, str, int]] = []
         self.published_messages: list[tuple[str, str, bytes, int]] = []
+        self.retained: list[str] = []
         self.unsubscriptions: list[tuple[str, str]] = []
         self.disconnects: list[tuple[MqttConnection, str]] = []
         self.return_codes: dict[str, Any] = {}  # client id → decision (default accept)
@@ -140,12 +141,16 @@ class RecordingHandler:
     async def unsubscribed(self, conn: MqttConnection, topic_filter: str) -> None:
         self.unsubscriptions.append((conn.client_id, topic_filter))
 
-    async def published(self, conn: MqttConnection, topic: str, payload: bytes, qos: int) -> None:
+    async def published(
+        self, conn: MqttConnection, topic: str, payload: bytes, qos: int, *, retain: bool = False
+    ) -> None:
         if topic in self.refuse_topics:
             raise RefusePublish(f"topic {topic} not allowed")
         if topic in self.fail_topics:
             raise RuntimeError("handler bug")
         self.published_messages.append((conn.client_id, topic, payload, qos))
+        if retain:
+            self.retained.append(topic)
         if topic.startswith("slow/"):
             await asyncio.sleep(0.002)
         if topic.startswith(self.echo_prefix):
@@ -292,8 +297,14 @@ def raw_client(server: ServerThread, pki: MqttPki, device: DeviceFiles) -> Itera
 class PahoClient:
     """paho-mqtt 1.6.1 (the SDK's transport) with events captured for assertions."""
 
-    def __init__(self, client_id: str, device: DeviceFiles, pki: MqttPki, *, keepalive: int = 60) -> None:
-        self.client = mqtt.Client(client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    def __init__(self, client_id: str, device: DeviceFiles, pki: MqttPki, *, keepalive: int = 60,
+                 websocket_path: str | None = None) -> None:  # fmt: skip
+        transport = "tcp" if websocket_path is None else "websockets"
+        self.client = mqtt.Client(
+            client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311, transport=transport
+        )
+        if websocket_path is not None:
+            self.client.ws_set_options(path=websocket_path)
         self.client.tls_set_context(pki.client_context(device))
         self.client.username_pw_set(f"scope/registrations/{client_id}/api-version=2019-03-31")
         self.keepalive = keepalive

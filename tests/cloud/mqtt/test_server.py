@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -67,8 +68,12 @@ def test_paho_through_http_connect_proxy(
 
 
 def test_foreign_root_refused_at_tls(
-    server: ServerThread, pki: MqttPki, handler: RecordingHandler, caplog: pytest.LogCaptureFixture
+    make_server: Callable[..., ServerThread],
+    pki: MqttPki,
+    handler: RecordingHandler,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    server = make_server(refusal_log_interval=0)  # every refusal logged (by default once per 10 s)
     caplog.set_level(logging.INFO, logger="client_app.cloud.mqtt")
     rogue = pki.device("rogue", ca=pki.foreign)
     with pytest.raises(ssl.SSLError):

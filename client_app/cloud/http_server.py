@@ -1,0 +1,122 @@
+"""The local cloud's HTTP servers (operator API, service API): uvicorn with deadlines and a concurrency cap.
+
+uvicorn never times out a request that is still arriving: a client that opens a connection and sends
+nothing, or sends headers and then trickles (or never sends) its body, holds the connection for ever. Here a
+request must have arrived whole, headers and body, within REQUEST_TIMEOUT of the connection becoming idle
+(opened, or the previous response sent); otherwise the connection is closed. Time the application spends on
+a complete request (a direct method waits up to 300 s for its device) is not limited. Past
+MAX_CONCURRENCY open connections or running requests a request gets 503 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("client_app.cloud.http")
+
+REQUEST_TIMEOUT = 10.0
+MAX_CONCURRENCY = 256
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """h11 protocol whose requests must arrive whole within REQUEST_TIMEOUT."""
+
+    request_timeout = REQUEST_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        deadline = getattr(self, "_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        previous = getattr(self, "_deadline", None)
+        if previous is not None:
+            previous.cancel()
+        self._deadline = self.loop.call_later(self.request_timeout, self._expire, self.cycle)
+
+    def _expire(self, idle_cycle: Any) -> None:
+        waiting = self.cycle is idle_cycle  # no new request has started since the connection went idle
+        if (waiting or self.cycle.more_body) and not self.transport.is_closing():
+            log.info(
+                "HTTP request from %s not received within %g s; closing", self.client, self.request_timeout
+            )
+            self.transport.close()
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the cloud owns SIGINT/SIGTERM; uvicorn would re-raise them after shutting down
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (0 does not);
+    # without it each response (headers and body are separate writes) waits ~40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class HttpServer:
+    """One ASGI app on one bound socket, served on the running loop; `ssl` = (chain, key, passphrase)."""
+
+    def __init__(self, app: Any, sock: socket.socket, ssl: tuple[str, str, str] | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if ssl is not None:
+            extra = {"ssl_certfile": ssl[0], "ssl_keyfile": ssl[1], "ssl_keyfile_password": ssl[2]}
+        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=3, http=DeadlineH11Protocol,
+                                limit_concurrency=MAX_CONCURRENCY, **extra)  # fmt: skip
+        self.sock = sock
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return host, port
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]), name="http")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the HTTP server stopped during startup")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            # Idle keep-alive connections go at once: a TLS close would wait for the peer's close_notify,
+            # and uvicorn's graceful shutdown for that.
+            for connection in list(self._server.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                transport = getattr(connection, "transport", None)
+                if transport is not None and (cycle is None or cycle.response_complete):
+                    transport.abort()
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 10)
+        self.sock.close()

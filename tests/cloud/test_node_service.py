@@ -1,0 +1,89 @@
+"""Azure's published Node.js service SDKs (tests/node, installed by `npm ci --prefix tests/node`) against the
+local cloud: azure-iothub's Registry and Client.invokeDeviceMethod, azure-iot-provisioning-service's groups,
+individual enrollments and registration queries. Pointed at the cloud only by connection strings and
+NODE_EXTRA_CA_CERTS; Node dials port 443 (it keeps no port from a host name), which the cloud listens on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.iot.device import MethodResponse
+
+from client_app.cloud.server import RunningCloud
+from client_app.pki import CertificateAuthority
+from tests.cloud.sdk import hub_client, register, wait_for
+from tests.fixtures.cloud import enroll_root, issue_device_files
+
+NODE_DIR = Path(__file__).parents[1] / "node"
+
+
+def run_node(cloud: RunningCloud, step: str, **names: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    assert node, "node is not installed (CI installs nodejs with apt)"
+    assert (NODE_DIR / "node_modules" / "azure-iothub").is_dir(), "run `npm ci --prefix tests/node` first"
+    env = {
+        **os.environ,
+        "NODE_EXTRA_CA_CERTS": cloud.info.server_ca_pem,
+        "IOTHUB_CONNECTION_STRING": cloud.info.iothub_connection_string,
+        "DPS_CONNECTION_STRING": cloud.info.dps_connection_string,
+        **names,
+    }
+    done = subprocess.run([node, "service.js", step], cwd=NODE_DIR, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_node_registry_and_direct_method(local_cloud, enrolled_ca, tmp_path):
+    assert local_cloud.info.service_host and ":" not in local_cloud.info.service_host, "Node needs port 443"
+    files = issue_device_files(enrolled_ca.issuing, "node-dev", tmp_path)
+    register(local_cloud.info, files)
+    client = hub_client(local_cloud.info, files)
+    try:
+        client.on_method_request_received = lambda request: client.send_method_response(
+            MethodResponse.create_from_method_request(request, 200, {"got": request.payload})
+        )
+        wait_for(lambda: local_cloud.cloud.hub.listening_for_methods("node-dev"), what="method subscription")
+        result = run_node(local_cloud, "hub", DEVICE_ID="node-dev")
+    finally:
+        client.shutdown()
+    assert result["device"] == {"deviceId": "node-dev", "status": "enabled", "connectionState": "Connected"}
+    assert result["list"] == ["node-dev"]
+    assert result["tags"] == {"node": True}
+    assert result["queried"] == ["node-dev"]
+    assert result["method"] == {"status": 200, "payload": {"got": {"from": "node"}}}
+    assert result["missing"] == {"name": "DeviceNotFoundError", "status": 404}  # parsed from Azure's body
+    assert result["stale"] == {"name": "InvalidEtagError", "status": 412}
+
+
+def test_node_provisioning_service(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    files = issue_device_files(enrolled_ca.issuing, "node-reg", tmp_path)
+    register(local_cloud.info, files)
+    second = CertificateAuthority.root("node Root CA")
+    enroll_root(cloud_api, second, "node-root", group_id=None)
+    names = {"GROUP_ID": "node-group", "CA_NAME": "node-root", "BLOCKED_ID": "node-blocked",
+             "REGISTERED_GROUP_ID": enrolled_ca.group_id, "REGISTERED_ID": "node-reg"}  # fmt: skip
+    result = run_node(local_cloud, "dps", **names)
+    assert result["created"] == {
+        "id": "node-group",
+        "status": "enabled",
+        "twin": {"tags": {"release": "node"}, "properties": {"desired": {"interval": 5}}},
+    }
+    assert result["fetchedEtag"] is True
+    assert result["again"]["status"] == 409
+    assert result["disabled"] == "disabled"
+    assert sorted(result["groups"]) == sorted(["node-group", enrolled_ca.group_id])
+    assert result["individual"] == ["disabled", "node-blocked"]
+    assert result["registrations"] == [
+        {"registrationId": "node-reg", "deviceId": "node-reg", "status": "assigned"}
+    ]
+    assert result["state"] == {"registrationId": "node-reg", "assignedHub": local_cloud.info.hub_hostname}
+    blocked = issue_device_files(enrolled_ca.issuing, "node-blocked", tmp_path)
+    with pytest.raises(Exception):  # noqa: B017 - the SDK's refusal type varies; the point is "refused"
+        register(local_cloud.info, blocked)

@@ -1,0 +1,64 @@
+"""`client-app-cloud revoke-signer CERT.pem`: one release's intermediate is refused at DPS (the group closest
+to the leaf decides) and its hub devices are disabled, while another release under the same root keeps going.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from azure.iot.device.exceptions import ClientError, CredentialError
+from click.testing import CliRunner
+
+from client_app.cloud.cli import cli
+from client_app.pki import certificate_to_pem, sha256_thumbprint
+from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, register
+from tests.fixtures.cloud import issue_device_files
+
+
+def _report_issuer(info, files, issuer) -> None:
+    """What the device core reports after connecting (device/supervisor.py _sync_twin)."""
+    client = hub_client(info, files)
+    try:
+        client.patch_twin_reported_properties({"issuer_thumbprint": sha256_thumbprint(issuer.certificate)})
+    finally:
+        client.shutdown()
+
+
+@PAHO_SOCKET_LEAKS
+def test_revoke_one_release(local_cloud, enrolled_ca, tmp_path):
+    info = local_cloud.info
+    release_a = enrolled_ca.root.intermediate("release A", path_length=0)
+    release_b = enrolled_ca.root.intermediate("release B", path_length=0)
+    a1 = issue_device_files(release_a, "a-01", tmp_path)
+    b1 = issue_device_files(release_b, "b-01", tmp_path)
+    for files, issuer in ((a1, release_a), (b1, release_b)):
+        register(info, files)
+        _report_issuer(info, files, issuer)
+
+    pem = tmp_path / "release-a.pem"
+    pem.write_bytes(certificate_to_pem(release_a.certificate))
+    result = CliRunner().invoke(cli, ["--data", str(info.data_dir), "revoke-signer", str(pem)])
+    assert result.exit_code == 0, result.output
+    assert "devices disabled: 1 (a-01)" in result.stdout and "devices left enabled: 1" in result.stdout
+
+    api = local_cloud.cloud.hub
+    assert api.device("a-01")["status"] == "disabled" and api.device("b-01")["status"] == "enabled"
+    with pytest.raises((ClientError, CredentialError)):  # release A: refused by its disabled group
+        register(info, issue_device_files(release_a, "a-02", tmp_path))
+    assert register(info, issue_device_files(release_b, "b-02", tmp_path)).status == "assigned"
+
+    again = CliRunner().invoke(cli, ["--data", str(info.data_dir), "--json", "revoke-signer", str(pem)])
+    summary = json.loads(again.stdout)  # idempotent: the same group, nothing more to disable
+    assert (summary["group_created"], summary["disabled"], summary["already_disabled"]) == (
+        False,
+        [],
+        ["a-01"],
+    )
+
+
+def test_revoke_signer_bad_file(local_cloud, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    result = CliRunner().invoke(cli, ["--data", str(local_cloud.info.data_dir), "revoke-signer", str(junk)])
+    assert result.exit_code == 1 and "cannot read" in result.stderr
