@@ -2,7 +2,7 @@
 
 The cloud runs as its own process; N devices (the load generator's minimal MQTT client from
 bench/cloud_load.py) provision, connect, report properties and answer direct methods. The backend side is
-the operator client (client_app/cloud/service_client.py: HTTPS, SAS tokens, Azure's paths) on one kept-alive
+the operator client (client_app/cloud/service/client.py: HTTPS, SAS tokens, Azure's paths) on one kept-alive
 connection, as a backend would use it. Targets, each next to a baseline measured in the same run:
 
 - twin GET p99 ≤ 5 ms            baseline: GET /statistics/devices (same TLS, auth and routing, no twin)
@@ -40,7 +40,7 @@ from bench.cloud_load import (
 )
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.server import raise_open_file_limit
-from client_app.cloud.service_client import ServiceClient
+from client_app.cloud.service.client import ServiceClient
 from client_app.pki import CertificateAuthority
 from tests.fixtures.cloud import api_client, enroll_root, issue_device_files
 

@@ -25,7 +25,7 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from client_app.cloud.info import ConnectionInfo, read_connection_json
-from client_app.cloud.service_client import ServiceClient, ServiceError
+from client_app.cloud.service.client import ServiceClient, ServiceError
 from client_app.device import paths
 from client_app.device.status import running_pid
 from client_app.pki import (

@@ -18,7 +18,7 @@ import httpx
 from azure.core.exceptions import AzureError
 
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
-from client_app.cloud.service_client import ArmCertificates, ServiceClient, ServiceError
+from client_app.cloud.service.client import ArmCertificates, ServiceClient, ServiceError
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
 EVENTHUB_CONNECTION_ENV = "EVENTHUB_CONNECTION_STRING"
@@ -780,7 +780,7 @@ def registrations(ctx: Context, group_id: str) -> None:
 def revoke_signer_command(ctx: Context, certfile: Path) -> None:
     """Revoke the release whose devices CERTFILE (an intermediate) issued: a disabled enrollment group on it
     (other releases keep provisioning) and its hub devices disabled (found by their reported issuer)."""
-    from client_app.cloud.revoke import revoke_signer
+    from client_app.cloud.service.revoke import revoke_signer
     from client_app.pki import PkiError, load_certificates
 
     try:

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from client_app.cloud.dps import Dps
-from client_app.cloud.hub import DeviceRefused, Hub, valid_device_id
+from client_app.cloud.dps.registration import Dps
+from client_app.cloud.hub.hub import DeviceRefused, Hub, valid_device_id
 from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import ConnectDecision, RefusePublish
 from client_app.pki import sha256_thumbprint

@@ -16,21 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from client_app.cloud.amqp.service import AMQPS_PORT, AmqpService, AmqpTls, pick_loopback_host
-from client_app.cloud.api import BodyLimit, create_app
-from client_app.cloud.arm_api import add_arm_routes
-from client_app.cloud.certificates import CertificateStore
-from client_app.cloud.dps import Dps
-from client_app.cloud.enrollment import Enrollments
+from client_app.cloud.dps.certificates import CertificateStore
+from client_app.cloud.dps.enrollment import Enrollments
+from client_app.cloud.dps.registration import Dps
 from client_app.cloud.handler import CloudHandler
-from client_app.cloud.http_server import HttpServer, listening_socket
-from client_app.cloud.hub import Hub
+from client_app.cloud.hub.hub import Hub
 from client_app.cloud.info import CONNECTION_FILE, SECRET_FIELDS, ConnectionInfo
 from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import WEBSOCKET_PORT, MqttConnection, MqttServer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
-from client_app.cloud.policies import load_policies
 from client_app.cloud.sas import DPS_POLICIES, HUB_POLICIES, AccessPolicy, connection_string
-from client_app.cloud.service_api import ServiceAuth, create_service_app, error_response
+from client_app.cloud.service.arm_api import add_arm_routes
+from client_app.cloud.service.bearer_api import BodyLimit, create_app
+from client_app.cloud.service.http_server import HttpServer, listening_socket
+from client_app.cloud.service.policies import load_policies
+from client_app.cloud.service.rest_api import ServiceAuth, create_service_app, error_response
 from client_app.cloud.store import Store, TelemetryWriter, utc_now
 from client_app.hosts import is_ip_address
 from client_app.pki import (

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from client_app import allocation_webhook as webhook
-from client_app.cloud.allocation import allocation_request
+from client_app.cloud.dps.allocation import allocation_request
 from client_app.pki import CertificateAuthority, generate_key, load_certificates, self_certifying_id
 from client_app.pki.names import registration_payload
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, provisioning_client, wait_for

@@ -14,7 +14,7 @@ from azure.mgmt.iothubprovisioningservices.models import (
     VerificationCodeRequest,
 )
 
-from client_app.cloud.service_client import LocalCloudCredential
+from client_app.cloud.service.client import LocalCloudCredential
 from client_app.pki import CertificateAuthority, certificate_to_pem
 from tests.cloud.sdk import register
 from tests.fixtures.cloud import issue_device_files

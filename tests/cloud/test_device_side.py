@@ -76,7 +76,7 @@ def test_a_chain_past_the_depth_limit_is_reported_as_too_long(local_cloud, cloud
     for depth in range(12):
         ca = ca.intermediate(f"long intermediate {depth}", path_length=None)
     enroll_root(cloud_api, root, "long-root", group_id="long-group")
-    caplog.set_level(logging.INFO, logger="client_app.cloud.dps")
+    caplog.set_level(logging.INFO, logger="client_app.cloud.dps.registration")
     assert "401" in dps_refusal(local_cloud.info, issue_device_files(ca, "long-01", tmp_path))
     # The SDK does not show the body; the answer's message is the one logged (was "CA certificate not found").
     assert "401002 certificate chain too long: 12 intermediates, at most 8" in caplog.text

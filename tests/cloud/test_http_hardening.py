@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from client_app.cloud import http_server
 from client_app.cloud.server import CloudSettings, start_in_thread
+from client_app.cloud.service import http_server
 from client_app.pki import CertificateAuthority, certificate_to_pem
 
 

@@ -1,4 +1,4 @@
-"""IoT Hub's twin limits (cloud/limits.py): the rules, then the MQTT and REST paths that store twins."""
+"""IoT Hub's twin limits (cloud/hub/limits.py): the rules, then the MQTT and REST paths that store twins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from client_app.cloud.errors import CloudError
-from client_app.cloud.limits import check_initial_twin, check_twin
+from client_app.cloud.hub.limits import check_initial_twin, check_twin
 from tests.cloud.sdk import RawDevice, register, wait_for
 from tests.fixtures.cloud import issue_device_files
 

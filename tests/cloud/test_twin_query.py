@@ -1,10 +1,10 @@
-"""The IoT Hub query subset (cloud/twin_query.py), a pure function: grammar, IoT Hub's undefined semantics."""
+"""The IoT Hub query subset (cloud/hub/twin_query.py), pure: grammar, IoT Hub's undefined semantics."""
 
 from __future__ import annotations
 
 import pytest
 
-from client_app.cloud.twin_query import MAX_QUERY_LENGTH, QueryError, parse
+from client_app.cloud.hub.twin_query import MAX_QUERY_LENGTH, QueryError, parse
 
 TWINS = [
     {"deviceId": "a", "status": "enabled", "tags": {"ring": "beta", "n": 1},

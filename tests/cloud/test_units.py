@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client_app.cloud.handler import Role, parse_username
-from client_app.cloud.hub import SYSTEM_KEYS, merge_patch
+from client_app.cloud.hub.hub import SYSTEM_KEYS, merge_patch
+from client_app.cloud.hub.topics import encode_bag, parse_bag
 from client_app.cloud.server import CloudSettings
-from client_app.cloud.topics import encode_bag, parse_bag
 
 # Property names/values as a device or an operator might write them, `$` and `%` included.
 text = st.text(alphabet=string.ascii_letters + string.digits + " -_.~/&=+%$#!é€", min_size=1, max_size=20)

@@ -23,7 +23,7 @@ from typing import Any
 
 from proton import Data, symbol, timestamp
 
-from client_app.cloud.hub import DEFAULT_CONSUMER_GROUP
+from client_app.cloud.hub.hub import DEFAULT_CONSUMER_GROUP
 
 SELECTOR_FILTER = symbol("apache.org:selector-filter:string")
 _SELECTOR = re.compile(

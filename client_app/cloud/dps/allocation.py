@@ -22,10 +22,10 @@ import httpx
 from cryptography import x509
 
 from client_app.cloud.errors import CloudError, bad_request
-from client_app.cloud.limits import check_initial_twin
+from client_app.cloud.hub.limits import check_initial_twin
 from client_app.pki import sha1_thumbprint, sha256_thumbprint
 
-log = logging.getLogger("client_app.cloud.allocation")
+log = logging.getLogger("client_app.cloud.dps.allocation")
 
 ALLOCATION_POLICIES = ("hashed", "geoLatency", "static", "custom")  # Azure's enum; one hub here
 WEBHOOK_TIMEOUT = 10.0  # seconds; Azure documents none

@@ -25,13 +25,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from client_app.cloud.enrollment import Enrollments, GroupOptions
+from client_app.cloud.dps.enrollment import Enrollments, GroupOptions
 from client_app.cloud.errors import CloudError, bad_request
-from client_app.cloud.hub import Hub
+from client_app.cloud.hub.hub import Hub
+from client_app.cloud.hub.twin_query import QueryError, parse
 from client_app.cloud.sas import AccessPolicy, SasError, verify_token
-from client_app.cloud.twin_query import QueryError, parse
 
-log = logging.getLogger("client_app.cloud.service_api")
+log = logging.getLogger("client_app.cloud.service.rest_api")
 
 DEFAULT_PAGE = 100  # IoT Hub and DPS answer 100 items per page unless x-ms-max-item-count says otherwise
 MAX_PAGE = 1000

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from client_app.cloud.allocation import Allocation, allocation_request, call_webhook
-from client_app.cloud.enrollment import Enrollments, Match, unauthorized
+from client_app.cloud.dps.allocation import Allocation, allocation_request, call_webhook
+from client_app.cloud.dps.enrollment import Enrollments, Match, unauthorized
 from client_app.cloud.errors import CloudError, bad_request
-from client_app.cloud.hub import DeviceRefused, Hub
+from client_app.cloud.hub.hub import DeviceRefused, Hub
+from client_app.cloud.hub.topics import query_of, request_id
 from client_app.cloud.store import utc_now
-from client_app.cloud.topics import query_of, request_id
 
 if TYPE_CHECKING:
     from client_app.cloud.mqtt.server import MqttConnection
 
-log = logging.getLogger("client_app.cloud.dps")
+log = logging.getLogger("client_app.cloud.dps.registration")
 
 REGISTER_PREFIX = "$dps/registrations/PUT/iotdps-register/"
 POLL_PREFIX = "$dps/registrations/GET/iotdps-get-operationstatus/"

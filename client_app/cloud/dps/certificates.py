@@ -18,7 +18,7 @@ from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.store import Store, utc_now
 from client_app.pki import certificate_to_pem, load_certificates, sha1_thumbprint, sha256_thumbprint
 
-log = logging.getLogger("client_app.cloud.certificates")
+log = logging.getLogger("client_app.cloud.dps.certificates")
 
 # DPS certificate names: alphanumerics and - . _ (an ARM child resource name); like every ARM resource name
 # it may not end with a period ("Naming rules and restrictions for Azure resources", resource-name-rules),

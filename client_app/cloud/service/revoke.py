@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from client_app.cloud.service_client import ServiceClient
+from client_app.cloud.service.client import ServiceClient
 from client_app.pki import certificate_to_pem, sha1_thumbprint, sha256_thumbprint
 
 

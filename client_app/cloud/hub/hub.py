@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
-from client_app.cloud.limits import check_initial_twin, check_twin
+from client_app.cloud.hub.limits import check_initial_twin, check_twin
+from client_app.cloud.hub.topics import encode_bag, parse_bag, request_id
 from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
-from client_app.cloud.topics import encode_bag, parse_bag, request_id
 from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
     from client_app.cloud.mqtt.packets import Will
     from client_app.cloud.mqtt.server import MqttConnection
 
-log = logging.getLogger("client_app.cloud.hub")
+log = logging.getLogger("client_app.cloud.hub.hub")
 
 MAX_TELEMETRY = 256 * 1024
 MAX_C2D = 64 * 1024

@@ -27,9 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import FastAPI, Request, Response
 
-from client_app.cloud.certificates import CaCertificate, CertificateStore
+from client_app.cloud.dps.certificates import CaCertificate, CertificateStore
 from client_app.cloud.errors import CloudError, bad_request
-from client_app.cloud.service_api import json_body
+from client_app.cloud.service.rest_api import json_body
 
 PREFIX = (
     "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.Devices/"

@@ -24,15 +24,15 @@ from cryptography.x509.verification import (
     Store as TrustStore,
 )
 
-from client_app.cloud.allocation import ALLOCATION_POLICIES, CustomAllocation
-from client_app.cloud.certificates import CertificateStore
+from client_app.cloud.dps.allocation import ALLOCATION_POLICIES, CustomAllocation
+from client_app.cloud.dps.certificates import CertificateStore
+from client_app.cloud.dps.identity_policy import IdentityPolicy, client_auth_refusal, identity_refusal
 from client_app.cloud.errors import CloudError, bad_request, not_found
-from client_app.cloud.identity_policy import IdentityPolicy, client_auth_refusal, identity_refusal
-from client_app.cloud.limits import check_initial_twin
+from client_app.cloud.hub.limits import check_initial_twin
 from client_app.cloud.store import Store, dumps, utc_now
 from client_app.pki import PkiError, key_id, sha256_thumbprint, validate_registration_id
 
-log = logging.getLogger("client_app.cloud.enrollment")
+log = logging.getLogger("client_app.cloud.dps.enrollment")
 
 _GROUP_ID = re.compile(r"^[A-Za-z0-9._:-]{0,127}[A-Za-z0-9-]$")
 MAX_GROUPS = 100

@@ -17,12 +17,12 @@ from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client_app.cloud.certificates import CertificateStore
-from client_app.cloud.enrollment import Enrollments, GroupOptions
+from client_app.cloud.dps.certificates import CertificateStore
+from client_app.cloud.dps.enrollment import Enrollments, GroupOptions
 from client_app.cloud.errors import CloudError, bad_request
-from client_app.cloud.hub import Hub
+from client_app.cloud.hub.hub import Hub
 
-log = logging.getLogger("client_app.cloud.api")
+log = logging.getLogger("client_app.cloud.service.bearer_api")
 
 # Uvicorn reads any request body whole into memory; the largest legitimate one (a 128 KB method payload, or a
 # 64 KB C2D body written as JSON escapes) stays far below this.

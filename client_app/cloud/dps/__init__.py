@@ -1,0 +1,1 @@
+"""Local Device Provisioning Service: registration, enrollments, CA certificates, allocation."""
