@@ -113,7 +113,10 @@ class AmqpThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()  # its self-pipe sockets with it
 
     def start(self, listeners: list[tuple[str, int, ssl.SSLContext | None]]) -> None:
         self._thread.start()
@@ -156,6 +159,8 @@ class AmqpThread:
 
     def stop(self, timeout: float = 10) -> None:
         if not self._thread.is_alive():
+            if not self._thread.ident and not self.loop.is_closed():  # never started
+                self.loop.close()
             return
 
         async def close() -> None:
