@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -125,11 +126,16 @@ class Soak:
         SoakClient.sink = self.ledger.on_publish
 
     def sample(self) -> Sample:
+        """RSS, CPU and open fds of the server; fds without the operator API's connections (the generator's
+        HTTP pool opens and closes those as it likes: they say nothing about the device side)."""
         process = self.cloud.process
         times = process.cpu_times()
-        sample = Sample(
-            time.monotonic(), process.memory_info().rss, process.num_fds(), times.user + times.system
+        api_port = urlsplit(self.cloud.info.api_url).port
+        api = sum(
+            1 for c in process.net_connections("tcp") if c.laddr and c.laddr.port == api_port and c.raddr
         )
+        sample = Sample(time.monotonic(), process.memory_info().rss, process.num_fds() - api,
+                        times.user + times.system)  # fmt: skip
         self.samples.append(sample)
         return sample
 

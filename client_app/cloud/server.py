@@ -55,9 +55,8 @@ class CloudSettings:
     bind_host: str = "127.0.0.1"  # proxy front and API
     proxy_port: int | None = 0  # 0 = a free port, None = no proxy front
     mqtt_listen: tuple[str, int] | None = None  # direct TLS listener, e.g. ("127.0.0.2", 8883)
-    websocket_listen: tuple[str, int] | None = (
-        None  # direct MQTT-over-WebSockets listener, ("127.0.0.2", 443)
-    )
+    # Direct MQTT-over-WebSockets listener, e.g. ("127.0.0.2", 443); not the service API's address (443 too).
+    websocket_listen: tuple[str, int] | None = None
     api_port: int = 0
     assignment_delay: float = 0.0
     dps_name: str = "dps.client-app.localhost"

@@ -55,6 +55,15 @@ CREATE TABLE telemetry(
 CREATE INDEX telemetry_device ON telemetry(device_id, seq);
 """
 
+# Added after version 1 without a version bump (IF NOT EXISTS, created on every open): issue 13's group
+# options (identity policy, allocation) and the key each registration ID first registered with.
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS enrollment_group_options(
+    group_id TEXT PRIMARY KEY COLLATE NOCASE, options TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS registration_keys(
+    registration_id TEXT PRIMARY KEY COLLATE NOCASE, key_id TEXT NOT NULL);
+"""
+
 
 def partition_of(device_id: str, partitions: int) -> int:
     """The Event Hubs partition of a device's telemetry: a stable hash of the device id, as IoT Hub keeps
@@ -112,6 +121,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._db.executescript(_ADDED_TABLES)
 
     def _migrate(self) -> None:
         """A new database gets version 1's schema, then every database runs the steps up to SCHEMA_VERSION,

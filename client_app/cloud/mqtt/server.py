@@ -670,7 +670,8 @@ class MqttServer:
         _shrink_tls_buffer(writer.transport)
         if websocket:
             try:
-                reader, writer = await accept_websocket(reader, writer, self.connect_timeout)  # type: ignore[assignment]
+                upgraded = await accept_websocket(reader, writer, self.connect_timeout)
+                reader, writer = upgraded  # type: ignore[assignment]  # the same read/write surface
             except (WebSocketRefused, TimeoutError, OSError, ssl.SSLError) as exc:
                 reason = _short(exc) or "timeout"
                 self.refusals.log(
@@ -697,14 +698,13 @@ class MqttServer:
             await _close_writer(writer)
             return
         task = asyncio.current_task()
-        self._pending.pop(task, None)  # type: ignore[arg-type]  # through TLS and CONNECT: no longer pending
+        assert task is not None
+        self._pending.pop(task, None)  # through TLS and CONNECT: no longer pending
         chain = presented_chain(writer.get_extra_info("ssl_object"))
         conn = MqttConnection(
             self, reader, writer, packet_reader, first, peer_chain=chain, proxy_target=proxy_target
         )
         conn.websocket = websocket
-        task = asyncio.current_task()
-        assert task is not None
         self._tasks[task] = conn
         try:
             return_code, session_present = await self._decide(conn)
