@@ -12,7 +12,7 @@ from azure.eventhub import EventData, EventHubConsumerClient
 
 from client_app.cloud.server import RunningCloud
 from tests.cloud.sdk import hub_client, register
-from tests.fixtures.cloud import issue_device_files
+from tests.fixtures.cloud import DeviceFiles, issue_device_files
 
 
 def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str | None = None) -> str:
@@ -26,10 +26,16 @@ def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str
             f"SharedAccessKey={key or access.primary_key}")  # fmt: skip
 
 
+_ISSUED: dict[tuple[Path, str], DeviceFiles] = {}
+
+
 @contextmanager
 def connected_device(cloud: RunningCloud, issuing: Any, device_id: str, directory: Path) -> Iterator[Any]:
-    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages."""
-    files = issue_device_files(issuing, device_id, directory)
+    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages. The
+    same identity comes back for the same directory and id (after a restart a device keeps its key: DPS
+    refuses another key for a registration ID it knows)."""
+    files = _ISSUED.get((directory, device_id)) or issue_device_files(issuing, device_id, directory)
+    _ISSUED[(directory, device_id)] = files
     result = register(cloud.info, files)
     client = hub_client(cloud.info, files, result.registration_state.assigned_hub)
     client.received = []

@@ -137,7 +137,7 @@ def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_c
     local_cloud.stop()
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again") as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path) as device:
             _send(device, ["three"])
         code, lines = _outcome(
             _node("eventhub_read.js", restarted, START=str(checkpoint), EXPECTED="1", **env)
