@@ -41,7 +41,9 @@ DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 def xvfb() -> Iterator[str]:
     read, write = os.pipe()
     server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        # -noreset: by default the server resets when its last client leaves, and a process connecting during
+        # the reset fails ("no Qt platform plugin could be initialized"), as between two timed runs.
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset"],
         pass_fds=(write,),
         stderr=subprocess.DEVNULL,
     )
@@ -65,8 +67,13 @@ def drop_caches() -> bool:
 
 
 def time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float = 60) -> float:
+    with tempfile.TemporaryFile() as errors:
+        return _time_to_window(command, title, env, timeout, errors)
+
+
+def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float, errors) -> float:
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     try:
         while time.perf_counter() - started < timeout:
             found = subprocess.run(
@@ -75,7 +82,9 @@ def time_to_window(command: list[str], title: str, env: dict[str, str], timeout:
             if found.returncode == 0 and found.stdout.strip():
                 return time.perf_counter() - started
             if process.poll() is not None:
-                raise SystemExit(f"{command[0]} exited with {process.returncode} before showing a window")
+                errors.seek(0)
+                said = " | ".join(errors.read().decode(errors="replace").strip().splitlines()[-3:])
+                raise SystemExit(f"{command[0]} exited with {process.returncode} before a window: {said}")
             time.sleep(0.01)
         raise SystemExit(f"no window titled {title!r} within {timeout:.0f} s")
     finally:

@@ -15,7 +15,9 @@ dbus-daemon + gnome-keyring-daemon for its run, as the test suite does.
 
     uv run python bench/ui_stall.py [--messages 1000] [--embedded-cloud]
 
-Prints one line per phase and exits non-zero when a loaded phase exceeds the 50 ms target.
+Prints one line per phase and exits non-zero when a loaded phase exceeds the 16 ms target (one frame at
+60 Hz). As in run_gui(), the window is shown before the device core, the SDK and keyring are imported:
+the first-launch phase includes those imports (on the bridge's worker thread).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-TARGET_MS = 50.0
+TARGET_MS = 16.0
 TICK_MS = 5
 
 
@@ -190,8 +192,8 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
 
     from client_app import demo
     from client_app.device.config import load_config
-    from client_app.device.runtime import ConnectionState
-    from client_app.gui.app import AppController, preload_core_modules
+    from client_app.device.status import ConnectionState
+    from client_app.gui.app import AppController
     from client_app.gui.main_window import MainWindow
     from client_app.gui.tray import StatusTray
 
@@ -216,7 +218,6 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
             {},
         )
         app = QApplication.instance() or QApplication(sys.argv)
-        preload_core_modules()  # as run_gui() does before showing the window
         window = MainWindow()
         tray = StatusTray()
         controller = AppController(config, window, tray=tray)

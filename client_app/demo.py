@@ -13,10 +13,10 @@ CLIENT_APP_DEMO_DIR moves the whole tree elsewhere (tests, screenshots).
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +111,7 @@ def start_cloud(directory: Path) -> Any:
     if _running_cloud is None:
         directory.mkdir(parents=True, exist_ok=True)
         _running_cloud = start_in_thread(CloudSettings(data_dir=directory))
+        atexit.unregister(stop_cloud)  # once, however often the demo menu restarts it
         atexit.register(stop_cloud)
     return _running_cloud
 
@@ -120,6 +121,29 @@ def stop_cloud() -> None:
     cloud, _running_cloud = _running_cloud, None
     if cloud is not None:
         cloud.stop()
+
+
+class CloudSwitch:
+    """The demo window's Demo menu: stop and start the embedded local cloud, for a fault drill.
+
+    Started again, it may listen on new ports: the device core re-reads connection.json on each attempt."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def running(self) -> bool:
+        return _running_cloud is not None
+
+    def stop(self) -> None:
+        stop_cloud()
+
+    def start(self) -> None:
+        start_cloud(self.directory)
+
+
+def cloud_switch() -> CloudSwitch | None:
+    """A switch for the cloud this process runs; None when another process runs it."""
+    return CloudSwitch(cloud_dir()) if _running_cloud is not None else None
 
 
 def connection_info(directory: Path) -> dict[str, Any]:
@@ -161,12 +185,22 @@ class OperatorApi:
         group = next((g for g in groups if g.get("enrollmentGroupId") == ENROLLMENT_GROUP), None)
         attestation = {"type": "x509", "x509": {"caReferences": {"primary": ROOT_CERTIFICATE_NAME}}}
         if group is None:
-            self._do(
+            group = self._do(
                 "create the demo group",
                 lambda: self.client.create_group(ENROLLMENT_GROUP, ROOT_CERTIFICATE_NAME),
             )
-        elif group.get("attestation") != attestation or group.get("provisioningStatus") != "enabled":
-            fixed = {**group, "attestation": attestation, "provisioningStatus": "enabled"}
+        policy = {**group.get("identityPolicy", {}), "requireSelfCertifyingId": True}  # docs/pki.md
+        if (
+            group.get("attestation") != attestation
+            or group.get("provisioningStatus") != "enabled"
+            or group.get("identityPolicy") != policy
+        ):
+            fixed = {
+                **group,
+                "attestation": attestation,
+                "provisioningStatus": "enabled",
+                "identityPolicy": policy,
+            }
             self._do("repair the demo group", lambda: self.client.replace_group(fixed))
 
 
@@ -203,6 +237,26 @@ def _start_afresh(problem: str, directory: Path) -> str:
     return f"{problem}. To start over with a new one, delete {directory} and run client-app --demo again."
 
 
+def command_for(script: str, module: str) -> list[str]:
+    """A command that runs from any directory: the installed script by its absolute path (next to this
+    Python, as a virtual environment or an install lays them out), else this Python with the module."""
+    installed = Path(sys.executable).parent / (script + (".exe" if os.name == "nt" else ""))
+    return [str(installed)] if installed.is_file() else [sys.executable, "-m", module]
+
+
+def demo_hints(cloud: Path, demo_dir: Path) -> list[str]:
+    """Commands to try from another terminal, in this shell's quoting."""
+    cloud_cli = [*command_for("client-app-cloud", "client_app.cloud.cli"), "--data", str(cloud)]
+    app = command_for("client-app", "client_app.main")
+    env = f"{DEMO_DIR_ENV}={shlex.quote(str(demo_dir))} " if os.environ.get(DEMO_DIR_ENV) else ""
+    return [
+        shlex.join([*cloud_cli, "devices", "list"]),
+        shlex.join([*cloud_cli, "send", "DEVICE-ID", "hello"]),
+        shlex.join([*cloud_cli, "telemetry", "--follow"]),
+        env + shlex.join([*app, "--demo", "--status"]),
+    ]
+
+
 def _print_banner(cloud: Path, device_data: Path) -> None:
     info = connection_info(cloud)
     lines = [
@@ -210,44 +264,45 @@ def _print_banner(cloud: Path, device_data: Path) -> None:
         f"  local cloud data dir: {cloud}",
         f"  demo device data dir: {device_data}",
         f"  ID scope {info.get('id_scope')}, operator API {info.get('api_url')}",
-        "Try from another terminal (the device ID is shown under Help > Connection details):",
-        f'  uv run client-app-cloud --data "{cloud}" devices list',
-        f'  uv run client-app-cloud --data "{cloud}" send <device-id> "hello"',
-        "  uv run client-app --demo --status",
+        "Try from another terminal, in any folder (DEVICE-ID is under Help > Connection details):",
+        *(f"  {hint}" for hint in demo_hints(cloud, demo_root())),
+        "Demo > Stop the local cloud (in the window) takes the cloud away for a fault drill.",
     ]
     print("\n".join(lines), flush=True)
 
 
-def use_demo_device(args: argparse.Namespace) -> None:
-    """Give the demo instance its own data dir unless --data-dir was given: a real install stays untouched."""
-    if not getattr(args, "data_dir", None):
-        args.data_dir = str(device_dir(demo_root()))
+def device_layer(data_dir: str | None) -> dict[str, Any]:
+    """The demo instance's own data dir unless --data-dir was given: a real install stays untouched."""
+    return {} if data_dir else {"data_dir": str(device_dir(demo_root()))}
 
 
-def prepare_demo(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Hook for main.py: set up (or, for --status, only locate) the demo; returns (cloud dir, bundle).
+def prepare_demo(data_dir: Path, *, status_only: bool = False) -> dict[str, Any]:
+    """Set up (or, for --status, only locate) the demo; returns its configuration layer.
 
-    Also points the demo instance at its own data dir unless --data-dir was given.
-    """
+    The layer names the local cloud and the issuer bundle; the ConfigStore puts it above the environment
+    and below the command line, so `--demo --issuer-bundle X` still uses X."""
     root = demo_root()
-    use_demo_device(args)
     # A demo instance already running owns the embedded cloud: a second launch only brings its
     # window forward (single instance), and must not start a second cloud on the same directory.
-    already_running = running_pid(paths.DataLayout(Path(args.data_dir)).lock_file) is not None
-    status_only = bool(getattr(args, "status", False)) or already_running
+    already_running = running_pid(paths.DataLayout(Path(data_dir)).lock_file) is not None
+    locate_only = status_only or already_running
     try:
-        cloud, bundle = setup_demo(root, start=not status_only)
+        cloud, bundle = setup_demo(root, start=not locate_only)
     except DemoError:
         stop_cloud()
         raise
     except Exception as exc:  # logged with its traceback by the caller, which reports the one line
         stop_cloud()
         raise DemoError(f"the demo could not be set up: {exc}") from exc
-    if not status_only:
-        _print_banner(cloud, Path(args.data_dir))
-    elif already_running and not getattr(args, "status", False):
+    if not locate_only:
+        _print_banner(cloud, Path(data_dir))
+    elif already_running and not status_only:
         print(f"client-app demo is already running (local cloud data dir: {cloud}).", flush=True)
-    return cloud, bundle
+    layer: dict[str, Any] = {"issuer_bundle": str(bundle)}
+    # `--demo --status` before the demo ever ran: there is no cloud to read yet, only a status to print.
+    if cloud.is_dir() or not status_only:
+        layer["local_cloud"] = str(cloud)
+    return layer
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: set up the demo without the app

@@ -10,11 +10,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
-from client_app.device.config import ConfigError, DeviceConfig, add_config_arguments, load_config, log_dir_of
-from client_app.device.logsetup import setup_logging
+from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, add_config_arguments, log_dir_of
+from client_app.logsetup import log_start, log_stop, setup_logging
 
 log = logging.getLogger("client_app")
 
@@ -40,16 +39,6 @@ def _demo_module() -> ModuleType:
     if importlib.util.find_spec("client_app.demo") is None:
         raise ConfigError("--demo is not part of this build; run it from a source checkout")
     return importlib.import_module("client_app.demo")
-
-
-def _apply_demo(args: argparse.Namespace) -> None:
-    cloud_dir, bundle = _demo_module().prepare_demo(args)
-    args.demo_cloud_dir = str(cloud_dir)
-    # `--demo --status` before the demo ever ran: there is no cloud to read yet, only a status to print.
-    if Path(cloud_dir).is_dir() or not args.status:
-        args.local_cloud = str(cloud_dir)
-    if not args.issuer_bundle:
-        args.issuer_bundle = str(bundle)
 
 
 def _status(config: DeviceConfig, demo_cloud_dir: str | None) -> int:
@@ -81,46 +70,68 @@ def _self_test(config: DeviceConfig) -> int:
     return int(importlib.import_module("client_app.selftest").run(config) or 0)
 
 
-def _gui(config: DeviceConfig) -> int:
-    return int(importlib.import_module("client_app.gui.app").run_gui(config) or 0)
+def _gui(config: DeviceConfig, store: ConfigStore, demo: ModuleType | None) -> int:
+    switch = demo.cloud_switch() if demo is not None else None
+    return int(importlib.import_module("client_app.gui.app").run_gui(config, store, switch) or 0)
+
+
+def _mode(args: argparse.Namespace) -> str:
+    for name in ("status", "headless", "self_test"):
+        if getattr(args, name):
+            return name.replace("_", "-")
+    return "send" if args.send is not None else "window"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    code = 1
     try:
-        if args.demo:
-            _demo_module().use_demo_device(args)
-        # Logging first: a failure while setting up the demo or reading the configuration is logged too.
-        setup_logging(log_dir_of(args, os.environ))
-        if args.demo:
-            _apply_demo(args)
-        config = load_config(args, os.environ)
-        if args.status:
-            return _status(config, getattr(args, "demo_cloud_dir", None))
-        if args.send is not None:
-            return _send(config, args.send)
-        if args.self_test:
-            return _self_test(config)
-        if args.headless:
-            from client_app.device.headless import run_headless
-
-            return run_headless(config)
-        return _gui(config)
+        code = _run(args)
     except ConfigError as exc:
         print(f"client-app: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
     except BrokenPipeError:  # `client-app --status | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        code = 0
     except Exception as exc:  # never a traceback to the user: one line here, the details in the log
         log.exception("client-app failed")
         # our own errors are written for people; anything else gets its type for support
         ours = type(exc).__module__.startswith("client_app.")
         text = str(exc).splitlines()[0] if ours and str(exc) else f"{exc.__class__.__name__}: {exc}"
         print(f"client-app: {text} (details in the log)", file=sys.stderr)
-        return 1
+        code = 1
+    finally:
+        if logging.getLogger().handlers:
+            log_stop(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    demo = _demo_module() if args.demo else None
+    layer = demo.device_layer(args.data_dir) if demo else {}
+    # Logging first: a failure while setting up the demo or reading the configuration is logged too.
+    setup_logging(log_dir_of(args, os.environ, layer))
+    log_start(_mode(args))
+    if demo is not None:
+        data_dir = ConfigStore(args, os.environ, layer).load().data_dir
+        # Only the window and --headless run the demo's cloud; the others read or queue and exit.
+        locate_only = args.status or args.send is not None or args.self_test
+        layer = {**layer, **demo.prepare_demo(data_dir, status_only=locate_only)}
+    store = ConfigStore(args, os.environ, layer)
+    config = store.load()
+    if args.status:
+        return _status(config, str(demo.cloud_dir()) if demo else None)
+    if args.send is not None:
+        return _send(config, args.send)
+    if args.self_test:
+        return _self_test(config)
+    if args.headless:
+        from client_app.headless import run_headless
+
+        return run_headless(config)
+    return _gui(config, store, demo)
 
 
 if __name__ == "__main__":

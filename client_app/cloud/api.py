@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client_app.cloud.certificates import CertificateStore
-from client_app.cloud.enrollment import Enrollments
+from client_app.cloud.enrollment import Enrollments, GroupOptions
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import Hub
 
@@ -64,6 +64,13 @@ class EnrollmentGroupIn(BaseModel):
     attestation: Attestation
     provisioningStatus: Status = "enabled"
     initialTwin: dict[str, Any] | None = None
+    allocationPolicy: str | None = Field(None, description='Azure\'s; "custom" calls the webhook')
+    customAllocationDefinition: dict[str, Any] | None = Field(
+        None, description="Azure's {webhookUrl, apiVersion}; loopback IP URLs only here"
+    )
+    identityPolicy: dict[str, bool] | None = Field(
+        None, description="local cloud: {requireSelfCertifyingId, allowKeyChange} (docs/pki.md)"
+    )
 
 
 class EnrollmentIn(BaseModel):
@@ -246,6 +253,7 @@ def _enrollment_routes(router: APIRouter, enrollments: Enrollments) -> None:
             enabled=body.provisioningStatus == "enabled",
             initial_twin=body.initialTwin,
             if_match=if_match,
+            options=GroupOptions.from_json(body.model_dump()),
             create_only=if_none_match == "*",  # HTTP's "create, never replace" (the CLI's create)
         )
         return group.to_json()
@@ -350,6 +358,18 @@ def _device_routes(router: APIRouter, hub: Hub) -> None:
             device_id, body.methodName, body.payload, body.responseTimeoutInSeconds
         )
         return {"status": status, "payload": payload}
+
+    @router.get("/consumerGroups", tags=["telemetry"])
+    async def consumer_groups() -> dict[str, Any]:
+        return {"value": hub.consumer_groups()}
+
+    @router.put("/consumerGroups/{name}", tags=["telemetry"])
+    async def add_consumer_group(name: str) -> dict[str, Any]:
+        return hub.add_consumer_group(name)
+
+    @router.delete("/consumerGroups/{name}", status_code=204, tags=["telemetry"])
+    async def delete_consumer_group(name: str) -> None:
+        hub.delete_consumer_group(name)
 
     @router.get("/telemetry", tags=["telemetry"])
     async def telemetry(

@@ -21,6 +21,7 @@ from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 from client_app.cloud.service_client import ArmCertificates, ServiceClient, ServiceError
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
+EVENTHUB_CONNECTION_ENV = "EVENTHUB_CONNECTION_STRING"
 FOLLOW_INTERVAL = 0.5
 
 
@@ -213,12 +214,22 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
               help="Keep the newest N telemetry messages (0 = keep everything).")  # fmt: skip
 @click.option("--dps-name", default="dps.client-app.localhost", show_default=True)
 @click.option("--hub-name", default="hub.client-app.localhost", show_default=True)
+@click.option(
+    "--amqp-host",
+    default=None,
+    metavar="ADDRESS",
+    help="Loopback address of the AMQP endpoint, ports 5671/5672 (default: one kept per data dir).",
+)
+@click.option("--no-amqp", is_flag=True, help="Do not open the AMQP endpoint (C2D, Event Hubs-compatible).")
+@click.option("--partitions", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Event Hubs-compatible partitions (fixed once telemetry is stored).")  # fmt: skip
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_obj
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
           mqtt_listen: str, no_direct: bool, websocket_listen: str | None, api_port: int,
           service_listen: str | None, assignment_delay: float, telemetry_retention: int, dps_name: str,
-          hub_name: str, verbose: bool) -> None:  # fmt: skip
+          hub_name: str, amqp_host: str | None, no_amqp: bool, partitions: int,
+          verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
     if data_dir is None:
@@ -239,6 +250,7 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
             mqtt_listen=listen, websocket_listen=_host_port(websocket_listen), api_port=api_port,
             assignment_delay=assignment_delay, dps_name=dps_name, hub_name=hub_name,
             telemetry_retention=telemetry_retention or None, service_listen=_host_port(service_listen),
+            amqp=not no_amqp, amqp_host=amqp_host, partitions=partitions,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -524,14 +536,72 @@ def _properties(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--content-type", default=None, help="e.g. application/json")
 @click.option("--message-id", default=None)
 @click.option("--ttl", type=float, default=None, help="Seconds until the message expires (default 3600).")
+@click.option("--ack", type=click.Choice(["none", "positive", "negative", "full"]), default=None,
+              help="Delivery feedback to ask for (IoT Hub's iothub-ack).")  # fmt: skip
 @_options
 def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], content_type: str | None,
-         message_id: str | None, ttl: float | None) -> None:  # fmt: skip
-    """Queue a cloud-to-device message with body TEXT for DEVICE_ID."""
-    body = {"body": text, "properties": _properties(props), "contentType": content_type,
-            "messageId": message_id, "ttlSeconds": ttl}  # fmt: skip
-    result = ctx.call("POST", f"/devices/{_segment(device_id)}/messages/deviceBound", json=body)
-    ctx.output(result, lambda r: [f"queued message {r['messageId']} for {device_id}"])
+         message_id: str | None, ttl: float | None, ack: str | None) -> None:  # fmt: skip
+    """Send a cloud-to-device message with body TEXT to DEVICE_ID over AMQP, as a backend does (to the hub of
+    --hub-connection-string / IOTHUB_CONNECTION_STRING, or the local cloud's)."""
+    from client_app.cloud.amqp.operator import C2dMessage, OperatorError, send_c2d  # proton: only here
+
+    connection_string, ca_file = _amqp_target(ctx, ctx.hub_cs, "hub")
+    if connection_string is None:  # a local cloud without its AMQP endpoint (serve --no-amqp)
+        body = {"body": text, "properties": _properties(props), "contentType": content_type,
+                "messageId": message_id, "ttlSeconds": ttl}  # fmt: skip
+        result = ctx.call("POST", f"/devices/{_segment(device_id)}/messages/deviceBound", json=body)
+        ctx.output(result, lambda r: [f"queued message {r['messageId']} for {device_id}"])
+        return
+    message = C2dMessage(
+        device_id, text.encode(), _properties(props), message_id, None, content_type, ttl, ack
+    )
+    try:
+        sent = send_c2d(connection_string, message, ca_file=ca_file)
+    except OperatorError as exc:
+        raise CliError(str(exc)) from exc
+    ctx.output(
+        {"messageId": sent, "deviceId": device_id}, lambda r: [f"queued message {sent} for {device_id}"]
+    )
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for a batch.")  # fmt: skip
+@_options
+def feedback(ctx: Context, timeout: float) -> None:
+    """The next batch of C2D delivery feedback (messages sent with --ack), completed once printed."""
+    from client_app.cloud.amqp.operator import OperatorError, receive_feedback
+
+    connection_string, ca_file = _amqp_target(ctx, ctx.hub_cs, "hub")
+    if connection_string is None:
+        raise CliError("this local cloud runs without its AMQP endpoint (--no-amqp): no feedback")
+    try:
+        records = receive_feedback(connection_string, ca_file=ca_file, timeout=timeout)
+    except OperatorError as exc:
+        raise CliError(str(exc)) from exc
+    ctx.output(records, lambda rs: [f"{r['enqueuedTimeUtc']} {r['deviceId']} {r['originalMessageId']}: "
+                                    f"{r['statusCode']}" for r in rs] or ["(none)"])  # fmt: skip
+
+
+def _amqp_target(ctx: Context, explicit: str | None, kind: str) -> tuple[str | None, str | None]:
+    """(connection string, CA file) for the AMQP commands: the one given (Azure: the system's CAs, or
+    SSL_CERT_FILE), else the local cloud's own: the Event Hubs-compatible connection string, or the hub one
+    made of its `service` policy key and the AMQP address; None when that cloud runs without AMQP."""
+    if explicit:
+        return explicit, None
+    info = ctx.info()
+    eventhub = info.eventhub_compatible_connection_string
+    if not eventhub or not info.amqp_host:
+        return None, None
+    if kind == "eventhub":
+        return eventhub, info.server_ca_pem
+    if info.iothub_connection_string and info.service_host == info.amqp_host:
+        return info.iothub_connection_string, info.server_ca_pem  # one address serves REST and AMQP
+    from client_app.cloud.sas import parse_connection_string
+
+    fields = parse_connection_string(eventhub)
+    policy, key = fields["SharedAccessKeyName"], fields["SharedAccessKey"]
+    return f"HostName={info.amqp_host};SharedAccessKeyName={policy};SharedAccessKey={key}", info.server_ca_pem
 
 
 @cli.command()
@@ -562,6 +632,34 @@ def twin(ctx: Context, device_id: str, set_desired: str | None) -> None:
     ctx.output(result, lambda r: json.dumps(r["properties"], indent=2).splitlines())
 
 
+@cli.group("consumer-groups")
+def consumer_groups() -> None:
+    """Consumer groups of the Event Hubs-compatible endpoint ($Default and yours)."""
+
+
+@consumer_groups.command("list")
+@_options
+def consumer_groups_list(ctx: Context) -> None:
+    result = ctx.call("GET", "/consumerGroups")
+    ctx.output(result, lambda r: [g["name"] for g in r["value"]])
+
+
+@consumer_groups.command("add")
+@click.argument("name")
+@_options
+def consumer_groups_add(ctx: Context, name: str) -> None:
+    result = ctx.call("PUT", f"/consumerGroups/{_segment(name)}")
+    ctx.output(result, lambda r: [f"consumer group {r['name']}"])
+
+
+@consumer_groups.command("delete")
+@click.argument("name")
+@_options
+def consumer_groups_delete(ctx: Context, name: str) -> None:
+    ctx.call("DELETE", f"/consumerGroups/{_segment(name)}")
+    ctx.output({"deleted": name}, lambda _: [f"deleted consumer group {name}"])
+
+
 def _telemetry_line(message: dict[str, Any]) -> str:
     body = message.get("body", message.get("bodyBase64", ""))
     extras = {**message["systemProperties"], **message["properties"]}
@@ -575,18 +673,34 @@ def _telemetry_line(message: dict[str, Any]) -> str:
 @click.option(
     "--last", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many to show first."
 )
+@click.option(
+    "--eventhub-connection-string",
+    envvar=EVENTHUB_CONNECTION_ENV,
+    default=None,
+    help=f"Follow this Event Hubs-compatible endpoint (env {EVENTHUB_CONNECTION_ENV}).",
+)
 @_options
-def telemetry(ctx: Context, device_id: str | None, follow: bool, last: int) -> None:
-    """Stored device-to-cloud messages (all devices, or DEVICE_ID)."""
-    params: dict[str, Any] = {"tail": last}
-    if device_id:
-        params["deviceId"] = device_id
-    result = ctx.call("GET", "/telemetry", params=params)
-    _print_messages(ctx, result["value"])
-    after = result["last"]
+def telemetry(ctx: Context, device_id: str | None, follow: bool, last: int,
+              eventhub_connection_string: str | None) -> None:  # fmt: skip
+    """Device-to-cloud messages (all devices, or DEVICE_ID): the stored ones, then with --follow new ones as
+    they arrive on the Event Hubs-compatible endpoint (AMQP), as a backend reads them."""
+    after = 0
+    if not eventhub_connection_string:  # the local cloud's stored messages first
+        params: dict[str, Any] = {"tail": last}
+        if device_id:
+            params["deviceId"] = device_id
+        result = ctx.call("GET", "/telemetry", params=params)
+        _print_messages(ctx, result["value"])
+        after = result["last"]
+    elif not follow:
+        raise CliError("--eventhub-connection-string reads new messages only: add --follow")
     try:  # Ctrl-C ends a follow quietly, wherever it lands
         if follow:
             click.echo("following new messages; Ctrl-C stops", err=True)
+            connection_string, ca_file = _amqp_target(ctx, eventhub_connection_string, "eventhub")
+            if connection_string is not None:
+                _follow_amqp(ctx, connection_string, ca_file, device_id)
+                return
         while follow:
             time.sleep(FOLLOW_INTERVAL)
             params = {"after": after, "limit": 1000, **({"deviceId": device_id} if device_id else {})}
@@ -595,6 +709,19 @@ def telemetry(ctx: Context, device_id: str | None, follow: bool, last: int) -> N
             after = result["last"]
     except KeyboardInterrupt:
         pass
+
+
+def _follow_amqp(ctx: Context, connection_string: str, ca_file: str | None, device_id: str | None) -> None:
+    from client_app.cloud.amqp.operator import OperatorError, follow_telemetry  # azure-eventhub: only here
+
+    def on_event(message: dict[str, Any]) -> None:
+        if device_id is None or message["deviceId"] == device_id:
+            _print_messages(ctx, [message])
+
+    try:
+        follow_telemetry(connection_string, on_event, ca_file=ca_file)
+    except OperatorError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _print_messages(ctx: Context, messages: list[dict[str, Any]]) -> None:

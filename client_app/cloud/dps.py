@@ -8,11 +8,12 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from client_app.cloud.allocation import Allocation, allocation_request, call_webhook
 from client_app.cloud.enrollment import Enrollments, Match, unauthorized
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import DeviceRefused, Hub
@@ -40,6 +41,7 @@ class _Operation:
     ready_at: float
     created: float
     result: dict[str, Any] | None = None
+    allocation: Allocation | None = None  # the custom allocation webhook's answer
 
 
 class Dps:
@@ -76,18 +78,18 @@ class Dps:
     async def published(self, conn: MqttConnection, registration_id: str, topic: str, payload: bytes) -> None:
         rid = request_id(topic)
         if topic.startswith(REGISTER_PREFIX) and rid:
-            await self._answer(conn, rid, lambda: self._register(conn, registration_id, payload))
+            await self._answer(conn, rid, self._register(conn, registration_id, payload))
         elif topic.startswith(POLL_PREFIX) and rid:
             operation_id = query_of(topic).get("operationId") or ""
-            await self._answer(conn, rid, lambda: self._poll(registration_id, operation_id))
+            await self._answer(conn, rid, self._poll(registration_id, operation_id))
         else:
             raise DeviceRefused(f"DPS: unknown topic {topic!r}")
 
     async def _answer(
-        self, conn: MqttConnection, rid: str, work: Callable[[], tuple[int, dict[str, Any]]]
+        self, conn: MqttConnection, rid: str, work: Awaitable[tuple[int, dict[str, Any]]]
     ) -> None:
         try:
-            status, body = work()
+            status, body = await work
         except CloudError as exc:
             log.warning("DPS %s: %s %d %s", conn.client_id, exc.status, exc.error_code, exc.message)
             status, body = exc.status, {
@@ -98,7 +100,7 @@ class Dps:
             topic += f"&retry-after={max(1, math.ceil(self._delay))}"
         await conn.publish(topic, json.dumps(body).encode(), 0)  # awaited: back-pressure on a non-reader
 
-    def _register(
+    async def _register(
         self, conn: MqttConnection, registration_id: str, payload: bytes
     ) -> tuple[int, dict[str, Any]]:
         try:
@@ -121,8 +123,22 @@ class Dps:
                 "DPS %s refused: enrollment %s is disabled", registration_id, match.group_id or "(individual)"
             )
             return 200, self._disabled(operation_id, match)
+        self._enrollments.check_identity(match)  # 401002: takeover attempts (issue 13)
         now = time.monotonic()
         operation = _Operation(match, self._hub_host_for(conn), now + self._delay, now)
+        group = self._enrollments.group(match.group_id) if match.group_id else None
+        if group is not None and group.options.allocation_policy == "custom":
+            previous = self._enrollments.registration(match.registration_id)
+            request_body = allocation_request(
+                group.to_json(), match.registration_id, match.leaf, request.get("payload"),
+                [operation.assigned_hub], (previous.assigned_hub, previous.device_id) if previous else None,
+            )  # fmt: skip
+            assert group.options.custom_allocation is not None  # GroupOptions requires it for "custom"
+            try:
+                operation.allocation = await call_webhook(group.options.custom_allocation, request_body)
+            except CloudError as exc:
+                return 200, self._failed(operation_id, match, exc)
+            operation.assigned_hub = operation.allocation.hub
         # Only the newest operation of a registration ID stays pollable: a device that registers in a loop
         # must not pile up operations (each holds its certificate) for OPERATION_TTL.
         key = match.registration_id.lower()
@@ -135,7 +151,7 @@ class Dps:
             return 200, self._assign(operation_id, operation)
         return 202, {"operationId": operation_id, "status": "assigning"}
 
-    def _poll(self, registration_id: str, operation_id: str) -> tuple[int, dict[str, Any]]:
+    async def _poll(self, registration_id: str, operation_id: str) -> tuple[int, dict[str, Any]]:
         operation = self._operations.get(operation_id)
         if operation is None or operation.match.registration_id.lower() != registration_id.lower():
             raise CloudError(404, 404203, f"operation '{operation_id}' not found for '{registration_id}'")
@@ -149,14 +165,19 @@ class Dps:
         match = operation.match
         group = self._enrollments.group(match.group_id) if match.group_id else None
         device_id = self._enrollments.device_id_for(match.registration_id)
-        self._hub.provision(device_id, match.thumbprint, group.initial_twin if group else {})
+        allocation = operation.allocation
+        twin = allocation.initial_twin if allocation and allocation.initial_twin is not None else None
+        self._hub.provision(device_id, match.thumbprint, twin or (group.initial_twin if group else {}))
         registration = self._enrollments.record_assignment(
             match, device_id, operation.assigned_hub, operation_id
         )
+        state = registration.to_json()
+        if allocation is not None and allocation.payload is not None:
+            state["payload"] = allocation.payload  # the webhook's data for the device
         log.info("DPS %s assigned to %s (%s, %s)", match.registration_id, operation.assigned_hub,
                  match.group_id or "individual enrollment", registration.substatus)  # fmt: skip
         operation.result = {"operationId": operation_id, "status": "assigned",
-                            "registrationState": registration.to_json()}  # fmt: skip
+                            "registrationState": state}  # fmt: skip
         return operation.result
 
     @staticmethod
@@ -171,6 +192,24 @@ class Dps:
                 "errorMessage": "enrollment is disabled",
             },
         }
+
+    @staticmethod
+    def _failed(operation_id: str, match: Match, error: CloudError) -> dict[str, Any]:
+        """A registration the custom allocation webhook refused: status "failed" (the SDK reports it)."""
+        return {
+            "operationId": operation_id,
+            "status": "failed",
+            "registrationState": {
+                "registrationId": match.registration_id,
+                "status": "failed",
+                "errorCode": error.error_code,
+                "errorMessage": error.message,
+            },
+        }
+
+    def connect_refusal(self, device_id: str, chain: list[Any]) -> str | None:
+        """The identity rules again at hub CONNECT (the handler asks before the hub's thumbprint check)."""
+        return self._enrollments.connect_refusal(device_id, chain)
 
     def _expire_operations(self) -> None:
         cutoff = time.monotonic() - OPERATION_TTL

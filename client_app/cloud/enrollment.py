@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,11 +24,13 @@ from cryptography.x509.verification import (
     Store as TrustStore,
 )
 
+from client_app.cloud.allocation import ALLOCATION_POLICIES, CustomAllocation
 from client_app.cloud.certificates import CertificateStore
 from client_app.cloud.errors import CloudError, bad_request, not_found
+from client_app.cloud.identity_policy import IdentityPolicy, client_auth_refusal, identity_refusal
 from client_app.cloud.limits import check_initial_twin
 from client_app.cloud.store import Store, dumps, utc_now
-from client_app.pki import PkiError, sha256_thumbprint, validate_registration_id
+from client_app.pki import PkiError, key_id, sha256_thumbprint, validate_registration_id
 
 log = logging.getLogger("client_app.cloud.enrollment")
 
@@ -41,6 +43,39 @@ def _status(enabled: bool) -> str:
 
 
 @dataclass(frozen=True)
+class GroupOptions:
+    """Azure's allocationPolicy / customAllocationDefinition, and our identityPolicy (issue 13)."""
+
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)
+    allocation_policy: str = "hashed"
+    custom_allocation: CustomAllocation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "allocationPolicy": self.allocation_policy,
+            "identityPolicy": self.identity.to_json(),
+        }
+        if self.custom_allocation is not None:
+            body["customAllocationDefinition"] = self.custom_allocation.to_json()
+        return body
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> GroupOptions:
+        """From a group body's fields (absent = default); validates as DPS does at PUT."""
+        policy = raw.get("allocationPolicy") or "hashed"
+        if policy not in ALLOCATION_POLICIES:
+            raise bad_request(f"allocationPolicy must be one of {', '.join(ALLOCATION_POLICIES)}", 400001)
+        definition = raw.get("customAllocationDefinition")
+        if policy == "custom" and definition is None:
+            raise bad_request('allocationPolicy "custom" needs a customAllocationDefinition', 400001)
+        return cls(
+            IdentityPolicy.from_json(raw.get("identityPolicy")),
+            policy,
+            CustomAllocation.from_json(definition) if definition is not None else None,
+        )
+
+
+@dataclass(frozen=True)
 class EnrollmentGroup:
     group_id: str
     ca_name: str
@@ -49,9 +84,11 @@ class EnrollmentGroup:
     etag: str
     created: str
     updated: str
+    options: GroupOptions = field(default_factory=GroupOptions)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **self.options.to_json(),
             "enrollmentGroupId": self.group_id,
             "attestation": {"type": "x509", "x509": {"caReferences": {"primary": self.ca_name}}},
             "provisioningStatus": _status(self.enabled),
@@ -159,16 +196,21 @@ class Enrollments:
     # ---- enrollment groups -----------------------------------------------------------------------
     @staticmethod
     def _group(row: sqlite3.Row) -> EnrollmentGroup:
+        options = GroupOptions.from_json(json.loads(row["options"])) if row["options"] else GroupOptions()
         return EnrollmentGroup(
             row["group_id"], row["ca_name"], bool(row["enabled"]), json.loads(row["initial_twin"]),
-            row["etag"], row["created"], row["updated"],
+            row["etag"], row["created"], row["updated"], options,
         )  # fmt: skip
 
+    _GROUPS = (
+        "SELECT g.*, o.options FROM enrollment_groups g LEFT JOIN enrollment_group_options o USING (group_id)"
+    )
+
     def groups(self) -> list[EnrollmentGroup]:
-        return [self._group(r) for r in self._store.all("SELECT * FROM enrollment_groups ORDER BY group_id")]
+        return [self._group(r) for r in self._store.all(f"{self._GROUPS} ORDER BY g.group_id")]
 
     def group(self, group_id: str) -> EnrollmentGroup:
-        row = self._store.one("SELECT * FROM enrollment_groups WHERE group_id=?", (group_id,))
+        row = self._store.one(f"{self._GROUPS} WHERE g.group_id=?", (group_id,))
         if row is None:
             raise not_found("enrollment group", group_id, 404201)
         return self._group(row)
@@ -181,6 +223,7 @@ class Enrollments:
         enabled: bool = True,
         initial_twin: dict[str, Any] | None = None,
         if_match: str | None = None,
+        options: GroupOptions | None = None,
         create_only: bool = False,
     ) -> EnrollmentGroup:
         """Create or replace a group; with `create_only` an existing ID is refused (replacing is explicit)."""
@@ -212,26 +255,38 @@ class Enrollments:
         twin = initial_twin if initial_twin is not None else {}
         check_initial_twin(twin)
         now = utc_now()
-        self._store.execute(
-            "INSERT OR REPLACE INTO enrollment_groups VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                existing["group_id"] if existing else group_id, ca_name, int(enabled), dumps(twin),
-                secrets.token_hex(8), existing["created"] if existing else now, now,
-            ),
-        )  # fmt: skip
+        stored_id = existing["group_id"] if existing else group_id
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO enrollment_groups VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stored_id, ca_name, int(enabled), dumps(twin),
+                    secrets.token_hex(8), existing["created"] if existing else now, now,
+                ),
+            )  # fmt: skip
+            db.execute(
+                "INSERT OR REPLACE INTO enrollment_group_options VALUES (?, ?)",
+                (stored_id, dumps((options or GroupOptions()).to_json())),
+            )
         log.info("enrollment group %s -> CA %s (%s)", group_id, ca_name, _status(enabled))
         return self.group(group_id)
 
     def set_group_enabled(self, group_id: str, enabled: bool) -> EnrollmentGroup:
         current = self.group(group_id)
         return self.put_group(
-            current.group_id, current.ca_name, enabled=enabled, initial_twin=current.initial_twin
+            current.group_id,
+            current.ca_name,
+            enabled=enabled,
+            initial_twin=current.initial_twin,
+            options=current.options,
         )
 
     def delete_group(self, group_id: str) -> None:
         self.group(group_id)
         # Registration records and hub devices stay, as in DPS.
-        self._store.execute("DELETE FROM enrollment_groups WHERE group_id=?", (group_id,))
+        with self._store.transaction() as db:
+            db.execute("DELETE FROM enrollment_groups WHERE group_id=?", (group_id,))
+            db.execute("DELETE FROM enrollment_group_options WHERE group_id=?", (group_id,))
 
     # ---- individual enrollments ------------------------------------------------------------------
     @staticmethod
@@ -297,7 +352,10 @@ class Enrollments:
     def delete_registration(self, registration_id: str) -> None:
         if self.registration(registration_id) is None:
             raise not_found("registration", registration_id, 404202)
-        self._store.execute("DELETE FROM registrations WHERE registration_id=?", (registration_id,))
+        # Forgetting the record forgets the pinned key too: the operator's way to let an ID re-key.
+        with self._store.transaction() as db:
+            db.execute("DELETE FROM registrations WHERE registration_id=?", (registration_id,))
+            db.execute("DELETE FROM registration_keys WHERE registration_id=?", (registration_id,))
 
     def device_id_for(self, registration_id: str) -> str:
         """Registration IDs are case-insensitive, hub device IDs are not: a device that registers again with
@@ -324,9 +382,68 @@ class Enrollments:
                 previous.created if previous else now, now,
             ),
         )  # fmt: skip
+        self._store.execute(
+            "INSERT OR REPLACE INTO registration_keys VALUES (?, ?)",
+            (match.registration_id, key_id(match.leaf.public_key())),
+        )
         registration = self.registration(match.registration_id)
         assert registration is not None
         return registration
+
+    # ---- identity checks (issue 13) -------------------------------------------------------------
+    def pinned_key(self, registration_id: str, leaf: x509.Certificate) -> str | None:
+        """key_id the registration ID registered with last (None: never registered, or unknown). A record
+        from before keys were pinned knows only its leaf's thumbprint: the same leaf means the same key."""
+        row = self._store.one(
+            "SELECT key_id FROM registration_keys WHERE registration_id=?", (registration_id,)
+        )
+        if row is not None:
+            return str(row["key_id"])
+        previous = self.registration(registration_id)
+        if previous is not None and previous.thumbprint == sha256_thumbprint(leaf):
+            return key_id(leaf.public_key())
+        return None
+
+    def _policy(self, group_id: str | None) -> IdentityPolicy:
+        if group_id is None:
+            return IdentityPolicy()  # individual enrollments: key pinning only
+        try:
+            return self.group(group_id).options.identity
+        except CloudError:
+            return IdentityPolicy()  # group deleted since: key pinning only
+
+    def check_identity(self, match: Match) -> None:
+        """At DPS registration: raise 401002 unless this leaf may act as the registration ID."""
+        refusal = identity_refusal(
+            self._policy(match.group_id),
+            match.registration_id,
+            match.leaf,
+            self.pinned_key(match.registration_id, match.leaf),
+        )
+        if refusal is not None:
+            raise unauthorized(refusal)
+
+    def connect_refusal(self, device_id: str, chain: list[x509.Certificate]) -> str | None:
+        """At hub CONNECT: the same rules for the device's registration (None = no objection)."""
+        if not chain:
+            return None  # the hub's thumbprint check refuses it
+        refusal = client_auth_refusal(chain[0])
+        if refusal is not None:
+            return refusal
+        # A group's device ID is its registration ID (first spelling, device_id_for): look up by the key.
+        row = self._store.one(
+            "SELECT registration_id, group_id FROM registrations WHERE registration_id=? AND device_id=?",
+            (device_id, device_id),
+        )
+        if row is None:
+            return None  # a device the operator created directly: thumbprint auth only, as IoT Hub
+        registration_id = row["registration_id"]
+        return identity_refusal(
+            self._policy(row["group_id"]),
+            registration_id,
+            chain[0],
+            self.pinned_key(registration_id, chain[0]),
+        )
 
     # ---- attestation -----------------------------------------------------------------------------
     def attest(self, registration_id: str, chain: list[x509.Certificate]) -> Match:
@@ -339,6 +456,9 @@ class Enrollments:
             raise unauthorized(
                 f"registration ID '{registration_id}' does not match certificate CN '{common_name(leaf)}'"
             )
+        refusal = client_auth_refusal(leaf)
+        if refusal is not None:
+            raise unauthorized(refusal)
         path = self._verified_path(leaf, chain[1:])
         individual = self._store.one(
             "SELECT enabled FROM enrollments WHERE registration_id=?", (registration_id,)

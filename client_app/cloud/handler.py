@@ -10,6 +10,7 @@ from client_app.cloud.dps import Dps
 from client_app.cloud.hub import DeviceRefused, Hub, valid_device_id
 from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import ConnectDecision, RefusePublish
+from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
     from client_app.cloud.mqtt.server import MqttConnection
@@ -61,6 +62,9 @@ class CloudHandler:
             return ConnectDecision(2, False)
         if role.service == "dps":
             code, session = self.dps.authorize(conn, role.scope_or_host, role.identity), False
+        elif (refusal := self.dps.connect_refusal(role.identity, conn.peer_chain)) is not None:
+            log.warning("hub CONNECT %s refused: %s", role.identity, refusal)
+            code, session = 5, False  # as the hub answers any certificate it does not accept
         else:
             code, session = self.hub.authorize(conn, role.scope_or_host, role.identity)
         if code == 0:
@@ -69,8 +73,11 @@ class CloudHandler:
                 # DPS and IoT Hub are separate endpoints: a device may be registering while its hub
                 # connection is up. The transport keeps one connection per client id, read from
                 # conn.client_id once authorize returns, so DPS gets its own namespace ('/' is never
-                # part of a valid device id).
-                conn.client_id = f"$dps/{conn.client_id}"
+                # part of a valid device id). The leaf's thumbprint is part of the key: DPS accepts any
+                # CONNECT and judges the certificate at register, so another certificate claiming the same
+                # registration ID must not replace (disconnect) the device's own DPS connection (issue 13).
+                thumbprint = sha256_thumbprint(conn.peer_chain[0]) if conn.peer_chain else ""
+                conn.client_id = f"$dps/{conn.client_id}/{thumbprint}"
             if role.service == "hub":
                 self.hub.connected(conn, role.identity)
         return ConnectDecision(code, session)

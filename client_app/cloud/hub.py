@@ -38,7 +38,10 @@ MAX_C2D_QUEUE = 50
 MAX_TOPIC = 0xFFFF  # MQTT's limit on a topic name, in bytes
 DEFAULT_C2D_TTL = 3600.0
 MAX_METHOD_PAYLOAD = 128 * 1024
+FEEDBACK_ACKS = (None, "none", "positive", "negative", "full")
 DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
+_CONSUMER_GROUP = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$")
+DEFAULT_CONSUMER_GROUP = "$Default"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
 SYSTEM_KEYS = {
@@ -103,6 +106,7 @@ class Hub:
         self._method_ids = itertools.count(1)
         self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_feedback: list[Callable[[], None]] = []  # new C2D feedback records (the AMQP endpoint)
 
     # ---- registry --------------------------------------------------------------------------------
     def _device_json(self, row: sqlite3.Row, queued: int | None = None) -> dict[str, Any]:
@@ -358,10 +362,76 @@ class Hub:
             )
         return [_telemetry_json(r) for r in rows]
 
+    # ---- Event Hubs-compatible consumer groups ---------------------------------------------------
+    def consumer_groups(self) -> list[dict[str, Any]]:
+        rows = self._store.all("SELECT name, created FROM consumer_groups ORDER BY name")
+        return [{"name": DEFAULT_CONSUMER_GROUP, "created": None}] + [
+            {"name": r["name"], "created": r["created"]} for r in rows
+        ]
+
+    def add_consumer_group(self, name: str) -> dict[str, Any]:
+        """Idempotent, as ARM's PUT of `eventHubEndpoints/events/ConsumerGroups/{name}` (Event Hubs' naming
+        rules: 1-50 letters, digits, '.', '-', '_', starting and ending with a letter or digit)."""
+        if not _CONSUMER_GROUP.match(name) or name.lower() == DEFAULT_CONSUMER_GROUP.lower():
+            raise bad_request(f"invalid consumer group name {name!r}")
+        self._store.execute("INSERT OR IGNORE INTO consumer_groups VALUES (?, ?)", (name, utc_now()))
+        return next(g for g in self.consumer_groups() if g["name"].lower() == name.lower())
+
+    def delete_consumer_group(self, name: str) -> None:
+        if name.lower() == DEFAULT_CONSUMER_GROUP.lower():
+            raise bad_request("the $Default consumer group cannot be deleted")
+        if not self._store.execute("DELETE FROM consumer_groups WHERE name=?", (name,)).rowcount:
+            raise not_found("consumer group", name)
+
     # ---- cloud-to-device -------------------------------------------------------------------------
     def _queue_depth(self, device_id: str) -> int:
-        self._store.execute("DELETE FROM c2d WHERE device_id=? AND expiry<?", (device_id, time.time()))
+        self.expire_c2d(device_id)
         return int(self._store.one("SELECT COUNT(*) FROM c2d WHERE device_id=?", (device_id,))[0])
+
+    def expire_c2d(self, device_id: str | None = None) -> None:
+        """Drop expired C2D messages, of one device or of all (the cloud sweeps every few seconds, so that
+        `Expired` feedback does not wait until someone looks at the device's queue)."""
+        where, params = (
+            ("device_id=? AND expiry<?", (device_id, time.time()))
+            if device_id
+            else ("expiry<?", (time.time(),))
+        )
+        with self._store.transaction() as db:
+            for row in db.execute(f"SELECT * FROM c2d WHERE {where}", params).fetchall():
+                self._feedback(db, row, "Expired")
+            db.execute(f"DELETE FROM c2d WHERE {where}", params)
+
+    @staticmethod
+    def _loop_call_soon(callback: Callable[[], None]) -> None:
+        """After the current transaction: readers on other connections see the row only once it commits."""
+        asyncio.get_running_loop().call_soon(callback)
+
+    def _feedback(self, db: sqlite3.Connection, row: sqlite3.Row, status: str) -> None:
+        """A feedback record (IoT Hub's shape, Azure docs "Message feedback") when the message's ack asks
+        for this outcome: positive → Success, negative → Expired (and the other failures), full → both."""
+        ack = parse_bag(row["properties"]).get("iothub-ack")
+        if ack not in ("full", "positive" if status == "Success" else "negative"):
+            return
+        generation = db.execute("SELECT generation_id FROM devices WHERE device_id=?", (row["device_id"],))
+        generation_row = generation.fetchone()
+        record = {
+            "originalMessageId": row["message_id"],
+            "description": status,
+            "statusCode": status,
+            "deviceGenerationId": generation_row["generation_id"] if generation_row else "",
+            "deviceId": row["device_id"],
+            "enqueuedTimeUtc": utc_now(),
+        }
+        db.execute("INSERT INTO c2d_feedback(record) VALUES (?)", (dumps(record),))
+        self._loop_call_soon(self._feedback_committed)
+
+    def _feedback_committed(self) -> None:
+        for callback in self.on_feedback:
+            callback()
+
+    def delete_feedback(self, ids: list[int]) -> None:
+        """Feedback records the service has completed (accepted on the feedback link)."""
+        self._store.executemany("DELETE FROM c2d_feedback WHERE id=?", [(i,) for i in ids])
 
     def send_c2d(
         self,
@@ -374,15 +444,25 @@ class Hub:
         message_id: str | None = None,
         correlation_id: str | None = None,
         ttl_seconds: float | None = None,
+        ack: str | None = None,
+        expiry_utc: str | None = None,
     ) -> dict[str, Any]:
+        """Queue a C2D message. `ack` (none/positive/negative/full, IoT Hub's `iothub-ack`) asks for feedback;
+        `expiry_utc` is the absolute expiry as the sender set it, passed to the device as `$.exp`."""
         self._row(device_id)
         ttl = DEFAULT_C2D_TTL if ttl_seconds is None else ttl_seconds
         if not 0 < ttl <= 2 * 86400:
             raise bad_request("ttlSeconds must be in (0, 172800]")
+        if ack not in FEEDBACK_ACKS:
+            raise bad_request(f"iothub-ack must be one of {', '.join(FEEDBACK_ACKS[1:])}", 400004)
         message_id = message_id or str(uuid.uuid4())
         system = {"$.mid": message_id, "$.to": f"/devices/{device_id}/messages/deviceBound"}
         if correlation_id:
             system["$.cid"] = correlation_id
+        if expiry_utc:
+            system["$.exp"] = expiry_utc
+        if ack and ack != "none":
+            system["iothub-ack"] = ack
         if content_type:
             system["$.ct"] = content_type
         if content_encoding:
@@ -447,7 +527,9 @@ class Hub:
                         "C2D %s to %s not acknowledged (%r); stays queued", row["message_id"], device_id, exc
                     )
                     return
-                self._store.execute("DELETE FROM c2d WHERE seq=?", (row["seq"],))
+                with self._store.transaction() as db:
+                    db.execute("DELETE FROM c2d WHERE seq=?", (row["seq"],))
+                    self._feedback(db, row, "Success")
                 log.info("C2D %s delivered to %s", row["message_id"], device_id)
 
     # ---- twins -----------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 CONNECTION_FILE = "connection.json"
-SECRET_FIELDS = frozenset({"api_token", "iothub_connection_string", "dps_connection_string"})
+SECRET_FIELDS = frozenset(
+    {"api_token", "iothub_connection_string", "dps_connection_string"}
+    | {"eventhub_compatible_connection_string"}  # carries the service policy's key
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class ConnectionInfo:
     service_host: str | None = None
     iothub_connection_string: str | None = None
     dps_connection_string: str | None = None
+    amqp_host: str | None = None  # AMQP service endpoint: amqps on amqp_port (5671), plain AMQP on 5672
+    amqp_port: int | None = None
+    # Event Hubs-compatible endpoint (Endpoint=sb://...;EntityPath=...); trust server_ca_pem for its TLS
+    eventhub_compatible_connection_string: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,9 +72,11 @@ def new_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _sign(key_b64: str, encoded_resource: str, expiry: str) -> str:
+def _sign(key_b64: str, encoded_resource: str, expiry: str, *, raw_key: bool = False) -> str:
+    """IoT Hub signs with the base64-decoded key; Service Bus and Event Hubs clients (`raw_key`) with the key
+    text's UTF-8 bytes (azure-eventhub `_pyamqp/utils.generate_sas_token`, @azure/core-amqp)."""
     try:
-        key = base64.b64decode(key_b64, validate=True)
+        key = key_b64.encode() if raw_key else base64.b64decode(key_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SasError("The shared access key is not valid base64.") from exc
     digest = hmac.new(key, f"{encoded_resource}\n{expiry}".encode(), hashlib.sha256).digest()
@@ -123,6 +125,8 @@ def verify_token(
     audience: str,
     right: str,
     now: float | None = None,
+    *,
+    event_hubs_keys: bool = False,
 ) -> AccessPolicy:
     """The policy that grants `right` on `audience` through `token`; raises SasError otherwise.
 
@@ -133,9 +137,13 @@ def verify_token(
         raise SasError("The SharedAccessSignature names no known shared access policy.")
     policy = policies[parsed.key_name]
     presented = parsed.signature.encode()  # bytes: compare_digest raises on non-ASCII str
+    styles = (False, True) if event_hubs_keys else (False,)  # also the Event Hubs signing (the AMQP endpoint)
     if not any(
-        hmac.compare_digest(_sign(key, parsed.encoded_resource, parsed.expiry).encode(), presented)
+        hmac.compare_digest(
+            _sign(key, parsed.encoded_resource, parsed.expiry, raw_key=raw).encode(), presented
+        )
         for key in (policy.primary_key, policy.secondary_key)
+        for raw in styles
     ):
         raise SasError("The SharedAccessSignature signature is not valid.")
     if int(parsed.expiry) <= (time.time() if now is None else now):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client_app.cloud.amqp.service import AMQPS_PORT, AmqpService, AmqpTls, pick_loopback_host
 from client_app.cloud.api import BodyLimit, create_app
 from client_app.cloud.arm_api import add_arm_routes
 from client_app.cloud.certificates import CertificateStore
@@ -30,7 +31,7 @@ from client_app.cloud.mqtt.tls import add_trusted, server_context
 from client_app.cloud.policies import load_policies
 from client_app.cloud.sas import DPS_POLICIES, HUB_POLICIES, AccessPolicy, connection_string
 from client_app.cloud.service_api import ServiceAuth, create_service_app, error_response
-from client_app.cloud.store import Store, TelemetryWriter
+from client_app.cloud.store import Store, TelemetryWriter, utc_now
 from client_app.hosts import is_ip_address
 from client_app.pki import (
     CertificateAuthority,
@@ -64,10 +65,14 @@ class CloudSettings:
     # HTTPS service API (IoT Hub + DPS REST, SAS). None: a free 127.x address on 443, where Azure's SDKs dial
     # (Node keeps no port from a host name); without the privilege for 443, 127.0.0.1 and a free port.
     service_listen: tuple[str, int] | None = None
+    amqp: bool = True  # the AMQP service endpoint (C2D, feedback, Event Hubs-compatible telemetry)
+    # its loopback address (ports 5671/5672); None = the service API's when free there, kept across restarts
+    amqp_host: str | None = None
+    partitions: int = 4  # Event Hubs-compatible partitions; fixed once telemetry is stored
 
     def __post_init__(self) -> None:
         service = [self.service_listen[0]] if self.service_listen else []
-        for host in (self.bind_host, *self.direct_hosts, *service):
+        for host in (self.bind_host, *self.direct_hosts, *service, self.amqp_host or "localhost"):
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
         # DPS answers assignedHub = the listener's address and devices dial it at 8883 (443 over WebSockets):
@@ -139,6 +144,7 @@ class LocalCloud:
         self._service_sock: socket.socket | None = None
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
+        self._amqp: AmqpService | None = None
         self.hub: Hub | None = None
         self.hub_policies: dict[str, AccessPolicy] = {}
         self.dps_policies: dict[str, AccessPolicy] = {}
@@ -153,8 +159,11 @@ class LocalCloud:
         store = self._store = Store(self.data_dir / "cloud.db")
         id_scope = store.meta("id_scope") or _new_id_scope(store)
         # The service API's address is chosen before the server certificate is issued, which names it.
-        service_sock = self._service_sock = _service_socket(s.service_listen)
-        identity = self._server_identity(store, service_sock.getsockname()[0])
+        # Before the certificate: its IPs. The AMQP endpoint shares the service API's address where it can, so
+        # one connection string serves REST and AMQP; that address is kept for the next start.
+        service_sock = self._service_sock = _service_socket(s.service_listen, store.meta("amqp_host"))
+        amqp_host = self._amqp_host(store, service_sock.getsockname()[0])
+        identity = self._server_identity(store, service_sock.getsockname()[0], amqp_host)
         certificates = CertificateStore(store)
         context = server_context(
             identity.chain_pem, identity.key_pem, _all_pem(certificates), identity.passphrase
@@ -162,7 +171,7 @@ class LocalCloud:
         certificates.on_change = lambda: add_trusted(
             context, _all_pem(certificates)
         )  # new CAs: next handshake
-        self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention)
+        self._telemetry = TelemetryWriter(store, keep=s.telemetry_retention, partitions=_partitions(store, s))
         self._telemetry.start()
         hub = self.hub = Hub(store, self._telemetry, {s.hub_name, *s.direct_hosts})
         enrollments = Enrollments(store, certificates)
@@ -177,6 +186,8 @@ class LocalCloud:
         token = _api_token(self.data_dir)
         api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
         service_host = await self._start_service(store, identity, certificates, enrollments, token)
+        if amqp_host is not None:
+            self._start_amqp(store, identity, amqp_host)
         self.info = ConnectionInfo(
             id_scope=id_scope,
             # Through the proxy devices dial names; over the direct listener they dial its address.
@@ -195,6 +206,9 @@ class LocalCloud:
             dps_connection_string=connection_string(
                 service_host, self.dps_policies["provisioningserviceowner"]
             ),
+            amqp_host=amqp_host,
+            amqp_port=AMQPS_PORT if amqp_host else None,
+            eventhub_compatible_connection_string=self._eventhub_connection_string(amqp_host),
         )
         atomic_write(
             self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
@@ -220,11 +234,47 @@ class LocalCloud:
         await self._service.start()
         return host
 
-    def _server_identity(self, store: Store, service_ip: str) -> _ServerIdentity:
+    def _amqp_host(self, store: Store, service_ip: str) -> str | None:
+        """The AMQP endpoint's loopback address: configured, else the service API's (one connection string
+        for both) while 5671/5672 are free there, else the one used last time, else a new one."""
+        if not self.settings.amqp:
+            return None
+        shared = service_ip if service_ip != "127.0.0.1" else store.meta("amqp_host")
+        host = self.settings.amqp_host or pick_loopback_host(shared)
+        if host is None:  # the MQTT side runs anyway: AMQP is for backends, devices never need it
+            log.warning("AMQP endpoint off: no loopback address with ports 5671 and 5672 free")
+            return None
+        store.set_meta("amqp_host", host)
+        return host
+
+    def _start_amqp(self, store: Store, identity: _ServerIdentity, host: str) -> None:
+        s = self.settings
+        assert self.hub is not None and self._telemetry is not None
+        created = store.meta("hub_created") or utc_now()
+        store.set_meta("hub_created", created)
+        self._amqp = AmqpService(
+            hub=self.hub, db_path=store.path, policies=lambda: self.hub_policies, hosts={host, s.hub_name},
+            hub_name=s.hub_name, entity=eventhub_entity(s.hub_name), partitions=self._telemetry.partitions,
+            created=created,
+        )  # fmt: skip
+        self._telemetry.on_commit.append(self._amqp.endpoint.telemetry_committed)
+        self.hub.on_feedback.append(self._amqp.endpoint.feedback_added)
+        self._amqp.start(self._loop, host, AmqpTls(identity.chain_pem, identity.key_pem, identity.passphrase))
+        self._expiry_task = asyncio.create_task(_sweep_expired_c2d(self.hub), name="c2d-expiry")
+
+    def _eventhub_connection_string(self, host: str | None) -> str | None:
+        """What Azure's portal shows under "Built-in endpoints" (here with the `service` policy)."""
+        if host is None:
+            return None
+        policy = self.hub_policies["service"]
+        return (f"Endpoint=sb://{host}/;SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key};"
+                f"EntityPath={eventhub_entity(self.settings.hub_name)}")  # fmt: skip
+
+    def _server_identity(self, store: Store, service_ip: str, amqp_host: str | None) -> _ServerIdentity:
         """The TLS identity, its SANs covering both service names and every address devices may dial."""
         s = self.settings
         identity = _ServerIdentity(store, self.data_dir)
-        hosts = (s.bind_host, *s.direct_hosts, service_ip)
+        hosts = (s.bind_host, *s.direct_hosts, service_ip, amqp_host)
         identity.issue(
             [s.dps_name, s.hub_name, "localhost"],
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
@@ -264,6 +314,9 @@ class LocalCloud:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)
         if self._mqtt is not None:
             await self._mqtt.close()
+        if self._amqp is not None:
+            self._expiry_task.cancel()
+            self._amqp.stop()  # not to_thread: at interpreter exit (the demo) no executor takes new work
         for http in (self._api, self._service):
             if http is not None:
                 await http.stop()
@@ -282,15 +335,40 @@ def _all_pem(certificates: CertificateStore) -> bytes:
     return certificates.all_pem().encode()
 
 
-def _service_socket(listen: tuple[str, int] | None) -> socket.socket:
-    """The service API's socket: as configured, or a free loopback address on 443 (see CloudSettings)."""
+async def _sweep_expired_c2d(hub: Hub, interval: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            hub.expire_c2d()
+        except Exception:  # a busy or failing store is logged; the next sweep tries again
+            log.exception("C2D expiry sweep failed")
+
+
+def eventhub_entity(hub_name: str) -> str:
+    """The Event Hubs-compatible name: the hub's name, i.e. the first label of its host name."""
+    return hub_name.split(".", 1)[0]
+
+
+def _partitions(store: Store, settings: CloudSettings) -> int:
+    """Partition count: kept in the store; the setting applies while no telemetry is stored."""
+    kept = int(store.meta("partition_count") or settings.partitions)
+    if kept != settings.partitions and store.one("SELECT 1 FROM telemetry LIMIT 1") is None:
+        kept = settings.partitions
+    store.set_meta("partition_count", str(kept))
+    return kept
+
+
+def _service_socket(listen: tuple[str, int] | None, preferred: str | None = None) -> socket.socket:
+    """The service API's socket: as configured, or a free loopback address on 443 (see CloudSettings), the
+    `preferred` one (last start's) first."""
     if listen is not None:
         try:
             return listening_socket(*listen)
         except OSError as exc:
             raise OSError(f"service API: cannot listen on {listen[0]}:{listen[1]} ({exc.strerror})") from exc
-    for _ in range(64):
+    for attempt in range(64):
         host = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(253) + 2}"
+        host = preferred if attempt == 0 and preferred and preferred != "127.0.0.1" else host
         try:
             return listening_socket(host, 443)
         except PermissionError:

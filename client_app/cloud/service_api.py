@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from client_app.cloud.enrollment import Enrollments
+from client_app.cloud.enrollment import Enrollments, GroupOptions
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub import Hub
 from client_app.cloud.sas import AccessPolicy, SasError, verify_token
@@ -385,6 +385,9 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
             initial_twin=_initial_twin(initial_twin),
             if_match=_if_match(request, body),
             create_only=_if_match(request, body) is None,
+            options=GroupOptions.from_json(
+                body
+            ),  # allocationPolicy, customAllocationDefinition, identityPolicy
         ).to_json()
 
     @app.delete("/enrollmentGroups/{group_id}", status_code=204)

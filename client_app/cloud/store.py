@@ -7,14 +7,16 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DEFAULT_PARTITIONS = 4  # Event Hubs-compatible endpoint partitions; IoT Hub's default is 4
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE secrets(name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE certificates(
@@ -53,6 +55,46 @@ CREATE TABLE telemetry(
 CREATE INDEX telemetry_device ON telemetry(device_id, seq);
 """
 
+# Added after version 1 without a version bump (IF NOT EXISTS, created on every open): issue 13's group
+# options (identity policy, allocation) and the key each registration ID first registered with.
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS enrollment_group_options(
+    group_id TEXT PRIMARY KEY COLLATE NOCASE, options TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS registration_keys(
+    registration_id TEXT PRIMARY KEY COLLATE NOCASE, key_id TEXT NOT NULL);
+"""
+
+
+def partition_of(device_id: str, partitions: int) -> int:
+    """The Event Hubs partition of a device's telemetry: a stable hash of the device id, as IoT Hub keeps
+    one device's messages in one partition (CRC-32 is our choice; Azure's hash is not published)."""
+    return zlib.crc32(device_id.encode()) % partitions
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Telemetry rows get their Event Hubs partition and per-partition sequence number (numbered in stored
+    order); the offset of a row is its global `seq`, which grows within each partition too."""
+    row = db.execute("SELECT value FROM meta WHERE key='partition_count'").fetchone()
+    partitions = int(row[0]) if row else DEFAULT_PARTITIONS
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('partition_count', ?)", (str(partitions),))
+    db.create_function("partition_of", 1, lambda device_id: partition_of(device_id, partitions))
+    for statement in (  # one by one: executescript would commit the migration's transaction
+        "ALTER TABLE telemetry ADD COLUMN partition INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE telemetry ADD COLUMN sequence_number INTEGER NOT NULL DEFAULT 0",
+        "UPDATE telemetry SET partition = partition_of(device_id)",
+        "WITH numbered AS ("
+        " SELECT seq, ROW_NUMBER() OVER (PARTITION BY partition ORDER BY seq) - 1 AS n FROM telemetry)"
+        " UPDATE telemetry SET sequence_number = numbered.n FROM numbered WHERE numbered.seq = telemetry.seq",
+        "CREATE UNIQUE INDEX telemetry_partition ON telemetry(partition, sequence_number)",
+        "CREATE TABLE consumer_groups(name TEXT PRIMARY KEY COLLATE NOCASE, created TEXT NOT NULL)",
+        "CREATE TABLE c2d_feedback(id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL)",
+    ):
+        db.execute(statement)
+
+
+# Schema steps: _MIGRATIONS[v] takes a database at version v to v + 1 (inside one transaction).
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+
 
 def utc_now() -> str:
     """ISO 8601 UTC with a Z, the shape Azure's service APIs use."""
@@ -79,17 +121,30 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._db.executescript(_ADDED_TABLES)
 
     def _migrate(self) -> None:
+        """A new database gets version 1's schema, then every database runs the steps up to SCHEMA_VERSION,
+        so a migrated database and a new one are the same."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version != 0:
+        if version > SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path}: schema version {version} is not supported (expected {SCHEMA_VERSION})"
+                f"{self.path}: schema version {version} is newer than this program's ({SCHEMA_VERSION})"
             )
         with self._lock:  # executescript manages its own transaction
-            self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            if version == 0:
+                self._db.executescript(f"BEGIN;{_SCHEMA_V1}PRAGMA user_version=1;COMMIT;")
+                version = 1
+            while version < SCHEMA_VERSION:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    _MIGRATIONS[version](self._db)
+                    self._db.execute(f"PRAGMA user_version={version + 1}")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                version += 1
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -149,23 +204,44 @@ class TelemetryWriter:
 
     `add` returns only once the row is committed, so the PUBACK that follows means "stored". With `keep`,
     the same transaction drops what is older than the newest `keep` messages: a cloud that runs for weeks
-    (the demo's is reused) must not fill the disk.
+    (the demo's is reused) must not fill the disk. Each row gets its Event Hubs partition and the next
+    sequence number of that partition; the next numbers are kept in `meta` too, so pruning a partition empty
+    never hands out a number twice. `on_commit` callbacks run after each committed batch (the AMQP endpoint
+    wakes its readers).
     """
 
     _INSERT = (
-        "INSERT INTO telemetry(device_id, received, body, system_properties, properties)"
-        " VALUES (?, ?, ?, ?, ?)"
+        "INSERT INTO telemetry(device_id, received, body, system_properties, properties, partition,"
+        " sequence_number) VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
 
     _PRUNE = "DELETE FROM telemetry WHERE seq <= last_insert_rowid() - ?"  # seq: the primary key, no scan
+    _NEXT_KEY = "telemetry_next_sequence"
 
-    def __init__(self, store: Store, max_batch: int = 2000, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_batch: int = 2000,
+        keep: int | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._keep = keep
+        self.partitions = partitions
+        self._next = self._load_next()
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.on_commit: list[Callable[[], None]] = []
+
+    def _load_next(self) -> list[int]:
+        saved = json.loads(self._store.meta(self._NEXT_KEY) or "{}")
+        rows = self._store.all(
+            "SELECT partition, MAX(sequence_number) + 1 AS n FROM telemetry GROUP BY partition"
+        )
+        stored = {row["partition"]: row["n"] for row in rows}
+        return [max(saved.get(str(p), 0), stored.get(p, 0)) for p in range(self.partitions)]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="telemetry-writer")
@@ -188,12 +264,22 @@ class TelemetryWriter:
                 self._commit(batch)
 
     def _commit(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
+        numbered, next_before = [], list(self._next)
+        for row, _ in batch:
+            partition = partition_of(row[0], self.partitions)
+            numbered.append((*row, partition, self._next[partition]))
+            self._next[partition] += 1
         try:
             with self._store.transaction() as db:
-                db.executemany(self._INSERT, [row for row, _ in batch])
+                db.executemany(self._INSERT, numbered)
                 if self._keep:
                     db.execute(self._PRUNE, (self._keep,))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    (self._NEXT_KEY, dumps({str(p): n for p, n in enumerate(self._next)})),
+                )
         except Exception as exc:  # the publishers see the failure; nothing is PUBACKed
+            self._next = next_before
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -201,6 +287,8 @@ class TelemetryWriter:
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+        for callback in self.on_commit:
+            callback()
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,18 +1,27 @@
-"""Configuration: command line > environment (CLIENT_APP_*) > config.toml > defaults."""
+"""Configuration: command line > demo > environment (CLIENT_APP_*) > config.toml > defaults.
+
+ConfigStore is the one owner: it reads and merges the layers, validates, and saves the user's settings
+to the file it read (config.toml, or the --config FILE), then merges again with the same precedence.
+A proxy password never goes to the file: it is kept in the OS keyring, like the device key.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import tomllib
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from client_app.device import paths
+from client_app.hosts import is_ip_address
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROVISIONING_HOST = "global.azure-devices-provisioning.net"
 CONFIG_FILE_NAME = "config.toml"
@@ -80,6 +89,9 @@ class DeviceConfig:
     leaf_days: int = 365
     backoff_cap: float = 300.0  # seconds; longest wait between retries
     keep_alive: int = 60
+    # The desktop app's own settings (the device core ignores them).
+    do_not_disturb: bool = False  # no "new message" notifications
+    start_at_login: bool = False  # off by default: the user opts in
 
     @property
     def issuer_bundle_path(self) -> Path:
@@ -104,6 +116,15 @@ class DeviceConfig:
         return dataclasses.replace(self, **_typed(read_local_cloud(self.local_cloud)))
 
 
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
 # name -> (type converter, help); the same names serve TOML keys, CLIENT_APP_<NAME> and --<name>.
 _OPTIONS: dict[str, tuple[Any, str]] = {
     "provisioning_host": (str, f"DPS host name (default {DEFAULT_PROVISIONING_HOST})"),
@@ -116,6 +137,8 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "leaf_days": (int, "validity of the device certificate in days (default 365)"),
     "backoff_cap": (float, "longest wait between retries in seconds (default 300)"),
     "keep_alive": (int, "MQTT keep-alive in seconds (default 60)"),
+    "do_not_disturb": (parse_bool, "no notifications for new messages: true/false (default false)"),
+    "start_at_login": (parse_bool, "start the app when you log in: true/false (default false)"),
 }
 _CLI_ALIASES = {"server_ca_pem": "--server-ca"}
 _LOCATION_OPTIONS = ("data_dir", "log_dir")  # command line / environment only
@@ -193,11 +216,14 @@ def _typed(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _locations(args: argparse.Namespace | None, environ: Mapping[str, str]) -> tuple[Path | None, Path, Path]:
+def _locations(
+    args: argparse.Namespace | None, environ: Mapping[str, str], layer: Mapping[str, Any] | None = None
+) -> tuple[Path | None, Path, Path]:
     """(data dir or None for the platform default, log dir, config dir): they decide where config.toml is."""
     env = {k: environ.get(ENV_PREFIX + k.upper()) for k in _LOCATION_OPTIONS}
     cli = {k: getattr(args, k, None) for k in _LOCATION_OPTIONS} if args else {}
-    locations = {**_layer(env, "environment"), **{k: v for k, v in cli.items() if v}}
+    demo = {k: v for k, v in (layer or {}).items() if k in _LOCATION_OPTIONS and v}
+    locations = {**_layer(env, "environment"), **demo, **{k: v for k, v in cli.items() if v}}
     data_dir = Path(locations["data_dir"]).expanduser() if "data_dir" in locations else None
     config_dir = data_dir / "config" if data_dir else paths.default_config_dir()
     log_dir = (
@@ -208,41 +234,251 @@ def _locations(args: argparse.Namespace | None, environ: Mapping[str, str]) -> t
     return data_dir, log_dir, config_dir
 
 
-def log_dir_of(args: argparse.Namespace | None, environ: Mapping[str, str]) -> Path:
+def log_dir_of(
+    args: argparse.Namespace | None, environ: Mapping[str, str], layer: Mapping[str, Any] | None = None
+) -> Path:
     """Where the log goes, known before the rest of the configuration is read (so its errors are logged)."""
-    return _locations(args, environ)[1]
+    return _locations(args, environ, layer)[1]
 
 
-def load_config(args: argparse.Namespace | None, environ: Mapping[str, str]) -> DeviceConfig:
-    cli = {k: v for k, v in vars(args).items() if k in _OPTIONS} if args else {}
-    env = {name: environ.get(ENV_PREFIX + name.upper()) for name in _OPTIONS}
-    env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
-    data_dir, log_dir, config_dir = _locations(args, environ)
-    config_file = Path(
-        getattr(args, "config_file", None)
-        or environ.get(ENV_PREFIX + "CONFIG")
-        or config_dir / CONFIG_FILE_NAME
-    )
-    merged: dict[str, Any] = {}
-    merged.update(_layer(_read_toml(config_file), str(config_file)))
-    merged.update(_layer(env, "environment"))
-    merged.update(_layer(cli, "command line"))
-    typed = _typed(merged)
-    config = DeviceConfig(
-        **typed, data_dir=data_dir or paths.default_data_dir(), log_dir=log_dir, config_dir=config_dir
-    )
-    if not 0 < config.renew_fraction < 1:
-        raise ConfigError("renew_fraction must be between 0 and 1")
-    if config.leaf_days < 1 or config.backoff_cap <= 0 or not 5 <= config.keep_alive <= 1740:
-        raise ConfigError("leaf_days must be ≥ 1, backoff_cap > 0 and keep_alive within 5..1740")
-    return config
+def load_config(
+    args: argparse.Namespace | None, environ: Mapping[str, str], layer: Mapping[str, Any] | None = None
+) -> DeviceConfig:
+    return ConfigStore(args, environ, layer).load()
+
+
+# The settings a person edits in the app (the Settings dialog); the rest are for installers and support.
+USER_SETTINGS = ("provisioning_host", "id_scope", "proxy", "do_not_disturb", "start_at_login")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+_ID_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{2,63}$")
+
+
+def clean_host(text: str) -> str:
+    """What people paste: 'https://dps.example.com/' or 'dps.example.com:443' -> 'dps.example.com'."""
+    host = text.strip()
+    if "://" in host:
+        host = urlsplit(host).hostname or ""
+    else:
+        host = host.split("/", 1)[0]
+        if host.count(":") == 1:  # host:port (an IPv6 address has more colons)
+            host = host.partition(":")[0]
+    return host.strip().rstrip(".")
+
+
+def validate_settings(values: Mapping[str, str]) -> dict[str, str]:  # the text settings
+    """Setting name -> problem in plain words, for the values a person typed; empty when all is fine."""
+    problems: dict[str, str] = {}
+    if "provisioning_host" in values:
+        host = clean_host(values["provisioning_host"])
+        if not host:
+            problems["provisioning_host"] = (
+                "Enter the provisioning endpoint, e.g. global.azure-devices-provisioning.net."
+            )
+        elif not ((_HOST.match(host) and len(host) <= 253) or is_ip_address(host)):
+            problems["provisioning_host"] = (
+                "The provisioning endpoint must be a host name such as dps.example.com."
+            )
+    if "id_scope" in values:
+        scope = values["id_scope"].strip()
+        if not scope:
+            problems["id_scope"] = "Enter the ID scope of your provisioning service (e.g. 0ne00ABC123)."
+        elif not _ID_SCOPE.match(scope):
+            problems["id_scope"] = "The ID scope is letters and digits only, like 0ne00ABC123."
+    proxy = values.get("proxy", "").strip()
+    if proxy:
+        try:
+            ProxySetting.parse(proxy)
+        except ConfigError:
+            problems["proxy"] = (
+                "Write the proxy as http://host:port or socks5://host:port (or leave it empty)."
+            )
+    return problems
+
+
+def proxy_text(proxy: ProxySetting | None, *, with_password: bool = True) -> str:
+    """The proxy as a URL a person can edit (the password included only where asked)."""
+    if proxy is None:
+        return ""
+    if not proxy.username:
+        return str(proxy)
+    secret = f":{quote(proxy.password, safe='')}" if proxy.password and with_password else ""
+    return f"{proxy.scheme}://{quote(proxy.username, safe='')}{secret}@{proxy.host}:{proxy.port}"
+
+
+class ConfigStore:
+    """Loads, validates and saves the configuration; the only place that reads or writes config.toml.
+
+    `layer` is what `--demo` contributes (its data dir, local cloud and issuer bundle): above the
+    environment, below the command line."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace | None,
+        environ: Mapping[str, str],
+        layer: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._cli = {k: v for k, v in vars(args).items() if k in _OPTIONS} if args else {}
+        env = {name: environ.get(ENV_PREFIX + name.upper()) for name in _OPTIONS}
+        env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
+        self._env = env
+        self._demo = {k: v for k, v in (layer or {}).items() if k in _OPTIONS}
+        self._data_dir, self._log_dir, self._config_dir = _locations(args, environ, layer)
+        self.path = Path(
+            getattr(args, "config_file", None)
+            or environ.get(ENV_PREFIX + "CONFIG")
+            or self._config_dir / CONFIG_FILE_NAME
+        )
+
+    def load(self) -> DeviceConfig:
+        merged: dict[str, Any] = {}
+        for values, where in self._layers():
+            merged.update(_layer(values, where))
+        config = DeviceConfig(
+            **_typed(merged),
+            data_dir=self._data_dir or paths.default_data_dir(),
+            log_dir=self._log_dir,
+            config_dir=self._config_dir,
+        )
+        if not 0 < config.renew_fraction < 1:
+            raise ConfigError("renew_fraction must be between 0 and 1")
+        if config.leaf_days < 1 or config.backoff_cap <= 0 or not 5 <= config.keep_alive <= 1740:
+            raise ConfigError("leaf_days must be ≥ 1, backoff_cap > 0 and keep_alive within 5..1740")
+        return config
+
+    def _layers(self) -> list[tuple[Mapping[str, Any], str]]:
+        return [
+            (self._file_values(), str(self.path)),
+            (self._env, "environment"),
+            (self._demo, "demo"),
+            (self._cli, "command line"),
+        ]
+
+    def _file_values(self) -> dict[str, Any]:
+        values = _read_toml(self.path)
+        proxy = values.get("proxy")
+        if isinstance(proxy, str) and proxy.strip():
+            parsed = _try_proxy(proxy)
+            if parsed is not None and parsed.username and not parsed.password:
+                password = _proxy_password(parsed)
+                if password:
+                    values["proxy"] = dataclasses.replace(parsed, password=password)
+        return values
+
+    def owned_elsewhere(self) -> dict[str, str]:
+        """User settings whose value comes from above the file -> where from (the dialog shows them
+        read-only; saving them would change nothing)."""
+        owners: dict[str, str] = {}
+        for values, where in self._layers()[1:]:
+            present = _layer(values, where)
+            for name in USER_SETTINGS:
+                if name in present:
+                    owners[name] = "the local cloud" if "local_cloud" in present else f"the {where}"
+        return owners
+
+    def save(self, values: Mapping[str, str | bool]) -> DeviceConfig:
+        """Validate, write the user settings to the file this store read, and load again (same precedence).
+
+        Settings owned by a higher layer are left as they are in the file. Raises ConfigError with the
+        problems in plain words, or OSError when the file cannot be written."""
+        owned = self.owned_elsewhere()
+        editable = {k: v for k, v in values.items() if k in USER_SETTINGS and k not in owned}
+        problems = validate_settings({k: v for k, v in editable.items() if isinstance(v, str)})
+        if problems:
+            raise ConfigError(" ".join(problems.values()))
+        try:
+            existing = _read_toml(self.path)
+        except ConfigError:
+            existing = {}  # unreadable: rewritten with what the user just entered
+        for name, raw in editable.items():
+            if isinstance(raw, bool):
+                existing[name] = raw
+                continue
+            value = clean_host(raw) if name == "provisioning_host" else raw.strip()
+            if name == "proxy" and value:
+                proxy = ProxySetting.parse(value)
+                if proxy.password:
+                    _store_proxy_password(proxy)
+                value = proxy_text(proxy, with_password=False)
+            if value:
+                existing[name] = value
+            else:
+                existing.pop(name, None)
+        write_private(self.path, dump_toml(existing).encode())
+        return self.load()
+
+
+def _try_proxy(text: str) -> ProxySetting | None:
+    try:
+        return ProxySetting.parse(text)
+    except ConfigError:
+        return None
+
+
+def _proxy_key(proxy: ProxySetting) -> str:
+    return proxy_text(proxy, with_password=False)
+
+
+def _proxy_password(proxy: ProxySetting) -> str | None:
+    from client_app.device import secrets
+
+    try:
+        return secrets.load_secret(secrets.proxy_entry(_proxy_key(proxy)))
+    except secrets.KeyringUnavailable as exc:
+        # The app still starts; the proxy then refuses it, which the status shows and the log explains.
+        log.warning("the proxy password is in the system keyring, which is not available: %s", exc)
+        return None
+
+
+def _store_proxy_password(proxy: ProxySetting) -> None:
+    from client_app.device import secrets
+
+    try:
+        secrets.store_secret(secrets.proxy_entry(_proxy_key(proxy)), proxy.password or "")
+    except secrets.KeyringUnavailable as exc:
+        # No silent fallback to the plain file: the user is told and nothing is written.
+        raise ConfigError(f"the proxy password could not be kept in the system keyring: {exc}") from exc
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # A JSON string is a valid TOML basic string (same escapes, \uXXXX included).
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def dump_toml(values: Mapping[str, Any]) -> str:
+    """Enough TOML for a flat settings file plus one level of tables."""
+    lines = ["# client-app settings (edited by the app's Settings dialog)"]
+    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if key not in tables]
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomic write readable by this user only (0600 in a 0700 directory), with the app's one helper."""
+    from client_app.pki import atomic_write  # cryptography: not on the way to the window
+
+    paths.private_dir(path.parent)
+    atomic_write(path, data, 0o600)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        handle = path.open("rb")
     except FileNotFoundError:
-        return {}
+        return {}  # the usual case: nothing saved yet, and no TOML parser to import on the way to the window
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc
+    import tomllib
+
+    try:
+        with handle:
+            return tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc

@@ -27,22 +27,15 @@ from client_app.pki import (
     generate_key,
     load_issuer_bundle,
     private_key_to_pem,
+    self_certifying_id,
     sha1_thumbprint,
     sha256_thumbprint,
-    validate_registration_id,
 )
 from client_app.pki.keys import same_public_key
-
-REGISTRATION_PREFIX = "ca-"
 
 
 class IdentityError(Exception):
     """The identity cannot be created or used; message is one plain line."""
-
-
-def new_registration_id() -> str:
-    """DPS-valid, lower-case, unique per install."""
-    return validate_registration_id(REGISTRATION_PREFIX + secrets.token_hex(10))
 
 
 @dataclass(frozen=True)
@@ -110,9 +103,22 @@ def create_identity(
     days: int,
     registration_id: str | None = None,
 ) -> Identity:
-    """New key + leaf; reuses registration_id on renewal so DPS keeps the same registration record."""
+    """New key + leaf. The registration ID is derived from the key (pki.self_certifying_id): only this
+    install can present it (docs/pki.md, "Identity takeover"). `registration_id` is for tests only."""
     key = generate_key()
-    return issue_leaf(issuer, registration_id or new_registration_id(), key, days)
+    return issue_leaf(issuer, registration_id or new_registration_id(key), key, days)
+
+
+def new_registration_id(key: PrivateKey) -> str:
+    """An install's registration ID, derived from its key: only this install can present it."""
+    return self_certifying_id(key.public_key())
+
+
+def renew_identity(issuer: CertificateAuthority, identity: Identity, days: int) -> Identity:
+    """New leaf for the same key, so a self-certifying ID (and the key DPS pinned) survives renewal. An
+    old-style ID ("ca-<hex>", from before self-certifying IDs) moves to its key's self-certifying ID here:
+    the install registers as a new device, which no other install can claim."""
+    return issue_leaf(issuer, new_registration_id(identity.key), identity.key, days)
 
 
 def match_chain(chain: tuple[x509.Certificate, ...], registration_id: str, key: PrivateKey) -> Identity:

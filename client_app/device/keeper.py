@@ -108,7 +108,7 @@ class IdentityKeeper:
             self._step(step, StepOutcome.DONE)
             step = FirstRunStep.CERTIFICATE
             self._step(step, StepOutcome.RUNNING)
-            identity = ids.issue_leaf(issuer, ids.new_registration_id(), key, self._config.leaf_days)
+            identity = ids.issue_leaf(issuer, ids.new_registration_id(key), key, self._config.leaf_days)
         except ids.IdentityError as exc:
             self._step(step, StepOutcome.FAILED, str(exc))
             raise
@@ -176,7 +176,7 @@ class IdentityKeeper:
             return identity
         log.info("renewing the device certificate: %s", reason)
         try:
-            renewed = ids.create_identity(self._issuer_ca(), self._config.leaf_days, identity.registration_id)
+            renewed = ids.renew_identity(self._issuer_ca(), identity, self._config.leaf_days)  # same key
             self._keys.store(renewed.registration_id, renewed.key)
         except (ids.IdentityError, KeyringUnavailable) as exc:
             # A locked keyring or a bad bundle must not take a working device offline: the old key and
@@ -187,8 +187,17 @@ class IdentityKeeper:
                 return identity
             raise
         self._files.write_chain(renewed.chain_pem())
-        state = state.with_(certificate_issued_at=self._clock.now().isoformat(), assignment=None)
+        moved = renewed.registration_id != identity.registration_id  # an old-style ID became self-certifying
+        state = state.with_(
+            registration_id=renewed.registration_id,
+            previous_registration_id=identity.registration_id if moved else state.previous_registration_id,
+            certificate_issued_at=self._clock.now().isoformat(),
+            assignment=None,
+        )
         self._save(state)  # assignment dropped: re-provision with the new leaf
+        if moved:
+            self._keys.delete(identity.registration_id)  # the key lives on under the new ID
+            log.warning("%s", fork_notice(state))
         self._adopt(renewed, state)
         return renewed
 

@@ -17,6 +17,7 @@ from client_app.device.ports import Clock, Session
 from client_app.device.session import SessionError, SessionHandlers
 from client_app.device.store import OutboxMessage
 from client_app.device.twin import Twin, base_reported
+from client_app.pki import certificate_to_pem
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class LiveSession:
             "registration_id": identity.registration_id,
             "certificate_not_after": identity.not_after.isoformat(),
             "certificate_thumbprint": identity.thumbprint,
+            "certificate": certificate_to_pem(identity.leaf).decode(),  # for the backend's identity audit
             "issuer_thumbprint": identity.issuer_thumbprint,  # `client-app-cloud revoke-signer` queries it
             "connected_at": connected_at,
         }

@@ -11,6 +11,7 @@ from client_app.device import sdk
 from client_app.device.config import DeviceConfig
 from client_app.device.identity import Identity
 from client_app.device.state import Assignment, utcnow
+from client_app.pki.names import registration_payload
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def provision(
         )  # fmt: skip
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise ProvisioningFailed(f"cannot set up the provisioning client: {sdk.describe(exc)}") from exc
+    # The leaf travels in the registration payload for a custom allocation webhook (docs/pki.md).
+    client.provisioning_payload = registration_payload(identity.leaf)
     log.info("registering %s with %s (scope %s)", identity.registration_id, config.provisioning_host,
              config.id_scope)  # fmt: skip
     try:

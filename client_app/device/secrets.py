@@ -184,6 +184,21 @@ class KeyringStore:
             log.warning("could not delete the device key from the keyring: %s", exc)
 
 
+def proxy_entry(proxy: str) -> str:
+    """The keyring entry of a proxy's password, named by the proxy URL without it."""
+    return f"proxy-password/{proxy}"
+
+
+def store_secret(entry: str, value: str) -> None:
+    check_backend()
+    _call(keyring.set_password, SERVICE, entry, value)
+
+
+def load_secret(entry: str) -> str | None:
+    check_backend()
+    return _call(keyring.get_password, SERVICE, entry)
+
+
 def _delete_if_present(service: str, entry: str) -> None:
     with contextlib.suppress(keyring.errors.PasswordDeleteError):
         keyring.delete_password(service, entry)

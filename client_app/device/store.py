@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -232,6 +232,13 @@ class Inbox:
     def mark_read(self, row_id: int) -> None:
         with self._db.transaction() as conn:
             conn.execute("UPDATE inbox SET read=1 WHERE id=?", (row_id,))
+        self.on_change()
+
+    def set_read(self, row_ids: Sequence[int], read: bool = True) -> None:
+        """Mark several messages read or unread in one transaction (mark-all-read, a context menu)."""
+        with self._db.transaction() as conn:
+            rows = [(int(read), row_id) for row_id in row_ids]
+            conn.executemany("UPDATE inbox SET read=? WHERE id=?", rows)
         self.on_change()
 
     def unread_count(self) -> int:

@@ -7,37 +7,46 @@ signals. Widgets never see the runtime, and core threads never see a widget.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
-import logging.handlers
 import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
-from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
 
-from client_app.device.config import DeviceConfig
-from client_app.device.runtime import ConnectionState, DeviceRuntime, DeviceStatus
-from client_app.device.store import InboxMessage
-from client_app.gui import diagnostics
+from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
+from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.errors import ErrorReporter
 from client_app.gui.main_window import MainWindow
 from client_app.gui.notifications import MessageNotifier
 from client_app.gui.settings_dialog import SettingsDialog
 from client_app.gui.single_instance import SingleInstance, tell_user_already_running
+from client_app.gui.style import install_style
 from client_app.gui.support_panel import SupportPanel
 from client_app.gui.tray import StatusTray
+from client_app.logsetup import setup_logging
+
+if TYPE_CHECKING:  # the device core, the SDK and keyring are imported after the window is up
+    from client_app.device.runtime import DeviceRuntime
+    from client_app.device.store import InboxMessage
+    from client_app.gui import diagnostics
 
 log = logging.getLogger(__name__)
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
 INITIAL_INBOX_ROWS = 1000
 OUTBOX_ROWS = 200
+# Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
+# left behind after this long (the outbox and inbox are already on disk).
+QUIT_STOP_SECONDS = 3.0
+WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
 # Plain words for the commands the user can trigger.
 COMMANDS = {
@@ -46,12 +55,21 @@ COMMANDS = {
     "reconnect": "Reconnecting",
     "reset": "Resetting the identity",
     "restart": "Applying the new settings",
-    "mark_read": "Marking the message read",
+    "mark_read": "Marking messages read",
     "copy": "Copying diagnostics",
     "export": "Exporting diagnostics",
     "outbox": "Loading the sent messages",
     "start": "Starting the connection",
+    "demo_cloud": "Switching the demo's local cloud",
 }
+
+
+class CloudSwitch(Protocol):
+    """The demo's embedded local cloud (client_app.demo.CloudSwitch); the GUI never imports the demo."""
+
+    def running(self) -> bool: ...
+    def stop(self) -> None: ...
+    def start(self) -> None: ...
 
 
 class AppController(QObject):
@@ -60,9 +78,10 @@ class AppController(QObject):
     diagnosticsExported = Signal(str)  # path of the written zip
     _diagnosticsCopied = Signal(str)  # the summary text
     _outboxLoaded = Signal(list)
-    _runtimeReplaced = Signal(object)  # the new runtime's first DeviceStatus
-    _started = Signal(list, list, object)  # inbox history, sent messages, DeviceStatus
+    _runtimeReplaced = Signal(object, object)  # the new DeviceRuntime, its first DeviceStatus
+    _started = Signal(object, list, list, object)  # DeviceRuntime, inbox history, sent messages, DeviceStatus
     _startFailed = Signal(str)
+    _demoCloudSwitched = Signal(bool)  # running now?
 
     def __init__(
         self,
@@ -71,17 +90,26 @@ class AppController(QObject):
         *,
         tray: StatusTray | None = None,
         notify: bool = True,
+        store: ConfigStore | None = None,
+        cloud_switch: CloudSwitch | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.store = store  # where Settings are saved; None: the dialog is not offered
         self.window = window
         self.tray = tray
         self.bridge = RuntimeBridge(self)
         self.notifier = MessageNotifier(tray, window, self)
-        self.notifier.enabled = notify
+        self.notifier.enabled = notify and not config.do_not_disturb
+        self.notifier.openRequested.connect(self.open_message)
+        # Two references, one per thread: the GUI reads `runtime` (assigned only in GUI slots), the bridge's
+        # worker calls `_worker_runtime` (assigned only on the worker). A restart on the worker never swaps
+        # the object a GUI slot is reading, and a command queued during a restart runs on the new core.
         self.runtime: DeviceRuntime | None = None
+        self._worker_runtime: DeviceRuntime | None = None
         self.support_panel: SupportPanel | None = None
         self.settings_dialog: SettingsDialog | None = None
+        self.about_dialog: QDialog | None = None
         self.status: DeviceStatus | None = None
 
         self.bridge.statusChanged.connect(self.show_status)
@@ -100,23 +128,39 @@ class AppController(QObject):
         window.sendRequested.connect(self.send)
         window.retryRequested.connect(self.retry)
         window.reconnectRequested.connect(self.reconnect_now)
-        window.messageRead.connect(self._message_read)
+        window.readChanged.connect(self._read_changed)
         window.settingsRequested.connect(self.open_settings)
         window.detailsRequested.connect(self.open_support_panel)
         window.exportDiagnosticsRequested.connect(self.export_diagnostics)
         window.openLogsRequested.connect(self.open_log_folder)
+        window.aboutRequested.connect(self.open_about)
+        self.cloud_switch = cloud_switch
+        if cloud_switch is not None:
+            window.add_demo_menu(cloud_switch.running())
+            window.demoCloudToggleRequested.connect(self.toggle_demo_cloud)
+            self._demoCloudSwitched.connect(window.demo_cloud_switched, queued)
         if tray is not None:
             tray.showWindowRequested.connect(window.bring_forward)
             tray.reconnectRequested.connect(self.reconnect_now)
+            tray.detailsRequested.connect(self.open_support_panel)
+            tray.settingsRequested.connect(self._settings_from_tray)
+            tray.doNotDisturbChanged.connect(self.set_do_not_disturb)
+            tray.set_do_not_disturb(config.do_not_disturb)
+            window.inbox_box.unreadChanged.connect(tray.show_unread)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the core off the GUI thread: opening its database and files must not stall the window."""
+        if not self.config.layout.chain_file.exists():
+            self.window.begin_setup()  # the first run: its steps are worth showing
         self.bridge.run_command(COMMANDS["start"], self._start_core)
 
     def _start_core(self) -> None:  # bridge worker thread
         try:
+            preload_core_modules()  # after the window is up: the user sees it within a second
+            from client_app.device.runtime import DeviceRuntime
+
             runtime = DeviceRuntime(self.config, self.bridge)
             # Short SQLite reads; later arrivals come through the bridge (the model drops duplicates).
             history = runtime.inbox.list(INITIAL_INBOX_ROWS)
@@ -126,18 +170,20 @@ class AppController(QObject):
             log.exception("the device core could not start")
             self._startFailed.emit(f"The app could not start its connection: {exc}")
             return
-        self.runtime = runtime
+        self._worker_runtime = runtime
         # Read here: status() waits on the core's lock, which its threads hold around SQLite counts.
-        self._started.emit(history, sent, runtime.status())
+        self._started.emit(runtime, history, sent, runtime.status())
 
-    @Slot(list, list, object)
-    def _core_started(self, history: list, sent: list, status: DeviceStatus) -> None:
+    @Slot(object, list, list, object)
+    def _core_started(self, runtime: DeviceRuntime, history: list, sent: list, status: DeviceStatus) -> None:
+        self.runtime = runtime
         self.window.add_messages(history)
         self.window.set_outbox(sent)
         self.show_status(self._newest(status))
 
     @Slot(str)
     def _core_failed(self, message: str) -> None:
+        self.runtime = None
         self.show_status(
             DeviceStatus(state=ConnectionState.ERROR, message=message, log_dir=str(self.config.log_dir))
         )
@@ -151,8 +197,8 @@ class AppController(QObject):
 
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the core and wait for it; the window may already be gone."""
-        self.bridge.shutdown()
-        runtime, self.runtime = self.runtime, None
+        self.bridge.shutdown()  # the worker is idle from here on: its runtime is ours to stop
+        runtime, self._worker_runtime, self.runtime = self._worker_runtime, None, None
         if runtime is not None:
             runtime.stop(timeout)
             runtime.close()
@@ -181,11 +227,7 @@ class AppController(QObject):
 
     @Slot()
     def refresh_outbox(self) -> None:
-        runtime = self.runtime
-        if runtime is not None:
-            self.bridge.run_command(
-                COMMANDS["outbox"], lambda: self._outboxLoaded.emit(runtime.outbox.list(OUTBOX_ROWS))
-            )
+        self._on_worker("outbox", lambda runtime: self._outboxLoaded.emit(runtime.outbox.list(OUTBOX_ROWS)))
 
     @Slot(str, str)
     def _command_failed(self, what: str, why: str) -> None:
@@ -199,24 +241,33 @@ class AppController(QObject):
 
     # --- from the user ---------------------------------------------------------------------
 
+    def _on_worker(self, command: str, call: Callable[[DeviceRuntime], Any]) -> None:
+        """Run `call` on the bridge's worker with the runtime current *then* (not when queued)."""
+
+        def with_runtime() -> None:
+            runtime = self._worker_runtime
+            if runtime is None:
+                raise RuntimeError("the app's connection did not start")
+            call(runtime)
+
+        if self.runtime is not None:
+            self.bridge.run_command(COMMANDS[command], with_runtime)
+
     def _run(self, command: str, method: str, *args: Any) -> None:
-        runtime = self.runtime
-        if runtime is not None:
-            self.bridge.run_command(COMMANDS[command], getattr(runtime, method), *args)
+        self._on_worker(command, lambda runtime: getattr(runtime, method)(*args))
 
     @Slot(str, dict)
     def send(self, text: str, properties: dict[str, str]) -> None:
         # Persisted by the core before it returns; the outbox refresh shows it queued or delivered.
-        runtime = self.runtime
-        if runtime is None:
+        if self.runtime is None:
             self.window.show_send_error("The message was not kept: the app's connection did not start.")
             return
 
-        def send_and_refresh() -> None:
+        def send_and_refresh(runtime: DeviceRuntime) -> None:
             runtime.send(text, properties or None)
             self.bridge.outbox_changed()
 
-        self.bridge.run_command(COMMANDS["send"], send_and_refresh)
+        self._on_worker("send", send_and_refresh)
 
     @Slot()
     def retry(self) -> None:
@@ -232,14 +283,13 @@ class AppController(QObject):
 
     @Slot()
     def reset_identity(self) -> None:
-        self.window.first_run.reset()
+        self.window.begin_setup()
         self._run("reset", "reset_identity")
 
-    @Slot(object)
-    def _message_read(self, message: InboxMessage) -> None:
-        runtime = self.runtime
-        if runtime is not None:
-            self.bridge.run_command(COMMANDS["mark_read"], runtime.inbox.mark_read, message.id)
+    @Slot(list, bool)
+    def _read_changed(self, messages: list[InboxMessage], read: bool) -> None:
+        ids = [message.id for message in messages]
+        self._on_worker("mark_read", lambda runtime: runtime.inbox.set_read(ids, read))
 
     @Slot()
     def open_support_panel(self) -> None:
@@ -252,9 +302,53 @@ class AppController(QObject):
             self.support_panel = panel
         if self.status is not None:
             self.support_panel.show_status(self.status)
+        self.support_panel.show_facts(self.support_facts())
         self.support_panel.show()
         self.support_panel.raise_()
         self.support_panel.activateWindow()
+
+    @Slot(object)
+    def open_message(self, message: InboxMessage) -> None:
+        """A notification was clicked: the window comes forward on that message."""
+        self.window.bring_forward()
+        self.window.inbox_box.reveal(message)
+
+    @Slot()
+    def toggle_demo_cloud(self) -> None:
+        switch = self.cloud_switch
+        if switch is None:
+            return
+
+        def toggle() -> None:  # bridge worker: stopping joins the cloud's thread
+            if switch.running():
+                switch.stop()
+            else:
+                switch.start()
+            self._demoCloudSwitched.emit(switch.running())
+
+        self.bridge.run_command(COMMANDS["demo_cloud"], toggle)
+
+    @Slot(bool)
+    def set_do_not_disturb(self, on: bool) -> None:
+        self.notifier.enabled = not on
+        self.config = dataclasses.replace(self.config, do_not_disturb=on)
+        if self.store is not None:
+            try:
+                self.store.save({"do_not_disturb": on})  # a small local file write: kept for the next start
+            except (ConfigError, OSError) as exc:
+                self.window.statusBar().showMessage(f"Do not disturb is on until you quit ({exc}).", 15000)
+
+    def _apply_start_at_login(self, on: bool) -> None:
+        from client_app.gui.login_start import set_start_at_login
+
+        try:
+            set_start_at_login(on)
+        except OSError as exc:
+            self.window.statusBar().showMessage(f"Start at login could not be changed: {exc}", 15000)
+
+    def _settings_from_tray(self) -> None:
+        self.window.bring_forward()
+        self.open_settings()
 
     @Slot()
     def open_log_folder(self) -> None:
@@ -267,8 +361,11 @@ class AppController(QObject):
 
     @Slot()
     def open_settings(self) -> None:
+        if self.store is None:
+            self.window.statusBar().showMessage("Settings are not available in this window.", 15000)
+            return
         if self.settings_dialog is None:
-            dialog = SettingsDialog(self.config, self.window)
+            dialog = SettingsDialog(self.store, self.config, self.window)
             dialog.saved.connect(self.apply_config)
             dialog.finished.connect(lambda _result: self._settings_closed())
             self.settings_dialog = dialog
@@ -282,23 +379,58 @@ class AppController(QObject):
     @Slot(object)
     def apply_config(self, config: DeviceConfig) -> None:
         """Restart the core with new settings, off the GUI thread (stop() joins threads)."""
+        if config.start_at_login != self.config.start_at_login:
+            self._apply_start_at_login(config.start_at_login)
         self.config = config
-        old = self.runtime
 
-        def restart() -> None:
+        def restart() -> None:  # bridge worker thread
+            old, self._worker_runtime = self._worker_runtime, None
             if old is not None:
                 old.close()  # stops the core and closes its database
-                self.runtime = None  # if the new one fails, Retry starts afresh instead of using a closed one
-            self.runtime = DeviceRuntime(config, self.bridge)
-            self.runtime.start()
-            self._runtimeReplaced.emit(self.runtime.status())
+            try:
+                from client_app.device.runtime import DeviceRuntime
+
+                runtime = DeviceRuntime(config, self.bridge)
+                runtime.start()
+            except Exception as exc:  # Retry then starts afresh instead of using the closed core
+                log.exception("the device core could not restart")
+                self._startFailed.emit(f"The app could not start its connection: {exc}")
+                return
+            self._worker_runtime = runtime
+            self._runtimeReplaced.emit(runtime, runtime.status())
 
         self.bridge.run_command(COMMANDS["restart"], restart)
 
-    @Slot(object)
-    def _runtime_replaced(self, status: DeviceStatus) -> None:
+    @Slot(object, object)
+    def _runtime_replaced(self, runtime: DeviceRuntime, status: DeviceStatus) -> None:
+        self.runtime = runtime
         self.show_status(self._newest(status))
         self.refresh_outbox()
+
+    def support_facts(self) -> dict[str, str]:
+        """What a support call asks besides the connection: full, readable paths (the user's own screen)."""
+        import platform
+
+        from client_app.logsetup import app_version
+
+        config = self.config
+        return {
+            "App version": app_version(),
+            # Not platform.platform(): it runs `uname -p` in a subprocess, here on the GUI thread.
+            "Operating system": f"{platform.system()} {platform.release()} ({platform.machine()})",
+            "Proxy": str(config.proxy) if config.proxy else "none",
+            "Data folder": str(config.data_dir),
+            "Settings file": str(self.store.path) if self.store else str(config.config_dir),
+        }
+
+    @Slot()
+    def open_about(self) -> None:
+        from client_app.gui.about import AboutDialog
+
+        dialog = AboutDialog(self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.about_dialog = dialog
+        dialog.show()
 
     def app_facts(self) -> dict[str, Any]:
         from PySide6.QtWidgets import QSystemTrayIcon
@@ -318,8 +450,10 @@ class AppController(QObject):
         status = self.status
 
         def gather() -> None:
-            runtime = self.runtime
+            runtime = self._worker_runtime
             current = runtime.status() if runtime is not None else status
+            from client_app.gui import diagnostics
+
             use(diagnostics.collect(current, self.config, app_facts=facts, include_logs=include_logs))
 
         self.bridge.run_command(COMMANDS[command], gather)
@@ -339,10 +473,12 @@ class AppController(QObject):
     @Slot()
     def export_diagnostics(self, path: Path | None = None) -> None:
         if path is None:
+            from client_app.gui.diagnostics import default_zip_name
+
             chosen, _filter = QFileDialog.getSaveFileName(
                 self.window,
                 "Export diagnostics",
-                str(Path.home() / diagnostics.default_zip_name()),
+                str(Path.home() / default_zip_name()),
                 "Zip archives (*.zip)",
             )
             if not chosen:
@@ -363,26 +499,9 @@ class AppController(QObject):
         self.window.statusBar().showMessage(text, 15000)
 
 
-def _ensure_logging(config: DeviceConfig) -> None:
-    """The device core's entry point normally configures logging; this covers a direct call."""
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    try:
-        config.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.TimedRotatingFileHandler(
-            config.log_dir / "client-app.log", when="D", backupCount=5, encoding="utf-8"
-        )
-    except OSError:
-        return
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
 # Modules the device core imports lazily on its first connection (SDK pipelines, paho, keyring backends).
-# An import on a core thread holds the GIL for tens of milliseconds at a time, which the window feels as a
-# stall; importing them before the window is shown moves that cost to start-up.
+# They are imported once, up front, on the bridge's worker right after the window is shown: the window
+# appears without waiting for them, and the core's first connection does not pay for them either.
 _CORE_MODULES = (
     "azure.iot.device",
     "azure.iot.device.iothub.pipeline.mqtt_pipeline",
@@ -414,14 +533,14 @@ def preload_core_modules() -> None:
     gc.freeze()
 
 
-def _quit_on_signals(app: QApplication) -> Callable[[], None]:
+def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
     """Ctrl-C and SIGTERM quit cleanly (core stopped, embedded demo cloud stopped at exit).
 
     Python runs signal handlers only between bytecodes, so a timer wakes the interpreter. The quit is
     queued: a signal that arrives before app.exec() (slow cold start) must not be lost."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
-        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, app.quit))
+        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, quit_app))
     wake = QTimer(app)
     wake.timeout.connect(lambda: None)
     wake.start(300)
@@ -435,21 +554,23 @@ def _quit_on_signals(app: QApplication) -> Callable[[], None]:
     return restore
 
 
-def run_gui(config: DeviceConfig) -> int:
+def run_gui(
+    config: DeviceConfig, store: ConfigStore | None = None, cloud_switch: CloudSwitch | None = None
+) -> int:
     """Run the desktop app until the user quits; returns the process exit code."""
-    _ensure_logging(config)
+    setup_logging(config.log_dir)  # the entry point normally did it already; this covers a direct call
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
     app.setApplicationName("client-app")
-    app.setApplicationDisplayName("client-app")
+    # No display name: Qt appends it to every window title ("client-app (3 unread) — client-app").
     app.setDesktopFileName("client-app")
+    install_style(app)
 
     single = SingleInstance(config.data_dir)
     if not single.claim():
         tell_user_already_running()
         return 0
 
-    preload_core_modules()
     window = MainWindow()
     reporter = ErrorReporter(lambda: window, config.log_dir)
     reporter.install()
@@ -458,10 +579,18 @@ def run_gui(config: DeviceConfig) -> int:
         tray = StatusTray()
         tray.show()
         window.keep_running_in_tray = True
-        tray.quitRequested.connect(app.quit)
         app.setQuitOnLastWindowClosed(False)
+
+    def quit_app() -> None:
+        # Not app.quit(): since Qt 6 it first asks every window to close, and a window that hides to the
+        # tray refuses, so Quit would only hide it. exit() ends the loop whatever the windows say.
+        window.quitting = True
+        app.exit(0)
+
+    if tray is not None:
+        tray.quitRequested.connect(quit_app)
     # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
-    window.quitRequested.connect(app.quit)
+    window.quitRequested.connect(quit_app)
     hint_shown = False
 
     def hidden_to_tray() -> None:
@@ -473,10 +602,12 @@ def run_gui(config: DeviceConfig) -> int:
             )
 
     window.hiddenToTray.connect(hidden_to_tray)
-    controller = AppController(config, window, tray=tray)
+    controller = AppController(config, window, tray=tray, store=store, cloud_switch=cloud_switch)
     single.activateRequested.connect(window.bring_forward)
+    state_file = config.config_dir / WINDOW_STATE_FILE
+    window.place(state_file)
     window.show()
-    restore_signals = _quit_on_signals(app)
+    restore_signals = _quit_on_signals(app, quit_app)
     code = 1
     try:
         # Start the core once the window is on screen: first-run steps then show as they happen.
@@ -486,8 +617,9 @@ def run_gui(config: DeviceConfig) -> int:
         log.exception("the app failed")
         QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
     finally:
+        window.remember_place(state_file)
         window.hide()
-        controller.shutdown()
+        controller.shutdown(timeout=QUIT_STOP_SECONDS)
         single.release()
         if tray is not None:
             tray.dispose()

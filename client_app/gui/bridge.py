@@ -12,12 +12,14 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from client_app.device.runtime import DeviceStatus, FirstRunStep, StepOutcome
-from client_app.device.store import InboxMessage
+from client_app.device.status import DeviceStatus, FirstRunStep, StepOutcome
+
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +28,14 @@ class RuntimeBridge(QObject):
     """Implements RuntimeListener. Public signals are emitted on the GUI thread only."""
 
     statusChanged = Signal(object)  # the newest DeviceStatus
-    stepChanged = Signal(str, str, str)  # FirstRunStep value, "running"|"done"|"failed", detail
+    stepChanged = Signal(object, object, str)  # FirstRunStep, StepOutcome (the enums themselves), detail
     messagesArrived = Signal(list)  # list[InboxMessage], oldest first
     outboxChanged = Signal()
     commandFailed = Signal(str, str)  # what was tried, why it failed (plain words)
 
     # Posted from core threads; queued to the bridge's own thread.
     _statusPosted = Signal()
-    _stepPosted = Signal(str, str, str)
+    _stepPosted = Signal(object, object, str)
     _messagesPosted = Signal()
     _outboxPosted = Signal()
     _failurePosted = Signal(str, str)
@@ -66,7 +68,7 @@ class RuntimeBridge(QObject):
 
     def step_changed(self, step: FirstRunStep, outcome: StepOutcome, detail: str) -> None:
         # Few and each one matters for the first-run list: never coalesced.
-        self._stepPosted.emit(str(FirstRunStep(step).value), str(outcome), detail or "")
+        self._stepPosted.emit(FirstRunStep(step), StepOutcome(outcome), detail or "")
 
     def message_received(self, message: InboxMessage) -> None:
         with self._lock:

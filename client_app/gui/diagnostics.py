@@ -24,7 +24,7 @@ from typing import Any
 
 from client_app.cloud.info import SECRET_FIELDS, read_connection_json
 from client_app.device.config import DeviceConfig
-from client_app.device.runtime import DeviceStatus
+from client_app.device.status import DeviceStatus
 from client_app.pki import atomic_write
 
 # DeviceStatus fields that go in (its to_json_dict promises no secret; this is belt and braces).
@@ -37,6 +37,7 @@ STATUS_FIELDS = (
 CONFIG_FIELDS = (
     "provisioning_host", "id_scope", "proxy", "server_ca_pem", "issuer_bundle", "local_cloud",
     "renew_fraction", "leaf_days", "backoff_cap", "keep_alive", "data_dir", "log_dir", "config_dir",
+    "do_not_disturb", "start_at_login",
 )  # fmt: skip
 VERSION_PACKAGES = (
     "client-app", "PySide6-Essentials", "shiboken6", "azure-iot-device", "paho-mqtt", "cryptography",
@@ -61,6 +62,9 @@ _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)[^\s/@:]+(?::[^
 # Long runs of base64/base64url/hex: keys, tokens, passphrases. Upper-case hex is kept (thumbprints).
 _LONG_TOKEN = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/_-]{32,}={0,2}(?![\w+/=-])")
 _UPPER_HEX = re.compile(r"^[0-9A-F]+$")
+# A folder or file name as people write them: lower case (a capital first), digits, dots, dashes. Random
+# key material of this length mixes cases within a segment, so it never passes for a path.
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9]?[a-z0-9._-]*$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -78,8 +82,8 @@ def redact(text: str, *, secrets: Iterable[str] = (), keep: Iterable[str] = ()) 
 
     def token(match: re.Match[str]) -> str:
         value = match.group(0)
-        if value in kept or _UPPER_HEX.match(value) or _UUID.match(value):
-            return value  # public identifiers, message ids and thumbprints stay readable
+        if value in kept or _UPPER_HEX.match(value) or _UUID.match(value) or _looks_like_path(value):
+            return value  # public identifiers, message ids, thumbprints and folders stay readable
         return "[token removed]"
 
     text = _LONG_TOKEN.sub(token, text)
@@ -88,6 +92,11 @@ def redact(text: str, *, secrets: Iterable[str] = (), keep: Iterable[str] = ()) 
         if len(path) > 1:
             text = text.replace(path, "~")
     return text
+
+
+def _looks_like_path(value: str) -> bool:
+    segments = value.strip("/").split("/")
+    return len(segments) > 1 and all(len(seg) < 32 and _PATH_SEGMENT.match(seg) for seg in segments)
 
 
 def _plain(value: Any) -> Any:

@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.runtime import FirstRunStep
-from client_app.gui.status_text import STEP_LABELS, TONE_COLOURS, Tone
+from client_app.device.status import FirstRunStep
+from client_app.gui.status_text import STEP_LABELS, TONE_COLOURS, Tone, step_detail
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -118,7 +118,7 @@ class FirstRunPanel(QGroupBox):
     def all_done(self) -> bool:
         return all(o == DONE for o in self._outcomes.values())
 
-    def step_changed(self, step_value: str, outcome: str, detail: str) -> None:
+    def step_changed(self, step_value: FirstRunStep | str, outcome: str, detail: str) -> None:
         try:
             step = FirstRunStep(step_value)
         except ValueError:
@@ -129,11 +129,15 @@ class FirstRunPanel(QGroupBox):
             for later in steps[steps.index(step) + 1 :]:
                 self._set(later, PENDING, "")
             self.failure_box.hide()
-        self._set(step, outcome if outcome in _MARKS else FAILED, detail)
+        outcome = outcome if outcome in _MARKS else FAILED
+        shown = step_detail(step, outcome, detail)
+        self._set(step, outcome, shown)
         if outcome == FAILED:
-            # The core words its failures for end users; the advice covers a bare failure.
-            self.failure_text.setText(f"{STEP_LABELS[step]} did not work.\n{detail or FAILURE_ADVICE[step]}")
+            # The core words most failures for end users; the advice covers a bare or technical one.
+            self.failure_text.setText(f"{STEP_LABELS[step]} did not work.\n{shown or FAILURE_ADVICE[step]}")
             self.retry_button.setEnabled(True)
+            # Only the provisioning settings can fix a refused registration; elsewhere the button misleads.
+            self.settings_button.setVisible(step is FirstRunStep.REGISTER)
             self.failure_box.show()
 
     def show_general_failure(self, text: str) -> None:
@@ -141,6 +145,7 @@ class FirstRunPanel(QGroupBox):
         if self.failed_step() is None:
             self.failure_text.setText(text)
             self.retry_button.setEnabled(True)
+            self.settings_button.hide()
             self.failure_box.show()
 
     def _set(self, step: FirstRunStep, outcome: str, detail: str) -> None:

@@ -7,42 +7,46 @@ emits signals for what the user asks. The AppController (app.py) connects the tw
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QItemSelection, QModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtCore import QByteArray, QModelIndex, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
     QDialogButtonBox,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QTableView,
     QVBoxLayout,
     QWidget,
 )
 
-from client_app.device.runtime import ConnectionState, DeviceStatus
-from client_app.device.store import InboxMessage, OutboxMessage
+from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep
 from client_app.gui.first_run import FirstRunPanel
 from client_app.gui.icons import status_icon
+from client_app.gui.inbox_panel import InboxPanel
 from client_app.gui.models import InboxModel, OutboxModel, format_properties
 from client_app.gui.status_banner import StatusBanner
-from client_app.gui.status_text import describe
+from client_app.gui.status_text import describe, send_hint
 
-# States in which the device is still being set up: the first-run list is worth showing.
-_SETUP_STATES = {
-    ConnectionState.NOT_PROVISIONED,
-    ConnectionState.CREATING_IDENTITY,
-    ConnectionState.PROVISIONING,
-}
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage, OutboxMessage
+
 MAX_MESSAGE_CHARS = 4096
+DEFAULT_SIZE = (860, 620)
+GEOMETRY_KEY = "main_window/geometry"
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -64,6 +68,8 @@ def _table(model, stretch_column: int) -> QTableView:
     view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     view.setAlternatingRowColors(True)
     view.setWordWrap(False)
+    # Tab moves between widgets (not from cell to cell); the arrow keys move inside the table.
+    view.setTabKeyNavigation(False)
     view.verticalHeader().hide()
     # Fixed row heights: the view never measures rows, which keeps big inboxes cheap.
     view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
@@ -73,6 +79,16 @@ def _table(model, stretch_column: int) -> QTableView:
     header.setSectionResizeMode(stretch_column, QHeaderView.ResizeMode.Stretch)
     header.setHighlightSections(False)
     return view
+
+
+class _MinimumSizeLayout(QVBoxLayout):
+    """The window's content in a scroll area that scrolls only below the content's minimum size.
+
+    Word-wrapped labels make a layout "height for width", and QScrollArea then scrolls below the preferred
+    height: a scroll bar on a window with room to spare."""
+
+    def hasHeightForWidth(self) -> bool:
+        return False
 
 
 class MessageDialog(QDialog):
@@ -107,11 +123,13 @@ class MainWindow(QMainWindow):
     sendRequested = Signal(str, dict)  # text, properties
     retryRequested = Signal()
     reconnectRequested = Signal()
-    messageRead = Signal(object)  # InboxMessage the user has now seen
+    readChanged = Signal(list, bool)  # list[InboxMessage] the user marked read (True) or unread
     settingsRequested = Signal()
     detailsRequested = Signal()
     exportDiagnosticsRequested = Signal()
     openLogsRequested = Signal()
+    aboutRequested = Signal()
+    demoCloudToggleRequested = Signal()
     quitRequested = Signal()
     hiddenToTray = Signal()
 
@@ -119,10 +137,12 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setWindowTitle("client-app")
-        self.resize(860, 620)
+        self.resize(*DEFAULT_SIZE)
         # Set by the app from QSystemTrayIcon.isSystemTrayAvailable(): without a tray, closing
         # must quit, never hide the only window for good.
         self.keep_running_in_tray = False
+        self.setting_up = False  # first run: the steps are shown (begin_setup)
+        self.quitting = False  # set by the app on Quit: closing then really closes
         self._status: DeviceStatus | None = None
 
         self.banner = StatusBanner()
@@ -141,21 +161,16 @@ class MainWindow(QMainWindow):
         self.inbox_model = InboxModel(parent=self)
         self.inbox_view = _table(self.inbox_model, InboxModel.TEXT)
         self.inbox_view.setObjectName("inboxView")
+        self.inbox_view.setToolTip("Double-click a message (or press Enter) to read all of it.")
+        self.inbox_view.setAccessibleName("Messages from the cloud")
+        self.inbox_box = InboxPanel(self.inbox_view, self.inbox_model)
         self.inbox_view.setColumnWidth(InboxModel.UNREAD, 24)
         self.inbox_view.setColumnWidth(InboxModel.TIME, 90)
         self.inbox_view.setColumnWidth(InboxModel.PROPERTIES, 180)
-        self.inbox_view.selectionModel().selectionChanged.connect(self._inbox_selection_changed)
-        self.inbox_view.doubleClicked.connect(self.show_message_details)
-        self.inbox_view.setToolTip("Double-click a message to read all of it.")
-        self.inbox_view.setAccessibleName("Messages from the cloud")
+        self.inbox_box.readChanged.connect(self.readChanged)
+        self.inbox_box.openRequested.connect(self._show_message)
+        self.inbox_box.unreadChanged.connect(self._update_title)
         self.message_dialog: MessageDialog | None = None
-        self.inbox_empty = QLabel("No messages from the cloud yet.")
-        self.inbox_empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.inbox_empty.setStyleSheet("color: palette(placeholder-text);")
-        self.inbox_box = QGroupBox("Messages from the cloud")
-        inbox_layout = QVBoxLayout(self.inbox_box)
-        inbox_layout.addWidget(self.inbox_empty)
-        inbox_layout.addWidget(self.inbox_view)
 
         # Send box + sent messages
         self.message_edit = QLineEdit()
@@ -179,7 +194,9 @@ class MainWindow(QMainWindow):
         self.outbox_view = _table(self.outbox_model, OutboxModel.TEXT)
         self.outbox_view.setObjectName("outboxView")
         self.outbox_view.setAccessibleName("Sent messages")
-        self.outbox_view.setColumnWidth(OutboxModel.TIME, 90)
+        self.outbox_view.setColumnWidth(OutboxModel.WRITTEN, 80)
+        self.outbox_view.setColumnWidth(OutboxModel.TIME, 80)
+        self.outbox_view.setColumnWidth(OutboxModel.PROPERTIES, 140)
         self.outbox_view.setColumnWidth(OutboxModel.STATE, 130)
         send_row = QHBoxLayout()
         send_row.addWidget(self.message_edit, 1)
@@ -198,13 +215,22 @@ class MainWindow(QMainWindow):
         splitter.setSizes([340, 260])
 
         central = QWidget()
-        layout = QVBoxLayout(central)
+        layout = _MinimumSizeLayout(central)
         layout.addWidget(self.banner)
         layout.addWidget(self.first_run)
         layout.addWidget(splitter, 1)
-        self.setCentralWidget(central)
+        # On a small screen (1366×800 at 200 %: 683×400 logical pixels) the content scrolls instead of
+        # pushing the window past the screen's edges.
+        scroller = QScrollArea()
+        scroller.setObjectName("mainScroller")
+        scroller.setWidgetResizable(True)
+        scroller.setFrameShape(QFrame.Shape.NoFrame)
+        scroller.setWidget(central)
+        self.setCentralWidget(scroller)
+        # Tab follows the layout: the message, Send beside it, then the properties below.
+        QWidget.setTabOrder(self.message_edit, self.send_button)
+        QWidget.setTabOrder(self.send_button, self.properties_edit)
         self._build_menus()
-        self._update_inbox_title()
         self._update_send_hint()
 
     def _build_menus(self) -> None:
@@ -231,42 +257,53 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.details_action)
         help_menu.addAction(export_action)
         help_menu.addAction(logs_action)
+        help_menu.addSeparator()
+        about_action = QAction("&About client-app", self)
+        about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        about_action.triggered.connect(self.aboutRequested)
+        help_menu.addAction(about_action)
 
     # --- inputs ----------------------------------------------------------------------------
 
+    def begin_setup(self) -> None:
+        """This computer has no identity yet: show the first-run steps until it is connected.
+
+        Later launches never show them: the banner alone speaks, with one Retry."""
+        self.setting_up = True
+        self.first_run.reset()
+        self.first_run.show()
+
     def show_status(self, status: DeviceStatus) -> None:
         self._status = status
-        self.banner.show_status(status)
         state = ConnectionState(status.state)
-        if state in _SETUP_STATES:
-            self._hide_first_run.stop()
-            self.first_run.show()
-        elif state is ConnectionState.CONNECTED and self.first_run.isVisible():
-            self._hide_first_run.start()
-        elif state in (ConnectionState.ERROR, ConnectionState.BLOCKED) and (
-            self.first_run.isVisible() or not status.registration_id
-        ):
-            # Failing before this computer has an identity is a setup failure: explain it there.
-            self._hide_first_run.stop()
-            self.first_run.show()
-            self.first_run.show_general_failure(status.message)
+        if self.setting_up:
+            if state is ConnectionState.CONNECTED:
+                self._hide_first_run.start()
+            elif state is ConnectionState.BLOCKED:
+                # Only an administrator can help: the banner says so once, with the device ID.
+                self.first_run.failure_box.hide()
+            elif state is ConnectionState.ERROR:
+                # A failure outside any one step (e.g. no keyring at all, checked up front).
+                self._hide_first_run.stop()
+                self.first_run.show()
+                self.first_run.show_general_failure(describe(status).detail)
+        self.banner.show_status(status, offer_retry=not self._setup_failure_shown())
         self.setWindowIcon(status_icon(describe(status).tone))
         self._update_send_hint()
 
-    def step_changed(self, step: str, outcome: str, detail: str) -> None:
+    def _setup_failure_shown(self) -> bool:
+        """The first-run list explains a failure with its own Retry: the banner then offers none."""
+        return self.setting_up and not self.first_run.failure_box.isHidden()
+
+    def step_changed(self, step: FirstRunStep | str, outcome: str, detail: str) -> None:
         self.first_run.step_changed(step, outcome, detail)
-        # CONNECT alone also runs on reconnects; the list is only for setting up.
-        if step != "connect" or self.first_run.isVisible():
-            self._hide_first_run.stop()
-            self.first_run.show()
-        if self.first_run.all_done() and self._connected():
+        if self._status is not None:
+            self.banner.show_status(self._status, offer_retry=not self._setup_failure_shown())
+        if self.setting_up and self.first_run.all_done() and self._connected():
             self._hide_first_run.start()
 
     def add_messages(self, messages: Sequence[InboxMessage]) -> int:
-        added = self.inbox_model.add_messages(messages)
-        if added:
-            self._update_inbox_title()
-        return added
+        return self.inbox_box.add_messages(messages)
 
     def set_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         self.outbox_model.set_messages(messages)
@@ -284,13 +321,11 @@ class MainWindow(QMainWindow):
         # The keyring step may finish after connecting: keep the list until every step is done.
         if self._connected() and self.first_run.all_done():
             self.first_run.hide()
+            self.setting_up = False
 
     def _update_send_hint(self) -> None:
         self.send_hint.setStyleSheet("color: palette(placeholder-text);")
-        if self._connected():
-            self.send_hint.setText("Messages are delivered right away.")
-        else:
-            self.send_hint.setText("Offline: messages are kept and sent when the connection is back.")
+        self.send_hint.setText(send_hint(self._status))
 
     def _send_clicked(self) -> None:
         text = self.message_edit.text().strip()
@@ -303,35 +338,75 @@ class MainWindow(QMainWindow):
             self.show_send_error(str(exc))
             return
         self.message_edit.clear()
+        self.properties_edit.clear()  # they belonged to that message
         self._update_send_hint()
         self.sendRequested.emit(text, properties)
 
-    def _inbox_selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
-        for index in selected.indexes():
-            if index.column() == 0:
-                self._mark_read(index)
-
-    def _mark_read(self, index: QModelIndex) -> None:
-        message = self.inbox_model.mark_read(index.row())
-        if message is not None:
-            self._update_inbox_title()
-            self.messageRead.emit(message)
-
     def show_message_details(self, index: QModelIndex) -> None:
-        """The whole message, selectable: the table shows one line of it."""
+        """The whole message, selectable: the table shows one line of it. Opening it reads it."""
+        self.inbox_box.set_read([index], True)
+        self._show_message(self.inbox_box.message_at(index))
+
+    def _show_message(self, message: InboxMessage) -> None:
         if self.message_dialog is None:
             self.message_dialog = MessageDialog(self)
-        self.message_dialog.show_message(self.inbox_model.message_at(index.row()))
+        self.message_dialog.show_message(message)
 
-    def _update_inbox_title(self) -> None:
-        unread = self.inbox_model.unread_count()
-        total = self.inbox_model.rowCount()
-        self.inbox_box.setTitle(
-            f"Messages from the cloud ({unread} unread)" if unread else "Messages from the cloud"
-        )
-        self.inbox_empty.setVisible(total == 0)
-        self.inbox_view.setVisible(total > 0)
+    def _update_title(self, unread: int) -> None:
         self.setWindowTitle(f"client-app ({unread} unread)" if unread else "client-app")
+
+    def add_demo_menu(self, cloud_running: bool) -> None:
+        """`--demo` only: stop and start the embedded local cloud, to watch the app go offline and back."""
+        menu = self.menuBar().insertMenu(self.menuBar().actions()[-1], QMenu("&Demo", self)).menu()
+        self.demo_cloud_action = QAction(self)
+        self.demo_cloud_action.triggered.connect(self._demo_toggle_clicked)
+        menu.addAction(self.demo_cloud_action)
+        self.demo_cloud_switched(cloud_running)
+
+    def _demo_toggle_clicked(self) -> None:
+        self.demo_cloud_action.setEnabled(False)  # one switch at a time
+        self.demoCloudToggleRequested.emit()
+
+    def demo_cloud_switched(self, running: bool) -> None:
+        self.demo_cloud_action.setText("&Stop the local cloud" if running else "&Start the local cloud")
+        self.demo_cloud_action.setEnabled(True)
+
+    def place(self, state_file: Path | None) -> None:
+        """Where the user left the window last time, if that still fits a screen; else a size that fits."""
+        if state_file is not None:
+            saved = QSettings(str(state_file), QSettings.Format.IniFormat).value(GEOMETRY_KEY)
+            if isinstance(saved, QByteArray) and self.restoreGeometry(saved) and self._on_a_screen():
+                return
+        screen = (self.screen() or QGuiApplication.primaryScreen()).availableGeometry()
+        # Leave room for the window manager's frame and title bar.
+        width = min(DEFAULT_SIZE[0], int(screen.width() * 0.9))
+        height = min(DEFAULT_SIZE[1], int(screen.height() * 0.85))
+        self.resize(width, height)
+        self.move(screen.center() - self.rect().center())
+
+    def _on_a_screen(self) -> bool:
+        """A saved place from another monitor set-up may be off every screen now, or larger than it."""
+        frame = self.frameGeometry()
+        for screen in QGuiApplication.screens():
+            area = screen.availableGeometry()
+            if (
+                area.contains(frame.center())
+                and frame.width() <= area.width()
+                and frame.height() <= area.height()
+            ):
+                return True
+        return False
+
+    def remember_place(self, state_file: Path | None) -> None:
+        if state_file is None:
+            return
+        try:
+            state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return  # a convenience: never a reason to fail
+        settings = QSettings(str(state_file), QSettings.Format.IniFormat)
+        settings.setValue(GEOMETRY_KEY, self.saveGeometry())
+        settings.sync()
 
     def bring_forward(self) -> None:
         """Show, un-minimise and raise (a second launch or a tray click asks for this)."""
@@ -341,7 +416,7 @@ class MainWindow(QMainWindow):
         self.activateWindow()
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.keep_running_in_tray:
+        if self.keep_running_in_tray and not self.quitting:
             event.ignore()
             self.hide()
             self.hiddenToTray.emit()

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
-from client_app.device.store import InboxMessage, OutboxMessage
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage, OutboxMessage
+
 
 Index = QModelIndex | QPersistentModelIndex
 _ROOT = QModelIndex()
-Message = TypeVar("Message", InboxMessage, OutboxMessage)
+Message = TypeVar("Message", bound=Any)  # InboxMessage or OutboxMessage
 
 
 # Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
@@ -73,7 +75,7 @@ class _MessageTable(QAbstractTableModel, Generic[Message]):
         return None
 
 
-class InboxModel(_MessageTable[InboxMessage]):
+class InboxModel(_MessageTable["InboxMessage"]):
     """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties."""
 
     COLUMNS = ("", "Received", "Message", "Properties")
@@ -82,7 +84,7 @@ class InboxModel(_MessageTable[InboxMessage]):
 
     def __init__(self, max_rows: int = 5000, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._read: set[Any] = set()  # ids marked read in this session (the core keeps the truth)
+        self._read: dict[Any, bool] = {}  # id -> read, as changed in this session (the core keeps the truth)
         self._ids: set[Any] = set()
         self._max_rows = max_rows
         self._bold = QFont()
@@ -122,17 +124,33 @@ class InboxModel(_MessageTable[InboxMessage]):
 
     def mark_read(self, row: int) -> InboxMessage | None:
         """Mark one row read; returns the message when it was unread (so the core can be told)."""
-        if not 0 <= row < len(self._rows):
-            return None
-        message = self._rows[row]
-        if not self.is_unread(message):
-            return None
-        self._read.add(message.id)
-        self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
-        return message
+        changed = self.set_read([row], True)
+        return changed[0] if changed else None
+
+    def set_read(self, rows: Iterable[int], read: bool) -> list[InboxMessage]:
+        """Mark rows read or unread; returns the messages that changed (so the core can be told)."""
+        changed: list[InboxMessage] = []
+        for row in rows:
+            if 0 <= row < len(self._rows) and self.is_unread(self._rows[row]) == read:
+                message = self._rows[row]
+                self._read[message.id] = read
+                changed.append(message)
+                self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
+        return changed
+
+    def mark_all_read(self) -> list[InboxMessage]:
+        changed = [m for m in self._rows if self.is_unread(m)]
+        for message in changed:
+            self._read[message.id] = True
+        if changed:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(self.COLUMNS) - 1))
+        return changed
+
+    def row_of(self, message_id: int) -> int | None:
+        return next((row for row, m in enumerate(self._rows) if m.id == message_id), None)
 
     def is_unread(self, message: InboxMessage) -> bool:
-        return not message.read and message.id not in self._read
+        return not self._read.get(message.id, message.read)
 
     def unread_count(self) -> int:
         return sum(1 for m in self._rows if self.is_unread(m))
@@ -172,11 +190,12 @@ OUTBOX_STATE_TEXT = {
 }
 
 
-class OutboxModel(_MessageTable[OutboxMessage]):
-    """Messages sent to the cloud, newest first. Columns: time, text, state."""
+class OutboxModel(_MessageTable["OutboxMessage"]):
+    """Messages sent to the cloud, newest first. Columns: written, sent (once delivered), text, properties,
+    state. A queued message has no "Sent" time: it has not been sent."""
 
-    COLUMNS = ("Sent", "Message", "State")
-    TIME, TEXT, STATE = range(3)
+    COLUMNS = ("Written", "Sent", "Message", "Properties", "State")
+    WRITTEN, TIME, TEXT, PROPERTIES, STATE = range(5)
 
     def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
         rows = sorted(messages, key=_arrival_order, reverse=True)
@@ -192,14 +211,18 @@ class OutboxModel(_MessageTable[OutboxMessage]):
 
     def cell(self, message: OutboxMessage, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
-            if column == self.TIME:
+            if column == self.WRITTEN:
                 return format_time(message.created_at)
+            if column == self.TIME:
+                return format_time(message.delivered_at) if str(message.state) == "delivered" else ""
             if column == self.TEXT:
                 return message.text.replace("\n", " ⏎ ")
+            if column == self.PROPERTIES:
+                return format_properties(message.properties)
             if column == self.STATE:
                 return OUTBOX_STATE_TEXT.get(str(message.state), str(message.state).capitalize())
-        elif role == Qt.ItemDataRole.ToolTipRole and column == self.TEXT:
-            return message.text
+        elif role == Qt.ItemDataRole.ToolTipRole and column in (self.TEXT, self.PROPERTIES):
+            return message.text if column == self.TEXT else format_properties(message.properties) or None
         elif role == Qt.ItemDataRole.ForegroundRole and column == self.STATE:
             return QBrush(QColor("#2e9d4f" if str(message.state) == "delivered" else "#d08a12"))
         return None

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QWidget
 
-from client_app.device.store import InboxMessage
 from client_app.gui.tray import StatusTray
+
+if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
+    from client_app.device.store import InboxMessage
 
 PREVIEW_CHARS = 160
 MIN_SECONDS_BETWEEN = 5.0
@@ -28,6 +31,7 @@ def notification_text(count: int, newest: InboxMessage) -> tuple[str, str]:
 
 class MessageNotifier(QObject):
     notified = Signal(str, str)  # title, body: whatever was shown, however it was shown
+    openRequested = Signal(object)  # the InboxMessage the clicked notification was about
 
     def __init__(self, tray: StatusTray | None, window: QWidget, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -40,6 +44,9 @@ class MessageNotifier(QObject):
         self._later = QTimer(self)
         self._later.setSingleShot(True)
         self._later.timeout.connect(self._flush)
+        self.shown_message: InboxMessage | None = None  # the newest message of the last notification
+        if tray is not None:
+            tray.icon.messageClicked.connect(self.clicked)
 
     def messages_arrived(self, messages: Sequence[InboxMessage]) -> None:
         if not self.enabled or not messages:
@@ -60,6 +67,7 @@ class MessageNotifier(QObject):
         if self._newest is None:
             return
         title, body = notification_text(self._pending_count, self._newest)
+        self.shown_message = self._newest
         self._pending_count, self._newest = 0, None
         self._last_shown = time.monotonic()
         if self.tray is not None and self.tray.can_notify():
@@ -67,3 +75,8 @@ class MessageNotifier(QObject):
         else:
             QApplication.alert(self.window)  # taskbar attention: works without a tray
         self.notified.emit(title, body)
+
+    def clicked(self) -> None:
+        """The user clicked the notification: open the window on the message it announced."""
+        if self.shown_message is not None:
+            self.openRequested.emit(self.shown_message)

@@ -1,20 +1,14 @@
-"""Settings: provisioning endpoint, ID scope and proxy, validated before they are saved.
+"""Settings: provisioning endpoint, ID scope and proxy, validated and saved by the ConfigStore.
 
-Saved to config.toml in the user config directory, with the same key names that
-client_app.device.config reads (provisioning_host, id_scope, proxy); other keys are kept.
+The dialog only shows and edits: client_app.device.config.ConfigStore validates, writes the file it read
+(config.toml or --config FILE), keeps the proxy password in the keyring, and merges the layers again.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
-import tomllib
-from pathlib import Path
-from typing import Any
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -24,110 +18,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.config import CONFIG_FILE_NAME, ConfigError, DeviceConfig, ProxySetting
-from client_app.hosts import is_ip_address
-from client_app.pki import atomic_write
+from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, proxy_text, validate_settings
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_ID_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{2,63}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class ConnectionSettings:
-    provisioning_host: str
-    id_scope: str
-    proxy: str  # "" = no proxy
-
-
-def validate(settings: ConnectionSettings) -> dict[str, str]:
-    """Field name -> problem in plain words; empty when everything is fine."""
-    problems: dict[str, str] = {}
-    host = settings.provisioning_host.strip()
-    if not host:
-        problems["provisioning_host"] = (
-            "Enter the provisioning endpoint, e.g. global.azure-devices-provisioning.net."
-        )
-    elif not ((_HOST.match(host) and len(host) <= 253) or is_ip_address(host)):
-        problems["provisioning_host"] = (
-            "The provisioning endpoint must be a host name such as dps.example.com."
-        )
-    scope = settings.id_scope.strip()
-    if not scope:
-        problems["id_scope"] = "Enter the ID scope of your provisioning service (e.g. 0ne00ABC123)."
-    elif not _ID_SCOPE.match(scope):
-        problems["id_scope"] = "The ID scope is letters and digits only, like 0ne00ABC123."
-    proxy = settings.proxy.strip()
-    if proxy:
-        try:
-            ProxySetting.parse(proxy)
-        except ConfigError:
-            problems["proxy"] = (
-                "Write the proxy as http://host:port or socks5://host:port (or leave it empty)."
-            )
-    return problems
-
-
-def config_file(config: DeviceConfig) -> Path:
-    return config.config_dir / CONFIG_FILE_NAME
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    # A JSON string is a valid TOML basic string (same escapes, \uXXXX included).
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def dump_toml(values: dict[str, Any]) -> str:
-    """Enough TOML for a flat settings file plus one level of tables."""
-    lines = ["# client-app settings (edited by the app's Settings dialog)"]
-    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if key not in tables]
-    for name, table in tables.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
-    return "\n".join(lines) + "\n"
-
-
-def save_settings(config: DeviceConfig, settings: ConnectionSettings) -> DeviceConfig:
-    """Validate, write config.toml atomically, and return the config to run with from now on."""
-    problems = validate(settings)
-    if problems:
-        raise ValueError(" ".join(problems.values()))
-    path = config_file(config)
-    try:
-        existing = tomllib.loads(path.read_text()) if path.exists() else {}
-    except (OSError, tomllib.TOMLDecodeError):
-        existing = {}  # unreadable: rewritten with what the user just entered
-    existing["provisioning_host"] = settings.provisioning_host.strip()
-    existing["id_scope"] = settings.id_scope.strip()
-    proxy = settings.proxy.strip()
-    if proxy:
-        existing["proxy"] = proxy
-    else:
-        existing.pop("proxy", None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, dump_toml(existing).encode(), 0o600)  # a proxy URL may carry a password
-    return dataclasses.replace(
-        config,
-        provisioning_host=existing["provisioning_host"],
-        id_scope=existing["id_scope"],
-        proxy=ProxySetting.parse(proxy) if proxy else None,
-    )
-
-
-def _proxy_text(proxy: ProxySetting | None) -> str:
-    if proxy is None:
-        return ""
-    if proxy.username:
-        from urllib.parse import quote
-
-        secret = f":{quote(proxy.password, safe='')}" if proxy.password else ""
-        return f"{proxy.scheme}://{quote(proxy.username, safe='')}{secret}@{proxy.host}:{proxy.port}"
-    return str(proxy)
+ERROR_LINES = 2  # room kept under each field, so errors appearing never move the fields
 
 
 class SettingsDialog(QDialog):
@@ -135,39 +28,52 @@ class SettingsDialog(QDialog):
 
     saved = Signal(object)
 
-    def __init__(self, config: DeviceConfig, parent: QWidget | None = None) -> None:
+    def __init__(self, store: ConfigStore, config: DeviceConfig, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.setObjectName("settingsDialog")
+        self.setMinimumWidth(560)
+        self.store = store
         self.config = config
+        self.owners = store.owned_elsewhere()
         self.host_edit = QLineEdit(config.provisioning_host)
         self.scope_edit = QLineEdit(config.id_scope)
-        self.proxy_edit = QLineEdit(_proxy_text(config.proxy))
+        self.proxy_edit = QLineEdit(proxy_text(config.proxy))
         self.proxy_edit.setPlaceholderText("none (e.g. http://proxy.example.com:3128)")
+        self.edits = {
+            "provisioning_host": self.host_edit,
+            "id_scope": self.scope_edit,
+            "proxy": self.proxy_edit,
+        }
         self.errors: dict[str, QLabel] = {}
         form = QFormLayout()
-        for name, label, edit in (
-            ("provisioning_host", "Provisioning &endpoint", self.host_edit),  # &: Alt+E focuses the field
-            ("id_scope", "ID &scope", self.scope_edit),
-            ("proxy", "&Proxy", self.proxy_edit),
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for name, label in (
+            ("provisioning_host", "Provisioning &endpoint"),  # &: Alt+E focuses the field
+            ("id_scope", "ID &scope"),
+            ("proxy", "&Proxy"),
         ):
+            edit = self.edits[name]
             error = QLabel()
             error.setObjectName(f"{name}Error")
             error.setWordWrap(True)
             error.setStyleSheet("color: #c9362c;")
-            error.hide()
+            error.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+            error.setMinimumHeight(error.fontMetrics().lineSpacing() * ERROR_LINES)
             self.errors[name] = error
+            if name in self.owners:
+                edit.setReadOnly(True)
+                edit.setToolTip(f"Set by {self.owners[name]}: not changed here.")
+                error.setText(f"Set by {self.owners[name]}.")
+                error.setStyleSheet("color: palette(placeholder-text);")
             form.addRow(label, edit)
             form.addRow("", error)
-            edit.textChanged.connect(lambda _text, n=name: self.errors[n].hide())
+            edit.textChanged.connect(lambda _text, n=name: self._clear_error(n))
+        self.login_check = QCheckBox("Start client-app when I &log in")
+        self.login_check.setChecked(config.start_at_login)
+        form.addRow("", self.login_check)
         note = QLabel(
-            f"Saved in {config_file(config)}. Options given on the command line or in the environment "
-            "take precedence."
-            + (
-                " This instance follows a local cloud, which sets these values itself."
-                if config.local_cloud
-                else ""
-            )
+            f"Saved in {store.path}. Options given on the command line or in the environment take precedence."
         )
         note.setWordWrap(True)
         note.setStyleSheet("color: palette(placeholder-text);")
@@ -186,22 +92,29 @@ class SettingsDialog(QDialog):
         layout.addWidget(note)
         layout.addWidget(self.save_error)
         layout.addWidget(self.buttons)
-        self.resize(520, self.sizeHint().height())
 
-    def current(self) -> ConnectionSettings:
-        return ConnectionSettings(self.host_edit.text(), self.scope_edit.text(), self.proxy_edit.text())
+    def values(self) -> dict[str, str | bool]:
+        values: dict[str, str | bool] = {
+            name: edit.text() for name, edit in self.edits.items() if name not in self.owners
+        }
+        values["start_at_login"] = self.login_check.isChecked()
+        return values
+
+    def _clear_error(self, name: str) -> None:
+        if name not in self.owners:
+            self.errors[name].setText("")
 
     def try_save(self) -> bool:
-        problems = validate(self.current())
-        for name, label in self.errors.items():
-            label.setText(problems.get(name, ""))
-            label.setVisible(name in problems)
+        problems = validate_settings({k: v for k, v in self.values().items() if isinstance(v, str)})
+        for name, text in problems.items():
+            self.errors[name].setText(text)
         if problems:
             return False
         try:
-            new_config = save_settings(self.config, self.current())
-        except OSError as exc:
-            self.save_error.setText(f"The settings could not be saved: {exc.strerror or exc}.")
+            new_config = self.store.save(self.values())
+        except (ConfigError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.save_error.setText(f"The settings could not be saved: {reason}.")
             self.save_error.show()
             return False
         self.config = new_config

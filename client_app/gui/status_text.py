@@ -6,11 +6,12 @@ No Qt here, so the wording is testable on its own and identical everywhere it ap
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from client_app.device.runtime import ConnectionState, DeviceStatus, FirstRunStep
+from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep
 
 
 class Tone(StrEnum):
@@ -52,6 +53,41 @@ STEP_LABELS: dict[FirstRunStep, str] = {
 }
 
 
+# What a keyring backend is called where a user would recognise it (keyring's class names are jargon).
+_KEYRING_NAMES = (
+    ("SecretService", "the system keyring (GNOME Keyring or KWallet)"),
+    ("kwallet", "KWallet"),
+    ("Windows", "Windows Credential Manager"),
+    ("macOS", "the macOS Keychain"),
+)
+# Exception chains and class names belong in the log, not in a sentence for a person.
+_TECHNICAL = re.compile(r" <- |Traceback|\b[A-Z]\w*(?:Error|Exception)\b|\[Errno")
+
+
+def keyring_name(backend: str | None) -> str:
+    for marker, name in _KEYRING_NAMES:
+        if backend and marker.lower() in backend.lower():
+            return name
+    return "the system keyring"
+
+
+def is_technical(text: str) -> bool:
+    return bool(_TECHNICAL.search(text))
+
+
+def step_detail(step: FirstRunStep, outcome: str, detail: str) -> str:
+    """The line under a first-run step, in plain words (the core's detail may be a class name or an ID)."""
+    if outcome == "failed":
+        return "" if is_technical(detail) else detail
+    if step is FirstRunStep.KEYRING:
+        return f"In {keyring_name(detail)}" if detail else ""
+    if step is FirstRunStep.REGISTER and detail:
+        return f"Contacting {detail}" if outcome == "running" else f"Assigned to {detail}"
+    if step is FirstRunStep.CONNECT and detail:
+        return f"Connecting to {detail}" if outcome == "running" else f"Connected to {detail}"
+    return ""  # key and certificate: the registration ID means nothing here (support panel shows it)
+
+
 def tone_for(state: ConnectionState | str) -> Tone:
     try:
         return _TONES[ConnectionState(state)]
@@ -67,6 +103,15 @@ def seconds_until(moment: datetime | None, now: datetime | None = None) -> int |
     if moment.tzinfo is None:  # the core writes UTC; be lenient with naive values
         moment = moment.replace(tzinfo=UTC)
     return max(0, math.ceil((moment - now).total_seconds()))
+
+
+BLOCKED_DETAIL = (
+    "The cloud refused this computer. Give your administrator the device ID below and ask them to "
+    "enable it, then press Retry."
+)
+BLOCKED_SEND_HINT = "Blocked: messages are kept here and sent once the administrator enables this computer."
+OFFLINE_SEND_HINT = "Offline: messages are kept and sent when the connection is back."
+ONLINE_SEND_HINT = "Messages are delivered right away."
 
 
 @dataclass(frozen=True)
@@ -101,6 +146,9 @@ def describe(status: DeviceStatus, now: datetime | None = None) -> StatusText:
         headline = f"Connecting to {hub}"
     elif state is ConnectionState.BLOCKED:
         headline = "Blocked by the cloud"
+        # One wording, ours: the core's reasons differ by where the refusal came from (DPS or the hub)
+        # and carry protocol details; the log and the support panel keep those.
+        detail = BLOCKED_DETAIL
     elif state is ConnectionState.ERROR:
         headline = "Not connected: something needs attention"
     else:
@@ -117,6 +165,15 @@ def _clock(moment: datetime) -> str:
     if local.date() == datetime.now(local.tzinfo).date():
         return local.strftime("%H:%M")
     return local.strftime("%Y-%m-%d %H:%M")
+
+
+def send_hint(status: DeviceStatus | None) -> str:
+    state = ConnectionState(status.state) if status is not None else None
+    if state is ConnectionState.CONNECTED:
+        return ONLINE_SEND_HINT
+    if state is ConnectionState.BLOCKED:
+        return BLOCKED_SEND_HINT
+    return OFFLINE_SEND_HINT
 
 
 def tooltip(status: DeviceStatus, now: datetime | None = None) -> str:

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QApplication,
     QDialog,
     QFormLayout,
     QHBoxLayout,
@@ -16,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.runtime import DeviceStatus
+from client_app.device.status import DeviceStatus
 from client_app.gui.status_text import describe
 
 # (DeviceStatus field, label) in the order support staff read them.
@@ -37,7 +38,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("last_error", "Last error"),
     ("outbox", "Outbox (waiting to send)"),
     ("inbox", "Inbox (received)"),
-    ("log_dir", "Log location"),
+    ("log_dir", "Log folder"),
 )
 NOT_YET = "—"
 
@@ -55,7 +56,7 @@ def field_text(status: DeviceStatus, name: str) -> str:
 
 
 class SupportPanel(QDialog):
-    copyRequested = Signal()
+    copyRequested = Signal()  # "Copy all": the redacted diagnostics summary
     exportRequested = Signal()
     reconnectRequested = Signal()
     resetRequested = Signal()  # only after the user confirmed
@@ -65,16 +66,16 @@ class SupportPanel(QDialog):
         self.setObjectName("supportPanel")
         self.setWindowTitle("Connection details")
         self.values: dict[str, QLabel] = {}
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.form = QFormLayout()
+        self.form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for name, label in FIELDS:
-            value = QLabel(NOT_YET)
-            value.setObjectName(f"value_{name}")
-            value.setWordWrap(True)
-            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            self.values[name] = value
-            form.addRow(f"{label}:", value)
-        self.copy_button = QPushButton("Copy diagnostics")
+            self.values[name] = self._add_row(name, label)
+        # The app and this computer: filled in by show_facts (version, OS, proxy, folders).
+        self.facts: dict[str, QLabel] = {}
+        self.copy_id_button = QPushButton("Copy device ID")
+        self.copy_id_button.clicked.connect(self._copy_device_id)
+        self.copy_button = QPushButton("Copy all")
+        self.copy_button.setToolTip("Copies everything shown here and the versions, without keys or secrets.")
         self.copy_button.clicked.connect(self.copyRequested)
         self.export_button = QPushButton("Export diagnostics…")
         self.export_button.clicked.connect(self.exportRequested)
@@ -86,20 +87,44 @@ class SupportPanel(QDialog):
         self.feedback.setWordWrap(True)
         self.feedback.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         buttons = QHBoxLayout()
-        for button in (self.copy_button, self.export_button, self.reconnect_button):
+        for button in (self.copy_id_button, self.copy_button, self.export_button, self.reconnect_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         buttons.addWidget(self.reset_button)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(self.form)
         layout.addWidget(self.feedback)
         layout.addLayout(buttons)
         self.reset_confirmation: QMessageBox | None = None
+        self._status: DeviceStatus | None = None
         self.resize(640, self.sizeHint().height())
 
+    def _add_row(self, name: str, label: str) -> QLabel:
+        value = QLabel(NOT_YET)
+        value.setObjectName(f"value_{name}")
+        value.setWordWrap(True)
+        value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.form.addRow(f"{label}:", value)
+        return value
+
     def show_status(self, status: DeviceStatus) -> None:
+        self._status = status
         for name, label in self.values.items():
             label.setText(field_text(status, name))
+        self.copy_id_button.setEnabled(bool(status.device_id or status.registration_id))
+
+    def show_facts(self, facts: dict[str, str]) -> None:
+        """Facts about the app and this computer (label -> text), shown below the connection."""
+        for label, text in facts.items():
+            if label not in self.facts:
+                self.facts[label] = self._add_row(f"fact_{len(self.facts)}", label)
+            self.facts[label].setText(text or NOT_YET)
+
+    def _copy_device_id(self) -> None:
+        status = self._status
+        if status is not None:
+            QApplication.clipboard().setText(status.device_id or status.registration_id or "")
+            self.show_feedback("Device ID copied to the clipboard.")
 
     def show_feedback(self, text: str) -> None:
         self.feedback.setText(text)

@@ -6,7 +6,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from client_app.device.runtime import DeviceStatus
+from client_app.device.status import DeviceStatus
 from client_app.gui.icons import status_icon
 from client_app.gui.status_text import Tone, describe, tooltip
 
@@ -14,6 +14,9 @@ from client_app.gui.status_text import Tone, describe, tooltip
 class StatusTray(QObject):
     showWindowRequested = Signal()
     reconnectRequested = Signal()
+    detailsRequested = Signal()
+    settingsRequested = Signal()
+    doNotDisturbChanged = Signal(bool)
     quitRequested = Signal()
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -24,13 +27,34 @@ class StatusTray(QObject):
         self.menu = QMenu()
         self.status_action = QAction("Starting…", self.menu)
         self.status_action.setEnabled(False)  # a label: the state at a glance
+        self.unread_action = QAction("No unread messages", self.menu)
+        self.unread_action.triggered.connect(self.showWindowRequested)
         show_action = QAction("Show window", self.menu)
         show_action.triggered.connect(self.showWindowRequested)
+        details_action = QAction("Connection details…", self.menu)
+        details_action.triggered.connect(self.detailsRequested)
+        settings_action = QAction("Settings…", self.menu)
+        settings_action.triggered.connect(self.settingsRequested)
         reconnect_action = QAction("Reconnect now", self.menu)
         reconnect_action.triggered.connect(self.reconnectRequested)
-        quit_action = QAction("Quit", self.menu)
-        quit_action.triggered.connect(self.quitRequested)
-        for action in (self.status_action, None, show_action, reconnect_action, None, quit_action):
+        self.dnd_action = QAction("Do not disturb", self.menu)
+        self.dnd_action.setCheckable(True)
+        self.dnd_action.toggled.connect(self.doNotDisturbChanged)
+        self.quit_action = QAction("Quit", self.menu)
+        self.quit_action.triggered.connect(self.quitRequested)
+        for action in (
+            self.status_action,
+            self.unread_action,
+            None,
+            show_action,
+            details_action,
+            settings_action,
+            reconnect_action,
+            None,
+            self.dnd_action,
+            None,
+            self.quit_action,
+        ):
             if action is None:
                 self.menu.addSeparator()
             else:
@@ -56,6 +80,18 @@ class StatusTray(QObject):
             self.icon.setIcon(status_icon(text.tone))
         self.icon.setToolTip(tooltip(status))
         self.status_action.setText(text.headline)
+
+    def show_unread(self, unread: int) -> None:
+        self.unread_action.setText(
+            f"{unread} unread message{'s' if unread != 1 else ''}" if unread else "No unread messages"
+        )
+        self.unread_action.setEnabled(unread > 0)
+
+    def set_do_not_disturb(self, on: bool) -> None:
+        """Show the saved setting without announcing it as a change."""
+        self.dnd_action.blockSignals(True)
+        self.dnd_action.setChecked(on)
+        self.dnd_action.blockSignals(False)
 
     def can_notify(self) -> bool:
         return self.icon.isVisible() and self.available() and QSystemTrayIcon.supportsMessages()

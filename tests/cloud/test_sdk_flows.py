@@ -11,7 +11,7 @@ import pytest
 from azure.iot.device import Message, MethodResponse
 from azure.iot.device.exceptions import ClientError, CredentialError
 
-from client_app.pki import CertificateAuthority, load_certificates, sha256_thumbprint
+from client_app.pki import CertificateAuthority, generate_key, load_certificates, sha256_thumbprint
 from tests.cloud.sdk import (
     PAHO_SOCKET_LEAKS,
     dps_refusal,
@@ -180,8 +180,10 @@ def test_c2d_queued_while_offline_and_after_a_drop(local_cloud, cloud_api, enrol
 
 @PAHO_SOCKET_LEAKS
 def test_renewed_certificate_rebinds_the_device(local_cloud, cloud_api, enrolled_ca, tmp_path):
-    """Re-registering (here while the old identity is still connected to the hub) rebinds the device."""
-    old = issue_device_files(enrolled_ca.issuing, "renew-01", tmp_path / "old")
+    """Re-registering (here while the old identity is still connected to the hub) rebinds the device.
+    Renewal keeps the key: a new key for a registered ID is refused (test_takeover.py)."""
+    key = generate_key()
+    old = issue_device_files(enrolled_ca.issuing, "renew-01", tmp_path / "old", key=key)
     register(local_cloud.info, old)
     thumbprint = cloud_api.call("GET", "/devices/renew-01")["authentication"]["x509Thumbprint"]
     drops: list[bool] = []
@@ -189,7 +191,7 @@ def test_renewed_certificate_rebinds_the_device(local_cloud, cloud_api, enrolled
     try:
         old_client.connect()
         old_client.on_connection_state_change = lambda: drops.append(old_client.connected)
-        new = issue_device_files(enrolled_ca.issuing, "renew-01", tmp_path / "new")
+        new = issue_device_files(enrolled_ca.issuing, "renew-01", tmp_path / "new", key=key)
         result = register(local_cloud.info, new)  # DPS and hub connections of one device are independent
         old_client.send_message("old identity still connected")
         assert drops == []
@@ -214,9 +216,10 @@ def test_renewed_certificate_rebinds_the_device(local_cloud, cloud_api, enrolled
 
 def test_registration_ids_are_case_insensitive_device_ids_stay(local_cloud, cloud_api, enrolled_ca, tmp_path):
     """DPS registration IDs ignore case, hub device IDs do not: the device keeps its first spelling."""
-    first = issue_device_files(enrolled_ca.issuing, "case-01", tmp_path / "first")
+    key = generate_key()  # the same device: a new key would be refused (key pinning, test_takeover.py)
+    first = issue_device_files(enrolled_ca.issuing, "case-01", tmp_path / "first", key=key)
     assert register(local_cloud.info, first).registration_state.device_id == "case-01"
-    again = issue_device_files(enrolled_ca.issuing, "CASE-01", tmp_path / "again")
+    again = issue_device_files(enrolled_ca.issuing, "CASE-01", tmp_path / "again", key=key)
     state = register(local_cloud.info, again).registration_state
     assert state.device_id == "case-01"
     assert [d["deviceId"] for d in cloud_api.call("GET", "/devices")["value"]] == ["case-01"]

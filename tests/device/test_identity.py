@@ -14,14 +14,34 @@ from client_app.device import identity as ids
 from client_app.device import secrets as keystore
 from client_app.device.paths import DataLayout
 from client_app.device.state import Persister, StateCorrupt, StateFiles
-from client_app.pki import CertificateAuthority, sha256_thumbprint
+from client_app.pki import CertificateAuthority, certifies_own_key, self_certifying_id, sha256_thumbprint
 from client_app.pki.keys import pem_begin
 
 
-def test_registration_ids_are_dps_valid_lowercase_and_unique():
-    seen = {ids.new_registration_id() for _ in range(200)}
-    assert len(seen) == 200
-    assert all(re.fullmatch(r"ca-[0-9a-f]{20}", r) for r in seen)
+def test_new_identities_have_self_certifying_ids(issuing_ca: CertificateAuthority):
+    identities = [ids.create_identity(issuing_ca, days=1) for _ in range(20)]
+    assert len({i.registration_id for i in identities}) == 20
+    for identity in identities:
+        assert re.fullmatch(r"k1-[a-z2-7]{52}", identity.registration_id)
+        assert identity.registration_id == self_certifying_id(identity.key.public_key())
+        assert certifies_own_key(identity.leaf)
+
+
+def test_renewal_keeps_the_key_and_the_id(issuing_ca: CertificateAuthority):
+    identity = ids.create_identity(issuing_ca, days=1)
+    renewed = ids.renew_identity(issuing_ca, identity, days=30)
+    assert renewed.key is identity.key
+    assert renewed.registration_id == identity.registration_id == ids.subject_cn(renewed.leaf)
+    assert renewed.leaf.serial_number != identity.leaf.serial_number
+    assert renewed.not_after > identity.not_after
+
+
+def test_renewal_moves_an_old_style_id_to_its_keys_self_certifying_id(issuing_ca: CertificateAuthority):
+    legacy = ids.create_identity(issuing_ca, days=1, registration_id="ca-0123456789abcdef0123")
+    renewed = ids.renew_identity(issuing_ca, legacy, days=30)
+    assert renewed.key is legacy.key
+    assert renewed.registration_id == self_certifying_id(legacy.key.public_key())
+    assert certifies_own_key(renewed.leaf)
 
 
 def test_leaf_profile_and_chain(issuing_ca: CertificateAuthority):

@@ -277,9 +277,27 @@ def test_renewal_keeps_the_registration_id_and_registers_again(h: Harness):
     h.connect(sup)
     renewed = sup.identity.identity
     assert renewed.registration_id == first.registration_id and renewed.leaf != first.leaf
+    assert renewed.key is first.key  # the key DPS pinned, and the self-certifying ID, survive (docs/pki.md)
     assert h.cloud.provisioned == [first.registration_id] * 2
     h.persister.flush()
     assert load_certificates(h.files.chain_file)[0] == renewed.leaf
+
+
+def test_renewal_moves_an_old_style_id_to_its_keys_self_certifying_id(h: Harness):
+    legacy_id = "ca-0123456789abcdef0123"
+    with pytest.MonkeyPatch.context() as patch:  # an install from before self-certifying IDs
+        patch.setattr(ids, "self_certifying_id", lambda key: legacy_id)
+        sup = h.supervisor(leaf_days=10)
+        h.connect(sup)
+    first = sup.identity.identity
+    assert first.registration_id == legacy_id
+    h.clock.advance(9 * 86400)
+    h.connect(sup)
+    renewed = sup.identity.identity
+    assert renewed.key is first.key and renewed.registration_id == ids.new_registration_id(first.key)
+    assert h.cloud.provisioned == [legacy_id, renewed.registration_id]
+    assert sup.identity.state.previous_registration_id == legacy_id  # support retires the old device
+    assert h.keys.deleted == [legacy_id] and h.keys.entries == {renewed.registration_id: first.key}
 
 
 def test_failed_renewal_keeps_the_working_leaf_for_an_hour(h: Harness, caplog: pytest.LogCaptureFixture):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client_app.device.config import DeviceConfig, load_config
+from client_app.device.config import ConfigStore, DeviceConfig
 from client_app.device.runtime import ConnectionState, DeviceStatus
 from client_app.gui.app import AppController
 from client_app.gui.main_window import MainWindow
@@ -19,14 +19,20 @@ def make_status(state: ConnectionState = ConnectionState.CONNECTED, **fields) ->
     return DeviceStatus(state=state, **fields)
 
 
-def cloud_config(tmp_path: Path, cloud_dir: Path, bundle: Path, **overrides) -> DeviceConfig:
+def cloud_store(tmp_path: Path, cloud_dir: Path, bundle: Path) -> ConfigStore:
     args = argparse.Namespace(
-        local_cloud=str(cloud_dir), issuer_bundle=str(bundle), data_dir=str(tmp_path / "device")
+        local_cloud=str(cloud_dir),
+        issuer_bundle=str(bundle),
+        data_dir=str(tmp_path / "device"),
+        backoff_cap="2",
     )
-    config = load_config(args, {})
+    return ConfigStore(args, {})
+
+
+def cloud_config(tmp_path: Path, cloud_dir: Path, bundle: Path, **overrides) -> DeviceConfig:
     import dataclasses
 
-    return dataclasses.replace(config, backoff_cap=2.0, **overrides)
+    return dataclasses.replace(cloud_store(tmp_path, cloud_dir, bundle).load(), **overrides)
 
 
 @pytest.fixture
@@ -43,14 +49,21 @@ def device_config(tmp_path, local_cloud, enrolled_ca, keyring_env) -> DeviceConf
 
 
 @pytest.fixture
-def running_app_factory(qtbot, device_config) -> Iterator:
+def device_store(tmp_path, local_cloud, enrolled_ca, keyring_env) -> ConfigStore:
+    return cloud_store(tmp_path, Path(local_cloud.info.data_dir), enrolled_ca.bundle_path)
+
+
+@pytest.fixture
+def running_app_factory(qtbot, device_config, device_store) -> Iterator:
     """Builds the real app minus QApplication.exec(): window, tray, bridge and a started DeviceRuntime."""
     made: list[AppController] = []
 
     def make(config: DeviceConfig | None = None) -> AppController:
         main_window = MainWindow()
         qtbot.addWidget(main_window)
-        controller = AppController(config or device_config, main_window, tray=StatusTray())
+        controller = AppController(
+            config or device_config, main_window, tray=StatusTray(), store=device_store
+        )
         main_window.show()
         controller.start()
         made.append(controller)

@@ -12,11 +12,11 @@ import pytest
 from PySide6.QtCore import Qt
 
 from client_app.cloud.server import CloudSettings, start_in_thread
-from client_app.device.logsetup import setup_logging
 from client_app.device.runtime import ConnectionState, FirstRunStep
 from client_app.gui.first_run import DONE, FAILED
 from client_app.gui.main_window import MainWindow
 from client_app.gui.models import InboxModel, OutboxModel
+from client_app.logsetup import setup_logging
 from client_app.pki import ISSUER_BUNDLE_PASSPHRASE
 
 S = ConnectionState
@@ -49,7 +49,8 @@ def test_first_run_goes_to_connected(qtbot, running_app):
     assert running_app.tray.status_action.text().startswith("Connected to")
     # The steps were shown as they happened, in order.
     running = [step for step, outcome in steps_seen if outcome == "running"]
-    assert running == [s.value for s in FirstRunStep][-len(running) :]
+    assert running == list(FirstRunStep)[-len(running) :]
+    assert all(type(step) is FirstRunStep for step, _outcome in steps_seen)  # Qt carries the enum itself
     qtbot.waitUntil(lambda: not window.first_run.isVisible(), timeout=5000)
 
 
@@ -71,7 +72,8 @@ def test_cloud_message_reaches_inbox_and_notifies(qtbot, running_app, cloud_api)
     assert model.index(0, InboxModel.UNREAD).data() == "●"
     assert window.inbox_box.title() == "Messages from the cloud (1 unread)"
     # Reading it tells the core, which counts it as read.
-    window.inbox_view.selectRow(0)
+    rect = window.inbox_view.visualRect(window.inbox_box.proxy.index(0, InboxModel.TEXT))
+    qtbot.mouseClick(window.inbox_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     qtbot.waitUntil(lambda: running_app.runtime.inbox.unread_count() == 0, timeout=5000)
 
 
@@ -128,7 +130,7 @@ def test_first_run_failure_is_explained_and_retry_recovers(qtbot, running_app_fa
     assert panel.failure_box.isVisible() and panel.retry_button.isEnabled()
     text = panel.failure_text.text() + window.banner.detail.text()
     assert "keyring" in text.lower() and "Traceback" not in text and "Error(" not in text
-    assert window.banner.retry_button.isVisible()
+    assert not window.banner.retry_button.isVisible()  # one Retry, next to the explanation
     # The user starts a keyring and presses Retry: setup finishes and connects.
     no_keyring.delenv("PYTHON_KEYRING_BACKEND")
     qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
@@ -149,6 +151,11 @@ def test_refused_registration_shows_blocked_with_retry(qtbot, running_app_factor
     assert window.banner.headline.text() == "Blocked by the cloud"
     assert window.banner.retry_button.isVisible()
     assert window.first_run.outcome(FirstRunStep.REGISTER) == FAILED
+    # Said once, in the banner: no second box, no second Retry, no Settings that cannot help.
+    assert not window.first_run.failure_box.isVisible()
+    assert "status" not in window.banner.detail.text()
+    assert window.banner.device_id.text() == f"Device ID: {controller.status.registration_id}"
+    assert window.send_hint.text().startswith("Blocked")
     assert controller.tray.tone.value == "problem"
 
 
@@ -275,18 +282,22 @@ def test_reset_identity_after_confirmation_registers_anew(qtbot, running_app):
     qtbot.waitUntil(running_app.window.first_run.all_done, timeout=20_000)
 
 
-def test_saved_settings_restart_the_core(qtbot, running_app):
+def test_saved_settings_restart_the_core_and_a_message_sent_meanwhile_is_kept(qtbot, running_app):
+    window = running_app.window
     wait_state(qtbot, running_app, S.CONNECTED)
     old_runtime = running_app.runtime
     running_app.open_settings()
     dialog = running_app.settings_dialog
-    dialog.scope_edit.setText("0ne00NEW123")
+    # This instance follows a local cloud, which owns these values: shown, not rewritten.
+    assert dialog.scope_edit.isReadOnly() and dialog.host_edit.isReadOnly()
     dialog.buttons.button(dialog.buttons.StandardButton.Save).click()
+    running_app.send("sent during the restart", {})  # the worker is restarting the core right now
     qtbot.waitUntil(lambda: running_app.runtime is not old_runtime, timeout=20_000)
-    assert running_app.config.id_scope == "0ne00NEW123"
-    assert (running_app.config.config_dir / "config.toml").read_text().count("0ne00NEW123") == 1
-    # This instance follows a local cloud, whose connection.json still decides the scope: it reconnects.
+    assert running_app.store.path.exists()
     wait_state(qtbot, running_app, S.CONNECTED)
+    qtbot.waitUntil(lambda: "Delivered" in outbox_states(window), timeout=30_000)
+    assert window.outbox_model.index(0, OutboxModel.TEXT).data() == "sent during the restart"
+    assert "did not" not in window.send_hint.text()
 
 
 def test_retry_starts_a_core_that_could_not_start(qtbot, running_app_factory, device_config):
@@ -297,8 +308,8 @@ def test_retry_starts_a_core_that_could_not_start(qtbot, running_app_factory, de
     wait_state(qtbot, controller, S.ERROR)
     assert controller.runtime is None
     assert "could not start" in window.first_run.failure_text.text()
-    assert window.banner.retry_button.isVisible()
+    assert not window.banner.retry_button.isVisible()  # one Retry, next to the explanation
     # The user fixes it and presses Retry: the core starts now (before, Retry did nothing).
     device_config.data_dir.unlink()
-    qtbot.mouseClick(window.banner.retry_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(window.first_run.retry_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, controller, S.CONNECTED)

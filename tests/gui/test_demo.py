@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -23,7 +22,11 @@ BIN = Path(sys.executable).parent
 def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
     try:
-        cloud, bundle = demo.prepare_demo(argparse.Namespace(data_dir=None, status=False))
+        device = tmp_path / "demo-device"
+        assert demo.device_layer(None) == {"data_dir": str(device)}
+        assert demo.device_layer("/elsewhere") == {}
+        layer = demo.prepare_demo(device)
+        cloud, bundle = Path(layer["local_cloud"]), Path(layer["issuer_bundle"])
         first_issuer = sha1_thumbprint(load_issuer_bundle(bundle).certificate)
         info = demo.connection_info(cloud)
         headers = {"Authorization": f"Bearer {info['api_token']}"}
@@ -32,10 +35,9 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
             group = api.get(f"/enrollmentGroups/{demo.ENROLLMENT_GROUP}").json()
         assert certificate["properties"]["isVerified"] is True
         assert group["attestation"]["x509"]["caReferences"]["primary"] == demo.ROOT_CERTIFICATE_NAME
+        assert group["identityPolicy"]["requireSelfCertifyingId"] is True  # issue 13
         # Second run in the same process (cloud still up): nothing is re-made.
-        args = argparse.Namespace(data_dir=None, status=False)
-        assert demo.prepare_demo(args) == (cloud, bundle)
-        assert args.data_dir == str(tmp_path / "demo-device")
+        assert demo.prepare_demo(device) == layer
         assert sha1_thumbprint(load_issuer_bundle(bundle).certificate) == first_issuer
         with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False) as api:
             again = api.get(f"/certificates/{demo.ROOT_CERTIFICATE_NAME}").json()
@@ -44,7 +46,7 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
         demo.stop_cloud()
     assert not (cloud / "connection.json").exists()
     # --demo --status only locates the directories.
-    assert demo.prepare_demo(argparse.Namespace(data_dir=None, status=True)) == (cloud, bundle)
+    assert demo.prepare_demo(device, status_only=True) == layer
     assert demo._running_cloud is None
     assert not (cloud / "connection.json").exists()
 
@@ -54,7 +56,7 @@ def test_a_damaged_demo_ca_says_what_to_delete(tmp_path, monkeypatch):
     demo.ensure_demo_ca(demo.ca_dir(tmp_path))
     (demo.ca_dir(tmp_path) / "private" / "root.key.pem").write_text("not a key\n")
     with pytest.raises(demo.DemoError) as failure:
-        demo.prepare_demo(argparse.Namespace(data_dir=None, status=False))
+        demo.prepare_demo(tmp_path / "demo-device")
     message = str(failure.value)
     assert "root.key.pem" in message and f"delete {demo.ca_dir(tmp_path)}" in message
     assert "\n" not in message
@@ -142,7 +144,7 @@ def test_demo_connects_receives_and_is_reused(tmp_path, keyring_env):
     finally:
         output = _quit(process)
     assert f"local cloud data dir: {cloud_dir}" in output
-    assert "send <device-id>" in output and "Traceback" not in output
+    assert "send DEVICE-ID hello" in output and "Traceback" not in output
     assert not (cloud_dir / "connection.json").exists()  # the embedded cloud stopped with the app
 
     # Next run: same CA, same device identity, connected again without registering anew.
@@ -155,3 +157,45 @@ def test_demo_connects_receives_and_is_reused(tmp_path, keyring_env):
     finally:
         _quit(process)
     assert {p: p.stat().st_mtime_ns for p in ca_files} == ca_files
+
+
+def test_demo_hints_work_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
+    cloud = demo.cloud_dir(tmp_path)
+    demo.start_cloud(cloud)
+    try:
+        hints = demo.demo_hints(cloud, tmp_path)
+        assert any("telemetry --follow" in hint for hint in hints)
+        for hint in (h for h in hints if "devices list" in h or "--status" in h):
+            done = subprocess.run(hint, shell=True, cwd="/", capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, (hint, done.stderr)
+    finally:
+        demo.stop_cloud()
+
+
+def test_the_demo_menu_stops_and_starts_the_local_cloud(qtbot, tmp_path, monkeypatch):
+    import argparse
+
+    from client_app.device.config import load_config
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+
+    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path))
+    cloud = demo.cloud_dir(tmp_path)
+    demo.start_cloud(cloud)
+    try:
+        window = MainWindow()
+        qtbot.addWidget(window)
+        config = load_config(argparse.Namespace(data_dir=str(tmp_path / "device")), {})
+        controller = AppController(config, window, cloud_switch=demo.cloud_switch())
+        action = window.demo_cloud_action
+        assert action.text() == "&Stop the local cloud"
+        action.trigger()
+        qtbot.waitUntil(lambda: action.text() == "&Start the local cloud", timeout=20_000)
+        assert not (cloud / "connection.json").exists() and demo._running_cloud is None
+        action.trigger()
+        qtbot.waitUntil(lambda: action.text() == "&Stop the local cloud", timeout=20_000)
+        assert (cloud / "connection.json").exists()
+        controller.shutdown()
+    finally:
+        demo.stop_cloud()

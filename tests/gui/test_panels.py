@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from client_app.device.config import DeviceConfig, load_config
+from client_app.device.config import ConfigStore, DeviceConfig, load_config, validate_settings
 from client_app.device.runtime import ConnectionState
 from client_app.gui import diagnostics
-from client_app.gui.settings_dialog import ConnectionSettings, SettingsDialog, validate
+from client_app.gui.settings_dialog import SettingsDialog
 from client_app.gui.single_instance import SingleInstance, server_name
 from client_app.gui.support_panel import FIELDS, NOT_YET, SupportPanel
 from client_app.pki import generate_key, private_key_to_pem
@@ -70,35 +70,52 @@ def test_support_panel_shows_every_field(qtbot):
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> DeviceConfig:
-    return load_config(argparse.Namespace(data_dir=str(tmp_path / "data")), {})
+def store(tmp_path: Path) -> ConfigStore:
+    return ConfigStore(argparse.Namespace(data_dir=str(tmp_path / "data")), {})
+
+
+@pytest.fixture
+def config(store) -> DeviceConfig:
+    return store.load()
+
+
+def settings(host: str, scope: str, proxy: str) -> dict[str, str]:
+    return {"provisioning_host": host, "id_scope": scope, "proxy": proxy}
 
 
 @pytest.mark.parametrize(
-    ("settings", "bad"),
+    ("values", "bad"),
     [
-        (ConnectionSettings("global.azure-devices-provisioning.net", "0ne00ABC123", ""), set()),
-        (ConnectionSettings("127.0.0.1", "0ne00ABC123", "socks5://proxy:1080"), set()),
-        (ConnectionSettings("", "", ""), {"provisioning_host", "id_scope"}),
-        (ConnectionSettings("bad host!", "0ne 00", "ftp://x"), {"provisioning_host", "id_scope", "proxy"}),
-        (ConnectionSettings("dps.example.com", "0ne00ABC123", "http://proxy"), {"proxy"}),
+        (settings("global.azure-devices-provisioning.net", "0ne00ABC123", ""), set()),
+        (settings("127.0.0.1", "0ne00ABC123", "socks5://proxy:1080"), set()),
+        (settings("https://dps.example.com/", "0ne00ABC123", ""), set()),  # pasted URL: trimmed to the host
+        (settings("", "", ""), {"provisioning_host", "id_scope"}),
+        (settings("bad host!", "0ne 00", "ftp://x"), {"provisioning_host", "id_scope", "proxy"}),
+        (settings("dps.example.com", "0ne00ABC123", "http://proxy"), {"proxy"}),
     ],
 )
-def test_settings_validation(settings, bad):
-    assert set(validate(settings)) == bad
+def test_settings_validation(values, bad):
+    assert set(validate_settings(values)) == bad
 
 
-def test_settings_dialog_validates_then_writes_config_toml(qtbot, config):
-    dialog = SettingsDialog(config)
+def test_settings_dialog_validates_then_writes_config_toml(qtbot, store, config):
+    dialog = SettingsDialog(store, config)
     qtbot.addWidget(dialog)
     dialog.show()
+    fields_before = [edit.geometry() for edit in dialog.edits.values()]
     dialog.host_edit.setText("not a host")
     dialog.scope_edit.setText("")
+    dialog.proxy_edit.setText("ftp://x")
     with qtbot.assertNotEmitted(dialog.saved):
         assert dialog.try_save() is False
-    assert dialog.errors["provisioning_host"].isVisible() and dialog.errors["id_scope"].isVisible()
-    assert not (config.config_dir / "config.toml").exists()
-    dialog.host_edit.setText("dps.example.com")
+    qtbot.wait(10)
+    for name, error in dialog.errors.items():
+        assert error.text(), name
+        # The whole text fits (not cut in half), and the fields did not move under the pointer.
+        assert error.heightForWidth(error.width()) <= error.height(), name
+    assert [edit.geometry() for edit in dialog.edits.values()] == fields_before
+    assert not store.path.exists()
+    dialog.host_edit.setText("https://dps.example.com/")
     dialog.scope_edit.setText("0ne00ABC123")
     dialog.proxy_edit.setText("http://proxy.example.com:3128")
     with qtbot.waitSignal(dialog.saved, timeout=1000) as saved:
@@ -108,6 +125,7 @@ def test_settings_dialog_validates_then_writes_config_toml(qtbot, config):
         new_config.provisioning_host == "dps.example.com"
         and str(new_config.proxy) == "http://proxy.example.com:3128"
     )
+    assert oct(store.path.stat().st_mode & 0o777) == "0o600"
     # The device core reads back exactly what the dialog wrote.
     reread = load_config(argparse.Namespace(data_dir=str(config.data_dir)), {})
     assert (reread.provisioning_host, reread.id_scope, str(reread.proxy)) == (
@@ -116,15 +134,57 @@ def test_settings_dialog_validates_then_writes_config_toml(qtbot, config):
         "http://proxy.example.com:3128",
     )
     # Clearing the proxy removes it, other keys stay.
-    (config.config_dir / "config.toml").write_text(
-        (config.config_dir / "config.toml").read_text() + "keep_alive = 120\n"
-    )
-    dialog2 = SettingsDialog(reread)
+    store.path.write_text(store.path.read_text() + "keep_alive = 120\n")
+    dialog2 = SettingsDialog(store, reread)
     qtbot.addWidget(dialog2)
     dialog2.proxy_edit.setText("")
     assert dialog2.try_save()
     reread = load_config(argparse.Namespace(data_dir=str(config.data_dir)), {})
     assert reread.proxy is None and reread.keep_alive == 120
+
+
+def test_settings_go_to_the_file_that_was_read_with_the_same_precedence(tmp_path):
+    chosen = tmp_path / "elsewhere" / "my.toml"
+    args = argparse.Namespace(data_dir=str(tmp_path / "data"), config_file=str(chosen), id_scope="0neCLI0001")
+    store = ConfigStore(args, {"CLIENT_APP_PROXY": "http://env-proxy:8080"})
+    assert set(store.owned_elsewhere()) == {"id_scope", "proxy"}
+    config = store.save(settings("dps.example.com", "0ne00FILE01", "http://file-proxy:1"))
+    assert "dps.example.com" in chosen.read_text()
+    assert "0ne00FILE01" not in chosen.read_text() and "file-proxy" not in chosen.read_text()
+    # The command line and the environment still win, as at start-up.
+    assert (config.provisioning_host, config.id_scope, str(config.proxy)) == (
+        "dps.example.com",
+        "0neCLI0001",
+        "http://env-proxy:8080",
+    )
+    assert not (tmp_path / "data" / "config" / "config.toml").exists()
+
+
+def test_a_demo_dialog_does_not_rewrite_what_the_local_cloud_owns(qtbot, tmp_path):
+    cloud = tmp_path / "cloud"
+    cloud.mkdir()
+    (cloud / "connection.json").write_text(
+        '{"id_scope": "0ne00LOCAL1", "provisioning_host": "127.0.0.9", "proxy_host": "127.0.0.9",'
+        ' "proxy_port": 8443}'
+    )
+    store = ConfigStore(argparse.Namespace(data_dir=str(tmp_path / "data")), {}, {"local_cloud": str(cloud)})
+    dialog = SettingsDialog(store, store.load())
+    qtbot.addWidget(dialog)
+    assert all(edit.isReadOnly() for edit in dialog.edits.values())
+    assert dialog.errors["id_scope"].text() == "Set by the local cloud."
+    assert dialog.try_save()
+    assert "0ne00LOCAL1" not in store.path.read_text()
+
+
+def test_the_proxy_password_goes_to_the_keyring_not_the_file(keyring_env, tmp_path):
+    store = ConfigStore(argparse.Namespace(data_dir=str(tmp_path / "data")), {})
+    config = store.save(
+        settings("dps.example.com", "0ne00ABC123", "http://me:s3cr%40t@proxy.example.com:3128")
+    )
+    text = store.path.read_text()
+    assert "s3cr" not in text and "http://me@proxy.example.com:3128" in text
+    assert config.proxy.password == "s3cr@t"
+    assert store.load().proxy.password == "s3cr@t"  # read back from the keyring on the next start
 
 
 def test_second_instance_brings_the_first_forward(qtbot, tmp_path):
@@ -165,6 +225,17 @@ def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path):
 PEM_KEY = private_key_to_pem(generate_key(), None).decode().strip()
 ENCRYPTED_KEY = private_key_to_pem(generate_key(), b"passphrase").decode().splitlines()
 KEY_LINES = PEM_KEY.splitlines()
+
+
+def test_redaction_keeps_ordinary_paths_readable():
+    line = (
+        "logs in /var/tmp/pytest-of-me/client-app-demo/demo-device/logs/client-app.log, C:/Users/Me/AppData/x"
+    )
+    assert diagnostics.redact(line) == line
+    home = f"{Path.home()}/.local/share/client-app/demo-device/logs"
+    assert diagnostics.redact(home) == "~/.local/share/client-app/demo-device/logs"  # the user name goes
+    secret = "k/" + "Zm9vYmFyYmF6cXV4cXV1eHF1dXhx/dXV4cXV1eA"  # base64 with a slash is still removed
+    assert "Zm9vYmFy" not in diagnostics.redact(f"key {secret} here")
 
 
 @pytest.mark.parametrize(
@@ -229,3 +300,94 @@ def test_diagnostics_zip_is_allow_listed_and_redacted(tmp_path, config):
     assert status_json["certificate_thumbprint"] == FULL_STATUS["certificate_thumbprint"]
     assert status_json["registration_id"] == "desk-0123"
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_clicking_a_notification_opens_the_window_on_that_message(qtbot, store, config):
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+    from client_app.gui.models import InboxModel
+    from client_app.gui.tray import StatusTray
+    from tests.gui.test_widgets import inbox_message
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    controller = AppController(config, window, tray=StatusTray(), store=store)
+    try:
+        window.add_messages([inbox_message(n) for n in range(1, 301)])
+        controller.notifier.messages_arrived([inbox_message(42)])
+        window.hide()
+        controller.tray.icon.messageClicked.emit()
+        assert window.isVisible()
+        current = window.inbox_view.currentIndex()
+        assert window.inbox_box.message_at(current).id == 42
+        assert window.inbox_view.visualRect(current).intersects(window.inbox_view.viewport().rect())
+        assert current.sibling(current.row(), InboxModel.TEXT).data() == "message 42"
+    finally:
+        controller.tray.dispose()
+
+
+def test_do_not_disturb_in_the_tray_is_kept(qtbot, store, config):
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+    from client_app.gui.tray import StatusTray
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    controller = AppController(config, window, tray=StatusTray(), store=store)
+    texts = [a.text() for a in controller.tray.menu.actions() if a.text()]
+    for wanted in ("Connection details…", "Settings…", "Do not disturb", "Quit", "No unread messages"):
+        assert wanted in texts
+    assert controller.notifier.enabled
+    controller.tray.dnd_action.trigger()
+    assert not controller.notifier.enabled
+    assert store.load().do_not_disturb is True
+    controller.tray.dispose()
+    # The next start remembers it.
+    again = AppController(store.load(), window, tray=StatusTray(), store=store)
+    assert again.tray.dnd_action.isChecked() and not again.notifier.enabled
+    again.tray.dispose()
+
+
+def test_support_panel_has_what_a_support_call_needs(qtbot, store, config):
+    from client_app.gui.app import AppController
+    from client_app.gui.main_window import MainWindow
+    from client_app.logsetup import app_version
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    controller = AppController(config, window, store=store)
+    controller.show_status(
+        make_status(ConnectionState.CONNECTED, registration_id="desk-9", device_id="desk-9")
+    )
+    controller.open_support_panel()
+    panel = controller.support_panel
+    facts = {label: value.text() for label, value in panel.facts.items()}
+    assert facts["App version"] == app_version()
+    assert facts["Proxy"] == "none"
+    assert facts["Data folder"] == str(config.data_dir)  # whole and readable, not "~/.[token removed]"
+    assert facts["Settings file"] == str(store.path)
+    assert facts["Operating system"]
+    qtbot.mouseClick(panel.copy_id_button, Qt.MouseButton.LeftButton)
+    from PySide6.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text() == "desk-9"
+    assert panel.copy_button.text() == "Copy all"
+    panel.close()
+
+
+def test_about_names_versions_build_and_licences(qtbot):
+    from PySide6.QtCore import qVersion
+
+    from client_app.gui.about import AboutDialog
+    from client_app.gui.main_window import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    about = next(a for a in window.menuBar().actions()[-1].menu().actions() if "About" in a.text())
+    with qtbot.waitSignal(window.aboutRequested, timeout=1000):
+        about.trigger()
+    dialog = AboutDialog(window)
+    qtbot.addWidget(dialog)
+    text = dialog.text.text()
+    for wanted in (qVersion(), "Azure IoT device SDK", "LGPL-3.0", "MIT", "from source", "Version"):
+        assert wanted in text

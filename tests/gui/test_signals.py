@@ -11,7 +11,7 @@ from client_app.gui.app import _quit_on_signals
 
 def test_sigterm_before_the_event_loop_starts_still_quits(qapp):
     # A slow cold start can map the window before app.exec() runs; a SIGTERM then must not be lost.
-    restore = _quit_on_signals(qapp)
+    restore = _quit_on_signals(qapp, qapp.quit)
     guard = QTimer()
     guard.setSingleShot(True)
     guard.timeout.connect(lambda: qapp.exit(99))

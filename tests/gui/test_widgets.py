@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from PySide6.QtCore import QItemSelectionModel, Qt
-from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton, QSystemTrayIcon
 
 from client_app.device.runtime import ConnectionState, FirstRunStep
 from client_app.device.store import InboxMessage, OutboxMessage
 from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.first_run import DONE, FAILED, PENDING, RUNNING
 from client_app.gui.main_window import parse_properties
-from client_app.gui.models import InboxModel
-from client_app.gui.status_text import Tone, describe
+from client_app.gui.models import InboxModel, OutboxModel
+from client_app.gui.status_text import BLOCKED_DETAIL, Tone, describe
 from client_app.gui.tray import StatusTray
 from tests.gui.conftest import make_status
 
@@ -53,11 +53,11 @@ def test_window_shows_every_state(window, state, headline, tone, retry, reconnec
     )
     banner = window.banner
     assert banner.headline.text() == headline
-    assert banner.detail.text() == "Plain words here."
+    assert banner.detail.text() == ("Plain words here." if state is not S.BLOCKED else BLOCKED_DETAIL)
     assert banner.property("tone") == tone.value
     assert banner.retry_button.isVisible() is retry
     assert banner.reconnect_button.isVisible() is reconnect
-    assert window.first_run.isVisible() is (state in (S.NOT_PROVISIONED, S.CREATING_IDENTITY, S.PROVISIONING))
+    assert not window.first_run.isVisible()  # not the first run: the banner alone speaks
 
 
 def test_reconnecting_counts_down(window, qtbot):
@@ -76,6 +76,7 @@ def test_reconnecting_counts_down(window, qtbot):
 
 def test_first_run_progress_and_failure_with_retry(window, qtbot):
     window.show()
+    window.begin_setup()
     window.show_status(make_status(S.NOT_PROVISIONED))
     panel = window.first_run
     assert panel.isVisible()
@@ -110,11 +111,71 @@ def test_first_run_progress_and_failure_with_retry(window, qtbot):
 
 def test_failure_before_any_identity_is_shown_as_setup_failure(window):
     window.show()
+    window.begin_setup()
     window.show_status(
         make_status(S.ERROR, message="No secure system keyring is available. Then press Retry.")
     )
     assert window.first_run.isVisible() and window.first_run.failure_box.isVisible()
     assert window.first_run.failure_text.text().startswith("No secure system keyring")
+    assert not window.banner.retry_button.isVisible()  # one Retry: the one next to the explanation
+
+
+SDK_CHAIN = (
+    "ClientError: Unexpected failure <- ProtocolProxyError: Unexpected error <- "
+    "ProxyConnectionError: [Errno 111] Connection refused"
+)
+
+
+def test_later_launches_show_no_setup_steps_and_no_exception_chain(window):
+    window.show()  # an identity exists: the app did not call begin_setup()
+    window.show_status(make_status(S.NOT_PROVISIONED, message="Not started yet."))
+    window.show_status(make_status(S.CONNECTING, assigned_hub="hub.example"))
+    window.step_changed("connect", RUNNING, "hub.example")
+    window.step_changed("connect", FAILED, SDK_CHAIN)
+    window.show_status(make_status(S.ERROR, message="The cloud could not be reached. Then press Retry."))
+    assert not window.first_run.isVisible()
+    assert window.banner.retry_button.isVisible()
+    retry_buttons = [b for b in window.findChildren(QPushButton) if b.text() == "Retry" and b.isVisible()]
+    assert retry_buttons == [window.banner.retry_button]
+    assert "Error" not in window.banner.detail.text()
+
+
+def test_blocked_is_said_once_with_the_device_id_to_copy(window, qtbot):
+    window.show()
+    window.begin_setup()
+    window.step_changed("register", FAILED, "The provisioning service refused this device (status 200).")
+    window.show_status(
+        make_status(S.BLOCKED, message="Refused (status 200). Then press Retry.", registration_id="desk-7")
+    )
+    banner = window.banner
+    assert banner.detail.text() == BLOCKED_DETAIL
+    assert not window.first_run.failure_box.isVisible()
+    shown_retries = [b for b in window.findChildren(QPushButton) if b.text() == "Retry" and b.isVisible()]
+    assert shown_retries == [banner.retry_button]
+    assert not any(b.isVisible() for b in window.findChildren(QPushButton) if b.text() == "Settings…")
+    assert banner.device_id.text() == "Device ID: desk-7"
+    qtbot.mouseClick(banner.copy_id_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == "desk-7"
+    assert window.send_hint.text().startswith("Blocked: messages are kept")
+    window.show_status(make_status(S.CONNECTED, registration_id="desk-7"))
+    assert not banner.id_row.isVisible()
+
+
+def test_first_run_step_details_are_plain_words(window):
+    window.show()
+    window.begin_setup()
+    window.step_changed("create_key", DONE, "ca-63b5d0e1f2a3")
+    window.step_changed("store_in_keyring", DONE, "keyring.backends.SecretService.Keyring")
+    window.step_changed("register", RUNNING, "global.azure-devices-provisioning.net")
+    window.step_changed("register", DONE, "hub.example")
+    window.step_changed("connect", FAILED, SDK_CHAIN)
+    details = [label.text() for label in window.first_run._details.values()]
+    keyring = "In the system keyring (GNOME Keyring or KWallet)"
+    assert details[:4] == ["", "", keyring, "Assigned to hub.example"]
+    failure = window.first_run.failure_text.text()
+    assert "<-" not in failure and "Errno" not in failure
+    assert "The cloud could not be reached" in failure
+    assert not window.first_run.settings_button.isVisible()
 
 
 def test_failure_without_detail_gets_advice(window):
@@ -146,12 +207,10 @@ def test_inbox_inserts_a_burst_in_one_batch_and_marks_read(window, qtbot):
     assert window.inbox_box.title() == "Messages from the cloud (1000 unread)"
     # Duplicates (initial load racing a live delivery) are dropped.
     assert window.add_messages([inbox_message(1000)]) == 0
-    with qtbot.waitSignal(window.messageRead, timeout=1000) as read:
-        window.inbox_view.selectionModel().select(
-            model.index(0, 0),
-            QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows,
-        )
-    assert read.args[0].id == 1000
+    with qtbot.waitSignal(window.readChanged, timeout=1000) as read:
+        rect = window.inbox_view.visualRect(window.inbox_box.proxy.index(0, InboxModel.TEXT))
+        qtbot.mouseClick(window.inbox_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert [m.id for m in read.args[0]] == [1000] and read.args[1] is True
     assert model.index(0, InboxModel.UNREAD).data() == ""
     assert window.windowTitle() == "client-app (999 unread)"
 
@@ -174,18 +233,23 @@ def test_send_box_and_outbox_states(window, qtbot):
     with qtbot.waitSignal(window.sendRequested, timeout=1000) as sent:
         qtbot.keyClick(window.message_edit, Qt.Key.Key_Return)
     assert sent.args == ["hello backend", {"kind": "greeting", "n": "1"}]
-    assert window.message_edit.text() == ""
+    assert window.message_edit.text() == "" and window.properties_edit.text() == ""
     now = datetime.now(UTC)
     window.set_outbox(
         [
             OutboxMessage(1, "a", "first", {}, now, "delivered", now),
-            OutboxMessage(2, "b", "hello backend", {}, now, "queued"),
+            OutboxMessage(2, "b", "hello backend", {"kind": "greeting", "n": "1"}, now, "queued"),
         ]
     )
     model = window.outbox_model
-    assert model.index(0, 1).data() == "hello backend"
-    assert model.index(0, 2).data() == "Queued (offline)"
-    assert model.index(1, 2).data() == "Delivered"
+    assert model.headerData(OutboxModel.PROPERTIES, Qt.Orientation.Horizontal) == "Properties"
+    assert model.index(0, OutboxModel.TEXT).data() == "hello backend"
+    assert model.index(0, OutboxModel.PROPERTIES).data() == "kind=greeting, n=1"
+    assert model.index(0, OutboxModel.STATE).data() == "Queued (offline)"
+    assert model.index(0, OutboxModel.TIME).data() == ""  # not sent yet: no "Sent" time
+    assert model.index(0, OutboxModel.WRITTEN).data()
+    assert model.index(1, OutboxModel.STATE).data() == "Delivered"
+    assert model.index(1, OutboxModel.TIME).data()
 
 
 def test_return_in_the_properties_field_sends_too_and_fields_have_names(window, qtbot):
@@ -366,6 +430,94 @@ def test_connected_banner_does_not_repeat_itself(window):
     window.show_status(status)
     assert window.banner.headline.text() == "Connected to hub.example"
     assert window.banner.detail.text().startswith("Connected since ")
+
+
+def test_keyboard_tab_leaves_tables_and_arrows_do_not_mark_read(window, qtbot):
+    from client_app.gui.style import install_style
+
+    install_style(QApplication.instance())
+    window.show()
+    window.activateWindow()
+    window.add_messages([inbox_message(n) for n in range(1, 201)])
+    view = window.inbox_view
+    view.setFocus(Qt.FocusReason.TabFocusReason)
+    view.setCurrentIndex(window.inbox_box.proxy.index(0, InboxModel.TEXT))
+    read = []
+    window.readChanged.connect(lambda messages, _read: read.extend(messages))
+    for _ in range(5):
+        qtbot.keyClick(view, Qt.Key.Key_Down)
+    assert view.currentIndex().row() == 5
+    assert read == [] and window.inbox_model.unread_count() == 200  # passing over is not reading
+    qtbot.keyClick(view, Qt.Key.Key_Tab)
+    assert not view.hasFocus()  # one Tab leaves a 200-row table
+    # Enter opens the current message: that is reading it.
+    view.setFocus(Qt.FocusReason.TabFocusReason)
+    qtbot.keyClick(view, Qt.Key.Key_Return)
+    assert [m.id for m in read] == [195]
+    window.message_dialog.close()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=2000)
+    # Tab reaches Send, which then shows a focus ring.
+    window.message_edit.setFocus(Qt.FocusReason.TabFocusReason)
+    unfocused = window.send_button.grab().toImage()
+    qtbot.keyClick(window.message_edit, Qt.Key.Key_Tab)
+    assert window.send_button.hasFocus()
+    assert window.send_button.grab().toImage() != unfocused
+
+
+def top_text(view) -> str:
+    return view.indexAt(QPoint(view.columnViewportPosition(InboxModel.TEXT) + 2, 2)).data()
+
+
+def test_inbox_keeps_the_reader_in_place_during_a_burst(window, qtbot):
+    window.show()
+    window.add_messages([inbox_message(n) for n in range(1, 201)])
+    view = window.inbox_view
+    bar = view.verticalScrollBar()
+    view.scrollTo(window.inbox_box.proxy.index(130, InboxModel.TEXT), view.ScrollHint.PositionAtTop)
+    qtbot.wait(10)
+    top_before = top_text(view)
+    assert top_before == "message 70"
+    for start in range(201, 301, 10):  # a burst arrives in batches
+        window.add_messages([inbox_message(n) for n in range(start, start + 10)])
+        qtbot.wait(5)
+    assert top_text(view) == "message 70"
+    button = window.inbox_box.new_button
+    assert button.isVisible() and button.text() == "100 new ↑"
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    assert bar.value() == 0 and not button.isVisible()
+    assert top_text(view) == "message 300"
+    # At the top the reader sees the newest as it comes, with no button.
+    window.add_messages([inbox_message(301)])
+    assert bar.value() == 0 and not button.isVisible()
+
+
+def test_inbox_filter_mark_all_read_and_context_menu(window, qtbot):
+    window.show()
+    window.add_messages([inbox_message(1, "alpha", properties={"k": "v"}), inbox_message(2, "beta")])
+    panel = window.inbox_box
+    changes = []
+    window.readChanged.connect(lambda messages, read: changes.append(([m.id for m in messages], read)))
+    qtbot.keyClicks(panel.filter_edit, "ALP")
+    assert panel.proxy.rowCount() == 1
+    assert panel.proxy.index(0, InboxModel.TEXT).data() == "alpha"
+    menu = panel.context_menu(panel.proxy.index(0, InboxModel.TEXT))
+    actions = {a.text(): a for a in menu.actions() if a.text()}
+    actions["Copy message"].trigger()
+    assert QApplication.clipboard().text() == "alpha"
+    actions["Copy properties"].trigger()
+    assert QApplication.clipboard().text() == "k=v"
+    actions["Mark as read"].trigger()
+    assert changes == [([1], True)]
+    menu = panel.context_menu(panel.proxy.index(0, InboxModel.TEXT))
+    next(a for a in menu.actions() if a.text() == "Mark as unread").trigger()
+    assert changes[-1] == ([1], False)
+    panel.filter_edit.clear()
+    assert panel.proxy.rowCount() == 2
+    qtbot.mouseClick(panel.mark_all_button, Qt.MouseButton.LeftButton)
+    assert sorted(changes[-1][0]) == [1, 2] and changes[-1][1] is True
+    assert window.inbox_model.unread_count() == 0 and not panel.mark_all_button.isEnabled()
+    assert window.windowTitle() == "client-app"
 
 
 def test_double_click_shows_the_whole_message(window, qtbot):

@@ -150,6 +150,9 @@ def test_verification_profile(issuing: CertificateAuthority) -> None:
     assert not ext(cert, x509.BasicConstraints).value.ca
     assert usages(cert) == {"digital_signature"}
     assert cert.public_key() == key.public_key()
+    # Never a device credential: no clientAuth EKU (the local cloud refuses such leaves, docs/pki.md).
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
 
 
 @pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.RSA_2048])

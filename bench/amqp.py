@@ -1,0 +1,247 @@
+"""AMQP endpoint load: C2D over AMQP to 1,000 connected devices, Event Hubs consumer throughput, and what the
+AMQP endpoint costs the MQTT telemetry path.
+
+The cloud runs as its own process and 1,000 raw MQTT devices provision and connect as in bench/cloud_load.py
+(reused, not copied). Then, each next to a baseline from the same run:
+  * MQTT telemetry rate alone, then again while an Event Hubs consumer reads it live: the ratio is what the
+    AMQP endpoint costs the MQTT path (target ≥ 0.90);
+  * one azure-eventhub EventHubConsumerClient (its own process, all partitions) reading everything stored from
+    the start: events/s (target ≥ 5,000), next to the MQTT store rate;
+  * C2D with azure-iot-hub's send_c2d_message (uamqp) to random connected devices at a fixed rate: send → the
+    device's PUBLISH, p50/p99 (target p99 ≤ 20 ms), next to PINGREQ round trips and the operator API's C2D.
+Exit status 0 only if every target is met and nothing was lost.
+
+    uv run python bench/amqp.py [--devices 1000] [--telemetry-messages 30000] [--c2d-messages 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cloud_load as load
+
+from client_app.cloud.mqtt import packets as p
+from client_app.cloud.sas import parse_connection_string
+from tests.fixtures.cloud import api_client
+
+# ---- the Event Hubs consumer, in a process of its own (so it competes with the server, not with us) ------
+
+
+def consume(connection_string: str, ca: str, starting_position: str, expected: int, timeout: float) -> None:
+    """`--consume` mode: read `expected` events over all partitions; print {"events", "seconds"} as JSON."""
+    from azure.eventhub import EventHubConsumerClient
+
+    client = EventHubConsumerClient.from_connection_string(
+        connection_string, "$Default", connection_verify=ca
+    )
+    lock, done = threading.Lock(), threading.Event()
+    state = {"events": 0, "first": 0.0, "last": 0.0}
+
+    def on_batch(_context: Any, events: list[Any]) -> None:
+        now = time.perf_counter()
+        with lock:
+            if events and not state["first"]:
+                state["first"] = now
+            state["events"] += len(events)
+            state["last"] = now
+            if state["events"] >= expected:
+                done.set()
+
+    worker = threading.Thread(target=client.receive_batch, daemon=True, kwargs={
+        "on_event_batch": on_batch, "starting_position": starting_position, "max_batch_size": 1000,
+        "prefetch": 3000, "max_wait_time": 1,
+    })  # fmt: skip
+    worker.start()
+    print(json.dumps({"ready": True}), flush=True)
+    done.wait(timeout)
+    client.close()
+    print(json.dumps({"events": state["events"], "seconds": state["last"] - state["first"]}), flush=True)
+
+
+def start_consumer(info: Any, starting_position: str, expected: int, timeout: float) -> subprocess.Popen[str]:
+    command = [sys.executable, __file__, "--consume", info.eventhub_compatible_connection_string,
+               info.server_ca_pem, starting_position, str(expected), str(timeout)]  # fmt: skip
+    consumer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert consumer.stdout is not None
+    json.loads(consumer.stdout.readline())  # {"ready": true}: the client is receiving
+    return consumer
+
+
+def consumer_result(consumer: subprocess.Popen[str]) -> tuple[int, float]:
+    out, _ = consumer.communicate(timeout=600)
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["events"], result["seconds"]
+
+
+# ---- C2D over AMQP ---------------------------------------------------------------------------------------
+
+
+def hub_connection_string(info: Any) -> str:
+    """The `service` policy's hub connection string (its key is in the Event Hubs-compatible one)."""
+    fields = parse_connection_string(info.eventhub_compatible_connection_string)
+    return (f"HostName={info.amqp_host};SharedAccessKeyName={fields['SharedAccessKeyName']};"
+            f"SharedAccessKey={fields['SharedAccessKey']}")  # fmt: skip
+
+
+async def amqp_c2d(info: Any, devices: list[load.Device], picks: list[load.Device], rate: float,
+                   results: dict[str, Any]) -> None:  # fmt: skip
+    """C2D with azure-iot-hub (uamqp, one connection) at `rate`/s: send → the device's PUBLISH."""
+    from azure.iot.hub import IoTHubRegistryManager
+
+    os.environ["SSL_CERT_FILE"] = info.server_ca_pem  # uamqp's OpenSSL trusts the cloud's CA through it
+    registry = IoTHubRegistryManager.from_connection_string(hub_connection_string(info))
+    registry.send_c2d_message(picks[0].registration_id, "warm-up")  # connection + CBS outside the figures
+    sent_at: dict[int, float] = {}
+    received: dict[int, float] = {}
+
+    def on_publish(message: p.Publish, now: float) -> None:
+        if message.payload.startswith(b"amqp-"):
+            received[int(message.payload[5:])] = now
+
+    for device in devices:
+        load.client_of(device).on_publish = on_publish
+
+    def send_all() -> None:
+        started = time.perf_counter()
+        for index, device in enumerate(picks):
+            time.sleep(max(0.0, started + index / rate - time.perf_counter()))
+            sent_at[index] = time.perf_counter()
+            try:
+                registry.send_c2d_message(device.registration_id, f"amqp-{index}")
+            except Exception as exc:  # counted as lost below
+                results.setdefault("failures", []).append(repr(exc)[:120])
+
+    await asyncio.to_thread(send_all)
+    deadline = time.monotonic() + load.OP_TIMEOUT
+    while len(received) < len(picks) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    registry.amqp_svc_client.disconnect_sync()
+    results["amqp_c2d"] = [received[i] - sent_at[i] for i in received if i in sent_at]
+    print(f"phase: {len(received)}/{len(picks)} C2D messages over AMQP received at {rate:g}/s")
+
+
+# ---- run --------------------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, cloud: load.CloudProcess, api: Any, devices: list[load.Device]
+              ) -> dict[str, Any]:  # fmt: skip
+    info = cloud.info
+    r = load.Results(args.devices)
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=str(api.base_url), headers=api.headers, timeout=60) as aapi:
+        hub = await load.register_all(info, devices, args.concurrency, r)
+        online = await load.connect_all(info, hub, devices, args.concurrency, r)
+        pinger = asyncio.create_task(load.keep_alive(online))
+        try:
+            with load.server_cpu(cloud):
+                await load.telemetry(online, args.telemetry_messages, args.window, r)
+            out["mqtt_alone"] = args.telemetry_messages / r.telemetry_seconds
+            print(f"         {out['mqtt_alone']:,.0f} msg/s with no AMQP consumer")
+
+            consumer = start_consumer(info, "@latest", args.telemetry_messages, 300)
+            await asyncio.sleep(2)  # its receivers are attached to every partition
+            with load.server_cpu(cloud):
+                await load.telemetry(online, args.telemetry_messages, args.window, r)
+            out["mqtt_with_consumer"] = args.telemetry_messages / r.telemetry_seconds
+            out["live_events"] = consumer_result(consumer)[0]
+            print(f"         {out['mqtt_with_consumer']:,.0f} msg/s while an Event Hubs consumer read"
+                  f" {out['live_events']:,} of them live")  # fmt: skip
+
+            total = 2 * args.telemetry_messages
+            with load.server_cpu(cloud):
+                consumer = start_consumer(info, "-1", total, 300)
+                out["read_events"], out["read_seconds"] = consumer_result(consumer)
+            print(f"phase: {out['read_events']:,} events read from the start in {out['read_seconds']:.2f} s")
+
+            rng = random.Random(1)
+            picks = [rng.choice(online) for _ in range(args.c2d_messages)]
+            await load.ping_latency(picks, args.c2d_rate, r)
+            await load.c2d(aapi, online, picks, args.c2d_rate, r)
+            with load.server_cpu(cloud):
+                await amqp_c2d(info, online, picks, args.c2d_rate, out)
+        finally:
+            pinger.cancel()
+            await asyncio.gather(
+                *(d.client.disconnect() for d in devices if d.client), return_exceptions=True
+            )
+    out.update(ping=r.ping_rtt, http_c2d=r.c2d_latency, failures=dict(r.failures), picks=args.c2d_messages)
+    return out
+
+
+def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
+    pct = load.percentile
+    amqp50, amqp99 = pct(out["amqp_c2d"], 50), pct(out["amqp_c2d"], 99)
+    http50, http99 = pct(out["http_c2d"], 50), pct(out["http_c2d"], 99)
+    ping99 = pct(out["ping"], 99)
+    read_rate = out["read_events"] / out["read_seconds"] if out["read_seconds"] else 0.0
+    cost_ratio = out["mqtt_with_consumer"] / out["mqtt_alone"]
+    total = 2 * args.telemetry_messages
+    rows = [
+        ("C2D over AMQP p50", f"{amqp50 * 1000:.1f} ms", "", None,
+         f"operator API C2D p50: {http50 * 1000:.1f} ms", load.ratio(amqp50, http50)),
+        ("C2D over AMQP p99", f"{amqp99 * 1000:.1f} ms", "≤ 20 ms", amqp99 <= 0.020,
+         f"operator API C2D p99: {http99 * 1000:.1f} ms; PINGREQ p99 {ping99 * 1000:.2f} ms",
+         load.ratio(amqp99, http99)),
+        ("Event Hubs consumer events/s", f"{read_rate:,.0f}", "≥ 5,000", read_rate >= 5000,
+         f"MQTT telemetry stored: {out['mqtt_alone']:,.0f}/s", load.ratio(read_rate, out["mqtt_alone"])),
+        ("MQTT msg/s with AMQP consumer", f"{out['mqtt_with_consumer']:,.0f}", "≥ 0.90 ×", cost_ratio >= 0.9,
+         f"MQTT alone: {out['mqtt_alone']:,.0f}/s", f"{cost_ratio:.2f}"),
+    ]  # fmt: skip
+    print(
+        f"\nResults: {args.devices:,} devices, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(f"{'figure':<31} {'measured':>12} {'target':>9}  {'':<6} {'baseline (same run)':<58} ratio")
+    for figure, measured, target, met, baseline, ratio_text in rows:
+        status = "" if met is None else ("OK" if met else "MISSED")
+        print(f"{figure:<31} {measured:>12} {target:>9}  {status:<6} {baseline:<58} {ratio_text}")
+    lost = out["picks"] - len(out["amqp_c2d"])
+    print(f"C2D: {args.c2d_rate:g}/s to random devices, {lost} lost over AMQP; Event Hubs:"
+          f" {out['read_events']:,} of {total:,} read from the start,"
+          f" {out['live_events']:,} of {args.telemetry_messages:,} live")  # fmt: skip
+    for failure in [*out["failures"], *out.get("failures_amqp", [])][:10]:
+        print(f"failure: {failure}")
+    complete = not lost and out["read_events"] >= total and out["live_events"] >= args.telemetry_messages
+    return complete and not out["failures"] and all(met is not False for *_, met, _, _ in rows)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--consume":
+        connection_string, ca, position, expected, timeout = sys.argv[2:7]
+        consume(connection_string, ca, position, int(expected), float(timeout))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--telemetry-messages", type=int, default=30_000, help="per telemetry phase")
+    parser.add_argument("--window", type=int, default=4, help="telemetry messages in flight per device")
+    parser.add_argument("--c2d-messages", type=int, default=500)
+    parser.add_argument("--c2d-rate", type=float, default=50, help="C2D messages per second")
+    parser.add_argument("--concurrency", type=int, default=50, help="registrations/connects at a time")
+    args = parser.parse_args()
+    load.raise_open_file_limit()
+    with tempfile.TemporaryDirectory(prefix="cloud-amqp-") as tmp:
+        root_dir = Path(tmp)
+        with load.cloud_process(root_dir / "cloud") as cloud, api_client(cloud) as api:  # type: ignore[arg-type]
+            devices = load.enrolled_devices(api, cloud, "amqp", args.devices, root_dir / "devices")
+            print(
+                f"setup: {args.devices} devices; cloud pid {cloud.popen.pid}, AMQP on {cloud.info.amqp_host}"
+            )
+            out = asyncio.run(run(args, cloud, api, devices))
+    sys.exit(0 if report(out, args) else 1)
+
+
+if __name__ == "__main__":
+    main()

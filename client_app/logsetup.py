@@ -1,0 +1,107 @@
+"""The app's one log set-up: a size-rotated file, private to the user, with start and stop lines.
+
+Used by every process mode (window, headless, status). Nothing secret is ever logged, so nothing is
+redacted here (diagnostics redact what they export).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import platform
+import time
+from pathlib import Path
+
+from client_app.device.paths import private_dir
+
+LOG_FILE = "client-app.log"
+MAX_BYTES = 2_000_000
+BACKUPS = 5
+REPEAT_WINDOW = 60.0  # seconds: the same message again within this is counted, not written
+FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+
+log = logging.getLogger("client_app")
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Log files are created 0600: they name hosts, devices and folders other local users need not see."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.chmod(self.baseFilename, 0o600)  # a file made by an older version keeps its mode otherwise
+        return os.fdopen(fd, self.mode.replace("w", "a"), encoding=self.encoding, errors=self.errors)
+
+
+class RepeatFilter(logging.Filter):
+    """The SDK reports one failure from several threads and retries ("Exception caught in background
+    thread" eight times in a row): write a message once per window, then say how often it came."""
+
+    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        first, suppressed = self._seen.get(key, (float("-inf"), 0))
+        if now - first < self.window:
+            self._seen[key] = (first, suppressed + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if suppressed:
+            record.msg = f"{record.msg} [and {suppressed} more like it in the last {self.window:.0f} s]"
+        if len(self._seen) > 1000:  # a bounded memory of recent messages
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+        return True
+
+
+def setup_logging(log_dir: Path, level: int = logging.INFO) -> Path | None:
+    """Idempotent: a second call (e.g. the window after the entry point) adds nothing."""
+    root = logging.getLogger()
+    path = Path(log_dir) / LOG_FILE
+    for handler in root.handlers:
+        if isinstance(handler, PrivateRotatingFileHandler) and Path(handler.baseFilename) == path.absolute():
+            return path
+    root.setLevel(level)
+    try:
+        private_dir(Path(log_dir))
+        handler = PrivateRotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
+    except OSError:
+        return None  # logging is a help, not a reason to refuse to start
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(RepeatFilter())
+    root.addHandler(handler)
+    # The SDK and paho are chatty at INFO; their warnings are what support needs.
+    for name in ("azure.iot.device", "paho"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return path
+
+
+def app_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("client-app")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def log_start(mode: str) -> None:
+    # Not platform.platform(): on Linux it runs `uname -p` in a subprocess, on the way to the window.
+    system = f"{platform.system()} {platform.release()}"
+    log.info(
+        "client-app %s starting (%s mode, pid %d, Python %s, %s)",
+        app_version(),
+        mode,
+        os.getpid(),
+        platform.python_version(),
+        system,
+    )
+
+
+def log_stop(code: int) -> None:
+    log.info("client-app stopped (exit code %d)", code)

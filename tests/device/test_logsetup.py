@@ -1,0 +1,52 @@
+"""The one log set-up: private files, start and stop lines, repeats counted instead of written."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from client_app import logsetup
+from client_app.main import main
+
+
+@pytest.fixture
+def clean_root():
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield root
+    for handler in root.handlers[:]:
+        if handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def test_log_file_is_private_and_set_up_once(tmp_path, clean_root):
+    path = logsetup.setup_logging(tmp_path / "logs")
+    assert logsetup.setup_logging(tmp_path / "logs") == path
+    ours = [h for h in clean_root.handlers if getattr(h, "baseFilename", None) == str(path.absolute())]
+    assert len(ours) == 1
+    logging.getLogger("client_app.test").warning("hello")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "logs").stat().st_mode & 0o777) == "0o700"
+
+
+def test_repeated_sdk_errors_are_written_once_then_counted(tmp_path, clean_root):
+    filt = logsetup.RepeatFilter(window=60)
+
+    def record() -> logging.LogRecord:
+        message = "Exception caught in background thread"
+        return logging.LogRecord("azure.iot.device.common", logging.ERROR, __file__, 1, message, (), None)
+
+    passed = [filt.filter(record()) for _ in range(8)]
+    assert passed == [True] + [False] * 7
+    filt.window = 0  # the window is over: the next one is written, with the count
+    later = record()
+    assert filt.filter(later) and "7 more like it" in later.getMessage()
+
+
+def test_each_run_logs_a_start_line_with_the_version_and_a_stop_line(tmp_path, clean_root, capsys):
+    assert main(["--status", "--data-dir", str(tmp_path / "data")]) == 0
+    text = (tmp_path / "data" / "logs" / "client-app.log").read_text()
+    assert f"client-app {logsetup.app_version()} starting (status mode" in text
+    assert "client-app stopped (exit code 0)" in text
