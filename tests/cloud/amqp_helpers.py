@@ -26,18 +26,16 @@ def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str
             f"SharedAccessKey={key or access.primary_key}")  # fmt: skip
 
 
-_ISSUED: dict[tuple[Path, str], DeviceFiles] = {}
-
-
 @contextmanager
-def connected_device(cloud: RunningCloud, issuing: Any, device_id: str, directory: Path) -> Iterator[Any]:
-    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages. The
-    same identity comes back for the same directory and id (after a restart a device keeps its key: DPS
-    refuses another key for a registration ID it knows)."""
-    files = _ISSUED.get((directory, device_id)) or issue_device_files(issuing, device_id, directory)
-    _ISSUED[(directory, device_id)] = files
+def connected_device(
+    cloud: RunningCloud, issuing: Any, device_id: str, directory: Path, files: DeviceFiles | None = None
+) -> Iterator[Any]:
+    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages.
+    Pass the `.files` of an earlier one to come back as the same device (DPS pins a registration's key)."""
+    files = files or issue_device_files(issuing, device_id, directory)
     result = register(cloud.info, files)
     client = hub_client(cloud.info, files, result.registration_state.assigned_hub)
+    client.files = files
     client.received = []
     client.on_message_received = client.received.append
     try:

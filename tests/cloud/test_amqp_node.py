@@ -129,6 +129,7 @@ def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_c
     partition = str(partition_of(device_id, 4))
     with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
         _send(device, ["one", "two"])
+        files = device.files
     env = {"EVENTHUB_CONNECTION_STRING": local_cloud.info.eventhub_compatible_connection_string,
            "PARTITION": partition}  # fmt: skip
     code, lines = _outcome(_node("eventhub_read.js", local_cloud, START="earliest", EXPECTED="2", **env))
@@ -137,7 +138,7 @@ def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_c
     local_cloud.stop()
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path) as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path, files) as device:
             _send(device, ["three"])
         code, lines = _outcome(
             _node("eventhub_read.js", restarted, START=str(checkpoint), EXPECTED="1", **env)

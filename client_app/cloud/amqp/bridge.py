@@ -116,7 +116,7 @@ class AmqpThread:
         try:
             self.loop.run_forever()
         finally:
-            self.loop.close()  # its self-pipe sockets with it
+            self.loop.close()  # its self-pipe sockets too, or they surface as ResourceWarnings in a later gc
 
     def start(self, listeners: list[tuple[str, int, ssl.SSLContext | None]]) -> None:
         self._thread.start()
@@ -159,7 +159,7 @@ class AmqpThread:
 
     def stop(self, timeout: float = 10) -> None:
         if not self._thread.is_alive():
-            if not self._thread.ident and not self.loop.is_closed():  # never started
+            if self._thread.ident is None:  # never started: the loop made in __init__ never ran
                 self.loop.close()
             return
 
