@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,16 +16,9 @@ from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
 from tests.cloud.amqp_helpers import connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
+from tests.fixtures.node import NODE_DIR
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-
-pytestmark = [
-    PAHO_SOCKET_LEAKS,
-    pytest.mark.skipif(
-        shutil.which("node") is None or not (NODE_DIR / "node_modules").is_dir(),
-        reason="node and `npm ci --prefix tests/node` are needed (.ci/run installs both)",
-    ),
-]
+pytestmark = [PAHO_SOCKET_LEAKS, pytest.mark.usefixtures("node_sdks")]
 
 
 def _node(script: str, cloud: Any, **env: str) -> subprocess.Popen[str]:
