@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from client_app.cloud.dps.registration import Dps
-from client_app.cloud.hub.hub import DeviceRefused, Hub, valid_device_id
+from client_app.cloud.hub.hub import Hub, valid_device_id
+from client_app.cloud.hub.router import DeviceRefused
 from client_app.cloud.mqtt.ratelog import RateLimitedLog
 from client_app.cloud.mqtt.server import ConnectDecision, RefusePublish
 from client_app.pki import sha256_thumbprint

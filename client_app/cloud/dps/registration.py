@@ -16,7 +16,8 @@ from urllib.parse import quote
 from client_app.cloud.dps.allocation import Allocation, allocation_request, call_webhook
 from client_app.cloud.dps.enrollment import Enrollments, Match, unauthorized
 from client_app.cloud.errors import CloudError, bad_request
-from client_app.cloud.hub.hub import DeviceRefused, Hub
+from client_app.cloud.hub.hub import Hub
+from client_app.cloud.hub.router import DeviceRefused
 from client_app.cloud.hub.topics import query_of, request_id
 from client_app.cloud.store import utc_now
 

@@ -21,6 +21,17 @@ from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.hub.limits import check_initial_twin, check_twin
+from client_app.cloud.hub.router import (
+    C2D_FILTER,
+    DESIRED_FILTER,
+    METHODS_FILTER,
+    DeviceRefused,
+    Route,
+    c2d_topic,
+    check_filter,
+    events_bag,
+    route,
+)
 from client_app.cloud.hub.topics import encode_bag, parse_bag, request_id
 from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
@@ -44,6 +55,17 @@ _CONSUMER_GROUP = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$
 DEFAULT_CONSUMER_GROUP = "$Default"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
+# Named columns: a migration that adds or reorders columns cannot shift these values.
+_INSERT_DEVICE = (
+    "INSERT INTO devices(device_id, thumbprint, enabled, generation_id, etag, created, updated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_TWIN = (
+    "INSERT OR IGNORE INTO twins(device_id, desired, desired_version, reported, reported_version, tags) "
+    "VALUES (?, ?, 1, '{}', 1, ?)"
+)
+_SAVE_SESSION = "INSERT OR REPLACE INTO sessions(device_id, subscriptions) VALUES (?, ?)"
+
 SYSTEM_KEYS = {
     "$.mid": "messageId",
     "$.cid": "correlationId",
@@ -54,15 +76,6 @@ SYSTEM_KEYS = {
     "$.exp": "expiryTimeUtc",
     "$.on": "outputName",
 }
-
-C2D_FILTER = "devices/{}/messages/devicebound/#"
-METHODS_FILTER = "$iothub/methods/POST/#"
-TWIN_RES_FILTER = "$iothub/twin/res/#"
-DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
-
-
-class DeviceRefused(Exception):
-    """A publish or subscribe the device may not make; the handler turns it into RefusePublish / close."""
 
 
 def valid_device_id(device_id: str) -> bool:
@@ -149,14 +162,11 @@ class Hub:
             existing = db.execute("SELECT thumbprint FROM devices WHERE device_id=?", (device_id,)).fetchone()
             if existing is None:
                 db.execute(
-                    "INSERT INTO devices VALUES (?, ?, 1, ?, ?, ?, ?, NULL, NULL)",
-                    (device_id, thumbprint, uuid.uuid4().hex, secrets.token_hex(8), now, now),
+                    _INSERT_DEVICE,
+                    (device_id, thumbprint, 1, uuid.uuid4().hex, secrets.token_hex(8), now, now),
                 )
                 desired = initial_twin.get("properties", {}).get("desired", {})
-                db.execute(
-                    "INSERT OR IGNORE INTO twins VALUES (?, ?, 1, '{}', 1, ?)",
-                    (device_id, dumps(desired), dumps(initial_twin.get("tags", {}))),
-                )
+                db.execute(_INSERT_TWIN, (device_id, dumps(desired), dumps(initial_twin.get("tags", {}))))
                 log.info("device %s created (thumbprint %s)", device_id, thumbprint)
             elif existing["thumbprint"] != thumbprint:
                 db.execute(
@@ -240,7 +250,7 @@ class Hub:
         """A connection lost without DISCONNECT: IoT Hub sends its Will message as telemetry marked
         `iothub-MessageType: Will`; the Will topic must be the device's events topic
         (iot-mqtt-connect-to-iot-hub, "Sending device-to-cloud messages")."""
-        bag = _events_bag(device_id, will.topic)
+        bag = events_bag(device_id, will.topic)
         if bag is None:
             log.warning(
                 "device %s: Will message to %r dropped (not its events topic)", device_id, will.topic[:100]
@@ -281,17 +291,11 @@ class Hub:
         return {r["device_id"]: set(json.loads(r["subscriptions"])) for r in rows}
 
     def subscribe(self, device_id: str, topic_filter: str, requested_qos: int) -> int:
-        allowed = {C2D_FILTER.format(device_id), METHODS_FILTER, TWIN_RES_FILTER, DESIRED_FILTER}
-        if topic_filter not in allowed:
-            if topic_filter.startswith("devices/") and not topic_filter.startswith(f"devices/{device_id}/"):
-                raise DeviceRefused(f"subscription to another device's topic {topic_filter[:100]!r}")
-            raise DeviceRefused(f"unsupported topic filter {topic_filter[:100]!r}")
+        check_filter(device_id, topic_filter)
         filters = self._subscriptions.setdefault(device_id, set())
         if topic_filter not in filters:
             filters.add(topic_filter)
-            self._store.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (device_id, json.dumps(sorted(filters)))
-            )
+            self._store.execute(_SAVE_SESSION, (device_id, json.dumps(sorted(filters))))
         if topic_filter == C2D_FILTER.format(device_id):
             self._kick(device_id)
         return min(requested_qos, 1)  # IoT Hub grants QoS 2 subscriptions as QoS 1
@@ -300,9 +304,7 @@ class Hub:
         filters = self._subscriptions.get(device_id, set())
         if topic_filter in filters:
             filters.discard(topic_filter)
-            self._store.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (device_id, json.dumps(sorted(filters)))
-            )
+            self._store.execute(_SAVE_SESSION, (device_id, json.dumps(sorted(filters))))
 
     def _drop_session(self, device_id: str) -> None:
         if self._subscriptions.pop(device_id, None) is not None:
@@ -316,22 +318,19 @@ class Hub:
         self, conn: MqttConnection, device_id: str, topic: str, payload: bytes, *, retain: bool = False
     ) -> None:
         self.touch(device_id)
-        bag = _events_bag(device_id, topic)
-        if bag is not None:
+        job = route(device_id, topic)
+        if job is Route.TELEMETRY:
             # IoT Hub keeps no retained messages: it adds the `mqtt-retain` application property and passes
             # the message on (iot-mqtt-connect-to-iot-hub, "Sending device-to-cloud messages"; the value
             # "true" as in Azure/azure-iot-protocol-gateway src/ProtocolGateway.Core/Mqtt/Util.cs).
+            bag = events_bag(device_id, topic) or ""
             await self._telemetry_in(device_id, bag, payload, {"mqtt-retain": "true"} if retain else {})
-        elif topic.startswith("$iothub/twin/GET/"):
+        elif job is Route.TWIN_GET:
             await self._twin_get(conn, device_id, topic)
-        elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+        elif job is Route.TWIN_REPORTED:
             await self._twin_reported(conn, device_id, topic, payload)
-        elif topic.startswith("$iothub/methods/res/"):
-            self._method_response(device_id, topic, payload)
-        elif topic.startswith("devices/"):
-            raise DeviceRefused(f"publish to another device's topic {topic!r}")
         else:
-            raise DeviceRefused(f"publish to unknown topic {topic!r}")
+            self._method_response(device_id, topic, payload)
 
     async def _telemetry_in(
         self, device_id: str, bag: str, payload: bytes, added: dict[str, str | None]
@@ -374,7 +373,9 @@ class Hub:
         rules: 1-50 letters, digits, '.', '-', '_', starting and ending with a letter or digit)."""
         if not _CONSUMER_GROUP.match(name) or name.lower() == DEFAULT_CONSUMER_GROUP.lower():
             raise bad_request(f"invalid consumer group name {name!r}")
-        self._store.execute("INSERT OR IGNORE INTO consumer_groups VALUES (?, ?)", (name, utc_now()))
+        self._store.execute(
+            "INSERT OR IGNORE INTO consumer_groups(name, created) VALUES (?, ?)", (name, utc_now())
+        )
         return next(g for g in self.consumer_groups() if g["name"].lower() == name.lower())
 
     def delete_consumer_group(self, name: str) -> None:
@@ -385,8 +386,11 @@ class Hub:
 
     # ---- cloud-to-device -------------------------------------------------------------------------
     def _queue_depth(self, device_id: str) -> int:
-        self.expire_c2d(device_id)
-        return int(self._store.one("SELECT COUNT(*) FROM c2d WHERE device_id=?", (device_id,))[0])
+        """Unexpired queued messages; reads never delete (expire_c2d does, with its feedback)."""
+        row = self._store.one(
+            "SELECT COUNT(*) FROM c2d WHERE device_id=? AND expiry>=?", (device_id, time.time())
+        )
+        return int(row[0])
 
     def expire_c2d(self, device_id: str | None = None) -> None:
         """Drop expired C2D messages, of one device or of all (the cloud sweeps every few seconds, so that
@@ -471,7 +475,7 @@ class Hub:
         # Counted as sent: percent-encoding can triple the properties, and a topic past MQTT's 65,535 bytes
         # could never be delivered (it would block the device's queue until its TTL).
         size = len(body) + len(bag)
-        if size > MAX_C2D or len(_c2d_topic(device_id, bag)) > MAX_TOPIC:
+        if size > MAX_C2D or len(c2d_topic(device_id, bag)) > MAX_TOPIC:
             raise CloudError(
                 413,
                 413001,
@@ -490,8 +494,9 @@ class Hub:
 
     def pending_c2d(self, device_id: str) -> list[dict[str, Any]]:
         self._row(device_id)
-        self._queue_depth(device_id)
-        rows = self._store.all("SELECT * FROM c2d WHERE device_id=? ORDER BY seq", (device_id,))
+        rows = self._store.all(
+            "SELECT * FROM c2d WHERE device_id=? AND expiry>=? ORDER BY seq", (device_id, time.time())
+        )
         return [
             {"messageId": r["message_id"], "sequenceNumber": r["seq"], "enqueuedTimeUtc": r["enqueued"],
              "properties": parse_bag(r["properties"]), **_body_json(bytes(r["body"]))}
@@ -517,7 +522,7 @@ class Hub:
                 )
                 if row is None:
                     break
-                topic = _c2d_topic(device_id, row["properties"])
+                topic = c2d_topic(device_id, row["properties"])
                 try:
                     await asyncio.wait_for(
                         online.conn.publish(topic, bytes(row["body"]), 1), DELIVERY_TIMEOUT
@@ -537,9 +542,7 @@ class Hub:
         row = self._store.one("SELECT * FROM twins WHERE device_id=?", (device_id,))
         if row is None:
             self._row(device_id)  # 404 for unknown devices
-            self._store.execute(
-                "INSERT OR IGNORE INTO twins VALUES (?, '{}', 1, '{}', 1, '{}')", (device_id,)
-            )
+            self._store.execute(_INSERT_TWIN, (device_id, "{}", "{}"))
             row = self._store.one("SELECT * FROM twins WHERE device_id=?", (device_id,))
         assert row is not None
         return row
@@ -548,9 +551,8 @@ class Hub:
         """(tags, desired, reported, etag) of a twin row, parsed once per content: queries read every twin.
 
         The cached documents are shared: callers copy before they change anything."""
-        device_id, desired, desired_version, reported, reported_version, tags = (
-            row  # the table's column order
-        )
+        device_id, tags, desired, reported = row["device_id"], row["tags"], row["desired"], row["reported"]
+        desired_version, reported_version = row["desired_version"], row["reported_version"]
         key = (tags, desired, reported, desired_version, reported_version)
         hit = self._twin_cache.get(device_id)
         if hit is not None and hit[0] == key:
@@ -697,10 +699,10 @@ class Hub:
         now = utc_now()
         with self._store.transaction() as db:
             db.execute(
-                "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                _INSERT_DEVICE,
                 (device_id, thumbprint, int(enabled), uuid.uuid4().hex, secrets.token_hex(8), now, now),
             )
-            db.execute("INSERT OR IGNORE INTO twins VALUES (?, '{}', 1, '{}', 1, '{}')", (device_id,))
+            db.execute(_INSERT_TWIN, (device_id, "{}", "{}"))
         log.info("device %s created by the service API", device_id)
         return self.device(device_id)
 
@@ -712,8 +714,11 @@ class Hub:
         """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
         document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
         twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
-        self._store.execute("DELETE FROM c2d WHERE expiry<?", (time.time(),))
-        queued = dict(self._store.all("SELECT device_id, COUNT(*) FROM c2d GROUP BY device_id"))
+        queued = dict(
+            self._store.all(
+                "SELECT device_id, COUNT(*) FROM c2d WHERE expiry>=? GROUP BY device_id", (time.time(),)
+            )
+        )
         result = []
         for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
             twin_row = twins.get(row["device_id"])
@@ -819,18 +824,6 @@ def _twin_etag(row: sqlite3.Row) -> str:
 def _check_etag(what: str, etag: str, if_match: str | None) -> None:
     if if_match is not None and if_match.strip('"') not in ("*", etag):
         raise CloudError(412, 412002, f"{what}: the If-Match etag {if_match!r} is not the current one")
-
-
-def _events_bag(device_id: str, topic: str) -> str | None:
-    """The property bag of a telemetry topic `devices/{id}/messages/events[/{bag}]`; None for other topics."""
-    events = f"devices/{device_id}/messages/events"
-    if topic == events or topic.startswith(events + "/"):
-        return topic[len(events) + 1 :]
-    return None
-
-
-def _c2d_topic(device_id: str, bag: str) -> str:
-    return f"devices/{device_id}/messages/devicebound/{bag}"  # ASCII: device ids and encoded bags are
 
 
 def _leaf_thumbprint(conn: MqttConnection) -> str:
