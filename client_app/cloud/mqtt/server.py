@@ -208,13 +208,44 @@ class MqttConnection:
         """Return once the connection is torn down and handler.disconnected (if due) returned."""
         await self._done.wait()
 
-    # -- connection engine (called by MqttServer)
+    # -- connection engine: the CONNECT phase (authorize, CONNACK) and the session belong to the connection
+
+    async def serve(self, early_packets: list[p.Packet]) -> None:
+        """Called once by the server after CONNECT: ask the handler, then refuse or serve until closed."""
+        try:
+            return_code, session_present = await self._decide()
+            if return_code:
+                await self._reject(return_code)
+                return
+            await self._accept(session_present, early_packets)
+        finally:
+            self._settled.set()  # e.g. cancelled during authorize: nobody may wait forever
+            if not self._accepted:
+                self._done.set()
+
+    async def _decide(self) -> tuple[int, bool]:
+        if self._server.closing:
+            return 3, False
+        if not self.client_id:
+            return 2, False  # no generated ids: connections are keyed by client id
+        try:
+            decision = await self._server.handler.authorize(self)
+            return_code, session_present = (decision, False) if isinstance(decision, int) else decision
+        except Exception as exc:
+            self._log.error("%s: handler.authorize failed: %r", self._peer_text(), exc)
+            return 3, False
+        if return_code not in _VALID_RETURN_CODES:
+            self._log.error(
+                "%s: handler returned invalid CONNACK code %r; using 3", self._peer_text(), return_code
+            )
+            return 3, False
+        return return_code, bool(session_present) and return_code == 0
 
     async def _accept(self, session_present: bool, early_packets: list[p.Packet]) -> None:
         """Send CONNACK 0 and serve until closed; always ends with handler.disconnected."""
         self._main_task = asyncio.current_task()
         try:
-            await self._server._register(self)
+            await self._server.register(self)
             await self._send(p.Connack(0, session_present))
             self._accepted = True  # publish() proceeds only once CONNACK is on the wire
             self._settled.set()
@@ -405,7 +436,7 @@ class MqttConnection:
             except Exception as exc:
                 self._log.error("%s: handler.disconnected failed: %r", self._peer_text(), exc)
         finally:
-            self._server._unregister(self)
+            self._server.unregister(self)
             self._done.set()  # before the TLS close handshake: a half-dead peer must not delay its successor
             await _close_writer(self._writer)
 
@@ -706,16 +737,7 @@ class MqttServer:
         )
         conn.websocket = websocket
         self._tasks[task] = conn
-        try:
-            return_code, session_present = await self._decide(conn)
-            if return_code:
-                await conn._reject(return_code)
-                return
-            await conn._accept(session_present, early)
-        finally:
-            conn._settled.set()  # e.g. cancelled during authorize: nobody may wait forever
-            if not conn._accepted:
-                conn._done.set()
+        await conn.serve(early)
 
     async def _read_connect(
         self, reader: asyncio.StreamReader, packet_reader: p.PacketReader
@@ -735,27 +757,14 @@ class MqttServer:
             raise ValueError("second CONNECT")
         return first, early
 
-    async def _decide(self, conn: MqttConnection) -> tuple[int, bool]:
-        if self._closing:
-            return 3, False
-        if not conn.client_id:
-            return 2, False  # no generated ids: connections are keyed by client id
-        try:
-            decision = await self.handler.authorize(conn)
-            return_code, session_present = (decision, False) if isinstance(decision, int) else decision
-        except Exception as exc:
-            self.log.error("%s: handler.authorize failed: %r", conn._peer_text(), exc)
-            return 3, False
-        if return_code not in _VALID_RETURN_CODES:
-            self.log.error(
-                "%s: handler returned invalid CONNACK code %r; using 3", conn._peer_text(), return_code
-            )
-            return 3, False
-        return return_code, bool(session_present) and return_code == 0
-
     # -- registry
 
-    async def _register(self, conn: MqttConnection) -> None:
+    @property
+    def closing(self) -> bool:
+        """True once close() began: new connections get CONNACK 3."""
+        return self._closing
+
+    async def register(self, conn: MqttConnection) -> None:
         """One connection per client id: the newest wins; the older one is closed and torn down first."""
         older = self.connections.get(conn.client_id)
         self.connections[conn.client_id] = conn
@@ -765,7 +774,7 @@ class MqttServer:
                 async with asyncio.timeout(self.handler_grace + 2 * _CLOSE_GRACE):
                     await older.wait_closed()
 
-    def _unregister(self, conn: MqttConnection) -> None:
+    def unregister(self, conn: MqttConnection) -> None:
         if self.connections.get(conn.client_id) is conn:
             del self.connections[conn.client_id]
 
