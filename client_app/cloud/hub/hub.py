@@ -12,7 +12,6 @@ import logging
 import re
 import secrets
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
+from client_app.cloud.hub.c2d import C2dQueue, body_json
 from client_app.cloud.hub.limits import check_initial_twin, check_twin
 from client_app.cloud.hub.router import (
     C2D_FILTER,
@@ -27,12 +27,11 @@ from client_app.cloud.hub.router import (
     METHODS_FILTER,
     DeviceRefused,
     Route,
-    c2d_topic,
     check_filter,
     events_bag,
     route,
 )
-from client_app.cloud.hub.topics import encode_bag, parse_bag, request_id
+from client_app.cloud.hub.topics import parse_bag, request_id
 from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.pki import sha256_thumbprint
@@ -44,13 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("client_app.cloud.hub.hub")
 
 MAX_TELEMETRY = 256 * 1024
-MAX_C2D = 64 * 1024
-MAX_C2D_QUEUE = 50
-MAX_TOPIC = 0xFFFF  # MQTT's limit on a topic name, in bytes
-DEFAULT_C2D_TTL = 3600.0
 MAX_METHOD_PAYLOAD = 128 * 1024
-FEEDBACK_ACKS = (None, "none", "positive", "negative", "full")
-DELIVERY_TIMEOUT = 60.0  # IoT Hub's fixed C2D lock time: unacknowledged → delivered again later
 _CONSUMER_GROUP = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$")
 DEFAULT_CONSUMER_GROUP = "$Default"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
@@ -119,7 +112,8 @@ class Hub:
         self._method_ids = itertools.count(1)
         self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.on_feedback: list[Callable[[], None]] = []  # new C2D feedback records (the AMQP endpoint)
+        self.c2d = C2dQueue(store)
+        self.on_feedback = self.c2d.on_feedback  # new C2D feedback records (the AMQP endpoint)
 
     # ---- registry --------------------------------------------------------------------------------
     def _device_json(self, row: sqlite3.Row, queued: int | None = None) -> dict[str, Any]:
@@ -137,7 +131,7 @@ class Hub:
             "connectionState": "Connected" if online else "Disconnected",
             "connectionStateUpdatedTime": row["connection_state_updated"],
             "lastActivityTime": self._activity.get(device_id, row["last_activity"]),
-            "cloudToDeviceMessageCount": self._queue_depth(device_id) if queued is None else queued,
+            "cloudToDeviceMessageCount": self.c2d.depth(device_id) if queued is None else queued,
             "createdDateTimeUtc": row["created"],
             "lastUpdatedDateTimeUtc": row["updated"],
         }
@@ -384,124 +378,27 @@ class Hub:
         if not self._store.execute("DELETE FROM consumer_groups WHERE name=?", (name,)).rowcount:
             raise not_found("consumer group", name)
 
-    # ---- cloud-to-device -------------------------------------------------------------------------
-    def _queue_depth(self, device_id: str) -> int:
-        """Unexpired queued messages; reads never delete (expire_c2d does, with its feedback)."""
-        row = self._store.one(
-            "SELECT COUNT(*) FROM c2d WHERE device_id=? AND expiry>=?", (device_id, time.time())
-        )
-        return int(row[0])
-
+    # ---- cloud-to-device: the queue is hub/c2d.py; the hub checks the device and wakes its delivery --------
     def expire_c2d(self, device_id: str | None = None) -> None:
-        """Drop expired C2D messages, of one device or of all (the cloud sweeps every few seconds, so that
-        `Expired` feedback does not wait until someone looks at the device's queue)."""
-        where, params = (
-            ("device_id=? AND expiry<?", (device_id, time.time()))
-            if device_id
-            else ("expiry<?", (time.time(),))
-        )
-        with self._store.transaction() as db:
-            for row in db.execute(f"SELECT * FROM c2d WHERE {where}", params).fetchall():
-                self._feedback(db, row, "Expired")
-            db.execute(f"DELETE FROM c2d WHERE {where}", params)
-
-    @staticmethod
-    def _loop_call_soon(callback: Callable[[], None]) -> None:
-        """After the current transaction: readers on other connections see the row only once it commits."""
-        asyncio.get_running_loop().call_soon(callback)
-
-    def _feedback(self, db: sqlite3.Connection, row: sqlite3.Row, status: str) -> None:
-        """A feedback record (IoT Hub's shape, Azure docs "Message feedback") when the message's ack asks
-        for this outcome: positive → Success, negative → Expired (and the other failures), full → both."""
-        ack = parse_bag(row["properties"]).get("iothub-ack")
-        if ack not in ("full", "positive" if status == "Success" else "negative"):
-            return
-        generation = db.execute("SELECT generation_id FROM devices WHERE device_id=?", (row["device_id"],))
-        generation_row = generation.fetchone()
-        record = {
-            "originalMessageId": row["message_id"],
-            "description": status,
-            "statusCode": status,
-            "deviceGenerationId": generation_row["generation_id"] if generation_row else "",
-            "deviceId": row["device_id"],
-            "enqueuedTimeUtc": utc_now(),
-        }
-        db.execute("INSERT INTO c2d_feedback(record) VALUES (?)", (dumps(record),))
-        self._loop_call_soon(self._feedback_committed)
-
-    def _feedback_committed(self) -> None:
-        for callback in self.on_feedback:
-            callback()
+        self.c2d.expire(device_id)
 
     def delete_feedback(self, ids: list[int]) -> None:
-        """Feedback records the service has completed (accepted on the feedback link)."""
-        self._store.executemany("DELETE FROM c2d_feedback WHERE id=?", [(i,) for i in ids])
+        self.c2d.delete_feedback(ids)
 
-    def send_c2d(
-        self,
-        device_id: str,
-        body: bytes,
-        *,
-        content_type: str | None = None,
-        content_encoding: str | None = None,
-        properties: dict[str, str] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        ttl_seconds: float | None = None,
-        ack: str | None = None,
-        expiry_utc: str | None = None,
-    ) -> dict[str, Any]:
-        """Queue a C2D message. `ack` (none/positive/negative/full, IoT Hub's `iothub-ack`) asks for feedback;
-        `expiry_utc` is the absolute expiry as the sender set it, passed to the device as `$.exp`."""
+    def send_c2d(self, device_id: str, body: bytes, **options: Any) -> dict[str, Any]:
+        """Queue a C2D message (options: C2dQueue.send's) and wake the device's delivery."""
         self._row(device_id)
-        ttl = DEFAULT_C2D_TTL if ttl_seconds is None else ttl_seconds
-        if not 0 < ttl <= 2 * 86400:
-            raise bad_request("ttlSeconds must be in (0, 172800]")
-        if ack not in FEEDBACK_ACKS:
-            raise bad_request(f"iothub-ack must be one of {', '.join(FEEDBACK_ACKS[1:])}", 400004)
-        message_id = message_id or str(uuid.uuid4())
-        system = {"$.mid": message_id, "$.to": f"/devices/{device_id}/messages/deviceBound"}
-        if correlation_id:
-            system["$.cid"] = correlation_id
-        if expiry_utc:
-            system["$.exp"] = expiry_utc
-        if ack and ack != "none":
-            system["iothub-ack"] = ack
-        if content_type:
-            system["$.ct"] = content_type
-        if content_encoding:
-            system["$.ce"] = content_encoding
-        bag = encode_bag({**system, **(properties or {})})
-        # Counted as sent: percent-encoding can triple the properties, and a topic past MQTT's 65,535 bytes
-        # could never be delivered (it would block the device's queue until its TTL).
-        size = len(body) + len(bag)
-        if size > MAX_C2D or len(c2d_topic(device_id, bag)) > MAX_TOPIC:
-            raise CloudError(
-                413,
-                413001,
-                f"message of {size} bytes (body + encoded properties) exceeds the 64 KB C2D limit",
-            )
-        if self._queue_depth(device_id) >= MAX_C2D_QUEUE:
-            raise CloudError(403, 403004, f"device '{device_id}' already has {MAX_C2D_QUEUE} queued messages")
-        cursor = self._store.execute(
-            "INSERT INTO c2d(device_id, message_id, body, content_type, properties, enqueued, expiry) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (device_id, message_id, body, content_type, bag, utc_now(), time.time() + ttl),
-        )
-        log.info("C2D %s queued for %s (%d bytes)", message_id, device_id, len(body))
+        sent = self.c2d.send(device_id, body, **options)
         self._kick(device_id)
-        return {"messageId": message_id, "sequenceNumber": cursor.lastrowid, "deviceId": device_id}
+        return sent
 
     def pending_c2d(self, device_id: str) -> list[dict[str, Any]]:
         self._row(device_id)
-        rows = self._store.all(
-            "SELECT * FROM c2d WHERE device_id=? AND expiry>=? ORDER BY seq", (device_id, time.time())
-        )
-        return [
-            {"messageId": r["message_id"], "sequenceNumber": r["seq"], "enqueuedTimeUtc": r["enqueued"],
-             "properties": parse_bag(r["properties"]), **_body_json(bytes(r["body"]))}
-            for r in rows
-        ]  # fmt: skip
+        return self.c2d.pending(device_id)
+
+    def purge_c2d(self, device_id: str) -> dict[str, Any]:
+        self._row(device_id)
+        return self.c2d.purge(device_id)
 
     def _kick(self, device_id: str) -> None:
         online = self._online.get(device_id)
@@ -516,26 +413,11 @@ class Hub:
             await online.wake.wait()
             online.wake.clear()
             while self._subscribed(device_id, C2D_FILTER.format(device_id)):
-                row = self._store.one(
-                    "SELECT * FROM c2d WHERE device_id=? AND expiry>=? ORDER BY seq LIMIT 1",
-                    (device_id, time.time()),
-                )
-                if row is None:
-                    break
-                topic = c2d_topic(device_id, row["properties"])
                 try:
-                    await asyncio.wait_for(
-                        online.conn.publish(topic, bytes(row["body"]), 1), DELIVERY_TIMEOUT
-                    )
-                except (TimeoutError, ConnectionError, OSError) as exc:
-                    log.warning(
-                        "C2D %s to %s not acknowledged (%r); stays queued", row["message_id"], device_id, exc
-                    )
-                    return
-                with self._store.transaction() as db:
-                    db.execute("DELETE FROM c2d WHERE seq=?", (row["seq"],))
-                    self._feedback(db, row, "Success")
-                log.info("C2D %s delivered to %s", row["message_id"], device_id)
+                    if not await self.c2d.deliver_next(device_id, online.conn):
+                        break
+                except (TimeoutError, ConnectionError, OSError):
+                    return  # the connection is failing; the next one starts its own delivery
 
     # ---- twins -----------------------------------------------------------------------------------
     def _twin_row(self, device_id: str) -> sqlite3.Row:
@@ -714,11 +596,7 @@ class Hub:
         """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
         document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
         twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
-        queued = dict(
-            self._store.all(
-                "SELECT device_id, COUNT(*) FROM c2d WHERE expiry>=? GROUP BY device_id", (time.time(),)
-            )
-        )
+        queued = self.c2d.depths()
         result = []
         for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
             twin_row = twins.get(row["device_id"])
@@ -767,12 +645,6 @@ class Hub:
         if patch:
             self.patch_desired(device_id, patch)
         return self.twin(device_id)
-
-    def purge_c2d(self, device_id: str) -> dict[str, Any]:
-        self._row(device_id)
-        purged = self._store.execute("DELETE FROM c2d WHERE device_id=?", (device_id,)).rowcount
-        log.info("C2D queue of %s purged (%d messages)", device_id, purged)
-        return {"deviceId": device_id, "totalMessagesPurged": purged}
 
     def connected_count(self) -> int:
         return len(self._online)
@@ -830,13 +702,6 @@ def _leaf_thumbprint(conn: MqttConnection) -> str:
     return sha256_thumbprint(conn.peer_chain[0]) if conn.peer_chain else ""
 
 
-def _body_json(body: bytes) -> dict[str, str]:
-    try:
-        return {"body": body.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"bodyBase64": base64.b64encode(body).decode()}
-
-
 def _telemetry_json(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "sequenceNumber": row["seq"],
@@ -844,5 +709,5 @@ def _telemetry_json(row: sqlite3.Row) -> dict[str, Any]:
         "enqueuedTimeUtc": row["received"],
         "systemProperties": json.loads(row["system_properties"]),
         "properties": json.loads(row["properties"]),
-        **_body_json(bytes(row["body"])),
+        **body_json(bytes(row["body"])),
     }
