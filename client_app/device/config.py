@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from client_app.cloud.info import CONNECTION_FILE, read_connection_json
 from client_app.device import paths
 from client_app.hosts import is_ip_address
 
@@ -168,16 +169,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_local_cloud(directory: Path) -> dict[str, Any]:
     """Map a local cloud's connection.json onto config fields (raw strings, converted later)."""
-    path = Path(directory) / "connection.json"
     if not Path(directory).is_dir():
         raise ConfigError(f"no local cloud found: {directory} is not a directory")
     try:
-        info = json.loads(path.read_text())
+        info = read_connection_json(directory)
     except FileNotFoundError:
         # A stopped local cloud removes its connection.json; the runtime re-reads it on every attempt.
         return {}
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+        raise ConfigError(f"cannot read {Path(directory) / CONNECTION_FILE}: {exc}") from exc
     values: dict[str, Any] = {}
     for key in ("id_scope", "provisioning_host"):
         if info.get(key):

@@ -122,8 +122,12 @@ def test_build_leaves_out_operator_code(frozen_app: FrozenApp) -> None:
         check=True,
     ).stdout.split()
     assert "client_app.device.runtime" in listing and "client_app.gui.app" in listing
-    for excluded in (
+    # Of the local cloud only the package and its stdlib-only connection.json reader ship.
+    assert {n for n in listing if n.startswith("client_app.cloud")} <= {
         "client_app.cloud",
+        "client_app.cloud.info",
+    }
+    for excluded in (
         "client_app.pki.cli",
         "client_app.pki.workspace",
         "fastapi",
