@@ -27,9 +27,12 @@ def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str
 
 
 @contextmanager
-def connected_device(cloud: RunningCloud, issuing: Any, device_id: str, directory: Path) -> Iterator[Any]:
-    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages."""
-    files = issue_device_files(issuing, device_id, directory)
+def connected_device(
+    cloud: RunningCloud, issuing: Any, device_id: str, directory: Path, key: Any = None
+) -> Iterator[Any]:
+    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages.
+    Pass the device's `key` to register it again (DPS pins the key a registration ID first used)."""
+    files = issue_device_files(issuing, device_id, directory, key=key)
     result = register(cloud.info, files)
     client = hub_client(cloud.info, files, result.registration_state.assigned_hub)
     client.received = []

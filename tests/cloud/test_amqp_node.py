@@ -16,6 +16,7 @@ from azure.iot.device import Message
 
 from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
+from client_app.pki import generate_key
 from tests.cloud.amqp_helpers import connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
 
@@ -127,7 +128,8 @@ def test_event_hubs_consumer_reads_from_start_sequence_number_and_latest(local_c
 def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_cloud, enrolled_ca, tmp_path):
     device_id = "node-eh-02"
     partition = str(partition_of(device_id, 4))
-    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
+    key = generate_key()  # the same device after the restart: DPS pinned its key
+    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path, key) as device:
         _send(device, ["one", "two"])
     env = {"EVENTHUB_CONNECTION_STRING": local_cloud.info.eventhub_compatible_connection_string,
            "PARTITION": partition}  # fmt: skip
@@ -137,7 +139,7 @@ def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_c
     local_cloud.stop()
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again") as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again", key) as device:
             _send(device, ["three"])
         code, lines = _outcome(
             _node("eventhub_read.js", restarted, START=str(checkpoint), EXPECTED="1", **env)
