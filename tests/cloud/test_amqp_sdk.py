@@ -21,6 +21,7 @@ from azure.iot.hub import IoTHubRegistryManager
 from client_app.cloud.sas import generate_token
 from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
+from client_app.pki import generate_key
 from tests.cloud.amqp_helpers import EventCollector, connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
 
@@ -172,7 +173,8 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
                                                                              tmp_path):  # fmt: skip
     device_id = "eh-02"
     partition = str(partition_of(device_id, 4))
-    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
+    key = generate_key()  # the same device after the restart: DPS pinned its key
+    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path, key) as device:
         _send_telemetry(device, ["1", "2", "3"])
     with EventCollector(local_cloud, partition, "-1") as before:
         wait_for(lambda: len(before.events) >= 3, what="events before the restart")
@@ -183,7 +185,7 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
         assert restarted.info.eventhub_compatible_connection_string == connection_string  # same address, key
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again") as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again", key) as device:
             _send_telemetry(device, ["4", "5"])
         with EventCollector(restarted, partition, checkpoint) as after:
             wait_for(lambda: len(after.events) >= 2, what="events after the checkpoint")
