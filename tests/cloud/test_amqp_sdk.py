@@ -21,7 +21,6 @@ from azure.iot.hub import IoTHubRegistryManager
 from client_app.cloud.sas import generate_token
 from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
-from client_app.pki import generate_key
 from tests.cloud.amqp_helpers import EventCollector, connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
 
@@ -173,9 +172,9 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
                                                                              tmp_path):  # fmt: skip
     device_id = "eh-02"
     partition = str(partition_of(device_id, 4))
-    key = generate_key()  # the same device after the restart: DPS pinned its key
-    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path, key) as device:
+    with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
         _send_telemetry(device, ["1", "2", "3"])
+        files = device.files
     with EventCollector(local_cloud, partition, "-1") as before:
         wait_for(lambda: len(before.events) >= 3, what="events before the restart")
     checkpoint = before.events[-1].sequence_number
@@ -185,7 +184,7 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
         assert restarted.info.eventhub_compatible_connection_string == connection_string  # same address, key
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again", key) as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path, files) as device:
             _send_telemetry(device, ["4", "5"])
         with EventCollector(restarted, partition, checkpoint) as after:
             wait_for(lambda: len(after.events) >= 2, what="events after the checkpoint")
