@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import re
@@ -16,11 +15,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.hub.c2d import C2dQueue, body_json
 from client_app.cloud.hub.limits import check_initial_twin, check_twin
+from client_app.cloud.hub.methods import Calls, MethodCalls
 from client_app.cloud.hub.router import (
     C2D_FILTER,
     DESIRED_FILTER,
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("client_app.cloud.hub.hub")
 
 MAX_TELEMETRY = 256 * 1024
-MAX_METHOD_PAYLOAD = 128 * 1024
 _CONSUMER_GROUP = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$")
 DEFAULT_CONSUMER_GROUP = "$Default"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
@@ -97,7 +95,7 @@ class _Online:
     conn: MqttConnection
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    methods: dict[str, asyncio.Future[tuple[int, Any]]] = field(default_factory=dict)
+    methods: Calls = field(default_factory=dict)
     connected_at: str = field(default_factory=utc_now)
 
 
@@ -109,7 +107,7 @@ class Hub:
         self._online: dict[str, _Online] = {}
         self._activity: dict[str, str] = {}
         self._subscriptions: dict[str, set[str]] = self._load_sessions()
-        self._method_ids = itertools.count(1)
+        self._methods = MethodCalls()
         self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.c2d = C2dQueue(store)
@@ -529,44 +527,11 @@ class Hub:
             raise CloudError(
                 404, 404103, f"device '{device_id}' is not online (or not listening for methods)"
             )
-        body = json.dumps(payload).encode()
-        if len(body) > MAX_METHOD_PAYLOAD:
-            raise CloudError(413, 413001, "method payload exceeds 128 KB")
-        rid = format(next(self._method_ids), "x")
-        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
-        online.methods[rid] = future
-        topic = f"$iothub/methods/POST/{quote(method, safe='')}/?$rid={rid}"  # the SDK unquotes the name
-        try:
-            async with asyncio.timeout(timeout):  # one deadline for delivery and answer, as IoT Hub's
-                await online.conn.publish(topic, body)
-                return await future
-        except TimeoutError:
-            raise CloudError(
-                504, 504101, f"device '{device_id}' did not answer '{method}' within {timeout:g} s"
-            ) from None
-        except ConnectionError as exc:
-            raise CloudError(
-                404, 404103, f"device '{device_id}' disconnected during the call ({exc})"
-            ) from exc
-        finally:
-            online.methods.pop(rid, None)
+        return await self._methods.invoke(online.conn, online.methods, device_id, method, payload, timeout)
 
     def _method_response(self, device_id: str, topic: str, payload: bytes) -> None:
         online = self._online.get(device_id)
-        rid = request_id(topic)
-        future = online.methods.get(rid or "") if online else None
-        if future is None or future.done():
-            log.warning("device %s: method response for unknown request %r ignored", device_id, rid)
-            return
-        try:
-            status = int(topic.split("/")[3])
-        except (IndexError, ValueError):
-            raise DeviceRefused(f"method response topic without a numeric status: {topic!r}") from None
-        try:
-            result = json.loads(payload) if payload.strip() else None
-        except ValueError:
-            result = payload.decode("utf-8", "replace")
-        future.set_result((status, result))
+        self._methods.answered(online.methods if online else None, device_id, topic, payload)
 
     # ---- service API: registry writes, twin updates, query, purge, statistics ---------------------
     def create_device(self, device_id: str, thumbprint: str, *, enabled: bool = True) -> dict[str, Any]:
