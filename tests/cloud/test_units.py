@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client_app.cloud.handler import Role, parse_username
-from client_app.cloud.hub.hub import SYSTEM_KEYS, merge_patch
+from client_app.cloud.hub.hub import SYSTEM_KEYS
 from client_app.cloud.hub.topics import encode_bag, parse_bag
+from client_app.cloud.hub.twins import merge_patch
 from client_app.cloud.server import CloudSettings
 
 # Property names/values as a device or an operator might write them, `$` and `%` included.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -31,6 +29,7 @@ from client_app.cloud.hub.router import (
     route,
 )
 from client_app.cloud.hub.topics import parse_bag, request_id
+from client_app.cloud.hub.twins import Twins, check_etag, merge_patch, twin_etag
 from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.pki import sha256_thumbprint
@@ -51,10 +50,6 @@ _INSERT_DEVICE = (
     "INSERT INTO devices(device_id, thumbprint, enabled, generation_id, etag, created, updated) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_TWIN = (
-    "INSERT OR IGNORE INTO twins(device_id, desired, desired_version, reported, reported_version, tags) "
-    "VALUES (?, ?, 1, '{}', 1, ?)"
-)
 _SAVE_SESSION = "INSERT OR REPLACE INTO sessions(device_id, subscriptions) VALUES (?, ?)"
 
 SYSTEM_KEYS = {
@@ -71,21 +66,6 @@ SYSTEM_KEYS = {
 
 def valid_device_id(device_id: str) -> bool:
     return bool(_DEVICE_ID.match(device_id))
-
-
-def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch as twins use it: nested objects merge, null deletes."""
-    result = dict(target)
-    for key, value in patch.items():
-        if key.startswith("$"):
-            continue  # $version and friends are the service's
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge_patch(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 @dataclass
@@ -108,7 +88,7 @@ class Hub:
         self._activity: dict[str, str] = {}
         self._subscriptions: dict[str, set[str]] = self._load_sessions()
         self._methods = MethodCalls()
-        self._twin_cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # device id → (row content, parsed)
+        self.twins = Twins(store)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.c2d = C2dQueue(store)
         self.on_feedback = self.c2d.on_feedback  # new C2D feedback records (the AMQP endpoint)
@@ -158,7 +138,7 @@ class Hub:
                     (device_id, thumbprint, 1, uuid.uuid4().hex, secrets.token_hex(8), now, now),
                 )
                 desired = initial_twin.get("properties", {}).get("desired", {})
-                db.execute(_INSERT_TWIN, (device_id, dumps(desired), dumps(initial_twin.get("tags", {}))))
+                self.twins.create(db, device_id, dumps(desired), dumps(initial_twin.get("tags", {})))
                 log.info("device %s created (thumbprint %s)", device_id, thumbprint)
             elif existing["thumbprint"] != thumbprint:
                 db.execute(
@@ -188,7 +168,7 @@ class Hub:
             for table in ("devices", "twins", "sessions", "c2d"):
                 db.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
         self._subscriptions.pop(device_id, None)
-        self._twin_cache.pop(device_id, None)
+        self.twins.forget(device_id)
         self._activity.pop(device_id, None)  # a device created again under this id starts without history
 
     # ---- connections -----------------------------------------------------------------------------
@@ -419,58 +399,18 @@ class Hub:
 
     # ---- twins -----------------------------------------------------------------------------------
     def _twin_row(self, device_id: str) -> sqlite3.Row:
-        row = self._store.one("SELECT * FROM twins WHERE device_id=?", (device_id,))
+        row = self.twins.row(device_id)
         if row is None:
             self._row(device_id)  # 404 for unknown devices
-            self._store.execute(_INSERT_TWIN, (device_id, "{}", "{}"))
-            row = self._store.one("SELECT * FROM twins WHERE device_id=?", (device_id,))
+            self.twins.create(self._store, device_id)
+            row = self.twins.row(device_id)
         assert row is not None
         return row
-
-    def _parsed(self, row: sqlite3.Row) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
-        """(tags, desired, reported, etag) of a twin row, parsed once per content: queries read every twin.
-
-        The cached documents are shared: callers copy before they change anything."""
-        device_id, tags, desired, reported = row["device_id"], row["tags"], row["desired"], row["reported"]
-        desired_version, reported_version = row["desired_version"], row["reported_version"]
-        key = (tags, desired, reported, desired_version, reported_version)
-        hit = self._twin_cache.get(device_id)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        parsed = (json.loads(tags), json.loads(desired), json.loads(reported), _twin_etag(row))
-        self._twin_cache[device_id] = (key, parsed)
-        return parsed
-
-    def _device_twin(self, row: sqlite3.Row, parsed: tuple[Any, ...] | None = None) -> dict[str, Any]:
-        _, desired, reported, _ = parsed or self._parsed(row)
-        return {
-            "desired": {**desired, "$version": row["desired_version"]},
-            "reported": {**reported, "$version": row["reported_version"]},
-        }
 
     def twin(self, device_id: str) -> dict[str, Any]:
         """Service view of the twin (shape of the IoT Hub service API)."""
         row = self._twin_row(device_id)
-        return self._service_twin(self.device(device_id), row)
-
-    def _service_twin(self, device: dict[str, Any], row: sqlite3.Row) -> dict[str, Any]:
-        # Azure's Twin (azure-iot-hub models.Twin): the twin has its own etag, the identity's is deviceEtag.
-        parsed = self._parsed(row)
-        return {
-            "deviceId": device["deviceId"],
-            "etag": parsed[3],
-            "deviceEtag": device["etag"],
-            "version": row["desired_version"] + row["reported_version"],
-            "status": device["status"],
-            "connectionState": device["connectionState"],
-            "lastActivityTime": device["lastActivityTime"],
-            "cloudToDeviceMessageCount": device["cloudToDeviceMessageCount"],
-            "authenticationType": device["authentication"]["type"],
-            "x509Thumbprint": device["authentication"]["x509Thumbprint"],
-            "tags": dict(parsed[0]),
-            "properties": self._device_twin(row, parsed),
-            "capabilities": {"iotEdge": False},
-        }
+        return self.twins.service_doc(self.device(device_id), row)
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         check_twin("desired", patch)
@@ -478,10 +418,7 @@ class Hub:
         desired = merge_patch(json.loads(row["desired"]), patch)
         check_twin("desired", desired)
         version = row["desired_version"] + 1
-        self._store.execute(
-            "UPDATE twins SET desired=?, desired_version=? WHERE device_id=?",
-            (dumps(desired), version, device_id),
-        )
+        self.twins.set_desired(device_id, desired, version)
         online = self._online.get(device_id)
         if online is not None and self._subscribed(device_id, DESIRED_FILTER):
             # The SDK drops a desired patch without "$version"; it re-reads the twin after a reconnect anyway.
@@ -493,7 +430,7 @@ class Hub:
     async def _twin_get(self, conn: MqttConnection, device_id: str, topic: str) -> None:
         # Answered even without a $iothub/twin/res/# subscription: the SDK's reconnect GET never subscribes.
         rid = request_id(topic) or ""
-        body = json.dumps(self._device_twin(self._twin_row(device_id))).encode()
+        body = json.dumps(self.twins.device_doc(self._twin_row(device_id))).encode()
         await self._respond(conn, f"$iothub/twin/res/200/?$rid={rid}", body)
 
     async def _twin_reported(self, conn: MqttConnection, device_id: str, topic: str, payload: bytes) -> None:
@@ -513,10 +450,7 @@ class Hub:
             await self._respond(conn, f"$iothub/twin/res/{exc.status}/?$rid={rid}", b"")
             return
         version = row["reported_version"] + 1
-        self._store.execute(
-            "UPDATE twins SET reported=?, reported_version=? WHERE device_id=?",
-            (dumps(reported), version, device_id),
-        )
+        self.twins.set_reported(device_id, reported, version)
         await self._respond(conn, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
 
     # ---- direct methods --------------------------------------------------------------------------
@@ -549,18 +483,18 @@ class Hub:
                 _INSERT_DEVICE,
                 (device_id, thumbprint, int(enabled), uuid.uuid4().hex, secrets.token_hex(8), now, now),
             )
-            db.execute(_INSERT_TWIN, (device_id, "{}", "{}"))
+            self.twins.create(db, device_id)
         log.info("device %s created by the service API", device_id)
         return self.device(device_id)
 
     def check_device_etag(self, device_id: str, if_match: str | None) -> None:
         """412 / 412002 (PreconditionFailed) unless If-Match is absent, `*` or the identity's etag."""
-        _check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
+        check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
 
     def all_twins(self, where: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
         """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
         document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
-        twins = {r["device_id"]: r for r in self._store.all("SELECT * FROM twins")}
+        twins = self.twins.rows()
         queued = self.c2d.depths()
         result = []
         for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
@@ -568,7 +502,7 @@ class Hub:
             if twin_row is None:
                 continue
             if where is not None:
-                tags, desired, reported, _ = self._parsed(twin_row)
+                tags, desired, reported, _ = self.twins.parsed(twin_row)
                 light = {
                     "deviceId": row["device_id"],
                     "status": "enabled" if row["enabled"] else "disabled",
@@ -579,7 +513,7 @@ class Hub:
                 if where(light) is not True:
                     continue
             device = self._device_json(row, queued.get(row["device_id"], 0))
-            result.append(self._service_twin(device, twin_row))
+            result.append(self.twins.service_doc(device, twin_row))
         return result
 
     def update_twin(
@@ -593,7 +527,7 @@ class Hub:
     ) -> dict[str, Any]:
         """PATCH (merge) or PUT (replace) tags and desired properties under the twin's etag."""
         row = self._twin_row(device_id)
-        _check_etag(f"twin {device_id!r}", _twin_etag(row), if_match)
+        check_etag(f"twin {device_id!r}", twin_etag(row), if_match)
         current_tags, current_desired = json.loads(row["tags"]), json.loads(row["desired"])
         patch: dict[str, Any] = {}
         if desired is not None:  # replace = a patch that also deletes what the new document lacks
@@ -606,7 +540,7 @@ class Hub:
             check_twin("tags", tags)
             new_tags = tags if replace else merge_patch(current_tags, tags)
             check_twin("tags", new_tags)
-            self._store.execute("UPDATE twins SET tags=? WHERE device_id=?", (dumps(new_tags), device_id))
+            self.twins.set_tags(device_id, new_tags)
         if patch:
             self.patch_desired(device_id, patch)
         return self.twin(device_id)
@@ -650,17 +584,6 @@ class Hub:
             task.cancel()
         with contextlib.suppress(Exception):
             self.flush_activity()
-
-
-def _twin_etag(row: sqlite3.Row) -> str:
-    """Changes with every tags, desired or reported change (derived from the content, no column)."""
-    digest = hashlib.sha256(f"{row['tags']}|{row['desired_version']}|{row['reported_version']}".encode())
-    return base64.b64encode(digest.digest()[:9]).decode()
-
-
-def _check_etag(what: str, etag: str, if_match: str | None) -> None:
-    if if_match is not None and if_match.strip('"') not in ("*", etag):
-        raise CloudError(412, 412002, f"{what}: the If-Match etag {if_match!r} is not the current one")
 
 
 def _leaf_thumbprint(conn: MqttConnection) -> str:
