@@ -7,7 +7,12 @@ import pytest
 # Qt must pick its platform before any QApplication exists.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-pytest_plugins = ["tests.fixtures.secret_service", "tests.fixtures.cloud", "tests.fixtures.x_display"]
+pytest_plugins = [
+    "tests.fixtures.secret_service",
+    "tests.fixtures.cloud",
+    "tests.fixtures.x_display",
+    "tests.fixtures.node",
+]
 
 # The slow tests, in one place: `uv run pytest -m "not slow"` leaves them out (README, docs/architecture.md);
 # `uv run pytest` runs them too. Slow = seconds each: builds, the demo, the 1,000-client swarm, soak and flood

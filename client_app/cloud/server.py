@@ -145,6 +145,7 @@ class LocalCloud:
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
         self._amqp: AmqpService | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
         self.hub: Hub | None = None
         self.hub_policies: dict[str, AccessPolicy] = {}
         self.dps_policies: dict[str, AccessPolicy] = {}
@@ -314,8 +315,9 @@ class LocalCloud:
         (self.data_dir / CONNECTION_FILE).unlink(missing_ok=True)
         if self._mqtt is not None:
             await self._mqtt.close()
-        if self._amqp is not None:
+        if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if self._amqp is not None:
             self._amqp.stop()  # not to_thread: at interpreter exit (the demo) no executor takes new work
         for http in (self._api, self._service):
             if http is not None:

@@ -12,7 +12,7 @@ from azure.eventhub import EventData, EventHubConsumerClient
 
 from client_app.cloud.server import RunningCloud
 from tests.cloud.sdk import hub_client, register
-from tests.fixtures.cloud import issue_device_files
+from tests.fixtures.cloud import DeviceFiles, issue_device_files
 
 
 def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str | None = None) -> str:
@@ -27,11 +27,15 @@ def hub_connection_string(cloud: RunningCloud, policy: str = "service", key: str
 
 
 @contextmanager
-def connected_device(cloud: RunningCloud, issuing: Any, device_id: str, directory: Path) -> Iterator[Any]:
-    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages."""
-    files = issue_device_files(issuing, device_id, directory)
+def connected_device(
+    cloud: RunningCloud, issuing: Any, device_id: str, directory: Path, files: DeviceFiles | None = None
+) -> Iterator[Any]:
+    """A real azure-iot-device client, provisioned and connected; `.received` collects its C2D messages.
+    Pass the `.files` of an earlier one to come back as the same device (DPS pins a registration's key)."""
+    files = files or issue_device_files(issuing, device_id, directory)
     result = register(cloud.info, files)
     client = hub_client(cloud.info, files, result.registration_state.assigned_hub)
+    client.files = files
     client.received = []
     client.on_message_received = client.received.append
     try:

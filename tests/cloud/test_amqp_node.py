@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,16 +16,9 @@ from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
 from tests.cloud.amqp_helpers import connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
+from tests.fixtures.node import NODE_DIR
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-
-pytestmark = [
-    PAHO_SOCKET_LEAKS,
-    pytest.mark.skipif(
-        shutil.which("node") is None or not (NODE_DIR / "node_modules").is_dir(),
-        reason="node and `npm ci --prefix tests/node` are needed (.ci/run installs both)",
-    ),
-]
+pytestmark = [PAHO_SOCKET_LEAKS, pytest.mark.usefixtures("node_sdks")]
 
 
 def _node(script: str, cloud: Any, **env: str) -> subprocess.Popen[str]:
@@ -129,6 +120,7 @@ def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_c
     partition = str(partition_of(device_id, 4))
     with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
         _send(device, ["one", "two"])
+        files = device.files
     env = {"EVENTHUB_CONNECTION_STRING": local_cloud.info.eventhub_compatible_connection_string,
            "PARTITION": partition}  # fmt: skip
     code, lines = _outcome(_node("eventhub_read.js", local_cloud, START="earliest", EXPECTED="2", **env))
@@ -137,7 +129,7 @@ def test_event_hubs_consumer_resumes_after_a_restart_from_its_checkpoint(local_c
     local_cloud.stop()
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again") as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path, files) as device:
             _send(device, ["three"])
         code, lines = _outcome(
             _node("eventhub_read.js", restarted, START=str(checkpoint), EXPECTED="1", **env)

@@ -174,6 +174,7 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
     partition = str(partition_of(device_id, 4))
     with connected_device(local_cloud, enrolled_ca.issuing, device_id, tmp_path) as device:
         _send_telemetry(device, ["1", "2", "3"])
+        files = device.files
     with EventCollector(local_cloud, partition, "-1") as before:
         wait_for(lambda: len(before.events) >= 3, what="events before the restart")
     checkpoint = before.events[-1].sequence_number
@@ -183,7 +184,7 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
     restarted = start_in_thread(CloudSettings(data_dir=local_cloud.data_dir))
     try:
         assert restarted.info.eventhub_compatible_connection_string == connection_string  # same address, key
-        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path / "again") as device:
+        with connected_device(restarted, enrolled_ca.issuing, device_id, tmp_path, files) as device:
             _send_telemetry(device, ["4", "5"])
         with EventCollector(restarted, partition, checkpoint) as after:
             wait_for(lambda: len(after.events) >= 2, what="events after the checkpoint")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,14 +17,12 @@ from client_app.cloud.server import RunningCloud
 from client_app.pki import CertificateAuthority
 from tests.cloud.sdk import hub_client, register, wait_for
 from tests.fixtures.cloud import enroll_root, issue_device_files
+from tests.fixtures.node import NODE_DIR
 
-NODE_DIR = Path(__file__).parents[1] / "node"
+pytestmark = pytest.mark.usefixtures("node_sdks")
 
 
 def run_node(cloud: RunningCloud, step: str, **names: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node, "node is not installed (CI installs nodejs with apt)"
-    assert (NODE_DIR / "node_modules" / "azure-iothub").is_dir(), "run `npm ci --prefix tests/node` first"
     env = {
         **os.environ,
         "NODE_EXTRA_CA_CERTS": cloud.info.server_ca_pem,
@@ -34,7 +30,7 @@ def run_node(cloud: RunningCloud, step: str, **names: str) -> dict[str, Any]:
         "DPS_CONNECTION_STRING": cloud.info.dps_connection_string,
         **names,
     }
-    done = subprocess.run([node, "service.js", step], cwd=NODE_DIR, env=env, capture_output=True, text=True,
+    done = subprocess.run(["node", "service.js", step], cwd=NODE_DIR, env=env, capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -113,7 +113,10 @@ class AmqpThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()  # its self-pipe sockets too, or they surface as ResourceWarnings in a later gc
 
     def start(self, listeners: list[tuple[str, int, ssl.SSLContext | None]]) -> None:
         self._thread.start()
@@ -156,6 +159,8 @@ class AmqpThread:
 
     def stop(self, timeout: float = 10) -> None:
         if not self._thread.is_alive():
+            if self._thread.ident is None:  # never started: the loop made in __init__ never ran
+                self.loop.close()
             return
 
         async def close() -> None:
