@@ -1,4 +1,3 @@
-import gc
 import os
 from pathlib import Path
 
@@ -114,11 +113,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if not hasattr(module, name)]  # fmt: skip
     if missing:  # a moved or renamed slow test must not silently join the fast run
         raise pytest.UsageError(f"tests/conftest.py names tests that do not exist: {', '.join(missing)}")
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    # Everything imported so far (the SDKs, Qt, the test modules) lives for the whole run: freeze it, so each
-    # gc.collect() a test makes (tests/cloud/conftest.py) scans only what tests made, not 200k import-time
-    # objects. Garbage made by tests is still found and finalized as before.
-    gc.collect()
-    gc.freeze()
