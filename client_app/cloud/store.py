@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_PARTITIONS = 4  # Event Hubs-compatible endpoint partitions; IoT Hub's default is 4
 
 _SCHEMA_V1 = """
@@ -55,15 +55,6 @@ CREATE TABLE telemetry(
 CREATE INDEX telemetry_device ON telemetry(device_id, seq);
 """
 
-# Added after version 1 without a version bump (IF NOT EXISTS, created on every open): issue 13's group
-# options (identity policy, allocation) and the key each registration ID first registered with.
-_ADDED_TABLES = """
-CREATE TABLE IF NOT EXISTS enrollment_group_options(
-    group_id TEXT PRIMARY KEY COLLATE NOCASE, options TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS registration_keys(
-    registration_id TEXT PRIMARY KEY COLLATE NOCASE, key_id TEXT NOT NULL);
-"""
-
 
 def partition_of(device_id: str, partitions: int) -> int:
     """The Event Hubs partition of a device's telemetry: a stable hash of the device id, as IoT Hub keeps
@@ -92,8 +83,21 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """Issue 13: each group's options (identity policy, allocation) and the key each registration ID first
+    registered with. IF NOT EXISTS: builds of this day created them on open, without a version step."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS enrollment_group_options("
+        "group_id TEXT PRIMARY KEY COLLATE NOCASE, options TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS registration_keys("
+        "registration_id TEXT PRIMARY KEY COLLATE NOCASE, key_id TEXT NOT NULL)"
+    )
+
+
 # Schema steps: _MIGRATIONS[v] takes a database at version v to v + 1 (inside one transaction).
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def utc_now() -> str:
@@ -121,7 +125,6 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
-        self._db.executescript(_ADDED_TABLES)
 
     def _migrate(self) -> None:
         """A new database gets version 1's schema, then every database runs the steps up to SCHEMA_VERSION,

@@ -24,7 +24,7 @@ from client_app.device.ports import Clock, KeyStore
 from client_app.device.secrets import KeyMissing, KeyringUnavailable
 from client_app.device.state import DeviceState, StateCorrupt, StateFiles, parse_time
 from client_app.device.status import ConnectionState, FirstRunStep, StepOutcome
-from client_app.pki import CertificateAuthority, generate_key, sha1_thumbprint
+from client_app.pki import CertificateAuthority, PrivateKey, generate_key, sha1_thumbprint
 
 log = logging.getLogger(__name__)
 
@@ -136,22 +136,40 @@ class IdentityKeeper:
             identity.thumbprint,
             identity.not_after.isoformat(),
         )
-        notice = fork_notice(state)
-        if notice:
-            log.warning("%s", notice)
-            self._status(last_error=notice)
+        self._announce(state)
         self._save(state)
         self._adopt(identity, state)
         return identity
 
-    def _reissue(self, state: DeviceState, key: Any, reason: str) -> tuple[ids.Identity, DeviceState]:
-        """Same key, same registration id, new leaf: the device stays the device DPS and the hub know."""
+    def _reissue(self, state: DeviceState, key: PrivateKey, reason: str) -> tuple[ids.Identity, DeviceState]:
+        """Same key, new leaf: the device stays the device DPS and the hub know. Only a key its registration
+        id was not derived from (an old-style id, a key put there by someone else) moves to the key's own id,
+        which is announced like any new identity."""
         log.warning("issuing a new certificate for %s with its key: %s", state.registration_id, reason)
-        identity = ids.issue_leaf(self._issuer_ca(), state.registration_id, key, self._config.leaf_days)
+        old = ids.Identity(state.registration_id, key, ())
+        identity = ids.renew_identity(self._issuer_ca(), old, self._config.leaf_days)
+        if identity.registration_id != state.registration_id:
+            self._keys.store(identity.registration_id, key)
+        return identity, self._install(identity, state)
+
+    def _install(self, identity: ids.Identity, state: DeviceState) -> DeviceState:
+        """Write a new leaf for the key and the state that goes with it; the assignment is dropped, so the
+        device registers again with the new leaf. If the registration id moved (the key is already stored
+        under the new one), the old keyring entry goes and support is told which device to retire."""
         self._files.write_chain(identity.chain_pem())
-        state = state.with_(certificate_issued_at=self._clock.now().isoformat(), assignment=None)
-        self._save(state)  # assignment dropped: register again with the new leaf
-        return identity, state
+        previous = state.registration_id
+        moved = identity.registration_id != previous
+        state = state.with_(
+            registration_id=identity.registration_id,
+            previous_registration_id=previous if moved else state.previous_registration_id,
+            certificate_issued_at=self._clock.now().isoformat(),
+            assignment=None,
+        )
+        self._save(state)
+        if moved:
+            self._keys.delete(previous)  # the key lives on under the new id
+            self._announce(state)
+        return state
 
     # ---- renewal ---------------------------------------------------------------------------------
     def renewal_due(self) -> bool:
@@ -186,18 +204,7 @@ class IdentityKeeper:
                 self._renew_not_before = self._clock.monotonic() + RENEWAL_RETRY.total_seconds()
                 return identity
             raise
-        self._files.write_chain(renewed.chain_pem())
-        moved = renewed.registration_id != identity.registration_id  # an old-style ID became self-certifying
-        state = state.with_(
-            registration_id=renewed.registration_id,
-            previous_registration_id=identity.registration_id if moved else state.previous_registration_id,
-            certificate_issued_at=self._clock.now().isoformat(),
-            assignment=None,
-        )
-        self._save(state)  # assignment dropped: re-provision with the new leaf
-        if moved:
-            self._keys.delete(identity.registration_id)  # the key lives on under the new ID
-            log.warning("%s", fork_notice(state))
+        state = self._install(renewed, state)  # an old-style ID moves to its key's self-certifying ID
         self._adopt(renewed, state)
         return renewed
 
@@ -215,6 +222,12 @@ class IdentityKeeper:
         assert self.state is not None
         self._save(self.state.with_(**changes))
         return self.state
+
+    def _announce(self, state: DeviceState) -> None:
+        notice = fork_notice(state)
+        if notice:
+            log.warning("%s", notice)
+            self._status(last_error=notice)
 
     def _save(self, state: DeviceState) -> None:
         self.state = state

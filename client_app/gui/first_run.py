@@ -14,10 +14,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.status import FirstRunStep
+from client_app.device.status import FirstRunStep, StepOutcome
 from client_app.gui.status_text import STEP_LABELS, TONE_COLOURS, Tone, step_detail
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+PENDING = "pending"  # before a step starts: shown, but not an outcome the core reports
+RUNNING, DONE, FAILED = StepOutcome.RUNNING, StepOutcome.DONE, StepOutcome.FAILED
 
 _MARKS = {
     PENDING: ("○", TONE_COLOURS[Tone.OFF]),

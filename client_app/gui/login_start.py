@@ -58,10 +58,10 @@ def _write_or_remove(path: Path, data: bytes | None) -> None:
     if data is None:
         path.unlink(missing_ok=True)
         return
+    from client_app.pki import atomic_write  # lazily: cryptography is not on the way to the window
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    atomic_write(path, data, 0o644)
 
 
 def _windows_run_value(enabled: bool, command: Sequence[str]) -> None:  # pragma: no cover - Windows only

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep
+from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep, StepOutcome
 
 
 class Tone(StrEnum):
@@ -75,16 +75,16 @@ def is_technical(text: str) -> bool:
     return bool(_TECHNICAL.search(text))
 
 
-def step_detail(step: FirstRunStep, outcome: str, detail: str) -> str:
+def step_detail(step: FirstRunStep, outcome: StepOutcome, detail: str) -> str:
     """The line under a first-run step, in plain words (the core's detail may be a class name or an ID)."""
-    if outcome == "failed":
+    if outcome == StepOutcome.FAILED:
         return "" if is_technical(detail) else detail
     if step is FirstRunStep.KEYRING:
         return f"In {keyring_name(detail)}" if detail else ""
     if step is FirstRunStep.REGISTER and detail:
-        return f"Contacting {detail}" if outcome == "running" else f"Assigned to {detail}"
+        return f"Contacting {detail}" if outcome == StepOutcome.RUNNING else f"Assigned to {detail}"
     if step is FirstRunStep.CONNECT and detail:
-        return f"Connecting to {detail}" if outcome == "running" else f"Connected to {detail}"
+        return f"Connecting to {detail}" if outcome == StepOutcome.RUNNING else f"Connected to {detail}"
     return ""  # key and certificate: the registration ID means nothing here (support panel shows it)
 
 

@@ -25,6 +25,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("state", "State"),
     ("registration_id", "Registration ID"),
     ("device_id", "Device ID"),
+    ("previous_registration_id", "Previous ID (retire it)"),
     ("assigned_hub", "Assigned hub"),
     ("id_scope", "ID scope"),
     ("provisioning_host", "Provisioning endpoint"),

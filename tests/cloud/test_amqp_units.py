@@ -164,6 +164,22 @@ def test_v1_database_migrates_without_losing_telemetry(tmp_path):
     Store(path).close()  # opening a current database again changes nothing
 
 
+def test_v2_database_with_identity_tables_already_made_keeps_their_rows(tmp_path):
+    """Builds before the v3 step created issue 13's tables on open at version 2: the step must keep them."""
+    path = tmp_path / "cloud.db"
+    Store(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO registration_keys VALUES ('k1-abc', 'KEYID')")
+    db.execute("PRAGMA user_version=2")
+    db.close()
+    store = Store(path)
+    try:
+        assert store.one("PRAGMA user_version")[0] == SCHEMA_VERSION
+        assert [tuple(r) for r in store.all("SELECT * FROM registration_keys")] == [("k1-abc", "KEYID")]
+    finally:
+        store.close()
+
+
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "cloud.db"
     sqlite3.connect(path).execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")

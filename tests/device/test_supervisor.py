@@ -334,15 +334,20 @@ def test_lost_chain_is_reissued_for_the_same_key_and_id(h: Harness):
     assert h.events.status["previous_registration_id"] is None
 
 
-def test_key_replaced_in_keyring_gets_a_chain_for_that_key(h: Harness, issuing_ca):
+def test_key_replaced_in_keyring_moves_to_that_keys_id_visibly(h: Harness, issuing_ca):
     sup = h.supervisor()
     h.connect(sup)
-    rid = sup.identity.state.registration_id
+    old = sup.identity.state.registration_id
     other = ids.create_identity(issuing_ca, 1).key
-    h.keys.entries[rid] = other
+    h.keys.entries[old] = other  # the id was derived from another key: this key gets its own id
+    h.persister.flush()
+    h.files.chain_file.unlink()
     sup = h.restart()
     h.connect(sup)
-    assert sup.identity.state.registration_id == rid and sup.identity.identity.key is other
+    new = sup.identity.state.registration_id
+    assert new == ids.new_registration_id(other) != old and sup.identity.identity.key is other
+    assert h.keys.entries == {new: other} and h.events.status["previous_registration_id"] == old
+    assert f"New identity {new}; previous ID {old}" in h.events.status["last_error"]
 
 
 def test_lost_state_file_continues_with_the_id_from_the_chain(h: Harness):

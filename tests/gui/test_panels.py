@@ -69,6 +69,16 @@ def test_support_panel_shows_every_field(qtbot):
             qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
+def test_support_panel_names_the_identity_a_lost_key_replaced(qtbot):
+    panel = SupportPanel()
+    qtbot.addWidget(panel)
+    panel.show_status(make_status(ConnectionState.CONNECTED, **FULL_STATUS))
+    assert panel.values["previous_registration_id"].text() == NOT_YET
+    replaced = {**FULL_STATUS, "previous_registration_id": "ca-0123456789abcdef0123"}
+    panel.show_status(make_status(ConnectionState.CONNECTED, **replaced))
+    assert panel.values["previous_registration_id"].text() == "ca-0123456789abcdef0123"
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> ConfigStore:
     return ConfigStore(argparse.Namespace(data_dir=str(tmp_path / "data")), {})
