@@ -48,11 +48,11 @@ def provision(
     try:
         result = _register(client)
     except BaseException:
-        _release(client)
+        release_client(client)
         raise
     # On success the SDK has disconnected already; the rest of the clean-up can wait until the hub
     # connection is up (it would compete with it for the CPU).
-    later.append(lambda: _release(client))
+    later.append(lambda: release_client(client))
     state = result.registration_state
     if result.status != "assigned" or state is None or not state.assigned_hub or not state.device_id:
         raise ProvisioningBlocked(f"The provisioning service did not assign this device ({result.status}).")
@@ -86,7 +86,7 @@ def _register(client: Any) -> Any:
         raise ProvisioningFailed(f"registration timed out: {sdk.describe(exc)}") from exc
 
 
-def _release(client: Any) -> None:
+def release_client(client: Any) -> None:
     """Shut the DPS pipeline down. After a failed registration the SDK leaves its connection open (protocol
     notes §2.7): one leaked socket and paho thread per attempt. The client has no public shutdown."""
     from azure.iot.device.common.evented_callback import EventedCallback

@@ -54,12 +54,19 @@ def _unsafe(name: str) -> bool:
     return name.startswith("unavailable") or name.startswith(_UNSAFE_BACKENDS)
 
 
+def redetect_backend() -> None:
+    """Look for a keyring again: the user may have started a Secret Service since. keyring lists the viable
+    backends once per process (keyring.backend.get_all_keyring is @once), so the list is reset first."""
+    with contextlib.suppress(KeyError):  # KeyError: not listed yet
+        keyring.backend.get_all_keyring.reset()
+    with contextlib.suppress(Exception):
+        keyring.core.init_backend()
+
+
 def check_backend() -> None:
     """Cheap (no D-Bus round trip): is there a keyring that could keep a secret at all?"""
     if _unsafe(backend_name()):
-        # keyring picks its backend once per process: look again, the user may have started one since.
-        with contextlib.suppress(Exception):
-            keyring.core.init_backend()
+        redetect_backend()
     if _unsafe(backend_name()):
         raise KeyringUnavailable(
             "No secure system keyring is available. Install and start a Secret Service "

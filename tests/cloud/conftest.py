@@ -17,6 +17,14 @@ def _collect_sdk_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if request.module.__name__.startswith("tests.cloud.mqtt"):
         return
+    if not _uses_fixtures(request):
+        return  # a pure function test (no cloud, no SDK client): spare it a full collection (a second, late)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+def _uses_fixtures(request: pytest.FixtureRequest) -> bool:
+    callspec = getattr(request.node, "callspec", None)
+    parameters = set(callspec.params) if callspec else set()
+    return bool(set(request.fixturenames) - parameters - {"request", "_collect_sdk_garbage"})

@@ -17,6 +17,7 @@ from azure.iot.device.aio import ProvisioningDeviceClient as AioProvisioningClie
 from azure.iot.device.exceptions import ClientError, ConnectionFailedError, CredentialError
 
 from client_app.cloud.info import ConnectionInfo
+from client_app.device.provisioning import release_client
 from tests.fixtures.cloud import DeviceFiles
 from tests.fixtures.polling import wait_for as shared_wait_for
 
@@ -75,10 +76,13 @@ def dps_refusal(info: ConnectionInfo, files: DeviceFiles, registration_id: str |
     """Register and expect a refusal; returns the SDK's cause text (e.g. '... status code 401')."""
     if registration_id is not None:
         files = DeviceFiles(registration_id, files.cert_file, files.key_file, files.pass_phrase)
+    client = provisioning_client(info, files)
     try:
-        result = provisioning_client(info, files).register()
+        result = client.register()
     except (ClientError, ConnectionFailedError, CredentialError) as exc:
         return f"{type(exc).__name__}: {exc} / {exc.__cause__!r}"
+    finally:  # a refused client stays connected; dropped unshut, paho's thread calls into its dead transport
+        release_client(client)
     raise AssertionError(f"registration of {files.registration_id} was accepted: {result}")
 
 

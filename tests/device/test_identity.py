@@ -121,3 +121,16 @@ def test_keyring_round_trip_and_lock(keyring_env, issuing_ca: CertificateAuthori
     with pytest.raises(keystore.KeyMissing):
         keystore.load_key(identity.registration_id)
     keystore.delete_key(identity.registration_id)  # idempotent
+
+
+def test_retry_finds_a_keyring_started_after_launch(secret_service, monkeypatch):
+    """keyring lists backends once per process: a launch without a Secret Service must not stay blind."""
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    keystore.redetect_backend()
+    with pytest.raises(keystore.KeyringUnavailable, match="No secure system keyring"):
+        keystore.check_backend()
+    for name, value in secret_service.env.items():  # the user starts GNOME Keyring, then presses Retry
+        monkeypatch.setenv(name, value)
+    keystore.check_backend()
+    assert keystore.backend_name().startswith("keyring.backends.SecretService")

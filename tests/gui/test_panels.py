@@ -263,7 +263,7 @@ def test_redaction_keeps_ordinary_paths_readable():
         ("access_token=abc123xyz&x=1", "abc123xyz"),
         ('{"clientSecret": "abcdef12"}', "abcdef12"),
         # The log rotated (or the tail was cut) inside a PEM block: its END has no BEGIN.
-        ("\n".join([*KEY_LINES[-3:], "INFO next"]), KEY_LINES[-2][:8]),
+        pytest.param("\n".join([*KEY_LINES[-3:], "INFO next"]), KEY_LINES[-2][:8], id="cut-pem-block"),
     ],
 )
 def test_redaction_removes_secrets(line, leak):
