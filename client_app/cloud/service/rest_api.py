@@ -385,9 +385,8 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
             initial_twin=_initial_twin(initial_twin),
             if_match=_if_match(request, body),
             create_only=_if_match(request, body) is None,
-            options=GroupOptions.from_json(
-                body
-            ),  # allocationPolicy, customAllocationDefinition, identityPolicy
+            # allocationPolicy, customAllocationDefinition, identityPolicy
+            options=GroupOptions.from_json(body),
         ).to_json()
 
     @app.delete("/enrollmentGroups/{group_id}", status_code=204)
