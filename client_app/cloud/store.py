@@ -163,6 +163,11 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (what is read now may still be rolled back)."""
+        return self._db.in_transaction
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, params)

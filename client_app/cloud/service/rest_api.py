@@ -237,7 +237,7 @@ def _hub_routes(app: FastAPI, hub: Hub, auth: ServiceAuth) -> None:
             parsed = parse(text)
         except QueryError as exc:
             raise bad_request(f"query: {exc}", 400004) from None
-        return paged(request, parsed.run(hub.all_twins(parsed.where)), parsed.item_type)
+        return paged(request, hub.query(parsed), parsed.item_type)
 
     @app.get("/devices/{device_id}")
     async def get_device(request: Request, device_id: str) -> Any:
