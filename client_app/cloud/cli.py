@@ -352,8 +352,13 @@ def certificates_delete(ctx: Context, name: str) -> None:
 
 
 def _group_lines(group: dict[str, Any]) -> list[str]:
-    ca = group["attestation"]["x509"]["caReferences"]["primary"]
-    return [f"{group['enrollmentGroupId']}: CA {ca}, {group['provisioningStatus']}"]
+    x509 = group["attestation"]["x509"]
+    if x509.get("caReferences"):
+        backing = f"CA {x509['caReferences']['primary']}"
+    else:  # signingCertificates: DPS returns the certificate's info, not its PEM
+        info = x509["signingCertificates"]["primary"]["info"]
+        backing = f"signing certificate {info['subjectName']} (SHA-256 {info['sha256Thumbprint']})"
+    return [f"{group['enrollmentGroupId']}: {backing}, {group['provisioningStatus']}"]
 
 
 def _registration_rows(registrations: list[dict[str, Any]]) -> Iterable[str]:
