@@ -6,8 +6,10 @@ devices (azure-iot-device); the device's raw answer is read over MQTT where the 
 from __future__ import annotations
 
 import base64
+import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 from azure.iot.device.exceptions import ClientError, CredentialError
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from client_app.cloud import store as store_module
 from client_app.cloud.dps.certificates import CertificateStore
 from client_app.cloud.dps.enrollment import Enrollments
+from client_app.cloud.sas import generate_token
 from client_app.cloud.service.client import ServiceError
 from client_app.cloud.store import Store
 from client_app.pki import (
@@ -153,6 +156,52 @@ def test_signing_group_api(local_cloud, cloud_api, enrolled_ca):
         assert [g["enrollmentGroupId"] for g in operator.groups()] == ["release-c", enrolled_ca.group_id]
 
 
+def test_individual_enrollment_with_client_certificate(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """`clientCertificates` on an individual enrollment: only the enrolled leaf registers as that ID (the
+    individual enrollment decides before the group); GET answers its info, not the PEM."""
+    info = local_cloud.info
+    key = generate_key()
+    enrolled = issue_device_files(enrolled_ca.issuing, "ind-01", tmp_path / "enrolled", key=key)
+    leaf = load_certificates(enrolled.cert_file.read_bytes())[0]
+    with cloud_api.operator() as operator:
+        body = operator.put_enrollment("ind-01", enabled=True, client_certificate=certificate_to_pem(leaf))
+        entry = body["attestation"]["x509"]["clientCertificates"]["primary"]
+        assert list(entry) == ["info"] and entry["info"]["sha256Thumbprint"] == sha256_thumbprint(leaf)
+        assert operator.enrollments() == [body]
+        assert register(info, enrolled).status == "assigned"
+        assert _group_of(operator, "ind-01") is None  # the individual enrollment decided, not test-group
+
+        other = issue_device_files(enrolled_ca.issuing, "ind-01", tmp_path / "other")  # same ID, another leaf
+        answer = dps_answer(info, other)
+        assert (answer["httpStatus"], answer["errorCode"]) == (401, 401002)
+
+        refusals = {
+            "CN is not the ID": ("ind-02", certificate_to_pem(leaf)),
+            "a CA": ("test-issuing-ca", _pem(enrolled_ca.issuing)),
+        }
+        for what, (registration_id, pem) in refusals.items():
+            with pytest.raises(ServiceError) as refused:
+                operator.put_enrollment(registration_id, enabled=True, client_certificate=pem)
+            assert (refused.value.status, refused.value.code) == (400, 400005), what
+    with _service_dps(local_cloud) as dps:  # attestations that are "NOT VALID" in the other kind of entry
+        signing = {"signingCertificates": {"primary": {"certificate": _pem(enrolled_ca.issuing).decode()}}}
+        put = dps.put("/enrollments/ind-03", json={"attestation": {"type": "x509", "x509": signing}})
+        assert (put.status_code, put.json()["errorCode"]) == (400, 400004)
+        client = {"clientCertificates": {"primary": {"certificate": certificate_to_pem(leaf).decode()}}}
+        put = dps.put("/enrollmentGroups/g-03", json={"attestation": {"type": "x509", "x509": client}})
+        assert (put.status_code, put.json()["errorCode"]) == (400, 400004)
+
+
+def _service_dps(cloud):
+    policy = cloud.cloud.dps_policies["provisioningserviceowner"]
+    return httpx.Client(
+        base_url=f"https://{cloud.info.service_host}",
+        verify=ssl.create_default_context(cafile=cloud.info.server_ca_pem),
+        headers={"Authorization": generate_token(cloud.info.service_host, policy.primary_key, policy.name)},
+        params={"api-version": "2021-10-01"},
+    )
+
+
 def test_store_migrates_a_version_3_database_without_losing_rows(tmp_path: Path, monkeypatch):
     """A cloud.db of the schema before signingCertificates (version 3) opens, migrates to version 4 and keeps
     every row; its caReferences group reads as before."""
@@ -183,6 +232,7 @@ def test_store_migrates_a_version_3_database_without_losing_rows(tmp_path: Path,
     assert migrated.one("PRAGMA user_version")[0] == store_module.SCHEMA_VERSION == 4
     assert _counts(migrated) == before
     assert migrated.one("SELECT COUNT(*) FROM enrollment_group_signing")[0] == 0
+    assert Enrollments(migrated, CertificateStore(migrated)).enrollment("blocked").client == ()
     group = Enrollments(migrated, CertificateStore(migrated)).group("old-group")
     assert (group.ca_name, group.signing, group.initial_twin) == ("root", (), {"tags": {"a": 1}})
     migrated.close()
@@ -193,4 +243,5 @@ def _counts(store: Store) -> dict[str, int]:
         r[0]
         for r in store.all("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")
     ]
-    return {t: store.one(f"SELECT COUNT(*) FROM {t}")[0] for t in tables if t != "enrollment_group_signing"}
+    new = ("enrollment_group_signing", "enrollment_client_certificates")  # schema 4's tables
+    return {t: store.one(f"SELECT COUNT(*) FROM {t}")[0] for t in tables if t not in new}

@@ -86,11 +86,12 @@ def parse_single_certificate(pem: str | bytes, what: str) -> x509.Certificate:
 _PEM_ARMOR = re.compile(r"-----(BEGIN|END) CERTIFICATE-----")
 
 
-def parse_signing_certificate(text: object, what: str) -> x509.Certificate:
-    """An enrollment's `signingCertificates` entry: one CA certificate as PEM, as the one-line PEM the .NET
-    SDK sends (`-----BEGIN CERTIFICATE-----` + base64 + `-----END CERTIFICATE-----`,
-    X509CertificateWithInfo.cs), or as base64 DER ("PEM or CER", azure-iot-provisioning-service
-    interfaces.d.ts). Anything else is a 400."""
+def parse_enrollment_certificate(text: object, what: str, *, ca: bool) -> x509.Certificate:
+    """An enrollment's certificate entry (`signingCertificates`: a CA, `ca`; `clientCertificates`: a device's
+    leaf): one certificate as PEM, as the one-line PEM the .NET SDK sends (`-----BEGIN CERTIFICATE-----` +
+    base64 + `-----END CERTIFICATE-----`, X509CertificateWithInfo.cs), or as bare base64 DER ("PEM or CER",
+    Node's interfaces.d.ts; the C SDK's service sample: "just the Base 64 encoding, or can include the
+    -----BEGIN CERTIFICATE----- and -----END CERTIFICATE----- tags, either works"). Anything else is a 400."""
     if not isinstance(text, str) or not text.strip():
         raise bad_request(f"{what}: the certificate must be a PEM string", 400005)
     if len(_PEM_ARMOR.findall(text)) > 2:
@@ -100,8 +101,10 @@ def parse_signing_certificate(text: object, what: str) -> x509.Certificate:
         cert = x509.load_der_x509_certificate(der)
     except (binascii.Error, ValueError) as exc:
         raise bad_request(f"{what}: not a valid PEM certificate ({exc})", 400005) from None
-    if not _is_ca(cert):  # it must sign device certificates: a leaf never matches a chain position above one
+    if ca and not _is_ca(cert):  # it must sign device certificates: a leaf never sits above one in a chain
         raise bad_request(f"{what}: not a CA certificate (basicConstraints CA:TRUE required)", 400005)
+    if not ca and _is_ca(cert):  # DPS refuses CA:TRUE device certificates at registration anyway
+        raise bad_request(f"{what}: a CA certificate cannot be a device's client certificate", 400005)
     return cert
 
 

@@ -26,7 +26,7 @@ from cryptography.x509.verification import (
 )
 
 from client_app.cloud.dps.allocation import ALLOCATION_POLICIES, CustomAllocation
-from client_app.cloud.dps.certificates import CertificateStore, certificate_info, parse_signing_certificate
+from client_app.cloud.dps.certificates import CertificateStore, certificate_info, parse_enrollment_certificate
 from client_app.cloud.dps.identity_policy import IdentityPolicy, client_auth_refusal, identity_refusal
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.hub.limits import check_initial_twin
@@ -104,11 +104,7 @@ class EnrollmentGroup:
         the SDKs' X509CertificateWithInfo docs: "After send an X509 certificate to the provisioning service,
         it will return the X509CertificateInfo")."""
         if self.signing:
-            entries = {
-                slot: {"info": certificate_info(cert)}
-                for slot, cert in zip(SLOTS, self.signing, strict=False)
-            }
-            return {"type": "x509", "x509": {"signingCertificates": entries}}
+            return {"type": "x509", "x509": {"signingCertificates": _infos(self.signing)}}
         return {"type": "x509", "x509": {"caReferences": {"primary": self.ca_name}}}
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +122,19 @@ class EnrollmentGroup:
         }
 
 
+def _infos(certificates: Sequence[x509.Certificate]) -> dict[str, Any]:
+    """Azure's X509Certificates as DPS answers it: each slot's X509CertificateInfo, never the PEM."""
+    return {slot: {"info": certificate_info(cert)} for slot, cert in zip(SLOTS, certificates, strict=False)}
+
+
+def _load_pems(text: str | None) -> tuple[x509.Certificate, ...]:
+    return tuple(load_certificates(pem.encode())[0] for pem in json.loads(text)) if text else ()
+
+
+def _pems(certificates: Sequence[x509.Certificate]) -> str:
+    return dumps([certificate_to_pem(cert).decode() for cert in certificates])
+
+
 @dataclass(frozen=True)
 class IndividualEnrollment:
     registration_id: str
@@ -133,11 +142,13 @@ class IndividualEnrollment:
     etag: str
     created: str
     updated: str
+    client: tuple[x509.Certificate, ...] = ()  # clientCertificates: the device's leaf, primary then secondary
 
     def to_json(self) -> dict[str, Any]:
+        x509_attestation = {"x509": {"clientCertificates": _infos(self.client)}} if self.client else {}
         return {
             "registrationId": self.registration_id,
-            "attestation": {"type": "x509"},
+            "attestation": {"type": "x509", **x509_attestation},
             "provisioningStatus": _status(self.enabled),
             "etag": self.etag,
             "createdDateTimeUtc": self.created,
@@ -233,11 +244,9 @@ class Enrollments:
     @staticmethod
     def _group(row: sqlite3.Row) -> EnrollmentGroup:
         options = GroupOptions.from_json(json.loads(row["options"])) if row["options"] else GroupOptions()
-        pems = json.loads(row["signing"]) if row["signing"] else []
         return EnrollmentGroup(
             row["group_id"], row["ca_name"], bool(row["enabled"]), json.loads(row["initial_twin"]),
-            row["etag"], row["created"], row["updated"], options,
-            tuple(load_certificates(pem.encode())[0] for pem in pems),
+            row["etag"], row["created"], row["updated"], options, _load_pems(row["signing"]),
         )  # fmt: skip
 
     _GROUPS = (
@@ -304,8 +313,7 @@ class Enrollments:
             )
             db.execute("DELETE FROM enrollment_group_signing WHERE group_id=?", (stored_id,))
             if signing:
-                pems = [certificate_to_pem(cert).decode() for cert in signing]
-                db.execute("INSERT INTO enrollment_group_signing VALUES (?, ?)", (stored_id, dumps(pems)))
+                db.execute("INSERT INTO enrollment_group_signing VALUES (?, ?)", (stored_id, _pems(signing)))
         backing = f"signing certificate {signing[0].subject.rfc4514_string()}" if signing else f"CA {ca_name}"
         log.info("enrollment group %s -> %s (%s)", group_id, backing, _status(enabled))
         return self.group(group_id)
@@ -334,8 +342,6 @@ class Enrollments:
         docs how-to-roll-certificates; dps-pki-rules.md §4.1): no other group may hold it, as a signing
         certificate or through its CA reference."""
         thumbprints = [sha256_thumbprint(cert) for cert in signing]
-        if len(set(thumbprints)) != len(thumbprints):
-            raise bad_request("signingCertificates: primary and secondary are the same certificate", 400005)
         for group in self.groups():
             if group.group_id.lower() == group_id.lower():
                 continue
@@ -375,43 +381,69 @@ class Enrollments:
     @staticmethod
     def _enrollment(row: sqlite3.Row) -> IndividualEnrollment:
         return IndividualEnrollment(
-            row["registration_id"], bool(row["enabled"]), row["etag"], row["created"], row["updated"]
-        )
+            row["registration_id"], bool(row["enabled"]), row["etag"], row["created"], row["updated"],
+            _load_pems(row["client"]),
+        )  # fmt: skip
+
+    _ENROLLMENTS = (
+        "SELECT e.*, c.certificates AS client FROM enrollments e"
+        " LEFT JOIN enrollment_client_certificates c USING (registration_id)"
+    )
 
     def enrollments(self) -> list[IndividualEnrollment]:
-        return [
-            self._enrollment(r) for r in self._store.all("SELECT * FROM enrollments ORDER BY registration_id")
-        ]
+        rows = self._store.all(f"{self._ENROLLMENTS} ORDER BY e.registration_id")
+        return [self._enrollment(r) for r in rows]
 
     def enrollment(self, registration_id: str) -> IndividualEnrollment:
-        row = self._store.one("SELECT * FROM enrollments WHERE registration_id=?", (registration_id,))
-        if row is None:
+        found = self.find_enrollment(registration_id)
+        if found is None:
             raise not_found("enrollment", registration_id, 404201)
-        return self._enrollment(row)
+        return found
 
-    def put_enrollment(self, registration_id: str, *, enabled: bool) -> IndividualEnrollment:
-        """An individual X.509 enrollment keyed by registration ID; disabled = block one device of a group."""
+    def find_enrollment(self, registration_id: str) -> IndividualEnrollment | None:
+        row = self._store.one(f"{self._ENROLLMENTS} WHERE e.registration_id=?", (registration_id,))
+        return self._enrollment(row) if row else None
+
+    def put_enrollment(
+        self, registration_id: str, *, enabled: bool, client: Sequence[x509.Certificate] = ()
+    ) -> IndividualEnrollment:
+        """An individual X.509 enrollment keyed by registration ID: disabled, it blocks one device of a group.
+        With `client` (clientCertificates) only that leaf may register as the ID; its CN must be the ID (the
+        registration ID of an X.509 enrollment is its certificate's CN, Azure docs concepts-service.md)."""
         registration_id = _checked_registration_id(registration_id)
+        for cert in client:
+            if common_name(cert).lower() != registration_id.lower():
+                raise bad_request(
+                    f"clientCertificates: CN '{common_name(cert)}' is not the registration ID", 400005
+                )
         existing = self._store.one(
             "SELECT created FROM enrollments WHERE registration_id=?", (registration_id,)
         )
         now = utc_now()
-        self._store.execute(
-            "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?)",
-            (
-                registration_id,
-                int(enabled),
-                secrets.token_hex(8),
-                existing["created"] if existing else now,
-                now,
-            ),
-        )
+        created = existing["created"] if existing else now
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?)",
+                (registration_id, int(enabled), secrets.token_hex(8), created, now),
+            )
+            db.execute(
+                "DELETE FROM enrollment_client_certificates WHERE registration_id=?", (registration_id,)
+            )
+            if client:
+                db.execute(
+                    "INSERT INTO enrollment_client_certificates VALUES (?, ?)",
+                    (registration_id, _pems(client)),
+                )
         log.info("individual enrollment %s (%s)", registration_id, _status(enabled))
         return self.enrollment(registration_id)
 
     def delete_enrollment(self, registration_id: str) -> None:
         self.enrollment(registration_id)
-        self._store.execute("DELETE FROM enrollments WHERE registration_id=?", (registration_id,))
+        with self._store.transaction() as db:
+            db.execute("DELETE FROM enrollments WHERE registration_id=?", (registration_id,))
+            db.execute(
+                "DELETE FROM enrollment_client_certificates WHERE registration_id=?", (registration_id,)
+            )
 
     # ---- registration records --------------------------------------------------------------------
     @staticmethod
@@ -544,11 +576,13 @@ class Enrollments:
             raise unauthorized(refusal)
         groups = self.groups()
         path = self._verified_path(leaf, chain[1:], [c for g in groups for c in g.signing])
-        individual = self._store.one(
-            "SELECT enabled FROM enrollments WHERE registration_id=?", (registration_id,)
-        )
+        individual = self.find_enrollment(registration_id)
         if individual is not None:  # an individual enrollment comes before any group
-            return Match(registration_id, leaf, None, bool(individual["enabled"]))
+            if individual.client and sha256_thumbprint(leaf) not in {
+                sha256_thumbprint(c) for c in individual.client
+            }:
+                raise unauthorized(f"the certificate is not the one enrolled for '{registration_id}'")
+            return Match(registration_id, leaf, None, individual.enabled)
         cas = {c.name: c.sha256 for c in self._certificates.list()}
         entries = {t: (g, cert) for g in groups for t, cert in self._entry_thumbprints(g, cas).items()}
         for cert in path[1:]:  # leaf → root: the group on the certificate closest to the leaf decides
@@ -581,29 +615,50 @@ class Enrollments:
 
 
 def signing_certificates_from_json(entries: Any, existing: EnrollmentGroup | None) -> list[x509.Certificate]:
-    """`{primary: {certificate: PEM}, secondary: {...}}`. An entry with only the `info` a GET returned keeps
-    the certificate the group already holds in that slot (our choice: DPS never returns the PEM, so a group
-    read and PUT back unchanged, as the SDKs' update samples do, must still mean the same certificate)."""
+    """A group's `signingCertificates`: CA certificates (see certificates_from_json)."""
+    return certificates_from_json(
+        entries, existing.signing if existing else (), "signingCertificates", ca=True
+    )
+
+
+def client_certificates_from_json(
+    entries: Any, existing: IndividualEnrollment | None
+) -> list[x509.Certificate]:
+    """An individual enrollment's `clientCertificates`: the device's leaf (see certificates_from_json)."""
+    return certificates_from_json(
+        entries, existing.client if existing else (), "clientCertificates", ca=False
+    )
+
+
+def certificates_from_json(
+    entries: Any, held: Sequence[x509.Certificate], name: str, *, ca: bool
+) -> list[x509.Certificate]:
+    """Azure's X509Certificates `{primary: {certificate: PEM}, secondary: {...}}`. An entry with only the
+    `info` a GET returned keeps the certificate already `held` in that slot (our choice: DPS never returns
+    the PEM, so an enrollment read and PUT back unchanged, as the SDKs' update samples do, must still mean
+    the same certificate)."""
     if not isinstance(entries, dict) or not isinstance(entries.get("primary"), dict):
-        raise bad_request('signingCertificates.primary must be {"certificate": PEM}', 400004)
-    held = dict(zip(SLOTS, existing.signing if existing else (), strict=False))
+        raise bad_request(f'{name}.primary must be {{"certificate": PEM}}', 400004)
+    kept_by_slot = dict(zip(SLOTS, held, strict=False))
     certificates = []
     for slot in SLOTS:
         entry = entries.get(slot)
         if entry is None:
             continue
-        what = f"signingCertificates.{slot}"
+        what = f"{name}.{slot}"
         if not isinstance(entry, dict):
             raise bad_request(f"{what} must be an object", 400004)
         if entry.get("certificate") is not None:
-            certificates.append(parse_signing_certificate(entry["certificate"], what))
+            certificates.append(parse_enrollment_certificate(entry["certificate"], what, ca=ca))
             continue
         info = entry.get("info")
         thumbprint = info.get("sha256Thumbprint") if isinstance(info, dict) else None
-        kept = held.get(slot)
+        kept = kept_by_slot.get(slot)
         if kept is None or not isinstance(thumbprint, str) or thumbprint.upper() != sha256_thumbprint(kept):
             raise bad_request(f"{what}.certificate is required (a PEM certificate)", 400005)
         certificates.append(kept)
+    if len({sha256_thumbprint(cert) for cert in certificates}) != len(certificates):
+        raise bad_request(f"{name}: primary and secondary are the same certificate", 400005)
     return certificates
 
 

@@ -326,9 +326,17 @@ class ServiceClient:
     def enrollments(self) -> list[dict[str, Any]]:
         return list(self._pages(self._dps, "/enrollments/query", {"query": "*"}, 100))
 
-    def put_enrollment(self, registration_id: str, *, enabled: bool) -> dict[str, Any]:
-        """An individual X.509 enrollment; disabled, it blocks one device of a group."""
-        body = {"registrationId": registration_id, "attestation": {"type": "x509"},
+    def put_enrollment(
+        self, registration_id: str, *, enabled: bool, client_certificate: bytes | None = None
+    ) -> dict[str, Any]:
+        """An individual X.509 enrollment; disabled, it blocks one device of a group. With
+        `client_certificate` (the device's leaf, PEM; x509.clientCertificates) only that leaf registers as
+        the ID."""
+        attestation: dict[str, Any] = {"type": "x509"}
+        if client_certificate is not None:
+            primary = {"certificate": client_certificate.decode()}
+            attestation["x509"] = {"clientCertificates": {"primary": primary}}
+        body = {"registrationId": registration_id, "attestation": attestation,
                 "provisioningStatus": "enabled" if enabled else "disabled"}  # fmt: skip
         return self._json(self._dps, "PUT", f"/enrollments/{_segment(registration_id)}", body)
 

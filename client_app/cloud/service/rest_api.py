@@ -30,6 +30,8 @@ from client_app.cloud.dps.enrollment import (
     EnrollmentGroup,
     Enrollments,
     GroupOptions,
+    IndividualEnrollment,
+    client_certificates_from_json,
     signing_certificates_from_json,
 )
 from client_app.cloud.errors import CloudError, bad_request
@@ -418,10 +420,10 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
     async def put_enrollment(request: Request, registration_id: str) -> Any:
         write(request)
         body = await _named_body(request, "registrationId", registration_id)
-        attestation = body.get("attestation") or {}
-        if not isinstance(attestation, dict) or attestation.get("type") != "x509":
-            raise bad_request("only x509 attestation is supported", 400004)
-        return enrollments.put_enrollment(registration_id, enabled=_provisioning_status(body)).to_json()
+        client = _client_certificates(body, enrollments.find_enrollment(registration_id))
+        return enrollments.put_enrollment(
+            registration_id, enabled=_provisioning_status(body), client=client
+        ).to_json()
 
     @app.delete("/enrollments/{registration_id}", status_code=204)
     async def delete_enrollment(request: Request, registration_id: str) -> Response:
@@ -483,6 +485,8 @@ def _group_attestation(
         raise bad_request('attestation must be {"type": "x509", "x509": {...}}', 400004)
     if x509.get("signingCertificates") is not None:
         return "", signing_certificates_from_json(x509["signingCertificates"], existing)
+    if x509.get("clientCertificates") is not None:  # C SDK attestation_mechanism.h: "NOT VALID" on a group
+        raise bad_request("clientCertificates are for individual enrollments, not enrollment groups", 400004)
     references = x509.get("caReferences")
     primary = references.get("primary") if isinstance(references, dict) else None
     if isinstance(primary, str) and primary:
@@ -490,6 +494,23 @@ def _group_attestation(
     raise bad_request(
         "attestation.x509 needs caReferences.primary or signingCertificates.primary.certificate", 400004
     )
+
+
+def _client_certificates(body: Mapping[str, Any], existing: IndividualEnrollment | None) -> list[Certificate]:
+    """An individual enrollment's X.509 attestation: `clientCertificates` (the device's leaf) or none (ours:
+    the enrollment is keyed by registration ID alone); signing certificates and CA references are "NOT VALID
+    when attached to an individual enrollment" (azure-iot-sdk-c provisioning_service_client
+    attestation_mechanism.h)."""
+    attestation = body.get("attestation") or {}
+    if not isinstance(attestation, dict) or attestation.get("type") != "x509":
+        raise bad_request("only x509 attestation is supported", 400004)
+    x509 = attestation.get("x509") or {}
+    if not isinstance(x509, dict) or x509.get("signingCertificates") or x509.get("caReferences"):
+        raise bad_request(
+            "an individual enrollment takes x509.clientCertificates (the device's certificate)", 400004
+        )
+    entries = x509.get("clientCertificates")
+    return client_certificates_from_json(entries, existing) if entries else []
 
 
 def _initial_twin(twin: dict[str, Any] | None) -> dict[str, Any] | None:
