@@ -28,6 +28,7 @@ from client_app.pki import (
     sha256_thumbprint,
 )
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, register
+from tests.cloud.test_cli import run
 from tests.cloud.test_takeover import dps_answer
 from tests.fixtures.cloud import issue_device_files
 
@@ -245,3 +246,28 @@ def _counts(store: Store) -> dict[str, int]:
     ]
     new = ("enrollment_group_signing", "enrollment_client_certificates")  # schema 4's tables
     return {t: store.one(f"SELECT COUNT(*) FROM {t}")[0] for t in tables if t not in new}
+
+
+def test_cli_creates_a_signing_certificate_group(local_cloud, enrolled_ca, tmp_path: Path):
+    release = enrolled_ca.root.intermediate("release D", path_length=0)
+    pem = tmp_path / "release-d.pem"
+    pem.write_bytes(_pem(release))
+    data = local_cloud.info.data_dir
+    out, _ = run(
+        data, "enrollment-groups", "create", "release-d", "--signing-certificate", str(pem), "--disabled"
+    )
+    thumbprint = sha256_thumbprint(release.certificate)
+    assert out.strip() == f"release-d: signing certificate CN=release D (SHA-256 {thumbprint}), disabled"
+    assert "release-d: signing certificate" in run(data, "enrollment-groups", "enable", "release-d")[0]
+    _, err = run(
+        data,
+        "enrollment-groups",
+        "create",
+        "x",
+        "--ca",
+        "test-root",
+        "--signing-certificate",
+        str(pem),
+        ok=False,
+    )
+    assert "exactly one of --ca" in err
