@@ -98,8 +98,8 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
 
 def _v3_to_v4(db: sqlite3.Connection) -> None:
     """Issue 9: groups attested by `signingCertificates` and individual enrollments with `clientCertificates`
-    keep their certificates (a JSON list of PEM, primary first); such a group's `ca_name` is ''. IF NOT EXISTS:
-    steps re-run on a database whose version was set back must keep what is there."""
+    keep their certificates (a JSON list of PEM, primary first); such a group's `ca_name` is ''.
+    IF NOT EXISTS: steps re-run on a database whose version was set back must keep what is there."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS enrollment_group_signing("
         "group_id TEXT PRIMARY KEY COLLATE NOCASE, certificates TEXT NOT NULL)"
