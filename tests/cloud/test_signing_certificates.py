@@ -154,6 +154,10 @@ def test_signing_group_api(local_cloud, cloud_api, enrolled_ca):
         with pytest.raises(ServiceError) as root_taken:
             operator.create_group("root-again", signing_certificate=_pem(enrolled_ca.root))
         assert (root_taken.value.status, root_taken.value.code) == (409, 409001)
+        operator.certificates.enroll(release, "release-c-ca")  # the same certificate, uploaded and verified
+        with pytest.raises(ServiceError) as reference_taken:
+            operator.create_group("release-c-by-name", "release-c-ca")
+        assert (reference_taken.value.status, reference_taken.value.code) == (409, 409001)
         assert [g["enrollmentGroupId"] for g in operator.groups()] == ["release-c", enrolled_ca.group_id]
 
 

@@ -331,8 +331,9 @@ class Enrollments:
             raise CloudError(
                 409, 409001, f"certificate '{ca_name}' already backs enrollment group '{other[0]}'"
             )
-        holder = next((g for g in self.groups() if ca.sha256 in self._entry_thumbprints(g)), None)
-        if holder is not None and holder.signing and holder.group_id.lower() != group_id.lower():
+        others = (g for g in self.groups() if g.signing and g.group_id.lower() != group_id.lower())
+        holder = next((g for g in others if ca.sha256 in self._entry_thumbprints(g)), None)
+        if holder is not None:  # the same certificate as another group's signing certificate
             raise CloudError(
                 409, 409001, f"certificate '{ca_name}' already backs enrollment group '{holder.group_id}'"
             )
