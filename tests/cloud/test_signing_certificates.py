@@ -123,6 +123,14 @@ def test_signing_group_api(local_cloud, cloud_api, enrolled_ca):
             )
         assert (wrong.value.status, wrong.value.code) == (400, 400005)
 
+        # One PEM as primary and secondary, as azure-iot-deviceprovisioning's README sample sends it.
+        both = {slot: {"certificate": _pem(release).decode()} for slot in ("primary", "secondary")}
+        twice = operator.replace_group(
+            {**replaced, "attestation": {"type": "x509", "x509": {"signingCertificates": both}}}
+        )
+        infos = twice["attestation"]["x509"]["signingCertificates"]
+        assert infos["primary"] == infos["secondary"] == entry
+
         # The one-line PEM the .NET SDK sends, and base64 DER ("PEM or CER", the Node SDK), both parse.
         one_line = f"-----BEGIN CERTIFICATE-----{base64.b64encode(der).decode()}-----END CERTIFICATE-----"
         operator.delete_group("release-c")

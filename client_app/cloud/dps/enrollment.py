@@ -658,9 +658,9 @@ def certificates_from_json(
         if kept is None or not isinstance(thumbprint, str) or thumbprint.upper() != sha256_thumbprint(kept):
             raise bad_request(f"{what}.certificate is required (a PEM certificate)", 400005)
         certificates.append(kept)
-    if len({sha256_thumbprint(cert) for cert in certificates}) != len(certificates):
-        raise bad_request(f"{name}: primary and secondary are the same certificate", 400005)
-    return certificates
+    return (
+        certificates  # primary and secondary may be the same (azure-iot-deviceprovisioning's README sample)
+    )
 
 
 def _issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
