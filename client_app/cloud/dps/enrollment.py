@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -128,7 +129,16 @@ def _infos(certificates: Sequence[x509.Certificate]) -> dict[str, Any]:
 
 
 def _load_pems(text: str | None) -> tuple[x509.Certificate, ...]:
-    return tuple(load_certificates(pem.encode())[0] for pem in json.loads(text)) if text else ()
+    return _parsed_pems(text) if text else ()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_pems(text: str) -> tuple[x509.Certificate, ...]:
+    """Parsed once: every registration reads every group (up to 100) to find the one closest to its leaf."""
+    return tuple(load_certificates(pem.encode())[0] for pem in json.loads(text))
+
+
+_stored_thumbprint = functools.lru_cache(maxsize=1024)(sha256_thumbprint)  # of the cached stored certificates
 
 
 def _pems(certificates: Sequence[x509.Certificate]) -> str:
@@ -354,7 +364,7 @@ class Enrollments:
     def _entry_thumbprints(self, group: EnrollmentGroup, cas: dict[str, str] | None = None) -> dict[str, Any]:
         """SHA-256 thumbprint -> the group's certificate entry (a signing certificate, or None for its CA)."""
         if group.signing:
-            return {sha256_thumbprint(cert): cert for cert in group.signing}
+            return {_stored_thumbprint(cert): cert for cert in group.signing}
         if cas is None:
             cas = {c.name: c.sha256 for c in self._certificates.list()}
         return {cas[group.ca_name]: None} if group.ca_name in cas else {}
