@@ -317,7 +317,12 @@ class ConfigStore:
         args: argparse.Namespace | None,
         environ: Mapping[str, str],
         layer: Mapping[str, Any] | None = None,
+        *,
+        keyring: bool = True,
     ) -> None:
+        # keyring=False: the window's process, which never opens the keyring; its device-core process fills
+        # in a proxy password (with_proxy_password) before it connects.
+        self._keyring = keyring
         self._cli = {k: v for k, v in vars(args).items() if k in _OPTIONS} if args else {}
         env = {name: environ.get(ENV_PREFIX + name.upper()) for name in _OPTIONS}
         env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
@@ -359,7 +364,7 @@ class ConfigStore:
         proxy = values.get("proxy")
         if isinstance(proxy, str) and proxy.strip():
             parsed = _try_proxy(proxy)
-            if parsed is not None and parsed.username and not parsed.password:
+            if self._keyring and parsed is not None and parsed.username and not parsed.password:
                 password = _proxy_password(parsed)
                 if password:
                     values["proxy"] = dataclasses.replace(parsed, password=password)
@@ -428,6 +433,19 @@ def _proxy_password(proxy: ProxySetting) -> str | None:
         # The app still starts; the proxy then refuses it, which the status shows and the log explains.
         log.warning("the proxy password is in the system keyring, which is not available: %s", exc)
         return None
+
+
+def with_proxy_password(config: DeviceConfig) -> DeviceConfig:
+    """`config` with its proxy's password from the keyring, if read without it (ConfigStore keyring=False)."""
+    proxy = config.proxy
+    if proxy is None or not proxy.username or proxy.password:
+        return config
+    password = _proxy_password(proxy)
+    return (
+        dataclasses.replace(config, proxy=dataclasses.replace(proxy, password=password))
+        if password
+        else config
+    )
 
 
 def _store_proxy_password(proxy: ProxySetting) -> None:
