@@ -213,3 +213,35 @@ def test_frozen_app_connects_headless(
         _, stderr = app.communicate(timeout=30)
     assert app.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_frozen_window_runs_its_core_in_a_second_process(
+    frozen_app: FrozenApp, cloud_api, local_cloud, keyring_env, tmp_path: Path
+) -> None:
+    """The window starts its device core as `client-app --core-service` of the same bundle."""
+    enroll_root(cloud_api, frozen_app.root)
+    options = ["--local-cloud", str(local_cloud.info.data_dir), "--data-dir", str(tmp_path / "data")]
+    env = _app_env(tmp_path, {**keyring_env.env, "QT_QPA_PLATFORM": "offscreen"})
+    app = subprocess.Popen(
+        [str(frozen_app.executable), *options],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def connected() -> dict | None:
+            status = json.loads(frozen_app.run("--status", *options, env=env).stdout)
+            return status if status["state"] == "connected" else None
+
+        core = wait_for(connected, timeout=60, what="the frozen window's core to connect")["pid"]
+        assert core != app.pid
+        command = Path(f"/proc/{core}/cmdline").read_bytes().split(b"\0")
+        assert command[0] == str(frozen_app.executable).encode() and b"--core-service" in command
+    finally:
+        app.send_signal(signal.SIGTERM)
+        _, stderr = app.communicate(timeout=30)
+    assert app.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert not Path(f"/proc/{core}").exists()
