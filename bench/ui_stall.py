@@ -38,6 +38,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 TARGET_MS = 16.0
 TICK_MS = 5
+NICE_REMOTE = 10
 # What the window's process must never import now that the device core runs in a process of its own.
 CORE_ONLY_MODULES = ("azure.iot.device", "paho", "keyring", "secretstorage")
 
@@ -87,11 +88,15 @@ class StallMeter:
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self._tick)
         self.samples: list[float] = []
+        self.worst_cpu = 0.0  # ms the GUI thread itself ran during the longest stall (the rest it waited)
         self._last = 0.0
+        self._last_cpu = 0.0
 
     def start(self) -> None:
         self.samples = []
+        self.worst_cpu = 0.0
         self._last = time.perf_counter()
+        self._last_cpu = time.thread_time()
         self.timer.start()
 
     def stop(self) -> list[float]:
@@ -99,9 +104,12 @@ class StallMeter:
         return self.samples
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        self.samples.append(max(0.0, (now - self._last) * 1000 - TICK_MS))
-        self._last = now
+        now, cpu = time.perf_counter(), time.thread_time()
+        late = max(0.0, (now - self._last) * 1000 - TICK_MS)
+        if late > max(self.samples, default=0.0):
+            self.worst_cpu = (cpu - self._last_cpu) * 1000
+        self.samples.append(late)
+        self._last, self._last_cpu = now, cpu
 
 
 def run_until(predicate, timeout: float, what: str) -> float:
@@ -126,12 +134,21 @@ def run_until(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def stand_in_for_a_remote_machine() -> None:
+    """The cloud and the operator run elsewhere in real life; here they share this machine's two cores with
+    the app, so they run at a lower CPU priority: the scheduler then serves the app's processes first, as if
+    the cloud's work happened on another machine. Without it, the longest stall is mostly the window's
+    process waiting for a core (the bench prints how much of it the GUI thread actually ran)."""
+    os.nice(NICE_REMOTE)
+
+
 def start_cloud_process(data_dir: Path) -> subprocess.Popen:
     cloud_cli = Path(sys.executable).parent / "client-app-cloud"
     process = subprocess.Popen(
         [str(cloud_cli), "--data", str(data_dir), "serve"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=stand_in_for_a_remote_machine,
     )
     deadline = time.monotonic() + 60
     while not (data_dir / "connection.json").exists():
@@ -168,6 +185,7 @@ def start_sender(cloud_dir: Path, device_id: str, count: int) -> subprocess.Pope
         [sys.executable, __file__, "--sender", str(cloud_dir), device_id, str(count)],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=stand_in_for_a_remote_machine,
     )
 
 
@@ -182,12 +200,14 @@ def sender_main(cloud_dir: str, device_id: str, count: int) -> int:
     return 0
 
 
-def describe(name: str, samples: list[float], seconds: float, cpu: float) -> tuple[str, float]:
+def describe(name: str, meter: StallMeter, seconds: float, cpu: float) -> tuple[str, float]:
+    samples = meter.stop()
     worst = max(samples, default=0.0)
     p99 = statistics.quantiles(samples, n=100)[98] if len(samples) >= 100 else worst
     line = (
-        f"{name:<13} longest stall {worst:7.1f} ms   p99 {p99:6.1f} ms"
-        f"   ({len(samples)} ticks over {seconds:5.1f} s; window process CPU {cpu * 1000:6.0f} ms)"
+        f"{name:<13} longest stall {worst:6.1f} ms (GUI thread ran {meter.worst_cpu:4.1f} ms of it)"
+        f"   p99 {p99:5.1f} ms   ({len(samples)} ticks over {seconds:4.1f} s;"
+        f" window process CPU {cpu * 1000:4.0f} ms)"
     )
     return line, worst
 
@@ -258,9 +278,7 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
         run_until(
             lambda: time.monotonic() - idle_started >= options.idle_seconds, options.idle_seconds + 5, "idle"
         )
-        results.append(
-            describe("idle", meter.stop(), time.monotonic() - idle_started, time.process_time() - cpu)
-        )
+        results.append(describe("idle", meter, time.monotonic() - idle_started, time.process_time() - cpu))
 
         cpu = time.process_time()
         meter.start()
@@ -275,7 +293,7 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
             120,
             "the first launch to connect",
         )
-        results.append(describe("first launch", meter.stop(), seconds, time.process_time() - cpu))
+        results.append(describe("first launch", meter, seconds, time.process_time() - cpu))
 
         cpu = time.process_time()
         meter.start()
@@ -285,7 +303,7 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
             300,
             f"{options.messages} messages in the inbox",
         )
-        results.append(describe("c2d burst", meter.stop(), seconds, time.process_time() - cpu))
+        results.append(describe("c2d burst", meter, seconds, time.process_time() - cpu))
         if sender.wait(30) != 0:
             print(f"ui_stall: sending failed: {sender.communicate()[1].strip()}", file=sys.stderr)
             return 2

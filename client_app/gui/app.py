@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
-from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot, qVersion
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox, QWidget
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
 from client_app.device.status import ConnectionState, DeviceStatus
@@ -553,6 +553,35 @@ class AppController(QObject):
         self.window.statusBar().showMessage(text, 15000)
 
 
+class _FirstPaint(QObject):
+    """Calls `then` once, after the watched widget's first paint (or after `latest_ms` at the latest)."""
+
+    def __init__(self, widget: QWidget, then: Callable[[], None], latest_ms: int) -> None:
+        super().__init__(widget)
+        self._widget = widget
+        self._then: Callable[[], None] | None = then
+        widget.installEventFilter(self)
+        # A window that never paints (started minimised) still connects. Timers die with this object.
+        QTimer.singleShot(latest_ms, self, self._fire)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self._widget and event.type() == QEvent.Type.Paint and self._then is not None:
+            QTimer.singleShot(0, self, self._fire)  # after this paint has reached the screen
+        return False
+
+    def _fire(self) -> None:
+        then, self._then = self._then, None
+        if then is not None:
+            self._widget.removeEventFilter(self)
+            then()
+
+
+def start_after_first_paint(window: QWidget, start: Callable[[], None], latest_ms: int = 1000) -> None:
+    """Start the core's process once the window has painted: on a cold start (page cache empty) the core's
+    imports then read the disk after the window's files, not in competition with them."""
+    _FirstPaint(window, start, latest_ms)
+
+
 def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
     """Ctrl-C and SIGTERM quit cleanly (core stopped, embedded demo cloud stopped at exit).
 
@@ -631,7 +660,7 @@ def run_gui(
     code = 1
     try:
         # Start the core once the window is on screen: first-run steps then show as they happen.
-        controller.start()
+        start_after_first_paint(window, controller.start)
         code = app.exec()
     except Exception:
         log.exception("the app failed")
