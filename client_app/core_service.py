@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from client_app.device import ipc
-from client_app.device.config import with_proxy_password
+from client_app.device.config import store_proxy_password, with_proxy_password
 from client_app.logsetup import CORE_LOG_FILE, log_start, log_stop, setup_logging
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class CoreService:
             "outbox_list": lambda limit: [ipc.to_wire(m) for m in self._core().outbox.list(limit)],
             "set_read": lambda ids, read: self._core().inbox.set_read(ids, read),
             "unread_count": lambda: self._core().inbox.unread_count(),
+            "store_proxy_password": lambda proxy: store_proxy_password(ipc.proxy_from_wire(proxy)),
             "quit": self.quit,
         }
 

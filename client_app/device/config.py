@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,8 @@ class ConfigStore:
         # keyring=False: the window's process, which never opens the keyring; its device-core process fills
         # in a proxy password (with_proxy_password) before it connects.
         self._keyring = keyring
+        # Where a proxy password from save() goes; the window's process routes it to its core's process.
+        self.keep_proxy_password: Callable[[ProxySetting], None] = store_proxy_password
         self._cli = {k: v for k, v in vars(args).items() if k in _OPTIONS} if args else {}
         env = {name: environ.get(ENV_PREFIX + name.upper()) for name in _OPTIONS}
         env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
@@ -403,7 +405,7 @@ class ConfigStore:
             if name == "proxy" and value:
                 proxy = ProxySetting.parse(value)
                 if proxy.password:
-                    _store_proxy_password(proxy)
+                    self.keep_proxy_password(proxy)
                 value = proxy_text(proxy, with_password=False)
             if value:
                 existing[name] = value
@@ -448,7 +450,7 @@ def with_proxy_password(config: DeviceConfig) -> DeviceConfig:
     )
 
 
-def _store_proxy_password(proxy: ProxySetting) -> None:
+def store_proxy_password(proxy: ProxySetting) -> None:
     from client_app.device import secrets
 
     try:

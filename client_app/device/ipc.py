@@ -241,13 +241,17 @@ def outbox_from_wire(data: Mapping[str, Any]) -> OutboxMessage:
 _PATH_FIELDS = ("server_ca_pem", "issuer_bundle", "data_dir", "log_dir", "config_dir", "local_cloud")
 
 
+def proxy_from_wire(data: Mapping[str, Any]) -> ProxySetting:
+    return _build(ProxySetting, data)
+
+
 def config_from_wire(data: Mapping[str, Any]) -> DeviceConfig:
     values = dict(data)
     for name in _PATH_FIELDS:
         if values.get(name) is not None:
             values[name] = Path(values[name])
     if values.get("proxy") is not None:
-        values["proxy"] = _build(ProxySetting, values["proxy"])
+        values["proxy"] = proxy_from_wire(values["proxy"])
     return _build(DeviceConfig, values)
 
 

@@ -12,6 +12,7 @@ is called once (not when this side stopped it): the window shows that and starts
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import socket
@@ -23,7 +24,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from client_app.device import ipc
-from client_app.device.config import DeviceConfig
+from client_app.device.config import DeviceConfig, ProxySetting
 from client_app.device.messages import InboxMessage, OutboxMessage
 from client_app.device.status import DeviceStatus
 
@@ -179,6 +180,10 @@ class RemoteRuntime:
 
     def reset_identity(self) -> None:
         self._call("reset_identity")
+
+    def store_proxy_password(self, proxy: ProxySetting) -> None:
+        """Into the keyring, which only the core's process opens (Settings → Save)."""
+        self._call("store_proxy_password", proxy=dataclasses.asdict(proxy))
 
     def _call(self, method: str, *, timeout: float = CALL_TIMEOUT, **args: Any) -> Any:
         future: Future[Any] = Future()

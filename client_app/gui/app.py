@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot, qVersion
 from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox, QWidget
 
-from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
+from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, ProxySetting
 from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.errors import ErrorReporter
@@ -104,6 +104,8 @@ class AppController(QObject):
         super().__init__()
         self.config = config
         self.store = store  # where Settings are saved; None: the dialog is not offered
+        if store is not None:
+            store.keep_proxy_password = self._keep_proxy_password  # the keyring is the core's
         self.window = window
         self.tray = tray
         self.bridge = RuntimeBridge(self)
@@ -393,6 +395,19 @@ class AppController(QObject):
                 self.store.save({"do_not_disturb": on})  # a small local file write: kept for the next start
             except (ConfigError, OSError) as exc:
                 self.window.statusBar().showMessage(f"Do not disturb is on until you quit ({exc}).", 15000)
+
+    def _keep_proxy_password(self, proxy: ProxySetting) -> None:
+        """Settings → Save with a proxy password: into the keyring through the core's process (this process
+        never opens the keyring). A short call on the GUI thread, as the keyring write was before."""
+        from client_app.device.remote import CoreError
+
+        runtime = self.runtime
+        if runtime is None:
+            raise ConfigError("the proxy password could not be kept: the connection is not running yet")
+        try:
+            runtime.store_proxy_password(proxy)
+        except CoreError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _apply_start_at_login(self, on: bool) -> None:
         from client_app.gui.login_start import set_start_at_login

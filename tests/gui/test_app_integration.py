@@ -337,3 +337,16 @@ def test_a_crashed_core_is_shown_and_started_again(qtbot, running_app):
     assert running_app.runtime is not first and running_app.runtime.pid != first.pid
     running_app.send("after the crash", {})
     qtbot.waitUntil(lambda: outbox_states(window) == ["Delivered"], timeout=30_000)
+
+
+def test_a_proxy_password_from_settings_goes_to_the_keyring_through_the_core(qtbot, running_app):
+    from client_app.device import secrets
+    from client_app.device.config import ConfigError, ProxySetting
+
+    wait_state(qtbot, running_app, S.CONNECTED)
+    proxy = ProxySetting.parse("http://me:s3cr%40t@proxy.example.com:3128")
+    running_app.store.keep_proxy_password(proxy)  # what Settings → Save calls, here the core's process
+    assert secrets.load_secret(secrets.proxy_entry("http://me@proxy.example.com:3128")) == "s3cr@t"
+    running_app.shutdown(timeout=3)
+    with pytest.raises(ConfigError, match="not running"):
+        running_app.store.keep_proxy_password(proxy)
