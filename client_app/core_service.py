@@ -145,6 +145,7 @@ def run_core_service(handle: str) -> int:
     except SystemExit:
         log.info("SIGTERM: stopping")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already: a second SIGTERM must not cut it
         service.close()
         service.channel.close()
         if logging.getLogger().handlers:
