@@ -199,11 +199,11 @@ def test_frozen_app_connects_headless(
             return status if status["state"] == "connected" else None
 
         status = wait_for(connected, timeout=60, what="the frozen app to connect")
-        devices = cloud_api.call("GET", "/devices")
+        devices = cloud_api.devices()
         assert status["device_id"] in json.dumps(devices)
 
         def reported_version() -> str | None:
-            twin = cloud_api.call("GET", f"/twins/{status['device_id']}")
+            twin = cloud_api.twin(status["device_id"])
             return twin["properties"]["reported"].get("app_version")
 
         reported = wait_for(reported_version, timeout=30, what="the reported app version")
