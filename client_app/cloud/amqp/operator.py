@@ -110,6 +110,7 @@ class C2dSender:
 
     def __init__(self, connection_string: str, *, ca_file: str | None = None, timeout: float = 30) -> None:
         self._timeout = timeout
+        self.broken = False  # the connection failed: open a new sender
         self._stack = ExitStack()
         self.opened = time.monotonic()
         self._connection = self._stack.enter_context(_hub_connection(connection_string, ca_file, timeout))
@@ -137,6 +138,7 @@ class C2dSender:
                 lambda: delivery.settled, timeout=self._timeout, msg="waiting for the hub to take the message"
             )
         except (ProtonException, OSError) as exc:  # the connection broke, the link detached, or a timeout
+            self.broken = True
             raise OperatorError(f"AMQP send failed: {exc}") from exc
         if delivery.remote_state != Delivery.ACCEPTED:
             condition = delivery.remote.condition

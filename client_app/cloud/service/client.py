@@ -288,7 +288,9 @@ class ServiceClient:
 
         if self._amqp_connection_string is None:
             raise ValueError("no IoT Hub connection string was given (C2D goes to the hub over AMQP)")
-        if self._c2d is not None and time.monotonic() - self._c2d.opened > C2dSender.TOKEN_TTL / 2:
+        if self._c2d is not None and (
+            self._c2d.broken or time.monotonic() - self._c2d.opened > C2dSender.TOKEN_TTL / 2
+        ):
             self._c2d.close()
             self._c2d = None
         if self._c2d is None:
