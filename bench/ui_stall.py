@@ -5,7 +5,7 @@ thread could not react. Three phases, all in one run:
 
   idle         window shown, device core not started: the baseline on this machine right now
   first launch identity, certificate, keyring, DPS registration, hub connection
-  c2d burst    1,000 cloud-to-device messages sent through the local cloud's operator API,
+  c2d burst    1,000 cloud-to-device messages sent by the operator client (AMQP),
                until all 1,000 rows are in the window's inbox
 
 The local cloud runs as its own process (`client-app-cloud serve`), as a real cloud would;

@@ -1,4 +1,5 @@
-"""`client-app-cloud`: run the local cloud (`serve`) and operate it through its HTTP API."""
+"""`client-app-cloud`: run the local cloud (`serve`) and operate it, or a real hub and DPS, through Azure's
+service APIs (the operator client); reading stored telemetry and consumer groups use the local-only API."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class Context:
         return self._info
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The local cloud's local-only API (stored telemetry, consumer groups: bearer_api.py)."""
         info = self.info()
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {info.api_token}"}
         timeout = kwargs.pop("timeout", 30.0)

@@ -1,4 +1,5 @@
-"""Runs the local cloud: MQTT listeners (direct TLS, HTTP CONNECT front) and the operator API, one loop."""
+"""Runs the local cloud: MQTT listeners (direct TLS, HTTP CONNECT front), the service API (HTTPS), the AMQP
+endpoint and the local-only API, one loop."""
 
 from __future__ import annotations
 
@@ -490,7 +491,7 @@ def serve_forever(settings: CloudSettings) -> None:
         try:
             info = await cloud.start()
             print(
-                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url},"
+                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (local-only API {info.api_url},"
                 f" service API https://{info.service_host})",
                 flush=True,
             )

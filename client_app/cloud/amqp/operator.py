@@ -229,7 +229,7 @@ def _iso(moment: Any) -> str | None:
 
 
 def event_dict(event: Any) -> dict[str, Any]:
-    """An EventData as the operator API's telemetry JSON (deviceId, enqueuedTimeUtc, body, properties)."""
+    """An EventData as the local-only API's telemetry JSON (deviceId, enqueuedTimeUtc, body, properties)."""
     system = {_text(k): _text(v) for k, v in (event.system_properties or {}).items()}
     body = event.body_as_str(encoding="utf-8") if event.body is not None else ""
     return {
