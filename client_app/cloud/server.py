@@ -320,9 +320,7 @@ class LocalCloud:
             self._expiry_task.cancel()
         if self._amqp is not None:
             self._amqp.stop()  # not to_thread: at interpreter exit (the demo) no executor takes new work
-        for http in (self._api, self._service):
-            if http is not None:
-                await http.stop()
+        await asyncio.gather(*(http.stop() for http in (self._api, self._service) if http is not None))
         if self._service is None and self._service_sock is not None:  # start failed before serving it
             self._service_sock.close()
         if self.hub is not None:
