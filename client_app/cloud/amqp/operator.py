@@ -140,13 +140,10 @@ class C2dSender:
         except (ProtonException, OSError) as exc:  # the connection broke, the link detached, or a timeout
             self.broken = True
             raise OperatorError(f"AMQP send failed: {exc}") from exc
-        if delivery.remote_state != Delivery.ACCEPTED:
-            condition = delivery.remote.condition
-            reason = (
-                f"{condition.name}: {condition.description}"
-                if condition
-                else f"outcome {delivery.remote_state}"
-            )
+        state, condition = delivery.remote_state, delivery.remote.condition
+        delivery.settle()  # a kept-open link must not collect its deliveries
+        if state != Delivery.ACCEPTED:
+            reason = f"{condition.name}: {condition.description}" if condition else f"outcome {state}"
             raise OperatorError(f"the hub refused the message ({reason})")
         return message_id
 
