@@ -359,8 +359,13 @@ def certificates_delete(ctx: Context, name: str) -> None:
 
 
 def _group_lines(group: dict[str, Any]) -> list[str]:
-    ca = group["attestation"]["x509"]["caReferences"]["primary"]
-    return [f"{group['enrollmentGroupId']}: CA {ca}, {group['provisioningStatus']}"]
+    x509 = group["attestation"]["x509"]
+    if x509.get("caReferences"):
+        backing = f"CA {x509['caReferences']['primary']}"
+    else:  # signingCertificates: DPS returns the certificate's info, not its PEM
+        info = x509["signingCertificates"]["primary"]["info"]
+        backing = f"signing certificate {info['subjectName']} (SHA-256 {info['sha256Thumbprint']})"
+    return [f"{group['enrollmentGroupId']}: {backing}, {group['provisioningStatus']}"]
 
 
 def _registration_rows(registrations: list[dict[str, Any]]) -> Iterable[str]:
@@ -376,13 +381,30 @@ def enrollment_groups() -> None:
 
 @enrollment_groups.command("create")
 @click.argument("group_id")
-@click.option("--ca", "ca_name", required=True, help="Name of a verified CA certificate.")
+@click.option("--ca", "ca_name", help="Name of a verified CA certificate (caReferences).")
+@click.option(
+    "--signing-certificate",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM of a CA certificate the group holds itself (signingCertificates): a release's intermediate.",
+)
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 @_options
-def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> None:
-    """Create enrollment group GROUP_ID on CA certificate --ca (an existing GROUP_ID is refused)."""
+def groups_create(
+    ctx: Context, group_id: str, ca_name: str | None, signing_certificate: Path | None, disabled: bool
+) -> None:
+    """Create enrollment group GROUP_ID on CA certificate --ca, or on --signing-certificate (an existing
+    GROUP_ID is refused)."""
+    if (ca_name is None) == (signing_certificate is None):
+        raise CliError("give exactly one of --ca NAME and --signing-certificate FILE")
+    try:
+        pem = signing_certificate.read_bytes() if signing_certificate else None
+    except OSError as exc:
+        raise CliError(f"cannot read {signing_certificate}: {exc}") from exc
     ctx.output(
-        ctx.serve_call(lambda c: c.create_group(group_id, ca_name, enabled=not disabled)), _group_lines
+        ctx.serve_call(
+            lambda c: c.create_group(group_id, ca_name, enabled=not disabled, signing_certificate=pem)
+        ),
+        _group_lines,
     )
 
 

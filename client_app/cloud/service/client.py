@@ -323,12 +323,27 @@ class ServiceClient:
         return self.replace_group({**group, "provisioningStatus": "enabled" if enabled else "disabled"})
 
     def create_group(
-        self, group_id: str, ca_name: str, *, enabled: bool = True, initial_twin: dict[str, Any] | None = None
+        self,
+        group_id: str,
+        ca_name: str | None = None,
+        *,
+        enabled: bool = True,
+        initial_twin: dict[str, Any] | None = None,
+        signing_certificate: bytes | None = None,
     ) -> dict[str, Any]:
-        """A new X.509 group on a verified CA certificate; an existing ID is refused (no etag: create)."""
+        """A new X.509 group on a verified CA certificate (`ca_name`, caReferences) or on a CA certificate's
+        PEM held by the group itself (`signing_certificate`, signingCertificates); an existing ID is refused
+        (no etag: create)."""
+        if (ca_name is None) == (signing_certificate is None):
+            raise ValueError("a group is on either a CA certificate name or a signing certificate")
+        x509 = (
+            {"signingCertificates": {"primary": {"certificate": signing_certificate.decode()}}}
+            if signing_certificate is not None
+            else {"caReferences": {"primary": ca_name}}
+        )
         body: dict[str, Any] = {
             "enrollmentGroupId": group_id,
-            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
+            "attestation": {"type": "x509", "x509": x509},
             "provisioningStatus": "enabled" if enabled else "disabled",
         }
         if initial_twin is not None:
@@ -341,9 +356,17 @@ class ServiceClient:
     def enrollments(self) -> list[dict[str, Any]]:
         return list(self._pages(self._dps, "/enrollments/query", {"query": "*"}, 100))
 
-    def put_enrollment(self, registration_id: str, *, enabled: bool) -> dict[str, Any]:
-        """An individual X.509 enrollment; disabled, it blocks one device of a group."""
-        body = {"registrationId": registration_id, "attestation": {"type": "x509"},
+    def put_enrollment(
+        self, registration_id: str, *, enabled: bool, client_certificate: bytes | None = None
+    ) -> dict[str, Any]:
+        """An individual X.509 enrollment; disabled, it blocks one device of a group. With
+        `client_certificate` (the device's leaf, PEM; x509.clientCertificates) only that leaf registers as
+        the ID."""
+        attestation: dict[str, Any] = {"type": "x509"}
+        if client_certificate is not None:
+            primary = {"certificate": client_certificate.decode()}
+            attestation["x509"] = {"clientCertificates": {"primary": primary}}
+        body = {"registrationId": registration_id, "attestation": attestation,
                 "provisioningStatus": "enabled" if enabled else "disabled"}  # fmt: skip
         return self._json(self._dps, "PUT", f"/enrollments/{_segment(registration_id)}", body)
 
