@@ -5,7 +5,7 @@ thread could not react. Three phases, all in one run:
 
   idle         window shown, device core not started: the baseline on this machine right now
   first launch identity, certificate, keyring, DPS registration, hub connection
-  c2d burst    1,000 cloud-to-device messages sent through the local cloud's operator API,
+  c2d burst    1,000 cloud-to-device messages sent by the operator client (AMQP),
                until all 1,000 rows are in the window's inbox
 
 The local cloud runs as its own process (`client-app-cloud serve`), as a real cloud would, and so does
@@ -174,22 +174,22 @@ def start_cloud_process(data_dir: Path) -> subprocess.Popen:
 
 
 def send_burst(info: dict, device_id: str, count: int, errors: list[str]) -> None:
-    """POST `count` C2D messages; the hub holds 50 per device, so back off briefly when it is full."""
-    import httpx
+    """Send `count` C2D messages (the operator client, AMQP); the hub holds 50 per device, so back off briefly
+    when it is full."""
+    from client_app.cloud.amqp.operator import OperatorError
+    from client_app.cloud.info import ConnectionInfo
+    from client_app.cloud.service.client import ServiceClient
 
-    headers = {"Authorization": f"Bearer {info['api_token']}"}
-    with httpx.Client(base_url=info["api_url"], headers=headers, timeout=30, trust_env=False) as api:
+    with ServiceClient.for_local_cloud(ConnectionInfo.from_json(info)) as api:
         for n in range(count):
             while True:
-                response = api.post(
-                    f"/devices/{device_id}/messages/deviceBound",
-                    json={"body": f"burst message {n + 1} of {count}", "properties": {"n": str(n + 1)}},
-                )
-                if response.status_code == 403:  # queue full: the device is still draining it
-                    time.sleep(0.02)
-                    continue
-                if response.is_error:
-                    errors.append(f"{response.status_code} {response.text}")
+                try:
+                    api.send_c2d(device_id, f"burst message {n + 1} of {count}", properties={"n": str(n + 1)})
+                except OperatorError as exc:
+                    if "amqp:resource-limit-exceeded" in str(exc):  # queue full: the device is still draining
+                        time.sleep(0.02)
+                        continue
+                    errors.append(str(exc))
                     return
                 break
 

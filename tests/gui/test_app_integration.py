@@ -18,6 +18,7 @@ from client_app.gui.main_window import MainWindow
 from client_app.gui.models import InboxModel, OutboxModel
 from client_app.logsetup import setup_logging
 from client_app.pki import ISSUER_BUNDLE_PASSPHRASE
+from tests.fixtures.cloud import api_client
 from tests.fixtures.secret_service import KEYRING_PASSWORD, _start_bus
 
 S = ConnectionState
@@ -60,11 +61,7 @@ def test_cloud_message_reaches_inbox_and_notifies(qtbot, running_app, cloud_api)
     wait_state(qtbot, running_app, S.CONNECTED)
     device_id = running_app.status.device_id
     with qtbot.waitSignal(running_app.notifier.notified, timeout=30_000) as notified:
-        cloud_api.call(
-            "POST",
-            f"/devices/{device_id}/messages/deviceBound",
-            json={"body": "hello from the cloud", "properties": {"priority": "high"}},
-        )
+        cloud_api.send_c2d(device_id, "hello from the cloud", properties={"priority": "high"})
     assert notified.args == ["New message from the cloud", "hello from the cloud"]
     model = window.inbox_model
     assert model.rowCount() == 1
@@ -100,11 +97,8 @@ def test_sending_while_offline_queues_then_delivers(qtbot, running_app, local_cl
         qtbot.mouseClick(window.banner.reconnect_button, Qt.MouseButton.LeftButton)
         wait_state(qtbot, running_app, S.CONNECTED)
         qtbot.waitUntil(lambda: outbox_states(window) == ["Delivered"], timeout=30_000)
-        api = cloud_api.__class__(
-            base_url=restarted.info.api_url, headers={"Authorization": f"Bearer {restarted.info.api_token}"}
-        )
-        with api:
-            telemetry = api.call("GET", "/telemetry", params={"deviceId": device_id})
+        with api_client(restarted) as api:
+            telemetry = api.telemetry(device_id)
         bodies = str(telemetry)
         assert "written while offline" in bodies
     finally:
@@ -147,11 +141,7 @@ def no_keyring(keyring_env, monkeypatch, tmp_path):
 
 
 def test_refused_registration_shows_blocked_with_retry(qtbot, running_app_factory, cloud_api, enrolled_ca):
-    group = {
-        "attestation": {"type": "x509", "x509": {"caReferences": {"primary": enrolled_ca.ca_name}}},
-        "provisioningStatus": "disabled",
-    }
-    cloud_api.call("PUT", f"/enrollmentGroups/{enrolled_ca.group_id}", json=group)
+    cloud_api.set_group_status(enrolled_ca.group_id, False)
     controller = running_app_factory()
     wait_state(qtbot, controller, S.BLOCKED)
     window = controller.window

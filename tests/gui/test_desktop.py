@@ -208,9 +208,10 @@ def test_demo_quits_mid_burst_with_its_messages_intact(x_display, tmp_path, keyr
     """SIGTERM while 300 cloud-to-device messages pour in: the demo ends within 5 s, what was stored stays."""
     import threading
 
-    import httpx
-
     from client_app import demo
+    from client_app.cloud.amqp.operator import OperatorError
+    from client_app.cloud.info import ConnectionInfo
+    from client_app.cloud.service.client import ServiceClient
     from client_app.device.paths import DataLayout
     from client_app.device.store import Database, Inbox, Outbox
     from tests.gui.test_demo import _wait
@@ -229,12 +230,11 @@ def test_demo_quits_mid_burst_with_its_messages_intact(x_display, tmp_path, keyr
         sent: list[int] = []
 
         def burst() -> None:
-            headers = {"Authorization": f"Bearer {info['api_token']}"}
-            with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False, timeout=5) as api:
+            with ServiceClient.for_local_cloud(ConnectionInfo.from_json(info), timeout=5) as api:
                 for n in range(300):
                     try:
-                        api.post(f"/devices/{device_id}/messages/deviceBound", json={"body": f"burst {n}"})
-                    except httpx.HTTPError:
+                        api.send_c2d(device_id, f"burst {n}")
+                    except OperatorError:
                         return  # the cloud went away with the app
                     sent.append(n)
 

@@ -215,11 +215,11 @@ def test_frozen_app_connects_headless(
     env = _app_env(tmp_path, keyring_env.env)
     app, status = _connected_app(frozen_app, cloud_api, local_cloud, tmp_path, env, "--headless")
     try:
-        devices = cloud_api.call("GET", "/devices")
+        devices = cloud_api.devices()
         assert status["device_id"] in json.dumps(devices)
 
         def reported_version() -> str | None:
-            twin = cloud_api.call("GET", f"/twins/{status['device_id']}")
+            twin = cloud_api.twin(status["device_id"])
             return twin["properties"]["reported"].get("app_version")
 
         reported = wait_for(reported_version, timeout=30, what="the reported app version")
