@@ -113,6 +113,9 @@ class RemoteRuntime:
         ours, theirs = socket.socketpair()
         try:
             self._process = self._spawn(theirs)
+        except OSError:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._channel = ipc.Channel(ours)
@@ -147,7 +150,8 @@ class RemoteRuntime:
             return
         self._closing = True
         try:
-            self._call("quit", timeout=timeout + 0.5, stop_timeout=timeout)
+            if self._gone is None:  # a core that is gone already is only reaped
+                self._call("quit", timeout=timeout + 0.5, stop_timeout=timeout)
         except CoreError as exc:
             log.warning("the core process did not stop cleanly: %s", exc)
         try:
