@@ -1,4 +1,5 @@
-"""Runs the local cloud: MQTT listeners (direct TLS, HTTP CONNECT front) and the operator API, one loop."""
+"""Runs the local cloud: MQTT listeners (direct TLS, HTTP CONNECT front), the service API (HTTPS), the AMQP
+endpoint and the local-only API, one loop."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from client_app.cloud.mqtt.server import WEBSOCKET_PORT, MqttConnection, MqttSer
 from client_app.cloud.mqtt.tls import add_trusted, server_context
 from client_app.cloud.sas import DPS_POLICIES, HUB_POLICIES, AccessPolicy, connection_string
 from client_app.cloud.service.arm_api import add_arm_routes
-from client_app.cloud.service.bearer_api import BodyLimit, create_app
-from client_app.cloud.service.http_server import HttpServer, listening_socket
+from client_app.cloud.service.bearer_api import create_app
+from client_app.cloud.service.http_server import BodyLimit, HttpServer, listening_socket
 from client_app.cloud.service.policies import load_policies
 from client_app.cloud.service.rest_api import ServiceAuth, create_service_app, error_response
 from client_app.cloud.store import Store, TelemetryWriter, utc_now
@@ -186,7 +187,7 @@ class LocalCloud:
         if s.websocket_listen:
             await self._mqtt.listen_tls(*s.websocket_listen, websocket=True)
         token = _api_token(self.data_dir)
-        api_url = await self._start_api(create_app(certificates, enrollments, hub, token))
+        api_url = await self._start_api(create_app(hub, token))
         service_host = await self._start_service(store, identity, certificates, enrollments, token)
         if amqp_host is not None:
             self._start_amqp(store, identity, amqp_host)
@@ -496,7 +497,7 @@ def serve_forever(settings: CloudSettings) -> None:
             gc.freeze()
             gc.set_threshold(50_000, 20, 10)
             print(
-                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (API {info.api_url},"
+                f"client-app-cloud ready: {cloud.data_dir / CONNECTION_FILE} (local-only API {info.api_url},"
                 f" service API https://{info.service_host})",
                 flush=True,
             )

@@ -112,5 +112,4 @@ def test_node_signing_certificates_group(local_cloud, cloud_api, enrolled_ca, tm
 
     files = issue_device_files(release, "node-signed", tmp_path)
     assert register(local_cloud.info, files).status == "assigned"
-    with cloud_api.operator() as operator:
-        assert operator.registration("node-signed")["x509"]["enrollmentGroupId"] == "node-signing"
+    assert cloud_api.registration("node-signed")["x509"]["enrollmentGroupId"] == "node-signing"

@@ -46,8 +46,8 @@ def test_revoke_one_release(local_cloud, cloud_api, enrolled_ca, tmp_path):
 
     api = local_cloud.cloud.hub
     assert api.device("a-01")["status"] == "disabled" and api.device("b-01")["status"] == "enabled"
-    with cloud_api.operator() as operator:  # a disabled group holding the intermediate (signingCertificates)
-        (group,) = [g for g in operator.groups() if g["enrollmentGroupId"] != enrolled_ca.group_id]
+    # a disabled group holding the intermediate (signingCertificates)
+    (group,) = [g for g in cloud_api.groups() if g["enrollmentGroupId"] != enrolled_ca.group_id]
     info_a = group["attestation"]["x509"]["signingCertificates"]["primary"]["info"]
     assert (group["provisioningStatus"], info_a["sha256Thumbprint"]) == (
         "disabled",
@@ -72,8 +72,7 @@ def test_revoke_with_connection_strings_only(local_cloud, cloud_api, enrolled_ca
     group on the release's intermediate is disabled, and the release's hub devices with it."""
     info = local_cloud.info
     release = enrolled_ca.root.intermediate("release C", path_length=0)
-    with cloud_api.operator() as operator:
-        operator.create_group("release-c", signing_certificate=certificate_to_pem(release.certificate))
+    cloud_api.create_group("release-c", signing_certificate=certificate_to_pem(release.certificate))
     files = issue_device_files(release, "c-01", tmp_path)
     register(info, files)
     _report_issuer(info, files, release)

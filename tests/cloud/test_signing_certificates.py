@@ -49,124 +49,120 @@ def test_closest_to_leaf_decides_between_two_releases(local_cloud, cloud_api, en
     info = local_cloud.info
     release_a = enrolled_ca.root.intermediate("release A", path_length=0)
     release_b = enrolled_ca.root.intermediate("release B", path_length=0)
-    with cloud_api.operator() as operator:
-        operator.create_group("release-a", signing_certificate=_pem(release_a))
-        assert register(info, issue_device_files(release_a, "a-01", tmp_path)).status == "assigned"
-        assert register(info, issue_device_files(release_b, "b-01", tmp_path)).status == "assigned"
-        assert (_group_of(operator, "a-01"), _group_of(operator, "b-01")) == (
-            "release-a",
-            enrolled_ca.group_id,
-        )
+    cloud_api.create_group("release-a", signing_certificate=_pem(release_a))
+    assert register(info, issue_device_files(release_a, "a-01", tmp_path)).status == "assigned"
+    assert register(info, issue_device_files(release_b, "b-01", tmp_path)).status == "assigned"
+    assert (_group_of(cloud_api, "a-01"), _group_of(cloud_api, "b-01")) == (
+        "release-a",
+        enrolled_ca.group_id,
+    )
 
-        a2 = issue_device_files(release_a, "a-02", tmp_path)
-        answer = dps_answer(info, a2)  # what the device itself receives (X509RegistrationResult)
-        assert answer["status"] == "assigned"
-        x509 = answer["registrationState"]["x509"]
-        assert x509["enrollmentGroupId"] == "release-a"
-        assert x509["signingCertificateInfo"]["sha256Thumbprint"] == sha256_thumbprint(release_a.certificate)
-        assert x509["signingCertificateInfo"]["subjectName"] == "CN=release A"
-        leaf = load_certificates(a2.cert_file.read_bytes())[0]
-        assert x509["certificateInfo"]["sha256Thumbprint"] == sha256_thumbprint(leaf)
-        root_answer = dps_answer(info, issue_device_files(release_b, "b-02", tmp_path))
-        assert (
-            "signingCertificateInfo" not in root_answer["registrationState"]["x509"]
-        )  # a caReferences group
+    a2 = issue_device_files(release_a, "a-02", tmp_path)
+    answer = dps_answer(info, a2)  # what the device itself receives (X509RegistrationResult)
+    assert answer["status"] == "assigned"
+    x509 = answer["registrationState"]["x509"]
+    assert x509["enrollmentGroupId"] == "release-a"
+    assert x509["signingCertificateInfo"]["sha256Thumbprint"] == sha256_thumbprint(release_a.certificate)
+    assert x509["signingCertificateInfo"]["subjectName"] == "CN=release A"
+    leaf = load_certificates(a2.cert_file.read_bytes())[0]
+    assert x509["certificateInfo"]["sha256Thumbprint"] == sha256_thumbprint(leaf)
+    root_answer = dps_answer(info, issue_device_files(release_b, "b-02", tmp_path))
+    assert "signingCertificateInfo" not in root_answer["registrationState"]["x509"]  # a caReferences group
 
-        operator.set_group_status("release-a", False)
-        a3 = issue_device_files(release_a, "a-03", tmp_path)
-        with pytest.raises((ClientError, CredentialError)):
-            register(info, a3)
-        # DPS's documented answer for a disabled enrollment, read raw (a refused SDK client reconnects)
-        refusal = dps_answer(info, issue_device_files(release_a, "a-05", tmp_path))
-        assert (refusal["httpStatus"], refusal["status"], refusal["registrationState"]["status"]) == (
-            200,
-            "disabled",
-            "disabled",
-        )
-        assert register(info, issue_device_files(release_b, "b-03", tmp_path)).status == "assigned"
-        assert _group_of(operator, "b-03") == enrolled_ca.group_id
+    cloud_api.set_group_status("release-a", False)
+    a3 = issue_device_files(release_a, "a-03", tmp_path)
+    with pytest.raises((ClientError, CredentialError)):
+        register(info, a3)
+    # DPS's documented answer for a disabled enrollment, read raw (a refused SDK client reconnects)
+    refusal = dps_answer(info, issue_device_files(release_a, "a-05", tmp_path))
+    assert (refusal["httpStatus"], refusal["status"], refusal["registrationState"]["status"]) == (
+        200,
+        "disabled",
+        "disabled",
+    )
+    assert register(info, issue_device_files(release_b, "b-03", tmp_path)).status == "assigned"
+    assert _group_of(cloud_api, "b-03") == enrolled_ca.group_id
 
-        operator.put_enrollment("a-03", enabled=True)  # an individual enrollment comes before any group
-        assert register(info, a3).status == "assigned"
-        assert _group_of(operator, "a-03") is None
-        operator.put_enrollment("b-04", enabled=False)  # ... and blocks a device its group would take
-        with pytest.raises((ClientError, CredentialError)):
-            register(info, issue_device_files(release_b, "b-04", tmp_path))
+    cloud_api.put_enrollment("a-03", enabled=True)  # an individual enrollment comes before any group
+    assert register(info, a3).status == "assigned"
+    assert _group_of(cloud_api, "a-03") is None
+    cloud_api.put_enrollment("b-04", enabled=False)  # ... and blocks a device its group would take
+    with pytest.raises((ClientError, CredentialError)):
+        register(info, issue_device_files(release_b, "b-04", tmp_path))
 
-        operator.delete_group("release-a")  # gone: release A falls back to the root's group
-        assert register(info, issue_device_files(release_a, "a-04", tmp_path)).status == "assigned"
-        assert _group_of(operator, "a-04") == enrolled_ca.group_id
+    cloud_api.delete_group("release-a")  # gone: release A falls back to the root's group
+    assert register(info, issue_device_files(release_a, "a-04", tmp_path)).status == "assigned"
+    assert _group_of(cloud_api, "a-04") == enrolled_ca.group_id
 
 
 def test_signing_group_api(local_cloud, cloud_api, enrolled_ca):
     release = enrolled_ca.root.intermediate("release C", path_length=0)
     der = release.certificate.public_bytes(Encoding.DER)
-    with cloud_api.operator() as operator:
-        created = operator.create_group("release-c", signing_certificate=_pem(release))
-        got = operator.group("release-c")
-        entry = got["attestation"]["x509"]["signingCertificates"]["primary"]
-        assert "certificate" not in entry and "caReferences" not in got["attestation"]["x509"]  # no PEM back
-        assert entry["info"]["sha256Thumbprint"] == sha256_thumbprint(release.certificate)
-        assert entry["info"]["issuerName"] == "CN=test Root CA" and entry["info"]["version"] == 3
-        assert created["attestation"] == got["attestation"]
-        assert got in operator.groups()
+    created = cloud_api.create_group("release-c", signing_certificate=_pem(release))
+    got = cloud_api.group("release-c")
+    entry = got["attestation"]["x509"]["signingCertificates"]["primary"]
+    assert "certificate" not in entry and "caReferences" not in got["attestation"]["x509"]  # no PEM back
+    assert entry["info"]["sha256Thumbprint"] == sha256_thumbprint(release.certificate)
+    assert entry["info"]["issuerName"] == "CN=test Root CA" and entry["info"]["version"] == 3
+    assert created["attestation"] == got["attestation"]
+    assert got in cloud_api.groups()
 
-        # The group as read, PUT back (its etag: a replace) keeps its certificate; a wrong info does not pass.
-        replaced = operator.replace_group({**got, "initialTwin": {"tags": {"release": "C"}}})
-        assert replaced["attestation"] == got["attestation"] and replaced["initialTwin"]["tags"] == {
-            "release": "C"
-        }
-        forged = {"primary": {"info": {**entry["info"], "sha256Thumbprint": "00" * 32}}}
-        with pytest.raises(ServiceError) as wrong:
-            operator.replace_group(
-                {**replaced, "attestation": {"type": "x509", "x509": {"signingCertificates": forged}}}
-            )
-        assert (wrong.value.status, wrong.value.code) == (400, 400005)
-
-        # One PEM as primary and secondary, as azure-iot-deviceprovisioning's README sample sends it.
-        both = {slot: {"certificate": _pem(release).decode()} for slot in ("primary", "secondary")}
-        twice = operator.replace_group(
-            {**replaced, "attestation": {"type": "x509", "x509": {"signingCertificates": both}}}
+    # The group as read, PUT back (its etag: a replace) keeps its certificate; a wrong info does not pass.
+    replaced = cloud_api.replace_group({**got, "initialTwin": {"tags": {"release": "C"}}})
+    assert replaced["attestation"] == got["attestation"] and replaced["initialTwin"]["tags"] == {
+        "release": "C"
+    }
+    forged = {"primary": {"info": {**entry["info"], "sha256Thumbprint": "00" * 32}}}
+    with pytest.raises(ServiceError) as wrong:
+        cloud_api.replace_group(
+            {**replaced, "attestation": {"type": "x509", "x509": {"signingCertificates": forged}}}
         )
-        infos = twice["attestation"]["x509"]["signingCertificates"]
-        assert infos["primary"] == infos["secondary"] == entry
+    assert (wrong.value.status, wrong.value.code) == (400, 400005)
 
-        # The one-line PEM the .NET SDK sends, and base64 DER ("PEM or CER", the Node SDK), both parse.
-        one_line = f"-----BEGIN CERTIFICATE-----{base64.b64encode(der).decode()}-----END CERTIFICATE-----"
-        operator.delete_group("release-c")
-        assert (
-            operator.create_group("release-c", signing_certificate=one_line.encode())["attestation"]
-            == (got["attestation"])
-        )
-        operator.delete_group("release-c")
-        assert (
-            operator.create_group("release-c", signing_certificate=base64.b64encode(der))["attestation"]
-            == (got["attestation"])
-        )
+    # One PEM as primary and secondary, as azure-iot-deviceprovisioning's README sample sends it.
+    both = {slot: {"certificate": _pem(release).decode()} for slot in ("primary", "secondary")}
+    twice = cloud_api.replace_group(
+        {**replaced, "attestation": {"type": "x509", "x509": {"signingCertificates": both}}}
+    )
+    infos = twice["attestation"]["x509"]["signingCertificates"]
+    assert infos["primary"] == infos["secondary"] == entry
 
-        leaf = release.issue_device("not-a-ca", generate_key().public_key())
-        refusals = {
-            "bad PEM": b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
-            "not base64": b"hello",
-            "two certificates": _pem(release) + _pem(enrolled_ca.root),
-            "not a CA": certificate_to_pem(leaf),
-        }
-        for what, pem in refusals.items():
-            with pytest.raises(ServiceError) as refused:
-                operator.create_group("refused", signing_certificate=pem)
-            assert (refused.value.status, refused.value.code) == (400, 400005), what
-        # A certificate backs one enrollment entry: as another group's signing certificate or CA reference.
-        with pytest.raises(ServiceError) as taken:
-            operator.create_group("release-c-again", signing_certificate=_pem(release))
-        assert (taken.value.status, taken.value.code) == (409, 409001)
-        with pytest.raises(ServiceError) as root_taken:
-            operator.create_group("root-again", signing_certificate=_pem(enrolled_ca.root))
-        assert (root_taken.value.status, root_taken.value.code) == (409, 409001)
-        operator.certificates.enroll(release, "release-c-ca")  # the same certificate, uploaded and verified
-        with pytest.raises(ServiceError) as reference_taken:
-            operator.create_group("release-c-by-name", "release-c-ca")
-        assert (reference_taken.value.status, reference_taken.value.code) == (409, 409001)
-        assert [g["enrollmentGroupId"] for g in operator.groups()] == ["release-c", enrolled_ca.group_id]
+    # The one-line PEM the .NET SDK sends, and base64 DER ("PEM or CER", the Node SDK), both parse.
+    one_line = f"-----BEGIN CERTIFICATE-----{base64.b64encode(der).decode()}-----END CERTIFICATE-----"
+    cloud_api.delete_group("release-c")
+    assert (
+        cloud_api.create_group("release-c", signing_certificate=one_line.encode())["attestation"]
+        == (got["attestation"])
+    )
+    cloud_api.delete_group("release-c")
+    assert (
+        cloud_api.create_group("release-c", signing_certificate=base64.b64encode(der))["attestation"]
+        == (got["attestation"])
+    )
+
+    leaf = release.issue_device("not-a-ca", generate_key().public_key())
+    refusals = {
+        "bad PEM": b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        "not base64": b"hello",
+        "two certificates": _pem(release) + _pem(enrolled_ca.root),
+        "not a CA": certificate_to_pem(leaf),
+    }
+    for what, pem in refusals.items():
+        with pytest.raises(ServiceError) as refused:
+            cloud_api.create_group("refused", signing_certificate=pem)
+        assert (refused.value.status, refused.value.code) == (400, 400005), what
+    # A certificate backs one enrollment entry: as another group's signing certificate or CA reference.
+    with pytest.raises(ServiceError) as taken:
+        cloud_api.create_group("release-c-again", signing_certificate=_pem(release))
+    assert (taken.value.status, taken.value.code) == (409, 409001)
+    with pytest.raises(ServiceError) as root_taken:
+        cloud_api.create_group("root-again", signing_certificate=_pem(enrolled_ca.root))
+    assert (root_taken.value.status, root_taken.value.code) == (409, 409001)
+    cloud_api.certificates.enroll(release, "release-c-ca")  # the same certificate, uploaded and verified
+    with pytest.raises(ServiceError) as reference_taken:
+        cloud_api.create_group("release-c-by-name", "release-c-ca")
+    assert (reference_taken.value.status, reference_taken.value.code) == (409, 409001)
+    assert [g["enrollmentGroupId"] for g in cloud_api.groups()] == ["release-c", enrolled_ca.group_id]
 
 
 def test_individual_enrollment_with_client_certificate(local_cloud, cloud_api, enrolled_ca, tmp_path):
@@ -176,26 +172,25 @@ def test_individual_enrollment_with_client_certificate(local_cloud, cloud_api, e
     key = generate_key()
     enrolled = issue_device_files(enrolled_ca.issuing, "ind-01", tmp_path / "enrolled", key=key)
     leaf = load_certificates(enrolled.cert_file.read_bytes())[0]
-    with cloud_api.operator() as operator:
-        body = operator.put_enrollment("ind-01", enabled=True, client_certificate=certificate_to_pem(leaf))
-        entry = body["attestation"]["x509"]["clientCertificates"]["primary"]
-        assert list(entry) == ["info"] and entry["info"]["sha256Thumbprint"] == sha256_thumbprint(leaf)
-        assert operator.enrollments() == [body]
-        assert register(info, enrolled).status == "assigned"
-        assert _group_of(operator, "ind-01") is None  # the individual enrollment decided, not test-group
+    body = cloud_api.put_enrollment("ind-01", enabled=True, client_certificate=certificate_to_pem(leaf))
+    entry = body["attestation"]["x509"]["clientCertificates"]["primary"]
+    assert list(entry) == ["info"] and entry["info"]["sha256Thumbprint"] == sha256_thumbprint(leaf)
+    assert cloud_api.enrollments() == [body]
+    assert register(info, enrolled).status == "assigned"
+    assert _group_of(cloud_api, "ind-01") is None  # the individual enrollment decided, not test-group
 
-        other = issue_device_files(enrolled_ca.issuing, "ind-01", tmp_path / "other")  # same ID, another leaf
-        answer = dps_answer(info, other)
-        assert (answer["httpStatus"], answer["errorCode"]) == (401, 401002)
+    other = issue_device_files(enrolled_ca.issuing, "ind-01", tmp_path / "other")  # same ID, another leaf
+    answer = dps_answer(info, other)
+    assert (answer["httpStatus"], answer["errorCode"]) == (401, 401002)
 
-        refusals = {
-            "CN is not the ID": ("ind-02", certificate_to_pem(leaf)),
-            "a CA": ("test-issuing-ca", _pem(enrolled_ca.issuing)),
-        }
-        for what, (registration_id, pem) in refusals.items():
-            with pytest.raises(ServiceError) as refused:
-                operator.put_enrollment(registration_id, enabled=True, client_certificate=pem)
-            assert (refused.value.status, refused.value.code) == (400, 400005), what
+    refusals = {
+        "CN is not the ID": ("ind-02", certificate_to_pem(leaf)),
+        "a CA": ("test-issuing-ca", _pem(enrolled_ca.issuing)),
+    }
+    for what, (registration_id, pem) in refusals.items():
+        with pytest.raises(ServiceError) as refused:
+            cloud_api.put_enrollment(registration_id, enabled=True, client_certificate=pem)
+        assert (refused.value.status, refused.value.code) == (400, 400005), what
     with _service_dps(local_cloud) as dps:  # attestations that are "NOT VALID" in the other kind of entry
         signing = {"signingCertificates": {"primary": {"certificate": _pem(enrolled_ca.issuing).decode()}}}
         put = dps.put("/enrollments/ind-03", json={"attestation": {"type": "x509", "x509": signing}})

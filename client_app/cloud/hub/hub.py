@@ -376,10 +376,6 @@ class Hub:
         self._kick(device_id)
         return sent
 
-    def pending_c2d(self, device_id: str) -> list[dict[str, Any]]:
-        self._row(device_id)
-        return self.c2d.pending(device_id)
-
     def purge_c2d(self, device_id: str) -> dict[str, Any]:
         self._row(device_id)
         return self.c2d.purge(device_id)
