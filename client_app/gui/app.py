@@ -488,7 +488,7 @@ class AppController(QObject):
         """What a support call asks besides the connection: full, readable paths (the user's own screen)."""
         import platform
 
-        from client_app.logsetup import app_version
+        from client_app.device.twin import app_version
 
         config = self.config
         return {
