@@ -310,6 +310,15 @@ class Hub:
         else:
             self._method_response(device_id, topic, payload)
 
+    def device_published_at_once(self, device_id: str, topic: str, payload: bytes) -> bool:
+        """The publishes device_published settles without awaiting (a method response): done here, on the
+        connection's reading task; False for the rest, which go to device_published."""
+        if route(device_id, topic) is not Route.METHOD_RESPONSE:
+            return False
+        self.touch(device_id)
+        self._method_response(device_id, topic, payload)
+        return True
+
     async def _telemetry_in(
         self, device_id: str, bag: str, payload: bytes, added: dict[str, str | None]
     ) -> None:
