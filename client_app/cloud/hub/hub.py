@@ -466,9 +466,9 @@ class Hub:
 
     # ---- direct methods --------------------------------------------------------------------------
     async def invoke(self, device_id: str, method: str, payload: Any, timeout: float) -> tuple[int, Any]:
-        self._row(device_id)
         online = self._online.get(device_id)
         if online is None or not self._subscribed(device_id, METHODS_FILTER):
+            self._row(device_id)  # 404001 for an unknown device; a subscribed one exists (delete drops it)
             raise CloudError(
                 404, 404103, f"device '{device_id}' is not online (or not listening for methods)"
             )

@@ -389,9 +389,15 @@ class MqttConnection:
         except Exception as exc:
             self._handler_failed(exc)
             return True
-        if packet.qos == 1 and packet.packet_id is not None and not self.closed:
-            self._reply_nowait(p.Puback(packet.packet_id))
+        if packet.qos == 1 and packet.packet_id is not None:
+            # After the callbacks already due, such as the task the handler just woke (a method call's
+            # HTTP response goes out first): the PUBACK's send is a syscall that would delay it.
+            asyncio.get_running_loop().call_soon(self._ack_now, p.Puback(packet.packet_id))
         return True
+
+    def _ack_now(self, packet: p.Packet) -> None:
+        if not self.closed:
+            self._reply_nowait(packet)
 
     def _enqueue(self, packet: p.Packet) -> None:
         size = len(packet.payload) + len(packet.topic) if isinstance(packet, p.Publish) else 0
