@@ -354,7 +354,7 @@ class MqttConnection:
                     acked = self._pending.get(packet_id)
                     if acked is not None and not acked.done():
                         acked.set_result(None)
-                    else:
+                    elif self._log.isEnabledFor(logging.DEBUG):  # no peer text formatted per packet otherwise
                         self._log.debug("%s: PUBACK for unknown packet id %d", self._peer_text(), packet_id)
                 case p.Pingreq():
                     self._reply_nowait(p.Pingresp())
