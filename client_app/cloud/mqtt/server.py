@@ -94,8 +94,9 @@ class MqttHandler(Protocol):
 
     # Optional: `async def unsubscribed(self, conn, topic_filter: str) -> None` is called when present.
     # Optional: `def published_at_once(self, conn, topic, payload, qos, *, retain=False) -> bool` settles a
-    # PUBLISH without awaiting anything (True; the PUBACK follows at once) or declines it (False: published()
-    # gets it). It is called on the reading task, only when nothing is queued ahead, so the order holds.
+    # PUBLISH without awaiting anything (True; its PUBACK follows once the callbacks already due have run) or
+    # declines it (False: published() gets it). It is called on the reading task, only when nothing is queued
+    # ahead, so handler calls and PUBACKs keep the order the PUBLISHes came in (MQTT 3.1.1 section 4.6).
 
 
 class MqttConnection:
