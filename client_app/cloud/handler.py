@@ -116,6 +116,17 @@ class CloudHandler:
             log.warning("%s %s: %s; closing", role.service, role.identity, exc)
             raise RefusePublish(str(exc)) from exc
 
+    def published_at_once(
+        self, conn: MqttConnection, topic: str, payload: bytes, qos: int, *, retain: bool = False
+    ) -> bool:
+        """published()'s synchronous share (a device's method response), on the connection's reading task."""
+        role = self._role(conn)
+        try:
+            return role.service == "hub" and self.hub.device_published_at_once(role.identity, topic, payload)
+        except DeviceRefused as exc:
+            log.warning("%s %s: %s; closing", role.service, role.identity, exc)
+            raise RefusePublish(str(exc)) from exc
+
     async def disconnected(self, conn: MqttConnection, reason: str) -> None:
         role = self._roles.pop(id(conn), None)
         if role is not None and role.service == "hub":

@@ -310,6 +310,15 @@ class Hub:
         else:
             self._method_response(device_id, topic, payload)
 
+    def device_published_at_once(self, device_id: str, topic: str, payload: bytes) -> bool:
+        """The publishes device_published settles without awaiting (a method response): done here, on the
+        connection's reading task; False for the rest, which go to device_published."""
+        if route(device_id, topic) is not Route.METHOD_RESPONSE:
+            return False
+        self.touch(device_id)
+        self._method_response(device_id, topic, payload)
+        return True
+
     async def _telemetry_in(
         self, device_id: str, bag: str, payload: bytes, added: dict[str, str | None]
     ) -> None:
@@ -457,9 +466,9 @@ class Hub:
 
     # ---- direct methods --------------------------------------------------------------------------
     async def invoke(self, device_id: str, method: str, payload: Any, timeout: float) -> tuple[int, Any]:
-        self._row(device_id)
         online = self._online.get(device_id)
         if online is None or not self._subscribed(device_id, METHODS_FILTER):
+            self._row(device_id)  # 404001 for an unknown device; a subscribed one exists (delete drops it)
             raise CloudError(
                 404, 404103, f"device '{device_id}' is not online (or not listening for methods)"
             )

@@ -5,9 +5,10 @@ client first asks for a tunnel (`CONNECT name:8883 HTTP/1.1`) and TLS starts on 
 `200`. That is how the unmodified SDK (hard-wired to port 8883) reaches us on any port.
 
 Per connection: the main task reads packets and answers PUBACK/PINGREQ/DISCONNECT itself; SUBSCRIBE,
-UNSUBSCRIBE and PUBLISH go in order to a dispatch task that awaits the handler. Keeping PUBACKs off the
-dispatch path means a handler may `await conn.publish(...)` on the very connection it is serving without
-deadlocking.
+UNSUBSCRIBE and PUBLISH go in order to a dispatch task that awaits the handler (a PUBLISH the handler can
+settle synchronously, such as a method response, is settled by the main task when nothing is queued
+ahead). Keeping PUBACKs off the dispatch path means a handler may `await conn.publish(...)` on the very
+connection it is serving without deadlocking.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class MqttHandler(Protocol):
         ...
 
     # Optional: `async def unsubscribed(self, conn, topic_filter: str) -> None` is called when present.
+    # Optional: `def published_at_once(self, conn, topic, payload, qos, *, retain=False) -> bool` settles a
+    # PUBLISH without awaiting anything (True; its PUBACK follows once the callbacks already due have run) or
+    # declines it (False: published() gets it). It is called on the reading task, only when nothing is queued
+    # ahead, so handler calls and PUBACKs keep the order the PUBLISHes came in (MQTT 3.1.1 section 4.6).
 
 
 class MqttConnection:
@@ -141,6 +146,12 @@ class MqttConnection:
         self._inflight = asyncio.Semaphore(server.max_inflight)
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._next_packet_id = 1
+        self._idle_limit = 0.0  # keep-alive: seconds of silence allowed (set when serving starts)
+        self._last_packet = 0.0  # loop time of the last packet received
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._write_low_water: int = writer.transport.get_write_buffer_limits()[0]
+        self._dispatching = False  # the dispatch task is inside a handler call
+        self._published_at_once = getattr(server.handler, "published_at_once", None)
 
     def __repr__(self) -> str:
         return f"<MqttConnection {self.client_id!r} from {self._peer_text()}>"
@@ -277,24 +288,29 @@ class MqttConnection:
         self._done.set()
 
     async def _read_loop(self) -> None:
-        keepalive = self._server.idle_timeout(self.keepalive)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + keepalive if keepalive else None
+        self._idle_limit = self._server.idle_timeout(self.keepalive)
+        self._last_packet = loop.time()
+        if self._idle_limit:
+            self._idle_timer = loop.call_at(self._last_packet + self._idle_limit, self._check_idle)
+        try:
+            await self._read_packets(loop)
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+
+    async def _read_packets(self, loop: asyncio.AbstractEventLoop) -> None:
         while not self.closed:
             if self._backlogged():
                 await self._wait_for_room()
-                deadline = loop.time() + keepalive if keepalive else None  # we were slow, not the client
+                self._last_packet = loop.time()  # we were slow, not the client
                 continue
             try:
                 self._reading = True
-                async with asyncio.timeout_at(deadline):
-                    data = await self._reader.read(_READ_CHUNK)
-            except TimeoutError:
-                self._close_logged(f"keepalive expired (no packet for {keepalive:g} s)", logging.INFO)
-                return
+                data = await self._reader.read(_READ_CHUNK)
             except asyncio.CancelledError:
                 if self.closed and (task := asyncio.current_task()) is not None:
-                    task.uncancel()  # our own wake-up from close()
+                    task.uncancel()  # our own wake-up from close() (or from the keep-alive check)
                     return
                 raise
             except (OSError, ssl.SSLError) as exc:
@@ -311,8 +327,23 @@ class MqttConnection:
                 self._close_logged(f"malformed packet: {exc}", logging.WARNING)
                 return
             if received:
-                deadline = loop.time() + keepalive if keepalive else None
+                self._last_packet = loop.time()
                 self._handle_packets(received)
+
+    def _check_idle(self) -> None:
+        """The keep-alive deadline, kept lazily: a packet only stores its time, and this one timer per
+        connection fires at most once per idle limit, re-armed while packets keep coming (a timer re-armed
+        on every read cost each packet a heap push and a cancel)."""
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._last_packet + self._idle_limit
+        if not self._reading:  # waiting for the handler to make room: we are slow, not the client
+            deadline = loop.time() + self._idle_limit
+        if deadline > loop.time():
+            self._idle_timer = loop.call_at(deadline, self._check_idle)
+            return
+        self._close_logged(f"keepalive expired (no packet for {self._idle_limit:g} s)", logging.INFO)
 
     def _handle_packets(self, received: list[p.Packet]) -> None:
         """Answer transport-level packets at once; queue the rest, in order, for the handler."""
@@ -324,20 +355,50 @@ class MqttConnection:
                     acked = self._pending.get(packet_id)
                     if acked is not None and not acked.done():
                         acked.set_result(None)
-                    else:
+                    elif self._log.isEnabledFor(logging.DEBUG):  # no peer text formatted per packet otherwise
                         self._log.debug("%s: PUBACK for unknown packet id %d", self._peer_text(), packet_id)
                 case p.Pingreq():
-                    self._send_nowait(p.Pingresp())
-                    if self._writer.transport.get_write_buffer_size() > _MAX_UNREAD_BYTES:
-                        self._close_logged("client is not reading its PINGRESPs", logging.WARNING)
+                    self._reply_nowait(p.Pingresp())
                 case p.Disconnect():
                     self.close(CLIENT_DISCONNECT)
+                case p.Publish() if self._dispatcher_idle() and self._published_now(packet):
+                    pass
                 case p.Publish() | p.Subscribe() | p.Unsubscribe():
                     self._enqueue(packet)
                 case _:
                     self._close_logged(
                         f"unexpected {type(packet).__name__.upper()} from client", logging.WARNING
                     )
+
+    def _reply_nowait(self, packet: p.Packet) -> None:
+        """Answer from the reading task without drain(); a client not reading its answers is cut off."""
+        self._send_nowait(packet)
+        if self._writer.transport.get_write_buffer_size() > _MAX_UNREAD_BYTES:
+            self._close_logged(f"client is not reading its {type(packet).__name__.upper()}s", logging.WARNING)
+
+    def _dispatcher_idle(self) -> bool:
+        return not self._queue and not self._dispatching and self._published_at_once is not None
+
+    def _published_now(self, packet: p.Publish) -> bool:
+        """Give a PUBLISH to the handler's synchronous hook on the reading task, when nothing is queued ahead
+        of it (the order holds): a publish it settles at once skips the hop to the dispatch task and back."""
+        settle = self._published_at_once
+        assert settle is not None
+        try:
+            if not settle(self, packet.topic, packet.payload, packet.qos, retain=packet.retain):
+                return False
+        except Exception as exc:
+            self._handler_failed(exc)
+            return True
+        if packet.qos == 1 and packet.packet_id is not None:
+            # After the callbacks already due, such as the task the handler just woke (a method call's
+            # HTTP response goes out first): the PUBACK's send is a syscall that would delay it.
+            asyncio.get_running_loop().call_soon(self._ack_now, p.Puback(packet.packet_id))
+        return True
+
+    def _ack_now(self, packet: p.Packet) -> None:
+        if not self.closed:
+            self._reply_nowait(packet)
 
     def _enqueue(self, packet: p.Packet) -> None:
         size = len(packet.payload) + len(packet.topic) if isinstance(packet, p.Publish) else 0
@@ -377,14 +438,22 @@ class MqttConnection:
             packet, size = self._queue.popleft()
             self._queued_bytes -= size
             self._queue_space.set()
+            self._dispatching = True
             try:
                 await self._dispatch(packet)
-            except ConnectionClosed:
-                pass  # e.g. the handler's own conn.publish() failed because the client left
-            except RefusePublish as exc:
-                self._close_logged(f"publish refused: {exc.reason}", logging.WARNING)
             except Exception as exc:
-                self._log.debug("%s: handler traceback", self._peer_text(), exc_info=True)
+                self._handler_failed(exc)
+            finally:
+                self._dispatching = False
+
+    def _handler_failed(self, exc: Exception) -> None:
+        match exc:
+            case ConnectionClosed():
+                pass  # e.g. the handler's own conn.publish() failed because the client left
+            case RefusePublish(reason=reason):
+                self._close_logged(f"publish refused: {reason}", logging.WARNING)
+            case _:
+                self._log.debug("%s: handler traceback", self._peer_text(), exc_info=exc)
                 self._close_logged(f"handler error: {exc!r}", logging.ERROR)
 
     async def _dispatch(self, packet: p.Packet) -> None:
@@ -446,6 +515,9 @@ class MqttConnection:
         # One write() per packet: the transport buffers it whole, so concurrent senders never interleave
         # bytes; drain() only waits for buffer space, bounded so a stalled reader cannot block us forever.
         self._send_nowait(packet)
+        transport = self._writer.transport
+        if transport.get_write_buffer_size() <= self._write_low_water and not transport.is_closing():
+            return  # drain() would return at once (writing pauses only past the high-water mark): no timer
         try:
             async with asyncio.timeout(self._server.write_timeout):
                 await self._writer.drain()

@@ -124,6 +124,8 @@ class RecordingHandler:
         self.echo_prefix = "echo/"  # published on echo/x → handler awaits conn.publish("reply/x") inline
         self.greet = False  # authorize spawns conn.publish("greeting"): must wait for the CONNACK
         self.greetings: list[asyncio.Task[None]] = []
+        self.at_once_prefix = "now/"  # published_at_once settles these (when nothing is queued ahead of them)
+        self.settled_at_once: list[str] = []
 
     async def authorize(self, conn: MqttConnection) -> ConnectDecision:
         self.authorized.append(conn)
@@ -155,6 +157,17 @@ class RecordingHandler:
             await asyncio.sleep(0.002)
         if topic.startswith(self.echo_prefix):
             await conn.publish("reply/" + topic.removeprefix(self.echo_prefix), payload)
+
+    def published_at_once(
+        self, conn: MqttConnection, topic: str, payload: bytes, qos: int, *, retain: bool = False
+    ) -> bool:
+        if not topic.startswith(self.at_once_prefix):
+            return False
+        if topic in self.refuse_topics:
+            raise RefusePublish(f"topic {topic} not allowed")
+        self.published_messages.append((conn.client_id, topic, payload, qos))
+        self.settled_at_once.append(topic)
+        return True
 
     async def disconnected(self, conn: MqttConnection, reason: str) -> None:
         self.disconnects.append((conn, reason))

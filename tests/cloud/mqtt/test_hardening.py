@@ -43,6 +43,25 @@ def test_keepalive_zero_connection_times_out(
     assert "keepalive expired" in handler.reasons("idle-0")[0]
 
 
+def test_packets_keep_the_connection_past_many_idle_limits(
+    make_server: Callable[..., ServerThread], pki: MqttPki, handler: RecordingHandler
+) -> None:
+    """The keep-alive deadline moves with every packet (one lazy timer per connection, not one per read)."""
+    server = make_server(max_idle_timeout=0.5)
+    with raw_client(server, pki, pki.device("idle-ping")) as client:
+        assert client.connect("idle-ping", keepalive=0) == p.Connack(0, False)
+        for _ in range(8):  # 1.6 s: three idle limits and more
+            time.sleep(0.2)
+            client.send(p.Pingreq())
+            assert client.receive() == p.Pingresp()
+        assert handler.reasons("idle-ping") == []
+        silent_from = time.monotonic()
+        client.wait_closed(timeout=5)
+        assert 0.4 < time.monotonic() - silent_from < 2.5
+    wait_until(lambda: handler.reasons("idle-ping"), what="disconnect")
+    assert handler.reasons("idle-ping") == ["keepalive expired (no packet for 0.5 s)"]
+
+
 def _connect_bytes(name: bytes, level: int) -> bytes:
     body = len(name).to_bytes(2, "big") + name + bytes([level, 0x02]) + (60).to_bytes(2, "big")
     body += (1).to_bytes(2, "big") + b"c" + (b"\x00" if level == 5 else b"")  # MQTT 5: empty property list

@@ -166,6 +166,25 @@ def test_keepalive_expiry_and_ping(make_server, pki: MqttPki, handler: Recording
         assert handler.reasons("dev-ka-0") == []
 
 
+def test_publish_settled_at_once_keeps_the_order(
+    server: ServerThread, pki: MqttPki, handler: RecordingHandler
+) -> None:
+    with raw_client(server, pki, pki.device("dev-now")) as client:
+        assert client.connect("dev-now").return_code == 0
+        client.send(p.Publish("now/1", b"a", 1, 1))  # settled on the reading task, PUBACKed
+        assert client.receive() == p.Puback(1)
+        # In one read: behind a publish queued for published(), the next one waits its turn there too.
+        client.send(p.encode(p.Publish("slow/2", b"b", 1, 2)) + p.encode(p.Publish("now/3", b"c", 1, 3)))
+        assert [client.receive(), client.receive()] == [p.Puback(2), p.Puback(3)]
+        assert [topic for _, topic, _, _ in handler.published_messages] == ["now/1", "slow/2", "now/3"]
+        assert handler.settled_at_once == ["now/1"]
+        handler.refuse_topics.add("now/4")
+        client.send(p.Publish("now/4", b"d", 1, 4))  # refused at once: no PUBACK, closed
+        client.wait_closed()
+    wait_until(lambda: handler.reasons("dev-now"), what="disconnect")
+    assert handler.reasons("dev-now") == ["publish refused: topic now/4 not allowed"]
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
