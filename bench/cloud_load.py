@@ -3,9 +3,10 @@
 The cloud runs as its own process (`client-app-cloud serve`, direct TLS listener on loopback) so its RSS and
 CPU are its own. The load generator is this single asyncio process speaking MQTT 3.1.1 over mutual TLS with
 the project's codec (the azure SDK is too heavy for 1,000 clients). Prints registrations/s, telemetry msg/s
-stored (counted back through the operator API), C2D latency p50/p99 and peak server RSS against the issue's
-targets, next to baselines from the same run (bare TLS+CONNECT rate, PINGREQ round trips) so that machine
-speed and server cost can be told apart. Exit status 0 only if every target is met and nothing was lost.
+stored (counted back through the local-only GET /telemetry), C2D latency p50/p99 (sent over AMQP by the
+operator client) and peak server RSS against the issue's targets, next to baselines from the same run (bare
+TLS+CONNECT rate, PINGREQ round trips) so that machine speed and server cost can be told apart. Exit status
+0 only if every target is met and nothing was lost.
 
     uv run python bench/cloud_load.py [--devices 1000] [--telemetry-messages 50000] [--c2d-messages 1000]
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import functools
 import json
 import math
 import os
@@ -38,6 +41,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.* helpers (reused, not copied)
 
+from client_app.cloud.amqp.operator import OperatorError
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.server import raise_open_file_limit
@@ -509,39 +513,51 @@ async def ping_latency(picks: list[Device], rate: float, results: Results) -> No
     print(f"baseline: {len(results.ping_rtt)}/{len(picks)} PINGREQ round trips at {rate:g}/s")
 
 
-async def c2d(
-    api: httpx.AsyncClient, devices: list[Device], picks: list[Device], rate: float, results: Results
-) -> None:
-    """Phase 4: C2D through the operator API to `picks` (random devices) at `rate`/s, all devices connected.
+WARM_UP = b"warm-up"
 
-    Latency = POST sent → PUBLISH received by the device: the HTTP request (httpx, uvicorn, FastAPI, SQLite
-    insert), the hub's queue read and the MQTT/TLS delivery.
+
+async def c2d(
+    api: CloudApi, devices: list[Device], picks: list[Device], rate: float, results: Results
+) -> None:
+    """Phase 4: C2D by the operator client to `picks` (random devices) at `rate`/s, all devices connected.
+
+    Latency = send called → PUBLISH received by the device: the AMQP send as a backend makes it (one kept-open
+    connection on one thread: sends queue behind each other), the hub's queue write and read, the MQTT/TLS
+    delivery.
     """
     sent_at: dict[int, float] = {}
     received: dict[int, float] = {}
     all_received = asyncio.Event()
+    sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="c2d")  # proton is not thread-safe
+    loop = asyncio.get_running_loop()
 
     def on_publish(message: p.Publish, now: float) -> None:
+        if message.payload == WARM_UP:
+            return
         received[int(message.payload)] = now
         if len(received) == len(picks):
             all_received.set()
 
     for device in devices:
         client_of(device).on_publish = on_publish
+    # The sender's connection (TLS, CBS token) is opened once, as a backend's is, not counted in a latency.
+    await loop.run_in_executor(sender, api.send_c2d, picks[0].registration_id, WARM_UP)
 
     async def send(index: int) -> None:
         sent_at[index] = started = time.perf_counter()
-        response = await api.post(
-            f"/devices/{picks[index].registration_id}/messages/deviceBound",
-            json={"body": str(index), "messageId": f"load-{index}"},
+        call = functools.partial(
+            api.send_c2d, picks[index].registration_id, str(index), message_id=f"load-{index}"
         )
+        try:
+            await loop.run_in_executor(sender, call)
+        except OperatorError as exc:
+            results.failures[f"C2D send: {exc}"[:120]] += 1
         results.c2d_api.append(time.perf_counter() - started)
-        if response.status_code != 201:
-            results.failures[f"C2D POST: {response.status_code} {response.text}"[:120]] += 1
 
-    await at_rate(len(picks), rate, send, results, "C2D POST")
+    await at_rate(len(picks), rate, send, results, "C2D send")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_received.wait(), OP_TIMEOUT)
+    sender.shutdown()
     results.c2d_sent = len(picks)
     results.c2d_latency = [received[i] - sent_at[i] for i in received if i in sent_at]
     print(f"phase 4: {len(received)}/{len(picks)} C2D messages received at {rate:g}/s")
@@ -596,9 +612,9 @@ def report(r: Results, args: argparse.Namespace) -> bool:
     lost = r.c2d_sent - len(r.c2d_latency)
     api50, api99 = percentile(r.c2d_api, 50) * 1000, percentile(r.c2d_api, 99) * 1000
     print(
-        "C2D latency = POST sent → PUBLISH received by the device; it includes the HTTP API call"
-        f" (until its 201: p50 {api50:.1f} ms, p99 {api99:.1f} ms); {args.c2d_rate:g} msg/s to random"
-        f" devices, {lost} lost"
+        "C2D latency = AMQP send → PUBLISH received by the device; it includes the operator client's send"
+        f" (until the hub accepted it: p50 {api50:.1f} ms, p99 {api99:.1f} ms); {args.c2d_rate:g} msg/s to"
+        f" random devices, {lost} lost"
     )
     print(
         f"telemetry: {r.telemetry_acked:,} PUBACKed, {r.telemetry_stored:,} counted through GET /telemetry,"
@@ -624,7 +640,8 @@ async def run(args: argparse.Namespace, cloud: CloudProcess, api: CloudApi, devi
     results.server_idle_rss = cloud.process.memory_info().rss
     peaks = Peaks(cloud.process)
     pinger: asyncio.Task[None] | None = None
-    async with httpx.AsyncClient(base_url=str(api.base_url), headers=api.headers, timeout=OP_TIMEOUT) as aapi:
+    local = {"base_url": info.api_url, "headers": {"Authorization": f"Bearer {info.api_token}"}}
+    async with httpx.AsyncClient(**local, timeout=OP_TIMEOUT, trust_env=False) as aapi:  # the local-only API
         try:
             with server_cpu(cloud):
                 await bare_connects(info, devices[: max(1, len(devices) // 2)], args.concurrency, results)
@@ -633,7 +650,7 @@ async def run(args: argparse.Namespace, cloud: CloudProcess, api: CloudApi, devi
             with server_cpu(cloud):
                 online = await connect_all(info, hub, devices, args.concurrency, results)
             pinger = asyncio.create_task(keep_alive(online))
-            listed = (await aapi.get("/devices")).json()["value"]
+            listed = await asyncio.to_thread(api.devices)
             results.connected_per_server = sum(d["connectionState"] == "Connected" for d in listed)
             with server_cpu(cloud):
                 await ping_throughput(online, args.telemetry_messages, args.window, results)
@@ -646,7 +663,7 @@ async def run(args: argparse.Namespace, cloud: CloudProcess, api: CloudApi, devi
             with server_cpu(cloud):
                 await ping_latency(picks, args.c2d_rate, results)
             with server_cpu(cloud):
-                await c2d(aapi, online, picks, args.c2d_rate, results)
+                await c2d(api, online, picks, args.c2d_rate, results)
         finally:
             if pinger is not None:
                 pinger.cancel()

@@ -51,7 +51,7 @@ def mqtt_path(devices: int, messages: int, root_dir: Path) -> float:
         elapsed = time.perf_counter() - started
         for raw in raws:
             raw.__exit__(None, None, None)
-        stored = len(api.call("GET", "/telemetry", params={"tail": 1})["value"])
+        stored = len(api.telemetry(tail=1))
         assert stored == 1
     return devices * messages / elapsed
 

@@ -7,8 +7,11 @@ connection, as a backend would use it. Targets, each next to a baseline measured
 
 - twin GET p99 ≤ 5 ms            baseline: GET /statistics/devices (same TLS, auth and routing, no twin)
 - direct-method overhead p99 ≤ 5 ms over the device's own handler time
-                                 baseline: an MQTT PINGREQ round trip to the same server
+                                 baseline: GET /statistics/devices, then an MQTT PINGREQ round trip from the
+                                 same thread (both protocols and thread hops a call has, no method work)
 - a query over N twins ≤ 50 ms   baseline: GET /devices (the same N identities, no query)
+Each line also shows the server's CPU time per call (psutil, over the whole series): on a shared machine the
+least noisy figure.
 
     uv run python bench/service_api.py [--devices 1000] [--requests 2000] [--methods 500] [--queries 50]
 """
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import math
 import sys
 import tempfile
 import threading
@@ -90,31 +95,45 @@ async def prepare(
     return online
 
 
-def timed(count: int, call: Callable[[int], Any]) -> list[float]:
-    samples = []
-    for index in range(count):
-        started = time.perf_counter()
-        call(index)
-        samples.append(time.perf_counter() - started)
-    return samples
+class Timer:
+    """Times calls one by one, and the server's CPU over all of them (what a noisy machine moves least)."""
 
+    def __init__(self, cloud: CloudProcess) -> None:
+        self.cloud = cloud
+        self.cpu_per_call = math.nan  # server CPU seconds per call in the last `timed`
 
-def line(name: str, samples: list[float]) -> float:
-    """Print p50 and p99 of `samples` (seconds); returns p99 in ms."""
-    p99 = percentile(samples, 99) * 1000
-    print(f"  {name:<48} p50 {percentile(samples, 50) * 1000:7.2f} ms   p99 {p99:7.2f} ms")
-    return p99
+    def timed(self, count: int, call: Callable[[int], Any]) -> list[float]:
+        samples = []
+        cpu = self.cloud.cpu_seconds()
+        for index in range(count):
+            started = time.perf_counter()
+            call(index)
+            samples.append(time.perf_counter() - started)
+        self.cpu_per_call = (self.cloud.cpu_seconds() - cpu) / count
+        return samples
+
+    def line(self, name: str, samples: list[float], cpu: bool = True) -> float:
+        """Print p50 and p99 of `samples` (seconds) and the server CPU per call; returns p99 in ms."""
+        p99 = percentile(samples, 99) * 1000
+        server = f"   server CPU {self.cpu_per_call * 1000:6.2f} ms/call" if cpu else ""
+        print(f"  {name:<48} p50 {percentile(samples, 50) * 1000:7.2f} ms   p99 {p99:7.2f} ms{server}")
+        return p99
 
 
 def measure(client: ServiceClient, online: list[Device], answerer: MethodAnswerer, args: argparse.Namespace,
-            pings: list[float]) -> bool:  # fmt: skip
+            pings: list[float], ping: Callable[[int], Any], timer: Timer) -> bool:  # fmt: skip
+    timed, line = timer.timed, timer.line
     ids = [d.registration_id for d in online]
     client.twin(ids[0])  # warm the connection
     print("twin GET")
     baseline = line("baseline GET /statistics/devices", timed(args.requests, lambda _: client.statistics()))
     twin_p99 = line("GET /twins/{id}", timed(args.requests, lambda i: client.twin(ids[i % len(ids)])))
     print("direct methods")
-    ping_p99 = line("baseline MQTT PINGREQ round trip", pings)
+    line("MQTT PINGREQ round trip (on the devices' loop)", pings, cpu=False)
+    # What a call costs that does no method work: an API request, then an MQTT round trip to a device from
+    # this thread (the same two protocols and thread hops as a method call, without the server's routing).
+    both = timed(args.methods, lambda i: (client.statistics(), ping(i)))
+    method_base = line("baseline GET /statistics/devices + PINGREQ", both)
     totals: dict[str, float] = {}
 
     def invoke(index: int) -> None:
@@ -128,7 +147,7 @@ def measure(client: ServiceClient, online: list[Device], answerer: MethodAnswere
     timed(args.methods, invoke)
     overheads = [totals[k] - answerer.handler_times[k] for k in totals if k in answerer.handler_times]
     line("round trip", list(totals.values()))
-    overhead_p99 = line("round trip minus the handler's own time", overheads)
+    overhead_p99 = line("round trip minus the handler's own time", overheads, cpu=False)
     print(f"queries over {len(ids)} twins")
     listing = line("baseline GET /devices", timed(args.queries, lambda _: client.devices()))
     sql = "SELECT * FROM devices WHERE properties.reported.release = 'A'"
@@ -144,7 +163,7 @@ def measure(client: ServiceClient, online: list[Device], answerer: MethodAnswere
     )
     rows = [
         ("twin GET p99", twin_p99, 5.0, baseline),
-        ("direct-method overhead p99", overhead_p99, 5.0, ping_p99),
+        ("direct-method overhead p99", overhead_p99, 5.0, method_base),
         ("query over N twins p99", max(query_p99, count_p99), 50.0, listing),
     ]
     print(f"\n{'target':<30} {'measured':>10} {'limit':>8} {'baseline':>10} {'ratio':>7}  met")
@@ -168,6 +187,7 @@ def main() -> None:
     parser.add_argument("--methods", type=int, default=500)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--server-profile", type=Path, help="run the server under cProfile, stats to FILE")
     args = parser.parse_args()
     raise_open_file_limit()
     # Devices (a thread's event loop) and the backend (this thread) share one interpreter: with the default
@@ -176,7 +196,7 @@ def main() -> None:
     sys.setswitchinterval(0.0002)
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         root_dir = Path(tmp)
-        cloud = CloudProcess(root_dir / "cloud", None)
+        cloud = CloudProcess(root_dir / "cloud", args.server_profile)
         try:
             with api_client(cloud) as api:  # type: ignore[arg-type]  # api_client only reads .info
                 root = CertificateAuthority.root("bench Root")
@@ -209,8 +229,14 @@ def run(cloud: CloudProcess, devices: list[Device], args: argparse.Namespace) ->
             prepare(cloud, devices, args.concurrency, answerer), loop
         ).result()
         pings = asyncio.run_coroutine_threadsafe(ping_baseline(online, args.methods), loop).result()
+        gc.freeze()  # the generator's own 1,000 devices: its full collections would stall it mid-measurement
         with ServiceClient.for_local_cloud(cloud.info) as client:
-            return measure(client, online, answerer, args, pings)
+
+            def ping(index: int) -> float:
+                device = online[index % len(online)].client
+                return asyncio.run_coroutine_threadsafe(device.ping(), loop).result()  # type: ignore[union-attr]
+
+            return measure(client, online, answerer, args, pings, ping, Timer(cloud))
     finally:
         asyncio.run_coroutine_threadsafe(_disconnect(devices), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)

@@ -2,9 +2,10 @@
 
 The cloud runs as its own process (as in bench/cloud_load.py, whose MQTT client and phases this reuses). After
 registration every device connects (persistent session; C2D and desired-patch subscriptions) and for
-`--minutes` the generator sends telemetry, reported-property patches (MQTT), C2D messages and desired patches
-(operator API) at fixed rates while `--reconnect-percent` of the devices drop and reconnect each minute, half
-of them abruptly (no DISCONNECT). The server's RSS and open file descriptors are sampled every few seconds.
+`--minutes` the generator sends telemetry, reported-property patches (MQTT), C2D messages (AMQP) and desired
+patches (IoT Hub REST) through the operator client at fixed rates while `--reconnect-percent` of the devices
+drop and reconnect each minute, half of them abruptly (no DISCONNECT). The server's RSS and open file
+descriptors are sampled every few seconds.
 
 Targets (issue 14): RSS after warm-up grows by at most 10 %; open fds end where they were after warm-up (and,
 once every device left, where they were before any connected); nothing is lost: every PUBACKed telemetry
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import json
 import random
@@ -29,9 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/cloud_load.py: reused, not copied
 
@@ -49,9 +50,11 @@ from cloud_load import (
     register_all,
 )
 
+from client_app.cloud.amqp.operator import OperatorError
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.server import raise_open_file_limit
-from tests.fixtures.cloud import api_client
+from client_app.cloud.service.client import ServiceError
+from tests.fixtures.cloud import CloudApi, api_client, local_only_api
 
 MIB = 1024 * 1024
 
@@ -119,21 +122,22 @@ class Soak:
         self.busy: dict[str, int] = collections.defaultdict(int)  # requests in flight per device
         self.rng = random.Random(14)
         self.counter = 0
-        self.api_url = ""
-        self.api_headers: dict[str, str] = {}
+        self.operator: CloudApi | None = None  # the operator client: C2D over AMQP, twins over REST
+        self.calls = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="operator")  # one AMQP link
         self.telemetry_missing: set[str] = set()
         self.twin_mismatches = 0
         SoakClient.sink = self.ledger.on_publish
 
     def sample(self) -> Sample:
-        """RSS, CPU and open fds of the server; fds without the operator API's connections (the generator's
-        HTTP pool opens and closes those as it likes: they say nothing about the device side)."""
+        """RSS, CPU and open fds of the server; fds without the operator's connections (service API, AMQP,
+        local-only API: the generator opens and closes those as it likes; they say nothing about the device
+        side)."""
         process = self.cloud.process
         times = process.cpu_times()
-        api_port = urlsplit(self.cloud.info.api_url).port
-        api = sum(
-            1 for c in process.net_connections("tcp") if c.laddr and c.laddr.port == api_port and c.raddr
-        )
+        info = self.cloud.info
+        service_port = urlsplit(f"https://{info.service_host}").port or 443
+        ports = {urlsplit(info.api_url).port, service_port, info.amqp_port}
+        api = sum(1 for c in process.net_connections("tcp") if c.laddr and c.laddr.port in ports and c.raddr)
         sample = Sample(time.monotonic(), process.memory_info().rss, process.num_fds() - api,
                         times.user + times.system)  # fmt: skip
         self.samples.append(sample)
@@ -219,41 +223,38 @@ class Soak:
 
         await self.guarded(device, "reported patch", send)
 
-    async def api_call(
-        self, api: httpx.AsyncClient, method: str, url: str, body: object
-    ) -> httpx.Response | None:
-        """One API request, repeated after a transport error (the same C2D body twice counts once)."""
-        for attempt in range(3):
-            try:
-                return await api.request(method, url, json=body)
-            except httpx.TransportError as exc:
-                if attempt == 2:
-                    self.ledger.failed(f"{method} {url.split('/')[1]}", exc)
-        return None
+    async def operate(self, call: Callable[[CloudApi], Any]) -> Any:
+        """An operator-client call on its one thread (the AMQP sender is not thread-safe)."""
+        operator = self.operator
+        assert operator is not None
+        return await asyncio.get_running_loop().run_in_executor(self.calls, call, operator)
 
-    async def c2d(self, api: httpx.AsyncClient) -> None:
+    async def c2d(self) -> None:
         device = self.rng.choice(self.devices)  # online or not: the queue holds it
         body = f"c2d-{self.next_id()}"
-        url = f"/devices/{device.registration_id}/messages/deviceBound"
-        response = await self.api_call(api, "POST", url, {"body": body})
-        if response is None:
-            return
-        if response.status_code == 201:
+        for attempt in range(3):  # again after a broken connection (the same body twice counts once)
+            try:
+                await self.operate(lambda o: o.send_c2d(device.registration_id, body))
+            except OperatorError as exc:
+                if "amqp:resource-limit-exceeded" in str(exc):  # 403004: its queue is full (it was away)
+                    return
+                if "refused" in str(exc) or attempt == 2:
+                    self.ledger.failed("C2D send", exc)
+                    return
+                continue
             self.ledger.c2d_accepted.add(body)
-        elif response.status_code != 403:  # 403004: the device's queue is full (it was away): not a loss
-            self.ledger.failed("C2D POST", f"{response.status_code} {response.text}")
+            return
 
-    async def desired(self, api: httpx.AsyncClient) -> None:
+    async def desired(self) -> None:
         device = self.rng.choice(self.devices)
         value = self.next_id()
         patch = {"properties": {"desired": {"soak": {"counter": value}}}}
-        response = await self.api_call(api, "PATCH", f"/twins/{device.registration_id}", patch)
-        if response is None:
+        try:
+            await self.operate(lambda o: o.update_twin(device.registration_id, patch))
+        except ServiceError as exc:
+            self.ledger.failed("desired PATCH", exc)
             return
-        if response.status_code == 200:
-            self.ledger.desired[device.registration_id] = value
-        else:
-            self.ledger.failed("desired PATCH", f"{response.status_code} {response.text}")
+        self.ledger.desired[device.registration_id] = value
 
     async def reconnections(self, stop: float) -> None:
         """Each minute, `--reconnect-percent` of the devices drop (half without DISCONNECT) and come back."""
@@ -295,28 +296,22 @@ class Soak:
         sampler = asyncio.create_task(self.sampler())
         started = time.monotonic()
         stop = started + args.minutes * 60
-        # Idle API connections are dropped before uvicorn's 5 s keep-alive ends: a request on a connection the
-        # server is just closing fails with ReadError although nothing went wrong.
-        limits = httpx.Limits(keepalive_expiry=2.0)
-        api_kwargs = {"base_url": self.api_url, "headers": self.api_headers, "timeout": OP_TIMEOUT,
-                      "limits": limits}  # fmt: skip
-        async with httpx.AsyncClient(**api_kwargs) as api:  # type: ignore[arg-type]
 
-            async def warmup_mark() -> None:
-                await asyncio.sleep(args.warmup_minutes * 60)
-                marks["warm"] = self.sample()
-                print(f"warm-up over: server RSS {marks['warm'].rss / MIB:.1f} MiB, {marks['warm'].fds} fds")
+        async def warmup_mark() -> None:
+            await asyncio.sleep(args.warmup_minutes * 60)
+            marks["warm"] = self.sample()
+            print(f"warm-up over: server RSS {marks['warm'].rss / MIB:.1f} MiB, {marks['warm'].fds} fds")
 
-            await asyncio.gather(
-                warmup_mark(),
-                self.at_rate(args.telemetry_rate, self.telemetry, stop),
-                self.at_rate(args.twin_rate, self.reported, stop),
-                self.at_rate(args.c2d_rate, lambda: self.c2d(api), stop),
-                self.at_rate(args.twin_rate / 2, lambda: self.desired(api), stop),
-                self.reconnections(stop),
-            )
-            marks["end"] = self.sample()
-            await self.settle(api)
+        await asyncio.gather(
+            warmup_mark(),
+            self.at_rate(args.telemetry_rate, self.telemetry, stop),
+            self.at_rate(args.twin_rate, self.reported, stop),
+            self.at_rate(args.c2d_rate, self.c2d, stop),
+            self.at_rate(args.twin_rate / 2, self.desired, stop),
+            self.reconnections(stop),
+        )
+        marks["end"] = self.sample()
+        await self.settle()
         sampler.cancel()
         pinger.cancel()
         marks["after"] = self.sample()
@@ -327,20 +322,21 @@ class Soak:
         marks["gone"] = self.sample()
         return marks
 
-    async def settle(self, api: httpx.AsyncClient) -> None:
-        """Wait for C2D in flight, then read back what the cloud stored."""
+    async def settle(self) -> None:
+        """Wait for C2D in flight, then read back what the cloud stored (telemetry: the local-only API)."""
         deadline = time.monotonic() + OP_TIMEOUT
         while not self.ledger.c2d_accepted <= self.ledger.c2d_received and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         stored: set[str] = set()
         after = 0
-        while page := (await api.get("/telemetry", params={"after": after, "limit": 1000})).json()["value"]:
-            stored.update(m.get("body", "") for m in page)
-            after = page[-1]["sequenceNumber"]
+        with local_only_api(self.cloud.info) as api:
+            while page := api.get("/telemetry", params={"after": after, "limit": 1000}).json()["value"]:
+                stored.update(m.get("body", "") for m in page)
+                after = page[-1]["sequenceNumber"]
         self.telemetry_missing = self.ledger.telemetry_acked - stored
         self.twin_mismatches = 0
         for device_id in set(self.ledger.reported) | set(self.ledger.desired):
-            twin = (await api.get(f"/twins/{device_id}")).json()["properties"]
+            twin = (await self.operate(lambda o, d=device_id: o.twin(d)))["properties"]
             for section, expected in (("reported", self.ledger.reported), ("desired", self.ledger.desired)):
                 if (
                     device_id in expected
@@ -405,8 +401,9 @@ def main() -> None:
         with cloud_process(root_dir / "cloud") as cloud, api_client(cloud) as api:  # type: ignore[arg-type]
             devices = enrolled_devices(api, cloud, "soak", args.devices, root_dir / "devices")
             soak = Soak(args, cloud, devices)
-            soak.api_url, soak.api_headers = str(api.base_url), dict(api.headers)
+            soak.operator = api
             marks = asyncio.run(soak.run())
+            soak.calls.shutdown()
     sys.exit(0 if report(soak, marks) else 1)
 
 

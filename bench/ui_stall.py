@@ -5,19 +5,21 @@ thread could not react. Three phases, all in one run:
 
   idle         window shown, device core not started: the baseline on this machine right now
   first launch identity, certificate, keyring, DPS registration, hub connection
-  c2d burst    1,000 cloud-to-device messages sent through the local cloud's operator API,
+  c2d burst    1,000 cloud-to-device messages sent by the operator client (AMQP),
                until all 1,000 rows are in the window's inbox
 
-The local cloud runs as its own process (`client-app-cloud serve`), as a real cloud would;
---embedded-cloud runs it inside this process instead (as `client-app --demo` does).
+The local cloud runs as its own process (`client-app-cloud serve`), as a real cloud would, and so does
+the operator sending the burst; --embedded-cloud runs the cloud inside this process instead (as
+`client-app --demo` does). As in the app, the device core runs in its own process (core_service.py):
+each phase also prints the CPU time this (the window's) process used, and the script checks that the
+window's process never imported the device SDK, paho or keyring.
 It needs a Secret Service: without one (no DBUS_SESSION_BUS_ADDRESS) the script starts a private
 dbus-daemon + gnome-keyring-daemon for its run, as the test suite does.
 
     uv run python bench/ui_stall.py [--messages 1000] [--embedded-cloud]
 
 Prints one line per phase and exits non-zero when a loaded phase exceeds the 16 ms target (one frame at
-60 Hz). As in run_gui(), the window is shown before the device core, the SDK and keyring are imported:
-the first-launch phase includes those imports (on the bridge's worker thread).
+60 Hz). The first-launch phase includes starting the core's process.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 TARGET_MS = 16.0
 TICK_MS = 5
+NICE_REMOTE = 10
+# What the window's process must never import now that the device core runs in a process of its own.
+CORE_ONLY_MODULES = ("azure.iot.device", "paho", "keyring", "secretstorage")
 
 
 def start_private_keyring(workdir: Path) -> list[subprocess.Popen]:
@@ -84,11 +89,21 @@ class StallMeter:
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self._tick)
         self.samples: list[float] = []
+        # Of the longest stall: ms the GUI thread ran, and ms it was ready but waited for a CPU (Linux
+        # schedstat); the rest it was not runnable: waiting for the interpreter lock (or blocked).
+        self.worst_cpu = 0.0
+        self.worst_queued = 0.0
         self._last = 0.0
+        self._last_cpu = 0.0
+        self._last_queued = 0.0
+        self._schedstat = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
 
     def start(self) -> None:
         self.samples = []
+        self.worst_cpu = self.worst_queued = 0.0
         self._last = time.perf_counter()
+        self._last_cpu = time.thread_time()
+        self._last_queued = self._queued()
         self.timer.start()
 
     def stop(self) -> list[float]:
@@ -96,9 +111,20 @@ class StallMeter:
         return self.samples
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        self.samples.append(max(0.0, (now - self._last) * 1000 - TICK_MS))
-        self._last = now
+        now, cpu, queued = time.perf_counter(), time.thread_time(), self._queued()
+        late = max(0.0, (now - self._last) * 1000 - TICK_MS)
+        if late > max(self.samples, default=0.0):
+            self.worst_cpu = (cpu - self._last_cpu) * 1000
+            self.worst_queued = queued - self._last_queued
+        self.samples.append(late)
+        self._last, self._last_cpu, self._last_queued = now, cpu, queued
+
+    def _queued(self) -> float:
+        """ms this thread has spent runnable but waiting for a CPU (0 where the kernel does not say)."""
+        try:
+            return int(self._schedstat.read_text().split()[1]) / 1e6
+        except (OSError, IndexError, ValueError):
+            return 0.0
 
 
 def run_until(predicate, timeout: float, what: str) -> float:
@@ -123,12 +149,21 @@ def run_until(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def stand_in_for_a_remote_machine() -> None:
+    """The cloud and the operator run elsewhere in real life; here they share this machine's two cores with
+    the app, so they run at a lower CPU priority: the scheduler then serves the app's processes first, as if
+    the cloud's work happened on another machine. Without it, the longest stall is mostly the window's
+    process waiting for a core (the bench prints how much of it the GUI thread actually ran)."""
+    os.nice(NICE_REMOTE)
+
+
 def start_cloud_process(data_dir: Path) -> subprocess.Popen:
     cloud_cli = Path(sys.executable).parent / "client-app-cloud"
     process = subprocess.Popen(
         [str(cloud_cli), "--data", str(data_dir), "serve"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=stand_in_for_a_remote_machine,
     )
     deadline = time.monotonic() + 60
     while not (data_dir / "connection.json").exists():
@@ -139,37 +174,63 @@ def start_cloud_process(data_dir: Path) -> subprocess.Popen:
 
 
 def send_burst(info: dict, device_id: str, count: int, errors: list[str]) -> None:
-    """POST `count` C2D messages; the hub holds 50 per device, so back off briefly when it is full."""
-    import httpx
+    """Send `count` C2D messages (the operator client, AMQP); the hub holds 50 per device, so back off briefly
+    when it is full."""
+    from client_app.cloud.amqp.operator import OperatorError
+    from client_app.cloud.info import ConnectionInfo
+    from client_app.cloud.service.client import ServiceClient
 
-    headers = {"Authorization": f"Bearer {info['api_token']}"}
-    with httpx.Client(base_url=info["api_url"], headers=headers, timeout=30, trust_env=False) as api:
+    with ServiceClient.for_local_cloud(ConnectionInfo.from_json(info)) as api:
         for n in range(count):
             while True:
-                response = api.post(
-                    f"/devices/{device_id}/messages/deviceBound",
-                    json={"body": f"burst message {n + 1} of {count}", "properties": {"n": str(n + 1)}},
-                )
-                if response.status_code == 403:  # queue full: the device is still draining it
-                    time.sleep(0.02)
-                    continue
-                if response.is_error:
-                    errors.append(f"{response.status_code} {response.text}")
+                try:
+                    api.send_c2d(device_id, f"burst message {n + 1} of {count}", properties={"n": str(n + 1)})
+                except OperatorError as exc:
+                    if "amqp:resource-limit-exceeded" in str(exc):  # queue full: the device is still draining
+                        time.sleep(0.02)
+                        continue
+                    errors.append(str(exc))
                     return
                 break
 
 
-def describe(name: str, samples: list[float], seconds: float) -> tuple[str, float]:
+def start_sender(cloud_dir: Path, device_id: str, count: int) -> subprocess.Popen:
+    """The operator's burst, from a process of its own (an operator is never inside the app)."""
+    return subprocess.Popen(
+        [sys.executable, __file__, "--sender", str(cloud_dir), device_id, str(count)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=stand_in_for_a_remote_machine,
+    )
+
+
+def sender_main(cloud_dir: str, device_id: str, count: int) -> int:
+    from client_app import demo
+
+    errors: list[str] = []
+    send_burst(demo.connection_info(Path(cloud_dir)), device_id, count, errors)
+    if errors:
+        print(errors[0], file=sys.stderr)
+        return 2
+    return 0
+
+
+def describe(name: str, meter: StallMeter, seconds: float, cpu: float) -> tuple[str, float]:
+    samples = meter.stop()
     worst = max(samples, default=0.0)
     p99 = statistics.quantiles(samples, n=100)[98] if len(samples) >= 100 else worst
     line = (
-        f"{name:<13} longest stall {worst:7.1f} ms   p99 {p99:6.1f} ms"
-        f"   ({len(samples)} ticks over {seconds:5.1f} s)"
+        f"{name:<13} longest stall {worst:6.1f} ms (GUI thread ran {meter.worst_cpu:4.1f},"
+        f" waited for a CPU {meter.worst_queued:5.1f} ms of it)"
+        f"   p99 {p99:5.1f} ms   ({len(samples)} ticks over {seconds:4.1f} s;"
+        f" window process CPU {cpu * 1000:4.0f} ms)"
     )
     return line, worst
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--sender"]:
+        return sender_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
@@ -228,12 +289,14 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
         warm_up = time.monotonic()  # first paint, fonts, icon cache: not part of any phase
         run_until(lambda: time.monotonic() - warm_up >= 0.5, 5, "the window to settle")
         idle_started = time.monotonic()
+        cpu = time.process_time()
         meter.start()
         run_until(
             lambda: time.monotonic() - idle_started >= options.idle_seconds, options.idle_seconds + 5, "idle"
         )
-        results.append(describe("idle", meter.stop(), time.monotonic() - idle_started))
+        results.append(describe("idle", meter, time.monotonic() - idle_started, time.process_time() - cpu))
 
+        cpu = time.process_time()
         meter.start()
         controller.start()
         seconds = run_until(
@@ -246,25 +309,21 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
             120,
             "the first launch to connect",
         )
-        results.append(describe("first launch", meter.stop(), seconds))
+        results.append(describe("first launch", meter, seconds, time.process_time() - cpu))
 
-        info = demo.connection_info(cloud_dir)
-        errors: list[str] = []
-        sender = threading.Thread(
-            target=send_burst, args=(info, controller.status.device_id, options.messages, errors), daemon=True
-        )
+        cpu = time.process_time()
         meter.start()
-        sender.start()
+        sender = start_sender(cloud_dir, controller.status.device_id, options.messages)
         seconds = run_until(
-            lambda: window.inbox_model.rowCount() >= options.messages or bool(errors),
+            lambda: window.inbox_model.rowCount() >= options.messages or sender.poll() not in (None, 0),
             300,
             f"{options.messages} messages in the inbox",
         )
-        results.append(describe("c2d burst", meter.stop(), seconds))
-        if errors:
-            print(f"ui_stall: sending failed: {errors[0]}", file=sys.stderr)
+        results.append(describe("c2d burst", meter, seconds, time.process_time() - cpu))
+        if sender.wait(30) != 0:
+            print(f"ui_stall: sending failed: {sender.communicate()[1].strip()}", file=sys.stderr)
             return 2
-        sender.join(10)
+        loaded = [name for name in CORE_ONLY_MODULES if name in sys.modules]
 
         controller.shutdown()
         tray.dispose()
@@ -276,8 +335,9 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
         for line, worst in results:
             ratio = "" if line.startswith("idle") else f"   {worst / baseline:5.1f}× idle"
             print(line + ratio)
+        print(f"core-only modules in the window's process: {', '.join(loaded) or 'none'}")
         loaded_worst = max(worst for _line, worst in results[1:])
-        verdict = "PASS" if loaded_worst <= TARGET_MS else "FAIL"
+        verdict = "PASS" if loaded_worst <= TARGET_MS and not loaded else "FAIL"
         print(f"{verdict}: longest stall under load {loaded_worst:.1f} ms (target ≤ {TARGET_MS:.0f} ms)")
         return 0 if verdict == "PASS" else 1
     finally:

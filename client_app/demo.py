@@ -263,7 +263,7 @@ def _print_banner(cloud: Path, device_data: Path) -> None:
         "client-app demo: an embedded local cloud runs inside this app until you quit it.",
         f"  local cloud data dir: {cloud}",
         f"  demo device data dir: {device_data}",
-        f"  ID scope {info.get('id_scope')}, operator API {info.get('api_url')}",
+        f"  ID scope {info.get('id_scope')}, service API https://{info.get('service_host')}",
         "Try from another terminal, in any folder (DEVICE-ID is under Help > Connection details):",
         *(f"  {hint}" for hint in demo_hints(cloud, demo_root())),
         "Demo > Stop the local cloud (in the window) takes the cloud away for a fault drill.",

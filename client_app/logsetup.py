@@ -16,6 +16,7 @@ from pathlib import Path
 from client_app.device.paths import private_dir
 
 LOG_FILE = "client-app.log"
+CORE_LOG_FILE = "client-app-core.log"  # the device core's own process beside the window (core_service.py)
 MAX_BYTES = 2_000_000
 BACKUPS = 5
 REPEAT_WINDOW = 60.0  # seconds: the same message again within this is counted, not written
@@ -59,10 +60,11 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def setup_logging(log_dir: Path, level: int = logging.INFO) -> Path | None:
-    """Idempotent: a second call (e.g. the window after the entry point) adds nothing."""
+def setup_logging(log_dir: Path, level: int = logging.INFO, *, file_name: str = LOG_FILE) -> Path | None:
+    """Idempotent: a second call (e.g. the window after the entry point) adds nothing. Each process writes
+    its own file (`file_name`): two processes rotating one file would lose lines."""
     root = logging.getLogger()
-    path = Path(log_dir) / LOG_FILE
+    path = Path(log_dir) / file_name
     for handler in root.handlers:
         if isinstance(handler, PrivateRotatingFileHandler) and Path(handler.baseFilename) == path.absolute():
             return path

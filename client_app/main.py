@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start an embedded local cloud with a demo CA, then run the app against it",
     )
+    # The desktop window's device-core process (core_service.py); started by the window, not by people.
+    mode.add_argument("--core-service", metavar="HANDLE", help=argparse.SUPPRESS)
     add_config_arguments(parser)
     return parser
 
@@ -84,6 +86,8 @@ def _mode(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.core_service is not None:  # configured by the window over the socket, logs to its own file
+        return importlib.import_module("client_app.core_service").run_core_service(args.core_service)
     code = 1
     try:
         code = _run(args)
@@ -119,7 +123,8 @@ def _run(args: argparse.Namespace) -> int:
         # Only the window and --headless run the demo's cloud; the others read or queue and exit.
         locate_only = args.status or args.send is not None or args.self_test
         layer = {**layer, **demo.prepare_demo(data_dir, status_only=locate_only)}
-    store = ConfigStore(args, os.environ, layer)
+    window = _mode(args) == "window"  # its device core runs in a process of its own, with the keyring
+    store = ConfigStore(args, os.environ, layer, keyring=not window)
     config = store.load()
     if args.status:
         return _status(config, str(demo.cloud_dir()) if demo else None)

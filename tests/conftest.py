@@ -87,6 +87,19 @@ SHARED_CLOUD_TESTS = {
 }
 
 
+QUICK_LOOP_WORKERS = 4  # on 2 cores: half of the fast tests' time is waiting (clouds, handshakes, Node)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads -n
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The quick loop, `uv run pytest -m "not slow"`, runs on several workers unless `-n` says otherwise;
+    the whole suite (README's command, CI) stays in one process, where the timing-sensitive slow tests
+    have the machine to themselves."""
+    quick = (config.option.markexpr or "").split() == ["not", "slow"]
+    if quick and config.option.numprocesses is None and not hasattr(config, "workerinput"):
+        config.option.numprocesses = QUICK_LOOP_WORKERS
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shared_cloud: shares its module's local cloud, changes nothing")
 

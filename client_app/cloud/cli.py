@@ -1,4 +1,5 @@
-"""`client-app-cloud`: run the local cloud (`serve`) and operate it through its HTTP API."""
+"""`client-app-cloud`: run the local cloud (`serve`) and operate it, or a real hub and DPS, through Azure's
+service APIs (the operator client); reading stored telemetry and consumer groups use the local-only API."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ import httpx
 from azure.core.exceptions import AzureError
 
 from client_app.cloud.info import CONNECTION_FILE, ConnectionInfo
-from client_app.cloud.service.client import ArmCertificates, ServiceClient, ServiceError
+from client_app.cloud.service.client import (
+    ArmCertificates,
+    ServiceClient,
+    ServiceError,
+    local_amqp_connection_string,
+)
 
 DATA_ENV = "CLIENT_APP_CLOUD_DATA"
 EVENTHUB_CONNECTION_ENV = "EVENTHUB_CONNECTION_STRING"
@@ -92,6 +98,7 @@ class Context:
         return self._info
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The local cloud's local-only API (stored telemetry, consumer groups: bearer_api.py)."""
         info = self.info()
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {info.api_token}"}
         timeout = kwargs.pop("timeout", 30.0)
@@ -352,8 +359,13 @@ def certificates_delete(ctx: Context, name: str) -> None:
 
 
 def _group_lines(group: dict[str, Any]) -> list[str]:
-    ca = group["attestation"]["x509"]["caReferences"]["primary"]
-    return [f"{group['enrollmentGroupId']}: CA {ca}, {group['provisioningStatus']}"]
+    x509 = group["attestation"]["x509"]
+    if x509.get("caReferences"):
+        backing = f"CA {x509['caReferences']['primary']}"
+    else:  # signingCertificates: DPS returns the certificate's info, not its PEM
+        info = x509["signingCertificates"]["primary"]["info"]
+        backing = f"signing certificate {info['subjectName']} (SHA-256 {info['sha256Thumbprint']})"
+    return [f"{group['enrollmentGroupId']}: {backing}, {group['provisioningStatus']}"]
 
 
 def _registration_rows(registrations: list[dict[str, Any]]) -> Iterable[str]:
@@ -369,13 +381,30 @@ def enrollment_groups() -> None:
 
 @enrollment_groups.command("create")
 @click.argument("group_id")
-@click.option("--ca", "ca_name", required=True, help="Name of a verified CA certificate.")
+@click.option("--ca", "ca_name", help="Name of a verified CA certificate (caReferences).")
+@click.option(
+    "--signing-certificate",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM of a CA certificate the group holds itself (signingCertificates): a release's intermediate.",
+)
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 @_options
-def groups_create(ctx: Context, group_id: str, ca_name: str, disabled: bool) -> None:
-    """Create enrollment group GROUP_ID on CA certificate --ca (an existing GROUP_ID is refused)."""
+def groups_create(
+    ctx: Context, group_id: str, ca_name: str | None, signing_certificate: Path | None, disabled: bool
+) -> None:
+    """Create enrollment group GROUP_ID on CA certificate --ca, or on --signing-certificate (an existing
+    GROUP_ID is refused)."""
+    if (ca_name is None) == (signing_certificate is None):
+        raise CliError("give exactly one of --ca NAME and --signing-certificate FILE")
+    try:
+        pem = signing_certificate.read_bytes() if signing_certificate else None
+    except OSError as exc:
+        raise CliError(f"cannot read {signing_certificate}: {exc}") from exc
     ctx.output(
-        ctx.serve_call(lambda c: c.create_group(group_id, ca_name, enabled=not disabled)), _group_lines
+        ctx.serve_call(
+            lambda c: c.create_group(group_id, ca_name, enabled=not disabled, signing_certificate=pem)
+        ),
+        _group_lines,
     )
 
 
@@ -546,12 +575,8 @@ def send(ctx: Context, device_id: str, text: str, props: tuple[str, ...], conten
     from client_app.cloud.amqp.operator import C2dMessage, OperatorError, send_c2d  # proton: only here
 
     connection_string, ca_file = _amqp_target(ctx, ctx.hub_cs, "hub")
-    if connection_string is None:  # a local cloud without its AMQP endpoint (serve --no-amqp)
-        body = {"body": text, "properties": _properties(props), "contentType": content_type,
-                "messageId": message_id, "ttlSeconds": ttl}  # fmt: skip
-        result = ctx.call("POST", f"/devices/{_segment(device_id)}/messages/deviceBound", json=body)
-        ctx.output(result, lambda r: [f"queued message {r['messageId']} for {device_id}"])
-        return
+    if connection_string is None:
+        raise CliError("this local cloud runs without its AMQP endpoint (--no-amqp): C2D goes over AMQP")
     message = C2dMessage(
         device_id, text.encode(), _properties(props), message_id, None, content_type, ttl, ack
     )
@@ -590,18 +615,9 @@ def _amqp_target(ctx: Context, explicit: str | None, kind: str) -> tuple[str | N
     if explicit:
         return explicit, None
     info = ctx.info()
-    eventhub = info.eventhub_compatible_connection_string
-    if not eventhub or not info.amqp_host:
-        return None, None
     if kind == "eventhub":
-        return eventhub, info.server_ca_pem
-    if info.iothub_connection_string and info.service_host == info.amqp_host:
-        return info.iothub_connection_string, info.server_ca_pem  # one address serves REST and AMQP
-    from client_app.cloud.sas import parse_connection_string
-
-    fields = parse_connection_string(eventhub)
-    policy, key = fields["SharedAccessKeyName"], fields["SharedAccessKey"]
-    return f"HostName={info.amqp_host};SharedAccessKeyName={policy};SharedAccessKey={key}", info.server_ca_pem
+        return info.eventhub_compatible_connection_string, info.server_ca_pem
+    return local_amqp_connection_string(info), info.server_ca_pem
 
 
 @cli.command()

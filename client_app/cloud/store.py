@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_PARTITIONS = 4  # Event Hubs-compatible endpoint partitions; IoT Hub's default is 4
 
 _SCHEMA_V1 = """
@@ -96,8 +96,22 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     )
 
 
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    """Issue 9: groups attested by `signingCertificates` and individual enrollments with `clientCertificates`
+    keep their certificates (a JSON list of PEM, primary first); such a group's `ca_name` is ''.
+    IF NOT EXISTS: steps re-run on a database whose version was set back must keep what is there."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS enrollment_group_signing("
+        "group_id TEXT PRIMARY KEY COLLATE NOCASE, certificates TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS enrollment_client_certificates("
+        "registration_id TEXT PRIMARY KEY COLLATE NOCASE, certificates TEXT NOT NULL)"
+    )
+
+
 # Schema steps: _MIGRATIONS[v] takes a database at version v to v + 1 (inside one transaction).
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def utc_now() -> str:
@@ -162,6 +176,11 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (what is read now may still be rolled back)."""
+        return self._db.in_transaction
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:

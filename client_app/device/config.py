@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,14 @@ class ConfigStore:
         args: argparse.Namespace | None,
         environ: Mapping[str, str],
         layer: Mapping[str, Any] | None = None,
+        *,
+        keyring: bool = True,
     ) -> None:
+        # keyring=False: the window's process, which never opens the keyring; its device-core process fills
+        # in a proxy password (with_proxy_password) before it connects.
+        self._keyring = keyring
+        # Where a proxy password from save() goes; the window's process routes it to its core's process.
+        self.keep_proxy_password: Callable[[ProxySetting], None] = store_proxy_password
         self._cli = {k: v for k, v in vars(args).items() if k in _OPTIONS} if args else {}
         env = {name: environ.get(ENV_PREFIX + name.upper()) for name in _OPTIONS}
         env["server_ca_pem"] = env["server_ca_pem"] or environ.get(ENV_PREFIX + "SERVER_CA")
@@ -359,7 +366,7 @@ class ConfigStore:
         proxy = values.get("proxy")
         if isinstance(proxy, str) and proxy.strip():
             parsed = _try_proxy(proxy)
-            if parsed is not None and parsed.username and not parsed.password:
+            if self._keyring and parsed is not None and parsed.username and not parsed.password:
                 password = _proxy_password(parsed)
                 if password:
                     values["proxy"] = dataclasses.replace(parsed, password=password)
@@ -398,7 +405,7 @@ class ConfigStore:
             if name == "proxy" and value:
                 proxy = ProxySetting.parse(value)
                 if proxy.password:
-                    _store_proxy_password(proxy)
+                    self.keep_proxy_password(proxy)
                 value = proxy_text(proxy, with_password=False)
             if value:
                 existing[name] = value
@@ -430,7 +437,20 @@ def _proxy_password(proxy: ProxySetting) -> str | None:
         return None
 
 
-def _store_proxy_password(proxy: ProxySetting) -> None:
+def with_proxy_password(config: DeviceConfig) -> DeviceConfig:
+    """`config` with its proxy's password from the keyring, if read without it (ConfigStore keyring=False)."""
+    proxy = config.proxy
+    if proxy is None or not proxy.username or proxy.password:
+        return config
+    password = _proxy_password(proxy)
+    return (
+        dataclasses.replace(config, proxy=dataclasses.replace(proxy, password=password))
+        if password
+        else config
+    )
+
+
+def store_proxy_password(proxy: ProxySetting) -> None:
     from client_app.device import secrets
 
     try:

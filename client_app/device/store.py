@@ -13,16 +13,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
+from client_app.device.messages import InboxMessage, OutboxMessage
 from client_app.device.paths import private_file
 from client_app.device.state import parse_time, utcnow
 
 log = logging.getLogger(__name__)
-OutboxState = Literal["queued", "delivered"]
 
 # The schema as steps: _MIGRATIONS[i] takes a database from user_version i to i + 1. A step that has shipped
 # is never edited; a change is a new step appended here (tests/device/test_store_migration.py).
@@ -52,27 +49,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    id: int
-    message_id: str  # sent as Message.message_id so the backend can drop duplicates
-    text: str
-    properties: dict[str, str] = field(default_factory=dict)
-    created_at: datetime | None = None
-    state: OutboxState = "queued"
-    delivered_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class InboxMessage:
-    id: int
-    message_id: str
-    text: str
-    properties: dict[str, str | None] = field(default_factory=dict)
-    received_at: datetime | None = None
-    read: bool = False
 
 
 class StoreUnavailable(Exception):

@@ -1,8 +1,13 @@
 """The desktop app: run_gui() builds the window, the tray and the bridge, and runs the device core.
 
-AppController is the one place that talks to DeviceRuntime. Calls that may block (send,
+The device core runs in a process of its own (client_app/core_service.py, started through
+client_app/device/remote.py): this process only renders, so the SDK's threads never take the
+interpreter lock from the GUI thread, and it never imports the SDK or the keyring.
+
+AppController is the one place that talks to the core (a RemoteRuntime). Calls that may block (send,
 retry, reset, stop) run on the bridge's worker thread; the core's events come back as Qt
-signals. Widgets never see the runtime, and core threads never see a widget.
+signals. Widgets never see the runtime, and core threads never see a widget. A core process that
+dies is shown as an error and started again.
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
-from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot, qVersion
+from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox, QWidget
 
-from client_app.device.config import ConfigError, ConfigStore, DeviceConfig
+from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, ProxySetting
 from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.errors import ErrorReporter
@@ -33,9 +39,9 @@ from client_app.gui.support_panel import SupportPanel
 from client_app.gui.tray import StatusTray
 from client_app.logsetup import setup_logging
 
-if TYPE_CHECKING:  # the device core, the SDK and keyring are imported after the window is up
-    from client_app.device.runtime import DeviceRuntime
-    from client_app.device.store import InboxMessage
+if TYPE_CHECKING:
+    from client_app.device.messages import InboxMessage
+    from client_app.device.remote import RemoteRuntime
     from client_app.gui import diagnostics
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,8 @@ OUTBOX_ROWS = 200
 # Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
 # left behind after this long (the outbox and inbox are already on disk).
 QUIT_STOP_SECONDS = 3.0
+# A core process that died is started again after 1 s, then 2, 4 … 30 s while it keeps dying within a minute.
+RESTART_DELAYS = (1.0, 30.0)
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
 # Plain words for the commands the user can trigger.
@@ -78,8 +86,8 @@ class AppController(QObject):
     diagnosticsExported = Signal(str)  # path of the written zip
     _diagnosticsCopied = Signal(str)  # the summary text
     _outboxLoaded = Signal(list)
-    _runtimeReplaced = Signal(object, object)  # the new DeviceRuntime, its first DeviceStatus
-    _started = Signal(object, list, list, object)  # DeviceRuntime, inbox history, sent messages, DeviceStatus
+    _runtimeReplaced = Signal(object, object)  # the new RemoteRuntime, its first DeviceStatus
+    _started = Signal(object, list, list, object)  # RemoteRuntime, inbox history, sent messages, DeviceStatus
     _startFailed = Signal(str)
     _demoCloudSwitched = Signal(bool)  # running now?
 
@@ -96,6 +104,8 @@ class AppController(QObject):
         super().__init__()
         self.config = config
         self.store = store  # where Settings are saved; None: the dialog is not offered
+        if store is not None:
+            store.keep_proxy_password = self._keep_proxy_password  # the keyring is the core's
         self.window = window
         self.tray = tray
         self.bridge = RuntimeBridge(self)
@@ -105,8 +115,11 @@ class AppController(QObject):
         # Two references, one per thread: the GUI reads `runtime` (assigned only in GUI slots), the bridge's
         # worker calls `_worker_runtime` (assigned only on the worker). A restart on the worker never swaps
         # the object a GUI slot is reading, and a command queued during a restart runs on the new core.
-        self.runtime: DeviceRuntime | None = None
-        self._worker_runtime: DeviceRuntime | None = None
+        self.runtime: RemoteRuntime | None = None
+        self._worker_runtime: RemoteRuntime | None = None
+        self._shutting_down = False
+        self._restart_delay = RESTART_DELAYS[0]
+        self._last_loss = float("-inf")
         self.support_panel: SupportPanel | None = None
         self.settings_dialog: SettingsDialog | None = None
         self.about_dialog: QDialog | None = None
@@ -117,6 +130,7 @@ class AppController(QObject):
         self.bridge.messagesArrived.connect(self._messages_arrived)
         self.bridge.outboxChanged.connect(self.refresh_outbox)
         self.bridge.commandFailed.connect(self._command_failed)
+        self.bridge.coreLost.connect(self._core_lost)
         queued = Qt.ConnectionType.QueuedConnection
         self._outboxLoaded.connect(window.set_outbox, queued)
         self._runtimeReplaced.connect(self._runtime_replaced, queued)
@@ -151,31 +165,49 @@ class AppController(QObject):
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the core off the GUI thread: opening its database and files must not stall the window."""
+        """Start the core process off the GUI thread: spawning it and its first answers must not stall."""
+        # What is loaded by now lives as long as the app: out of the collector's sight, so a full
+        # collection during a burst walks only what came after (cheap: no walk happens here).
+        gc.freeze()
         if not self.config.layout.chain_file.exists():
             self.window.begin_setup()  # the first run: its steps are worth showing
         self.bridge.run_command(COMMANDS["start"], self._start_core)
 
-    def _start_core(self) -> None:  # bridge worker thread
-        try:
-            preload_core_modules()  # after the window is up: the user sees it within a second
-            from client_app.device.runtime import DeviceRuntime
+    def _new_core(self, config: DeviceConfig) -> RemoteRuntime:  # bridge worker thread
+        from client_app.device.remote import RemoteRuntime
 
-            runtime = DeviceRuntime(self.config, self.bridge)
-            # Short SQLite reads; later arrivals come through the bridge (the model drops duplicates).
+        runtime = RemoteRuntime(config, self.bridge, on_lost=self.bridge.core_lost)
+        runtime.start()
+        return runtime
+
+    def _start_core(self) -> None:  # bridge worker thread
+        old = self._worker_runtime
+        if old is not None and old.alive:
+            return  # a Retry and the automatic restart crossed: one core is enough
+        self._worker_runtime = None
+        if old is not None:
+            old.close()  # a core process that died: reaped
+        try:
+            runtime = self._new_core(self.config)
+        except Exception as exc:  # e.g. an unreadable data directory: say so, keep the window up
+            log.error("the device core could not start: %s", exc)
+            self._startFailed.emit(f"The app could not start its connection: {exc}")
+            return
+        try:
+            # Later arrivals come through the bridge (the model drops duplicates).
             history = runtime.inbox.list(INITIAL_INBOX_ROWS)
             sent = runtime.outbox.list(OUTBOX_ROWS)
-            runtime.start()
-        except Exception as exc:  # e.g. an unreadable data directory: say so, keep the window up
-            log.exception("the device core could not start")
+            status = runtime.status()
+        except Exception as exc:
+            log.error("the device core did not answer after starting: %s", exc)
+            runtime.close()
             self._startFailed.emit(f"The app could not start its connection: {exc}")
             return
         self._worker_runtime = runtime
-        # Read here: status() waits on the core's lock, which its threads hold around SQLite counts.
-        self._started.emit(runtime, history, sent, runtime.status())
+        self._started.emit(runtime, history, sent, status)
 
     @Slot(object, list, list, object)
-    def _core_started(self, runtime: DeviceRuntime, history: list, sent: list, status: DeviceStatus) -> None:
+    def _core_started(self, runtime: RemoteRuntime, history: list, sent: list, status: DeviceStatus) -> None:
         self.runtime = runtime
         self.window.add_messages(history)
         self.window.set_outbox(sent)
@@ -195,8 +227,34 @@ class AppController(QObject):
             return status
         return latest
 
+    @Slot(str)
+    def _core_lost(self, reason: str) -> None:
+        """The core's process died (or broke the protocol): say so in plain words, start a new one."""
+        if self._shutting_down:
+            return
+        now = time.monotonic()
+        recent = now - self._last_loss < 60
+        self._last_loss = now
+        self._restart_delay = min(self._restart_delay * 2, RESTART_DELAYS[1]) if recent else RESTART_DELAYS[0]
+        self.runtime = None
+        message = f"The app's connection stopped unexpectedly; it restarts in {self._restart_delay:.0f} s."
+        self.show_status(
+            DeviceStatus(
+                state=ConnectionState.ERROR,
+                message=message,
+                last_error=reason,
+                log_dir=str(self.config.log_dir),
+            )
+        )
+        QTimer.singleShot(int(self._restart_delay * 1000), self._restart_lost_core)
+
+    def _restart_lost_core(self) -> None:
+        if not self._shutting_down and self.runtime is None:
+            self.bridge.run_command(COMMANDS["start"], self._start_core)
+
     def shutdown(self, timeout: float = 10) -> None:
         """Stop the core and wait for it; the window may already be gone."""
+        self._shutting_down = True
         self.bridge.shutdown()  # the worker is idle from here on: its runtime is ours to stop
         runtime, self._worker_runtime, self.runtime = self._worker_runtime, None, None
         if runtime is not None:
@@ -241,7 +299,7 @@ class AppController(QObject):
 
     # --- from the user ---------------------------------------------------------------------
 
-    def _on_worker(self, command: str, call: Callable[[DeviceRuntime], Any]) -> None:
+    def _on_worker(self, command: str, call: Callable[[RemoteRuntime], Any]) -> None:
         """Run `call` on the bridge's worker with the runtime current *then* (not when queued)."""
 
         def with_runtime() -> None:
@@ -263,7 +321,7 @@ class AppController(QObject):
             self.window.show_send_error("The message was not kept: the app's connection did not start.")
             return
 
-        def send_and_refresh(runtime: DeviceRuntime) -> None:
+        def send_and_refresh(runtime: RemoteRuntime) -> None:
             runtime.send(text, properties or None)
             self.bridge.outbox_changed()
 
@@ -338,6 +396,19 @@ class AppController(QObject):
             except (ConfigError, OSError) as exc:
                 self.window.statusBar().showMessage(f"Do not disturb is on until you quit ({exc}).", 15000)
 
+    def _keep_proxy_password(self, proxy: ProxySetting) -> None:
+        """Settings → Save with a proxy password: into the keyring through the core's process (this process
+        never opens the keyring). A short call on the GUI thread, as the keyring write was before."""
+        from client_app.device.remote import CoreError
+
+        runtime = self.runtime
+        if runtime is None:
+            raise ConfigError("the proxy password could not be kept: the connection is not running yet")
+        try:
+            runtime.store_proxy_password(proxy)
+        except CoreError as exc:
+            raise ConfigError(str(exc)) from None
+
     def _apply_start_at_login(self, on: bool) -> None:
         from client_app.gui.login_start import set_start_at_login
 
@@ -386,23 +457,21 @@ class AppController(QObject):
         def restart() -> None:  # bridge worker thread
             old, self._worker_runtime = self._worker_runtime, None
             if old is not None:
-                old.close()  # stops the core and closes its database
+                old.close()  # the core stops and closes its database; its process ends
             try:
-                from client_app.device.runtime import DeviceRuntime
-
-                runtime = DeviceRuntime(config, self.bridge)
-                runtime.start()
+                runtime = self._new_core(config)  # a new process: the same path as the first start
+                status = runtime.status()
             except Exception as exc:  # Retry then starts afresh instead of using the closed core
-                log.exception("the device core could not restart")
+                log.error("the device core could not restart: %s", exc)
                 self._startFailed.emit(f"The app could not start its connection: {exc}")
                 return
             self._worker_runtime = runtime
-            self._runtimeReplaced.emit(runtime, runtime.status())
+            self._runtimeReplaced.emit(runtime, status)
 
         self.bridge.run_command(COMMANDS["restart"], restart)
 
     @Slot(object, object)
-    def _runtime_replaced(self, runtime: DeviceRuntime, status: DeviceStatus) -> None:
+    def _runtime_replaced(self, runtime: RemoteRuntime, status: DeviceStatus) -> None:
         self.runtime = runtime
         self.show_status(self._newest(status))
         self.refresh_outbox()
@@ -499,38 +568,33 @@ class AppController(QObject):
         self.window.statusBar().showMessage(text, 15000)
 
 
-# Modules the device core imports lazily on its first connection (SDK pipelines, paho, keyring backends).
-# They are imported once, up front, on the bridge's worker right after the window is shown: the window
-# appears without waiting for them, and the core's first connection does not pay for them either.
-_CORE_MODULES = (
-    "azure.iot.device",
-    "azure.iot.device.iothub.pipeline.mqtt_pipeline",
-    "azure.iot.device.provisioning.pipeline.mqtt_pipeline",
-    "paho.mqtt.client",
-    "requests",
-    "secretstorage",
-)
+class _FirstPaint(QObject):
+    """Calls `then` once, after the watched widget's first paint (or after `latest_ms` at the latest)."""
+
+    def __init__(self, widget: QWidget, then: Callable[[], None], latest_ms: int) -> None:
+        super().__init__(widget)
+        self._widget = widget
+        self._then: Callable[[], None] | None = then
+        widget.installEventFilter(self)
+        # A window that never paints (started minimised) still connects. Timers die with this object.
+        QTimer.singleShot(latest_ms, self, self._fire)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self._widget and event.type() == QEvent.Type.Paint and self._then is not None:
+            QTimer.singleShot(0, self, self._fire)  # after this paint has reached the screen
+        return False
+
+    def _fire(self) -> None:
+        then, self._then = self._then, None
+        if then is not None:
+            self._widget.removeEventFilter(self)
+            then()
 
 
-def preload_core_modules() -> None:
-    import importlib
-
-    for name in _CORE_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # an optional backend missing on this platform is fine
-            log.debug("preloading %s failed", name, exc_info=True)
-    try:
-        import keyring.backend
-
-        keyring.backend.get_all_keyring()  # imports every backend module once (cached by keyring)
-    except Exception:
-        log.debug("preloading keyring backends failed", exc_info=True)
-    # A full collection walks every tracked object while holding the GIL: with Qt, the SDK and
-    # cryptography loaded that is 20-70 ms, on whichever thread triggers it. What is loaded by now
-    # lives as long as the app, so move it out of the collector's sight (collected once first).
-    gc.collect()
-    gc.freeze()
+def start_after_first_paint(window: QWidget, start: Callable[[], None], latest_ms: int = 1000) -> None:
+    """Start the core's process once the window has painted: on a cold start (page cache empty) the core's
+    imports then read the disk after the window's files, not in competition with them."""
+    _FirstPaint(window, start, latest_ms)
 
 
 def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
@@ -611,7 +675,7 @@ def run_gui(
     code = 1
     try:
         # Start the core once the window is on screen: first-run steps then show as they happen.
-        controller.start()
+        start_after_first_paint(window, controller.start)
         code = app.exec()
     except Exception:
         log.exception("the app failed")

@@ -1,27 +1,35 @@
 """RuntimeBridge: the only object the device core calls, from its own threads.
 
+The core runs in a process of its own (client_app/core_service.py); RemoteRuntime's reader thread
+makes the same listener calls here that a DeviceRuntime makes in one process.
+
 Its listener methods never touch widgets: they stash the event and post a private signal that
 Qt delivers on the GUI thread (queued connection). There the bridge drains what piled up and
-emits the public signals once, so a burst of 1,000 incoming messages costs a few GUI wake-ups
-and one model insert, not 1,000 repaints.
+emits the public signals once, at most every FLUSH_INTERVAL_MS for messages and status, so a burst
+of 1,000 incoming messages costs a few dozen model inserts and repaints, not 1,000.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 
 from client_app.device.status import DeviceStatus, FirstRunStep, StepOutcome
 
-if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
-    from client_app.device.store import InboxMessage
+if TYPE_CHECKING:
+    from client_app.device.messages import InboxMessage
 
 log = logging.getLogger(__name__)
+
+# Messages and status reach the widgets at most this often (20 per second: still live to a reader, while
+# a burst's repaints stay few enough that the GUI thread is never busy for a whole frame).
+FLUSH_INTERVAL_MS = 50
 
 
 class RuntimeBridge(QObject):
@@ -32,6 +40,7 @@ class RuntimeBridge(QObject):
     messagesArrived = Signal(list)  # list[InboxMessage], oldest first
     outboxChanged = Signal()
     commandFailed = Signal(str, str)  # what was tried, why it failed (plain words)
+    coreLost = Signal(str)  # the core's process died or broke the protocol (plain words)
 
     # Posted from core threads; queued to the bridge's own thread.
     _statusPosted = Signal()
@@ -39,6 +48,7 @@ class RuntimeBridge(QObject):
     _messagesPosted = Signal()
     _outboxPosted = Signal()
     _failurePosted = Signal(str, str)
+    _lostPosted = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -48,11 +58,16 @@ class RuntimeBridge(QObject):
         self._status_posted = False
         self._outbox_posted = False
         queued = Qt.ConnectionType.QueuedConnection
-        self._statusPosted.connect(self._deliver_status, queued)
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.timeout.connect(self._flush)
+        self._last_flush = float("-inf")
+        self._statusPosted.connect(self._schedule_flush, queued)
         self._stepPosted.connect(self.stepChanged, queued)
-        self._messagesPosted.connect(self._deliver_messages, queued)
+        self._messagesPosted.connect(self._schedule_flush, queued)
         self._outboxPosted.connect(self._deliver_outbox, queued)
         self._failurePosted.connect(self.commandFailed, queued)
+        self._lostPosted.connect(self.coreLost, queued)
         # One worker for core calls that may block (disk, keyring, thread joins).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gui-command")
 
@@ -84,6 +99,10 @@ class RuntimeBridge(QObject):
             self._outbox_posted = True
         self._outboxPosted.emit()
 
+    def core_lost(self, reason: str) -> None:
+        """RemoteRuntime's on_lost, on its reader thread."""
+        self._lostPosted.emit(reason)
+
     # --- GUI thread --------------------------------------------------------------------------------
 
     def latest_status(self) -> DeviceStatus | None:
@@ -91,6 +110,18 @@ class RuntimeBridge(QObject):
             return self._latest_status
 
     @Slot()
+    def _schedule_flush(self) -> None:
+        if self._flush_timer.isActive():
+            return  # the flush on its way delivers this too
+        wait_ms = self._last_flush + FLUSH_INTERVAL_MS - time.monotonic() * 1000
+        self._flush_timer.start(int(max(0.0, wait_ms)))
+
+    @Slot()
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic() * 1000
+        self._deliver_messages()
+        self._deliver_status()
+
     def _deliver_status(self) -> None:
         with self._lock:
             status = self._latest_status
@@ -98,7 +129,6 @@ class RuntimeBridge(QObject):
         if status is not None:
             self.statusChanged.emit(status)
 
-    @Slot()
     def _deliver_messages(self) -> None:
         with self._lock:
             batch, self._pending_messages = self._pending_messages, []

@@ -27,8 +27,8 @@ from PySide6.QtWidgets import (
 
 from client_app.gui.models import InboxModel, format_properties
 
-if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
-    from client_app.device.store import InboxMessage
+if TYPE_CHECKING:
+    from client_app.device.messages import InboxMessage
 
 TITLE = "Messages from the cloud"
 

@@ -41,8 +41,8 @@ from client_app.gui.models import InboxModel, OutboxModel, format_properties
 from client_app.gui.status_banner import StatusBanner
 from client_app.gui.status_text import describe, send_hint
 
-if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
-    from client_app.device.store import InboxMessage, OutboxMessage
+if TYPE_CHECKING:
+    from client_app.device.messages import InboxMessage, OutboxMessage
 
 MAX_MESSAGE_CHARS = 4096
 DEFAULT_SIZE = (860, 620)
@@ -310,7 +310,7 @@ class MainWindow(QMainWindow):
 
     def show_send_error(self, text: str) -> None:
         self.send_hint.setText(text)
-        self.send_hint.setStyleSheet("color: #c9362c;")
+        self._send_hint_colour("#c9362c")
 
     # --- behaviour -------------------------------------------------------------------------
 
@@ -324,8 +324,13 @@ class MainWindow(QMainWindow):
             self.setting_up = False
 
     def _update_send_hint(self) -> None:
-        self.send_hint.setStyleSheet("color: palette(placeholder-text);")
+        self._send_hint_colour("palette(placeholder-text)")
         self.send_hint.setText(send_hint(self._status))
+
+    def _send_hint_colour(self, colour: str) -> None:
+        style = f"color: {colour};"
+        if self.send_hint.styleSheet() != style:  # a new style sheet re-polishes the widget: not per status
+            self.send_hint.setStyleSheet(style)
 
     def _send_clicked(self) -> None:
         text = self.message_edit.text().strip()

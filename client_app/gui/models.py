@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
-if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
-    from client_app.device.store import InboxMessage, OutboxMessage
+if TYPE_CHECKING:
+    from client_app.device.messages import InboxMessage, OutboxMessage
 
 
 Index = QModelIndex | QPersistentModelIndex
@@ -86,6 +86,7 @@ class InboxModel(_MessageTable["InboxMessage"]):
         super().__init__(parent)
         self._read: dict[Any, bool] = {}  # id -> read, as changed in this session (the core keeps the truth)
         self._ids: set[Any] = set()
+        self._unread = 0  # kept as rows change: asked after every batch, never counted over all rows
         self._max_rows = max_rows
         self._bold = QFont()
         self._bold.setBold(True)
@@ -98,6 +99,7 @@ class InboxModel(_MessageTable["InboxMessage"]):
         if not fresh:
             return 0
         fresh.sort(key=_arrival_order, reverse=True)
+        self._unread += sum(1 for m in fresh if self.is_unread(m))
         if self._rows and _arrival_order(fresh[-1]) < _arrival_order(self._rows[0]):
             # Older than what is shown (initial load racing live delivery): place by time.
             self.beginResetModel()
@@ -119,6 +121,7 @@ class InboxModel(_MessageTable["InboxMessage"]):
             self.beginRemoveRows(_ROOT, first, len(self._rows) - 1)
             for message in self._rows[first:]:
                 self._ids.discard(message.id)
+                self._unread -= self.is_unread(message)
             del self._rows[first:]
             self.endRemoveRows()
 
@@ -134,6 +137,7 @@ class InboxModel(_MessageTable["InboxMessage"]):
             if 0 <= row < len(self._rows) and self.is_unread(self._rows[row]) == read:
                 message = self._rows[row]
                 self._read[message.id] = read
+                self._unread += -1 if read else 1
                 changed.append(message)
                 self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
         return changed
@@ -142,6 +146,7 @@ class InboxModel(_MessageTable["InboxMessage"]):
         changed = [m for m in self._rows if self.is_unread(m)]
         for message in changed:
             self._read[message.id] = True
+        self._unread -= len(changed)
         if changed:
             self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(self.COLUMNS) - 1))
         return changed
@@ -153,7 +158,7 @@ class InboxModel(_MessageTable["InboxMessage"]):
         return not self._read.get(message.id, message.read)
 
     def unread_count(self) -> int:
-        return sum(1 for m in self._rows if self.is_unread(m))
+        return self._unread
 
     def cell(self, message: InboxMessage, column: int, role: int) -> Any:
         unread = self.is_unread(message)

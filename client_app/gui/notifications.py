@@ -14,8 +14,8 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from client_app.gui.tray import StatusTray
 
-if TYPE_CHECKING:  # the store imports cryptography: not needed to show the window
-    from client_app.device.store import InboxMessage
+if TYPE_CHECKING:
+    from client_app.device.messages import InboxMessage
 
 PREVIEW_CHARS = 160
 MIN_SECONDS_BETWEEN = 5.0

@@ -5,9 +5,9 @@ Named after the data directory, so test instances and a demo instance never meet
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
+import zlib
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -20,9 +20,11 @@ _CONNECT_TIMEOUT_MS = 500
 
 
 def server_name(data_dir: Path) -> str:
-    digest = hashlib.sha256(str(Path(data_dir).expanduser().resolve()).encode()).hexdigest()[:16]
+    # Not hashlib: importing it loads OpenSSL's libcrypto (4 MB read from disk on a cold start) before the
+    # window. A name, not a secret: two checksums of the path tell one user's data directories apart.
+    path = str(Path(data_dir).expanduser().resolve()).encode()
     # Short: on Unix it becomes a socket path, which has a ~100 character limit.
-    return f"client-app-{digest}"
+    return f"client-app-{zlib.crc32(path):08x}{zlib.adler32(path):08x}"
 
 
 class SingleInstance(QObject):

@@ -22,6 +22,7 @@ def _collect_sdk_garbage(request: pytest.FixtureRequest) -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+    gc.freeze()  # what survived is live: later collections scan only what later tests make
 
 
 def _uses_fixtures(request: pytest.FixtureRequest) -> bool:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from client_app import allocation_webhook as webhook
 from client_app.cloud.dps.allocation import allocation_request
+from client_app.cloud.service.client import ServiceError
 from client_app.pki import CertificateAuthority, generate_key, load_certificates, self_certifying_id
 from client_app.pki.names import registration_payload
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, provisioning_client, wait_for
@@ -156,12 +157,12 @@ def test_shipped_webhook_through_the_local_dps(local_cloud, cloud_api, enrolled_
         result = register_with(info, victim, registration_payload(leaf_of(victim)))
         assert result.status == "assigned"
         assert result.registration_state.assigned_hub == info.hub_hostname
-        bound = cloud_api.call("GET", f"/devices/{victim.registration_id}")["authentication"]
+        bound = cloud_api.device(victim.registration_id)["authentication"]
         attacker = mint_takeover(enrolled_ca.bundle_path, victim.registration_id, tmp_path / "attacker")
         for payload_leaf in (leaf_of(attacker), leaf_of(victim), None):  # its own, the victim's, none
             payload = registration_payload(payload_leaf) if payload_leaf is not None else None
             assert webhook_refused(dps_answer(info, attacker, payload=payload))
-        assert cloud_api.call("GET", f"/devices/{victim.registration_id}")["authentication"] == bound
+        assert cloud_api.device(victim.registration_id)["authentication"] == bound
         assert register_with(info, victim, registration_payload(leaf_of(victim))).status == "assigned"
 
 
@@ -204,7 +205,7 @@ def test_local_dps_sends_azures_request_and_uses_the_response(local_cloud, cloud
     assert "currentIotHubHostName" not in context
     assert again["body"]["deviceRuntimeContext"]["currentIotHubHostName"] == info.hub_hostname
     assert again["body"]["deviceRuntimeContext"]["currentDeviceId"] == device.registration_id
-    twin = cloud_api.call("GET", f"/twins/{device.registration_id}")
+    twin = cloud_api.twin(device.registration_id)
     assert twin["tags"] == {"division": "toasters"}
     assert twin["properties"]["desired"]["mode"] == "a"
 
@@ -235,7 +236,7 @@ def test_failing_webhooks_refuse(local_cloud, cloud_api, enrolled_ca, tmp_path):
         for handler in handlers:
             refused(f"{base}/{handler.__name__}")
     refused(f"{base}/gone")  # nobody listens any more
-    assert cloud_api.call("GET", "/devices")["value"] == []
+    assert cloud_api.devices() == []
 
 
 def test_webhook_urls_are_loopback_literals(cloud_api, enrolled_ca):
@@ -246,14 +247,9 @@ def test_webhook_urls_are_loopback_literals(cloud_api, enrolled_ca):
         "http://localhost:7071/api/x",
         "ftp://127.0.0.1/x",
     ):
-        response = cloud_api.put(
-            f"/enrollmentGroups/{enrolled_ca.group_id}",
-            json={
-                "attestation": {"type": "x509", "x509": {"caReferences": {"primary": enrolled_ca.ca_name}}},
-                **custom_allocation(url),
-            },
-        )
-        assert response.status_code == 400 and "loopback" in response.text
+        with pytest.raises(ServiceError) as refused:
+            configure_group(cloud_api, enrolled_ca, **custom_allocation(url))
+        assert refused.value.status == 400 and "loopback" in refused.value.message
     group = configure_group(cloud_api, enrolled_ca, **custom_allocation("http://127.0.0.2:9/api/x"))
     assert group["customAllocationDefinition"] == {
         "webhookUrl": "http://127.0.0.2:9/api/x",

@@ -14,6 +14,7 @@ from azure.iot.device import Message
 from click.testing import CliRunner
 
 from client_app.cloud.cli import cli
+from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.cloud.store import partition_of
 from tests.cloud.amqp_helpers import EventCollector, connected_device, hub_connection_string
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, wait_for
@@ -50,6 +51,13 @@ def test_send_refusals_are_one_line(local_cloud):
     code, _, err = _cli("--hub-connection-string", bad, "send", "nobody", "x",
                         env={"SSL_CERT_FILE": local_cloud.info.server_ca_pem})  # fmt: skip
     assert code == 1 and "signature is not valid" in err
+
+
+def test_send_without_the_amqp_endpoint_says_so(tmp_path):
+    """C2D is AMQP only (as in Azure): a local cloud started with --no-amqp refuses it in one line."""
+    with start_in_thread(CloudSettings(data_dir=tmp_path / "cloud", amqp=False)) as cloud:
+        code, _, err = _cli("--data", str(cloud.data_dir), "send", "nobody", "x")
+    assert code == 1 and "--no-amqp" in err and len(err.strip().splitlines()) == 1
 
 
 def test_telemetry_follow_reads_the_event_hubs_endpoint(local_cloud, enrolled_ca, tmp_path):

@@ -95,8 +95,10 @@ def test_c2d_refusals_unknown_device_oversize_and_queue_full(local_cloud, cloud_
             registry.send_c2d_message("c2d-amqp-03", "one too many")
     finally:
         registry.amqp_svc_client.disconnect_sync()
-    queued = cloud_api.call("GET", "/devices/c2d-amqp-03/messages/deviceBound")["value"]
-    assert [m["body"] for m in queued] == [f"m{n}" for n in range(50)]
+    assert cloud_api.device("c2d-amqp-03")["cloudToDeviceMessageCount"] == 50
+    with connected_device(local_cloud, enrolled_ca.issuing, "c2d-amqp-03", tmp_path, device.files) as again:
+        wait_for(lambda: len(again.received) == 50, what="the 50 queued messages")
+    assert [m.data.decode() for m in again.received] == [f"m{n}" for n in range(50)]
 
 
 def _send_telemetry(device, texts, **properties):

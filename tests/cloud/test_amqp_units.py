@@ -132,6 +132,9 @@ def test_c2d_request_maps_properties_ack_and_expiry():
     assert request.options["ack"] == "positive" and request.options["properties"] == {"n": "5"}
     assert request.options["ttl_seconds"] == pytest.approx(30)
     assert (request.options["message_id"], request.options["correlation_id"]) == ("m1", "c1")
+    assert (request.options["content_type"], request.options["content_encoding"]) == ("text/plain", None)
+    plain = c2d_request(Message(body=b"x", address="/devices/a/messages/devicebound"))  # none sent: none kept
+    assert (plain.options["content_type"], plain.options["content_encoding"]) == (None, None)
     with pytest.raises(C2dRefused, match="devicebound"):
         c2d_request(Message(body=b"x", address="/devices/a/messages/events"))
 

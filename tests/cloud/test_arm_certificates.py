@@ -61,8 +61,7 @@ def test_certificate_flow_with_the_mgmt_sdk(local_cloud, cloud_api, dps_client, 
     assert [c.name for c in dps_client.list(*where).value] == ["arm-root"]
 
     issuing = root.intermediate("arm Issuing CA", path_length=0)
-    group = {"attestation": {"type": "x509", "x509": {"caReferences": {"primary": "arm-root"}}}}
-    cloud_api.call("PUT", "/enrollmentGroups/arm-group", json=group)
+    cloud_api.create_group("arm-group", "arm-root")
     assert register(local_cloud.info, issue_device_files(issuing, "arm-01", tmp_path)).status == "assigned"
 
     with pytest.raises(HttpResponseError) as missing:

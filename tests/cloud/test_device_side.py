@@ -62,7 +62,7 @@ def test_retain_becomes_a_property_and_a_lost_connection_sends_its_will(
         wait_for(lambda: "will-01" in local_cloud.cloud.hub._online, what="hub connection")
         assert local_cloud.cloud.drop_connection("will-01")
         assert raw.disconnected.wait(10)
-    messages = wait_for(lambda: (m := cloud_api.call("GET", "/telemetry")["value"]) and len(m) == 2 and m,
+    messages = wait_for(lambda: (m := cloud_api.telemetry()) and len(m) == 2 and m,
                         what="retained message and Will")  # fmt: skip
     retained, will = messages
     assert (retained["body"], retained["properties"]) == ("kept?", {"mqtt-retain": "true"})
@@ -113,7 +113,7 @@ def test_python_sdk_over_websockets(local_cloud, cloud_api, enrolled_ca, tmp_pat
         assert client.get_twin()["reported"]["transport"] == "websockets"
     finally:
         client.shutdown()
-    assert cloud_api.call("GET", "/telemetry")["value"][0]["body"] == "over websockets"
+    assert cloud_api.telemetry()[0]["body"] == "over websockets"
     assert caplog.text.count("connected over WebSockets") == 2  # DPS, then the hub
 
 
@@ -151,5 +151,5 @@ def test_direct_listeners_for_other_clients(tmp_path):
                 client.send_message(f"websockets={websockets}")
             finally:
                 client.shutdown()
-        bodies = [m["body"] for m in api.call("GET", "/telemetry")["value"]]
+        bodies = [m["body"] for m in api.telemetry()]
         assert bodies == ["websockets=True", "websockets=False"]

@@ -9,6 +9,7 @@ import pytest
 
 from client_app.cloud.errors import CloudError
 from client_app.cloud.hub.limits import check_initial_twin, check_twin
+from client_app.cloud.service.client import ServiceError
 from tests.cloud.sdk import RawDevice, register, wait_for
 from tests.fixtures.cloud import issue_device_files
 
@@ -92,18 +93,20 @@ def test_mqtt_reported_patch_beyond_the_limits_is_refused_and_nothing_stored(
             wait_for(lambda n=n: len(raw.messages) > n, what=f"answer to patch {n}")
             assert raw.messages[n][0].startswith(f"$iothub/twin/res/{status}/?$rid={n}")
         assert not raw.disconnected.is_set()
-    twin = cloud_api.call("GET", "/twins/deep-01")
+    twin = cloud_api.twin("deep-01")
     assert twin["properties"]["reported"] == {**nested(10), "$version": 2}
 
 
 def test_desired_patch_and_initial_twin_beyond_the_limits_are_refused(local_cloud, cloud_api, enrolled_ca,
                                                                       tmp_path):  # fmt: skip
     register(local_cloud.info, issue_device_files(enrolled_ca.issuing, "deep-02", tmp_path))
-    deep = cloud_api.patch("/twins/deep-02", json={"properties": {"desired": nested(300)}})
-    assert (deep.status_code, deep.json()["errorCode"]) == (400, 400004), deep.text
-    assert cloud_api.call("GET", "/twins/deep-02")["properties"]["desired"] == {"$version": 1}
-    group = cloud_api.call("GET", "/enrollmentGroups/test-group")
+    with pytest.raises(ServiceError) as deep:
+        cloud_api.update_twin("deep-02", {"properties": {"desired": nested(300)}})
+    assert (deep.value.status, deep.value.code) == (400, 400004), deep.value
+    assert cloud_api.twin("deep-02")["properties"]["desired"] == {"$version": 1}
+    group = cloud_api.group("test-group")
     group["initialTwin"] = {"properties": {"desired": nested(300)}}
-    response = cloud_api.put("/enrollmentGroups/test-group", json=group)
-    assert (response.status_code, response.json()["errorCode"]) == (400, 400004), response.text
-    assert cloud_api.call("GET", "/enrollmentGroups")["value"]  # the list still reads
+    with pytest.raises(ServiceError) as refused:
+        cloud_api.replace_group(group)
+    assert (refused.value.status, refused.value.code) == (400, 400004), refused.value
+    assert cloud_api.groups()  # the list still reads

@@ -14,7 +14,7 @@ import pytest
 from azure.iot.device import MethodResponse
 
 from client_app.cloud.server import RunningCloud
-from client_app.pki import CertificateAuthority
+from client_app.pki import CertificateAuthority, certificate_to_pem, sha1_thumbprint, sha256_thumbprint
 from tests.cloud.sdk import hub_client, register, wait_for
 from tests.fixtures.cloud import enroll_root, issue_device_files
 from tests.fixtures.node import NODE_DIR
@@ -83,3 +83,33 @@ def test_node_provisioning_service(local_cloud, cloud_api, enrolled_ca, tmp_path
     blocked = issue_device_files(enrolled_ca.issuing, "node-blocked", tmp_path)
     with pytest.raises(Exception):  # noqa: B017 - the SDK's refusal type varies; the point is "refused"
         register(local_cloud.info, blocked)
+
+
+def test_node_signing_certificates_group(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """azure-iot-provisioning-service creates a group on a release's intermediate PEM (signingCertificates);
+    DPS answers with the certificate's info, never the PEM; a real device of that release provisions through
+    it (the group nearest the leaf, not the root's)."""
+    release = enrolled_ca.root.intermediate("node release", path_length=0)
+    cert = release.certificate
+    result = run_node(
+        local_cloud, "signing", GROUP_ID="node-signing", SIGNING_PEM=certificate_to_pem(cert).decode()
+    )
+    info = {
+        "subjectName": "CN=node release",
+        "sha1Thumbprint": sha1_thumbprint(cert),
+        "sha256Thumbprint": sha256_thumbprint(cert),
+        "issuerName": "CN=test Root CA",
+        "notBeforeUtc": cert.not_valid_before_utc.isoformat().replace("+00:00", "Z"),
+        "notAfterUtc": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
+        "serialNumber": cert.serial_number.to_bytes(20, "big").lstrip(b"\0").hex().upper(),
+        "version": 3,
+    }
+    assert result["created"] == result["fetched"] == result["queried"] == {"primary": {"info": info}}
+    assert result["bad"]["status"] == 400
+    assert result["bad"]["body"]["errorCode"] == 400005
+    assert {"trackingId", "message", "timestampUtc"} <= result["bad"]["body"].keys()
+    assert result["toggled"] == ["disabled", "enabled", info["sha256Thumbprint"]]
+
+    files = issue_device_files(release, "node-signed", tmp_path)
+    assert register(local_cloud.info, files).status == "assigned"
+    assert cloud_api.registration("node-signed")["x509"]["enrollmentGroupId"] == "node-signing"

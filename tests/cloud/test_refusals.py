@@ -13,16 +13,25 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from azure.core.exceptions import HttpResponseError
 from azure.iot.device import Message
 from azure.iot.device.exceptions import CredentialError
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from client_app.cloud.amqp.operator import OperatorError
 from client_app.cloud.mqtt import packets as p
+from client_app.cloud.service.client import ServiceError
 from client_app.pki import CertificateAuthority, KeyType, certificate_to_pem, generate_key
 from tests.cloud.mqtt.conftest import RawClient
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, RawDevice, dps_refusal, hub_client, register, wait_for
-from tests.fixtures.cloud import DeviceFiles, enroll_root, issue_device_files, write_device_files
+from tests.fixtures.cloud import (
+    DeviceFiles,
+    enroll_root,
+    issue_device_files,
+    local_only_api,
+    write_device_files,
+)
 
 pytestmark = PAHO_SOCKET_LEAKS
 
@@ -52,18 +61,14 @@ def custom_leaf(ca: CertificateAuthority, cn: str, directory: Path, *, is_ca: bo
 
 
 def _devices(api: Any) -> list[str]:
-    return [d["deviceId"] for d in api.call("GET", "/devices")["value"]]
+    return [d["deviceId"] for d in api.devices()]
 
 
 def test_chain_refusals_at_dps(local_cloud, cloud_api, enrolled_ca, tmp_path):
     info = local_cloud.info
     # An uploaded but unverified CA: TLS accepts it (trust is a superset), DPS answers 401.
     unverified = CertificateAuthority.root("unverified Root")
-    cloud_api.call(
-        "PUT",
-        "/certificates/unverified",
-        json={"certificate": certificate_to_pem(unverified.certificate).decode()},
-    )
+    cloud_api.certificates.upload("unverified", certificate_to_pem(unverified.certificate))
     assert "401" in dps_refusal(info, issue_device_files(unverified, "unverified-01", tmp_path))
     # Registration ID differs from the certificate CN.
     assert "401" in dps_refusal(
@@ -89,14 +94,13 @@ def test_group_disable_and_device_block(local_cloud, cloud_api, enrolled_ca, tmp
     info = local_cloud.info
     blocked = issue_device_files(enrolled_ca.issuing, "blocked-01", tmp_path)
     other = issue_device_files(enrolled_ca.issuing, "other-01", tmp_path)
-    group = cloud_api.call("GET", "/enrollmentGroups/test-group")
-    cloud_api.call("PUT", "/enrollmentGroups/test-group", json={**group, "provisioningStatus": "disabled"})
+    cloud_api.set_group_status("test-group", False)
     assert "invalid registration status" in dps_refusal(info, other)
-    cloud_api.call("PUT", "/enrollmentGroups/test-group", json={**group, "provisioningStatus": "enabled"})
-    cloud_api.call("PUT", "/enrollments/blocked-01", json={"provisioningStatus": "disabled"})
+    cloud_api.set_group_status("test-group", True)
+    cloud_api.put_enrollment("blocked-01", enabled=False)
     assert "invalid registration status" in dps_refusal(info, blocked)
     assert register(info, other).status == "assigned"
-    cloud_api.call("DELETE", "/enrollments/blocked-01")  # unblocked: falls back to the group
+    cloud_api.delete_enrollment("blocked-01")  # unblocked: falls back to the group
     assert register(info, blocked).status == "assigned"
 
 
@@ -104,17 +108,18 @@ def test_hub_refuses_disabled_device_and_unknown_certificate(local_cloud, cloud_
     info = local_cloud.info
     files = issue_device_files(enrolled_ca.issuing, "hub-01", tmp_path / "a")
     register(info, files)
-    client = hub_client(info, files)
+    # No automatic reconnect: a retry racing the shutdown makes the SDK's disconnect raise NoConnectionError.
+    client = hub_client(info, files, connection_retry=False)
     try:
         client.connect()
-        cloud_api.call("PUT", "/devices/hub-01", json={"status": "disabled"})
-        wait_for(lambda: cloud_api.call("GET", "/devices/hub-01")["connectionState"] == "Disconnected",
+        cloud_api.set_device_status("hub-01", False)
+        wait_for(lambda: cloud_api.device("hub-01")["connectionState"] == "Disconnected",
                  what="disabled device dropped")  # fmt: skip
     finally:
         client.shutdown()
     for candidate in (files, issue_device_files(enrolled_ca.issuing, "hub-01", tmp_path / "b")):
         if candidate is not files:  # a renewed certificate that was never registered: wrong thumbprint
-            cloud_api.call("PUT", "/devices/hub-01", json={"status": "enabled"})
+            cloud_api.set_device_status("hub-01", True)
         client = hub_client(info, candidate)
         try:
             with pytest.raises(CredentialError):
@@ -128,33 +133,32 @@ def test_limits_and_methods(local_cloud, cloud_api, enrolled_ca, tmp_path):
     files = issue_device_files(enrolled_ca.issuing, "lim-01", tmp_path)
     register(info, files)
     register(info, issue_device_files(enrolled_ca.issuing, "lim-02", tmp_path))
-    too_big = cloud_api.post("/devices/lim-01/messages/deviceBound", json={"body": "x" * (64 * 1024 + 1)})
-    assert (too_big.status_code, too_big.json()["errorCode"]) == (413, 413001)
+    # C2D over AMQP: IoT Hub's 413001 and 403004 arrive as the AMQP conditions the SDKs translate.
+    with pytest.raises(OperatorError, match="amqp:link:message-size-exceeded"):
+        cloud_api.send_c2d("lim-01", "x" * (64 * 1024 + 1))
     # 30 KB of properties, 90 KB once percent-encoded: counted as sent, so it cannot block the queue.
-    encoded = cloud_api.post("/devices/lim-01/messages/deviceBound",
-                             json={"body": "x", "properties": {"path": "/" * 30_000}})  # fmt: skip
-    assert (encoded.status_code, encoded.json()["errorCode"]) == (413, 413001)
-    huge = cloud_api.put("/certificates/huge", json={"certificate": "x" * (2 << 20)})
-    assert (huge.status_code, huge.json()["errorCode"]) == (413, 413001)  # refused before it is parsed
+    with pytest.raises(OperatorError, match="amqp:link:message-size-exceeded"):
+        cloud_api.send_c2d("lim-01", "x", properties={"path": "/" * 30_000})
+    with pytest.raises(HttpResponseError) as huge:
+        cloud_api.certificates.upload("huge", b"x" * (2 << 20))
+    assert huge.value.status_code == 413  # refused before it is parsed
     for i in range(50):
-        cloud_api.call("POST", "/devices/lim-01/messages/deviceBound", json={"body": str(i)})
-    full = cloud_api.post("/devices/lim-01/messages/deviceBound", json={"body": "51"})
-    assert (full.status_code, full.json()["errorCode"]) == (403, 403004)
-    short = cloud_api.call(
-        "POST", "/devices/lim-02/messages/deviceBound", json={"body": "x", "ttlSeconds": 0.1}
-    )
-    wait_for(lambda: cloud_api.call("GET", "/devices/lim-02/messages/deviceBound")["value"] == [],
-             what=f"expiry of {short['messageId']}")  # fmt: skip
-    offline = cloud_api.post("/twins/lim-01/methods", json={"methodName": "x"})
-    assert (offline.status_code, offline.json()["errorCode"]) == (404, 404103)
+        cloud_api.send_c2d("lim-01", str(i))
+    with pytest.raises(OperatorError, match="amqp:resource-limit-exceeded"):
+        cloud_api.send_c2d("lim-01", "51")
+    short = cloud_api.send_c2d("lim-02", "x", ttl_seconds=0.1)
+    wait_for(lambda: cloud_api.device("lim-02")["cloudToDeviceMessageCount"] == 0,
+             what=f"expiry of {short}")  # fmt: skip
+    with pytest.raises(ServiceError) as offline:
+        cloud_api.invoke("lim-01", "x")
+    assert (offline.value.status, offline.value.code) == (404, 404103)
 
     client = hub_client(info, files)
     try:
         client.on_method_request_received = lambda request: None  # never answers
-        late = cloud_api.post(
-            "/twins/lim-01/methods", json={"methodName": "x", "responseTimeoutInSeconds": 0.3}
-        )
-        assert (late.status_code, late.json()["errorCode"]) == (504, 504101)
+        with pytest.raises(ServiceError) as late:
+            cloud_api.invoke("lim-01", "x", timeout=5)  # Azure's shortest method timeout
+        assert (late.value.status, late.value.code) == (504, 504101)
         with pytest.raises(ValueError):  # the SDK itself refuses > 256 KB
             client.send_message(Message("x" * (256 * 1024 + 1)))
     finally:
@@ -205,60 +209,59 @@ def test_protocol_misuse_is_refused_and_closed(local_cloud, cloud_api, enrolled_
         wait_for(lambda: raw.messages, what="twin GET answer")
     with RawDevice(info, files) as raw:
         assert raw.session_present is False
-    stored = cloud_api.call("GET", "/telemetry")["value"]
+    stored = cloud_api.telemetry()
     assert [m["body"] for m in stored] == ["still here"]
     with RawDevice(info, issue_device_files(enrolled_ca.issuing, "victim-01", tmp_path / "x")) as raw:
         assert raw.connack == 5  # not the registered certificate
 
 
 def test_api_refusals(local_cloud, cloud_api, enrolled_ca):
-    schema = httpx.get(local_cloud.info.api_url + "/openapi.json").json()
-    assert {"/certificates/{name}/verify", "/twins/{device_id}/methods", "/telemetry"} <= set(schema["paths"])
-    anonymous = httpx.get(local_cloud.info.api_url + "/devices")
-    assert (anonymous.status_code, anonymous.json()["errorCode"]) == (401, 401001)
-    bad: list[tuple[str, str, Any, int]] = [
-        ("PUT", "/certificates/x", "not json", 400),
-        ("PUT", "/certificates/x", {"certificate": "garbage"}, 400),
-        ("PUT", "/certificates/bad name", {"certificate": "x"}, 400),
-        ("GET", "/devices/nobody", None, 404),
-        ("GET", "/telemetry?after=99999999999999999999", None, 400),  # past SQLite's integers
-        (
-            "PUT",
-            "/enrollmentGroups/g2",
-            {"attestation": {"x509": {"caReferences": {"primary": "none"}}}},
-            404,
-        ),
-        ("PUT", "/enrollments/bad!id", {}, 400),
-        ("PATCH", "/twins/nobody", {"properties": {"desired": {}}}, 404),
-        ("POST", "/twins/nobody/methods", {"methodName": ""}, 400),
-        ("DELETE", "/certificates/nothing", None, 404),
-        ("POST", "/certificates/test-root/verify", {"certificate": "x"}, 400),
+    """The operator's refusals on Azure's shapes: ARM certificates (HttpResponseError), the IoT Hub and DPS
+    service APIs (ServiceError with Azure's codes); and the local-only API's token and parameters."""
+    with local_only_api(local_cloud.info) as local:
+        schema = httpx.get(local_cloud.info.api_url + "/openapi.json").json()
+        assert set(schema["paths"]) == {"/telemetry", "/consumerGroups", "/consumerGroups/{name}"}
+        anonymous = httpx.get(local_cloud.info.api_url + "/telemetry")
+        assert (anonymous.status_code, anonymous.json()["errorCode"]) == (401, 401001)
+        past_sqlite = local.get("/telemetry", params={"after": "99999999999999999999"})
+        assert past_sqlite.status_code == 400 and past_sqlite.json()["message"]
+
+    arm = cloud_api.certificates
+    for name, pem in (("x", b"garbage"), ("bad name", b"x")):
+        with pytest.raises(HttpResponseError) as refused:
+            arm.upload(name, pem)
+        assert refused.value.status_code == 400, name
+    with pytest.raises(HttpResponseError) as missing:
+        arm.delete("nothing")
+    assert missing.value.status_code == 404
+    with pytest.raises(HttpResponseError) as garbage_proof:
+        arm.verify("test-root", "x")
+    assert garbage_proof.value.status_code == 400
+
+    refusals: list[tuple[Any, int]] = [
+        (lambda: cloud_api.device("nobody"), 404),
+        (lambda: cloud_api.create_group("g2", "none"), 404),
+        (lambda: cloud_api.put_enrollment("bad!id", enabled=True), 400),
+        (lambda: cloud_api.update_twin("nobody", {"properties": {"desired": {}}}), 404),
+        (lambda: cloud_api.invoke("nobody", ""), 400),
     ]
-    for method, url, body, status in bad:
-        kwargs = {"content": body} if isinstance(body, str) else {"json": body}
-        response = cloud_api.request(method, url, **kwargs)
-        assert response.status_code == status, (method, url, response.text)
-        assert response.json()["message"]
-    json_type = {"Content-Type": "application/json"}
-    not_json = cloud_api.put("/certificates/x", content="not json", headers=json_type).json()["message"]
-    assert not_json == "invalid request: the body is not JSON (Expecting value)"
+    for call, status in refusals:
+        with pytest.raises(ServiceError) as refused:
+            call()
+        assert refused.value.status == status and refused.value.message, refused.value
 
     # Proof of possession: wrong CN, then right CN but signed by another key.
     other = CertificateAuthority.root("second Root")
     enroll_root(cloud_api, other, "second", group_id=None)
-    cloud_api.call(
-        "PUT", "/certificates/third", json={"certificate": certificate_to_pem(other.certificate).decode()}
-    )
-    code = cloud_api.call("POST", "/certificates/third/generateVerificationCode")["properties"][
-        "verificationCode"
-    ]
+    arm.upload("third", certificate_to_pem(other.certificate))
+    code = arm.verification_code("third").properties.verification_code
     for proof in (other.issue_verification("WRONG")[0], enrolled_ca.root.issue_verification(code)[0]):
-        response = cloud_api.post(
-            "/certificates/third/verify", json={"certificate": certificate_to_pem(proof).decode()}
-        )
-        assert response.status_code == 400, response.text
-    group = {"attestation": {"x509": {"caReferences": {"primary": "third"}}}}
-    assert cloud_api.put("/enrollmentGroups/g3", json=group).status_code == 400  # unverified CA
+        with pytest.raises(HttpResponseError) as refused:
+            arm.verify("third", certificate_to_pem(proof).decode())
+        assert refused.value.status_code == 400
+    with pytest.raises(ServiceError) as unverified:
+        cloud_api.create_group("g3", "third")
+    assert unverified.value.status == 400
 
 
 def test_dps_protocol_misuse(local_cloud, enrolled_ca, tmp_path):

@@ -11,6 +11,8 @@ from azure.iot.device.exceptions import ClientError, CredentialError
 from click.testing import CliRunner
 
 from client_app.cloud.cli import cli
+from client_app.cloud.service.client import ServiceClient
+from client_app.cloud.service.revoke import revoke_signer
 from client_app.pki import certificate_to_pem, sha256_thumbprint
 from tests.cloud.sdk import PAHO_SOCKET_LEAKS, hub_client, register
 from tests.fixtures.cloud import issue_device_files
@@ -26,7 +28,7 @@ def _report_issuer(info, files, issuer) -> None:
 
 
 @PAHO_SOCKET_LEAKS
-def test_revoke_one_release(local_cloud, enrolled_ca, tmp_path):
+def test_revoke_one_release(local_cloud, cloud_api, enrolled_ca, tmp_path):
     info = local_cloud.info
     release_a = enrolled_ca.root.intermediate("release A", path_length=0)
     release_b = enrolled_ca.root.intermediate("release B", path_length=0)
@@ -44,6 +46,13 @@ def test_revoke_one_release(local_cloud, enrolled_ca, tmp_path):
 
     api = local_cloud.cloud.hub
     assert api.device("a-01")["status"] == "disabled" and api.device("b-01")["status"] == "enabled"
+    # a disabled group holding the intermediate (signingCertificates)
+    (group,) = [g for g in cloud_api.groups() if g["enrollmentGroupId"] != enrolled_ca.group_id]
+    info_a = group["attestation"]["x509"]["signingCertificates"]["primary"]["info"]
+    assert (group["provisioningStatus"], info_a["sha256Thumbprint"]) == (
+        "disabled",
+        sha256_thumbprint(release_a.certificate),
+    )
     with pytest.raises((ClientError, CredentialError)):  # release A: refused by its disabled group
         register(info, issue_device_files(release_a, "a-02", tmp_path))
     assert register(info, issue_device_files(release_b, "b-02", tmp_path)).status == "assigned"
@@ -55,6 +64,32 @@ def test_revoke_one_release(local_cloud, enrolled_ca, tmp_path):
         [],
         ["a-01"],
     )
+
+
+@PAHO_SOCKET_LEAKS
+def test_revoke_with_connection_strings_only(local_cloud, cloud_api, enrolled_ca, tmp_path):
+    """No ARM certificate access (as with only a DPS connection string against Azure): an existing enabled
+    group on the release's intermediate is disabled, and the release's hub devices with it."""
+    info = local_cloud.info
+    release = enrolled_ca.root.intermediate("release C", path_length=0)
+    cloud_api.create_group("release-c", signing_certificate=certificate_to_pem(release.certificate))
+    files = issue_device_files(release, "c-01", tmp_path)
+    register(info, files)
+    _report_issuer(info, files, release)
+    with ServiceClient(
+        info.iothub_connection_string, info.dps_connection_string, ca_file=info.server_ca_pem
+    ) as plain:
+        assert plain.certificates is None
+        result = revoke_signer(plain, release.certificate)
+        assert (result.group_id, result.group_created, result.disabled, result.left) == (
+            "release-c",
+            False,
+            ["c-01"],
+            0,
+        )
+        assert plain.group("release-c")["provisioningStatus"] == "disabled"
+    with pytest.raises((ClientError, CredentialError)):
+        register(info, issue_device_files(release, "c-02", tmp_path))
 
 
 def test_revoke_signer_bad_file(local_cloud, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from azure.iot.device import Message, MethodResponse
 from azure.iot.device.exceptions import ClientError, CredentialError
 
+from client_app.cloud.service.client import ServiceError
 from client_app.pki import CertificateAuthority, generate_key, load_certificates, sha256_thumbprint
 from tests.cloud.sdk import (
     PAHO_SOCKET_LEAKS,
@@ -24,7 +25,7 @@ from tests.fixtures.cloud import enroll_root, issue_device_files
 
 
 def _device_state(api: Any, device_id: str) -> str:
-    return api.call("GET", f"/devices/{device_id}")["connectionState"]
+    return api.device(device_id)["connectionState"]
 
 
 def test_sync_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
@@ -32,7 +33,7 @@ def test_sync_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
     result = register(local_cloud.info, files)
     assert (result.status, result.registration_state.device_id) == ("assigned", "sync-01")
     assert result.registration_state.assigned_hub == local_cloud.info.hub_hostname
-    registrations = cloud_api.call("GET", "/enrollmentGroups/test-group/registrations")["value"]
+    registrations = cloud_api.registrations("test-group")
     assert [r["registrationId"] for r in registrations] == ["sync-01"]
 
     received: list[Any] = []
@@ -55,7 +56,7 @@ def test_sync_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
         message.custom_properties = {"alert": "true", "sp ace": "a/b&c=d", "uni": "é€"}
         client.send_message(message)
         client.send_message(b"\xff\x00raw")
-        stored = cloud_api.call("GET", "/telemetry", params={"deviceId": "sync-01"})["value"]
+        stored = cloud_api.telemetry("sync-01")
         assert stored[0]["body"] == '{"t": 21.5}'
         assert stored[0]["systemProperties"] == {
             "messageId": "mid-1", "contentType": "application/json", "contentEncoding": "utf-8"
@@ -64,14 +65,14 @@ def test_sync_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
         assert stored[1]["bodyBase64"] == "/wByYXc="
 
         # Cloud-to-device with body, content type and custom properties.
-        c2d = {"body": "reboot", "contentType": "text/plain", "properties": {"k/1": "v 1", "flag": "x&y"}}
-        sent = cloud_api.call("POST", "/devices/sync-01/messages/deviceBound", json=c2d)
+        sent = cloud_api.send_c2d("sync-01", "reboot", content_type="text/plain",
+                                  properties={"k/1": "v 1", "flag": "x&y"})  # fmt: skip
         wait_for(lambda: received, what="C2D message")
         assert received[0].data == b"reboot"
-        assert received[0].message_id == sent["messageId"]
+        assert received[0].message_id == sent
         assert received[0].content_type == "text/plain"
         assert received[0].custom_properties == {"k/1": "v 1", "flag": "x&y"}
-        wait_for(lambda: cloud_api.call("GET", "/devices/sync-01/messages/deviceBound")["value"] == [],
+        wait_for(lambda: cloud_api.device("sync-01")["cloudToDeviceMessageCount"] == 0,
                  what="C2D removed after PUBACK")  # fmt: skip
 
         # Twin: reported patch with versions, desired patch pushed with "$version".
@@ -79,25 +80,23 @@ def test_sync_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
         assert twin["desired"]["$version"] >= 1 and twin["reported"]["$version"] >= 1
         client.patch_twin_reported_properties({"fw": "1.0", "nested": {"a": 1}})
         client.patch_twin_reported_properties({"nested": {"a": None, "b": 2}})
-        reported = cloud_api.call("GET", "/twins/sync-01")["properties"]["reported"]
+        reported = cloud_api.twin("sync-01")["properties"]["reported"]
         assert reported == {"fw": "1.0", "nested": {"b": 2}, "$version": 3}
-        cloud_api.call("PATCH", "/twins/sync-01", json={"properties": {"desired": {"interval": 20}}})
+        cloud_api.update_twin("sync-01", {"properties": {"desired": {"interval": 20}}})
         patch = wait_for(lambda: next((p for p in patches if "interval" in p), None), what="desired patch")
         assert patch["interval"] == 20 and patch["$version"] >= 2
 
         # Direct method: the device's status and payload come back.
-        answer = cloud_api.call(
-            "POST", "/twins/sync-01/methods", json={"methodName": "reboot", "payload": {"d": 5}}
-        )
+        answer = cloud_api.invoke("sync-01", "reboot", {"d": 5})
         assert answer == {"status": 201, "payload": {"echo": {"d": 5}, "m": "reboot"}}
-        device = cloud_api.call("GET", "/devices/sync-01")
+        device = cloud_api.device("sync-01")
         assert device["lastActivityTime"] and device["status"] == "enabled"
     finally:
         client.shutdown()
     wait_for(lambda: _device_state(cloud_api, "sync-01") == "Disconnected", what="disconnected state")
-    cloud_api.call("DELETE", "/devices/sync-01")  # registering again creates it afresh, without history
+    cloud_api.delete_device("sync-01")  # registering again creates it afresh, without history
     register(local_cloud.info, files)
-    assert cloud_api.call("GET", "/devices/sync-01")["lastActivityTime"] is None
+    assert cloud_api.device("sync-01")["lastActivityTime"] is None
 
 
 def test_aio_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
@@ -128,25 +127,25 @@ def test_aio_client_full_flow(local_cloud, cloud_api, enrolled_ca, tmp_path):
             await client.patch_twin_reported_properties({"aio": True})
 
             def invoke() -> Any:  # poll until the method subscription is in place (aio setters don't wait)
-                response = cloud_api.post("/twins/aio-01/methods", json={"methodName": "ping"})
-                return response.json() if response.status_code == 200 else None
+                try:
+                    return cloud_api.invoke("aio-01", "ping")
+                except ServiceError:  # 404103 until the device listens
+                    return None
 
             assert await asyncio.to_thread(wait_for, invoke, 15, "method answer") == {
                 "status": 200,
                 "payload": "pong",
             }
-            await asyncio.to_thread(
-                cloud_api.call, "POST", "/devices/aio-01/messages/deviceBound", json={"body": "hi"}
-            )
+            await asyncio.to_thread(cloud_api.send_c2d, "aio-01", "hi")
             message = await asyncio.wait_for(received.get(), 15)
             assert message.data == b"hi"
         finally:
             await client.shutdown()
 
     asyncio.run(scenario())
-    stored = cloud_api.call("GET", "/telemetry", params={"deviceId": "aio-01"})["value"]
+    stored = cloud_api.telemetry("aio-01")
     assert stored[0]["body"] == "aio hello" and stored[0]["properties"] == {"n": "1"}
-    assert cloud_api.call("GET", "/twins/aio-01")["properties"]["reported"]["aio"] is True
+    assert cloud_api.twin("aio-01")["properties"]["reported"]["aio"] is True
 
 
 @PAHO_SOCKET_LEAKS
@@ -161,8 +160,8 @@ def test_c2d_queued_while_offline_and_after_a_drop(local_cloud, cloud_api, enrol
         client.disconnect()
         wait_for(lambda: _device_state(cloud_api, "drop-01") == "Disconnected", what="offline")
         for text in ("one", "two"):
-            cloud_api.call("POST", "/devices/drop-01/messages/deviceBound", json={"body": text})
-        assert len(cloud_api.call("GET", "/devices/drop-01/messages/deviceBound")["value"]) == 2
+            cloud_api.send_c2d("drop-01", text)
+        assert cloud_api.device("drop-01")["cloudToDeviceMessageCount"] == 2
         client.connect()
         wait_for(lambda: received == [b"one", b"two"], what="queued C2D after reconnect")
 
@@ -172,7 +171,7 @@ def test_c2d_queued_while_offline_and_after_a_drop(local_cloud, cloud_api, enrol
         local_cloud.cloud.drop_connection("drop-01")
         wait_for(drops.is_set, what="drop seen by the SDK")
         wait_for(lambda: _device_state(cloud_api, "drop-01") == "Connected", what="automatic reconnect")
-        cloud_api.call("POST", "/devices/drop-01/messages/deviceBound", json={"body": "three"})
+        cloud_api.send_c2d("drop-01", "three")
         wait_for(lambda: received == [b"one", b"two", b"three"], what="C2D after the drop")
     finally:
         client.shutdown()
@@ -185,7 +184,7 @@ def test_renewed_certificate_rebinds_the_device(local_cloud, cloud_api, enrolled
     key = generate_key()
     old = issue_device_files(enrolled_ca.issuing, "renew-01", tmp_path / "old", key=key)
     register(local_cloud.info, old)
-    thumbprint = cloud_api.call("GET", "/devices/renew-01")["authentication"]["x509Thumbprint"]
+    thumbprint = cloud_api.device("renew-01")["authentication"]["x509Thumbprint"]
     drops: list[bool] = []
     old_client = hub_client(local_cloud.info, old)
     try:
@@ -198,7 +197,7 @@ def test_renewed_certificate_rebinds_the_device(local_cloud, cloud_api, enrolled
     finally:
         old_client.shutdown()
     assert result.registration_state.sub_status == "reprovisionedToInitialAssignment"
-    renewed = cloud_api.call("GET", "/devices/renew-01")["authentication"]["x509Thumbprint"]
+    renewed = cloud_api.device("renew-01")["authentication"]["x509Thumbprint"]
     assert renewed != thumbprint
     client = hub_client(local_cloud.info, new)
     try:
@@ -222,8 +221,8 @@ def test_registration_ids_are_case_insensitive_device_ids_stay(local_cloud, clou
     again = issue_device_files(enrolled_ca.issuing, "CASE-01", tmp_path / "again", key=key)
     state = register(local_cloud.info, again).registration_state
     assert state.device_id == "case-01"
-    assert [d["deviceId"] for d in cloud_api.call("GET", "/devices")["value"]] == ["case-01"]
-    device = cloud_api.call("GET", "/devices/case-01")
+    assert [d["deviceId"] for d in cloud_api.devices()] == ["case-01"]
+    device = cloud_api.device("case-01")
     leaf = load_certificates(again.cert_file.read_bytes())[0]
     assert device["authentication"]["x509Thumbprint"]["primaryThumbprint"] == sha256_thumbprint(leaf)
 
@@ -236,25 +235,21 @@ def test_verified_intermediate_and_first_match(local_cloud, cloud_api, enrolled_
     issuing = root.intermediate("second Issuing")
     enroll_root(cloud_api, issuing, "second-issuing", None)  # PoP signed by the intermediate's key
     initial = {"tags": {"site": "lab"}, "properties": {"desired": {"interval": 60}}}
-    attestation = {"type": "x509", "x509": {"caReferences": {"primary": "second-issuing"}}}
-    cloud_api.call(
-        "PUT", "/enrollmentGroups/int-group", json={"attestation": attestation, "initialTwin": initial}
-    )
+    cloud_api.create_group("int-group", "second-issuing", initial_twin=initial)
     files = issue_device_files(issuing, "int-01", tmp_path)
     result = register(info, files)
     assert result.status == "assigned"
-    record = cloud_api.call("GET", "/registrations/int-01")
+    record = cloud_api.registration("int-01")
     assert record["x509"]["enrollmentGroupId"] == "int-group"
-    twin = cloud_api.call("GET", "/twins/int-01")  # the group's initial twin
+    twin = cloud_api.twin("int-01")  # the group's initial twin
     assert (twin["tags"], twin["properties"]["desired"]) == ({"site": "lab"}, {"interval": 60, "$version": 1})
 
     enroll_root(cloud_api, root, "second-root", "root-group")
-    group = cloud_api.call("GET", "/enrollmentGroups/int-group")
-    cloud_api.call("PUT", "/enrollmentGroups/int-group", json={**group, "provisioningStatus": "disabled"})
+    cloud_api.set_group_status("int-group", False)
     assert "invalid registration status" in dps_refusal(info, files)
-    cloud_api.call("DELETE", "/enrollmentGroups/int-group")
+    cloud_api.delete_group("int-group")
     assert register(info, files).status == "assigned"
-    assert cloud_api.call("GET", "/registrations/int-01")["x509"]["enrollmentGroupId"] == "root-group"
+    assert cloud_api.registration("int-01")["x509"]["enrollmentGroupId"] == "root-group"
 
 
 @PAHO_SOCKET_LEAKS
@@ -262,9 +257,9 @@ def test_aio_client_refusals(local_cloud, cloud_api, enrolled_ca, tmp_path):
     info = local_cloud.info
     blocked = issue_device_files(enrolled_ca.issuing, "aio-blocked", tmp_path)
     disabled = issue_device_files(enrolled_ca.issuing, "aio-disabled", tmp_path)
-    cloud_api.call("PUT", "/enrollments/aio-blocked", json={"provisioningStatus": "disabled"})
+    cloud_api.put_enrollment("aio-blocked", enabled=False)
     register(info, disabled)
-    cloud_api.call("PUT", "/devices/aio-disabled", json={"status": "disabled"})
+    cloud_api.set_device_status("aio-disabled", False)
 
     async def scenario() -> None:
         with pytest.raises(ClientError):

@@ -34,8 +34,8 @@ def test_restart_keeps_everything(tmp_path):
             client.patch_twin_reported_properties({"kept": 1})
         finally:
             client.shutdown()
-        api.call("PATCH", "/twins/keep-01", json={"properties": {"desired": {"mode": "eco"}}})
-        api.call("POST", "/devices/keep-01/messages/deviceBound", json={"body": "queued while down"})
+        api.update_twin("keep-01", {"properties": {"desired": {"mode": "eco"}}})
+        api.send_c2d("keep-01", "queued while down")
     assert not (data / "connection.json").exists()  # removed on a clean stop
     assert stat.S_IMODE((data / "cloud.db").stat().st_mode) == 0o600  # it holds the key passphrase
 
@@ -46,13 +46,11 @@ def test_restart_keeps_everything(tmp_path):
             first.api_token,
             first.server_ca_pem,
         )
-        assert api.call("GET", "/certificates/test-root")["properties"]["isVerified"] is True
-        assert (
-            api.call("GET", "/enrollmentGroups/test-group/registrations")["value"][0]["deviceId"] == "keep-01"
-        )
-        twin = api.call("GET", "/twins/keep-01")["properties"]
+        assert api.certificates.get("test-root").properties.is_verified is True
+        assert api.registrations("test-group")[0]["deviceId"] == "keep-01"
+        twin = api.twin("keep-01")["properties"]
         assert twin["reported"]["kept"] == 1 and twin["desired"]["mode"] == "eco"
-        assert api.call("GET", "/telemetry")["value"][0]["body"] == "before restart"
+        assert api.telemetry()[0]["body"] == "before restart"
         received: list[bytes] = []
         client = hub_client(info, files)  # the registration survived: straight to the hub
         try:
@@ -94,7 +92,7 @@ def test_direct_listener_without_proxy(tmp_path):
             client.send_message("direct")
         finally:
             client.shutdown()
-        assert api.call("GET", "/telemetry")["value"][0]["body"] == "direct"
+        assert api.telemetry()[0]["body"] == "direct"
 
 
 def test_assignment_delay_answers_assigning_then_assigned(tmp_path):

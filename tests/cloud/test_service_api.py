@@ -110,12 +110,12 @@ def test_registry_manager_drives_a_real_device(local_cloud, cloud_api, enrolled_
         client.shutdown()
     wait_for(lambda: registry.get_device("svc-01").connection_state == "Disconnected", what="disconnect")
 
-    for text in ("one", "two"):  # queued for the offline device (C2D send is AMQP in Azure: local route here)
-        cloud_api.call("POST", "/devices/svc-01/messages/deviceBound", json={"body": text})
+    for text in ("one", "two"):  # queued for the offline device (C2D send is AMQP, as in Azure)
+        cloud_api.send_c2d("svc-01", text)
     # IoTHubRegistryManager has no purge method: its generated REST client (the same SDK) has.
     purged = registry.protocol.cloud_to_device_messages.purge_cloud_to_device_message_queue("svc-01")
     assert purged.total_messages_purged == 2
-    assert cloud_api.call("GET", "/devices/svc-01/messages/deviceBound")["value"] == []
+    assert registry.get_device("svc-01").cloud_to_device_message_count == 0
 
     stats = registry.get_device_registry_statistics()
     assert (stats.total_device_count, stats.enabled_device_count) == (1, 1)

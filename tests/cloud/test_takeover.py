@@ -50,7 +50,7 @@ def c2d_topic(device_id: str) -> str:
 
 
 def send_c2d(api: Any, device_id: str, body: str) -> None:
-    api.call("POST", f"/devices/{device_id}/messages/deviceBound", json={"body": body})
+    api.send_c2d(device_id, body)
 
 
 def received(device: RawDevice) -> list[bytes]:
@@ -159,7 +159,7 @@ def test_key_pinning_is_on_without_any_policy(local_cloud, cloud_api, enrolled_c
     register(info, first)
     other = issue_device_files(enrolled_ca.issuing, "pinned-01", tmp_path / "other")
     assert refused(dps_answer(info, other))
-    cloud_api.call("DELETE", "/registrations/pinned-01")  # the operator's explicit reset
+    cloud_api.delete_registration("pinned-01")  # the operator's explicit reset
     assert register(info, other).status == "assigned"
 
 
@@ -169,7 +169,7 @@ def test_verification_certificate_is_no_device_credential(local_cloud, cloud_api
     proof, key = enrolled_ca.root.issue_verification("0A1B2C3D4E5F60718293A4B5")
     files = write_device_files("0A1B2C3D4E5F60718293A4B5", [proof], key, tmp_path / "proof")
     assert refused(dps_answer(info, files))
-    assert cloud_api.call("GET", "/devices")["value"] == []
+    assert cloud_api.devices() == []
     # Even bound to a hub device by thumbprint (as a device created outside DPS would be), CONNACK 5.
     local_cloud.cloud.hub.provision(files.registration_id, sha256_thumbprint(proof), {})
     with RawDevice(info, files) as device:
@@ -205,7 +205,7 @@ def report_certificate(device: RawDevice, files: DeviceFiles) -> None:
 
 
 def audit(api: Any, device_id: str) -> list[str]:
-    return audit_twin(api.call("GET", f"/twins/{device_id}"), api.call("GET", f"/devices/{device_id}"))
+    return audit_twin(api.twin(device_id), api.device(device_id))
 
 
 def test_backend_audit_flags_a_takeover_the_hub_accepted(local_cloud, cloud_api, enrolled_ca, tmp_path):
@@ -238,7 +238,7 @@ def test_disabling_and_enabling_a_group_keeps_its_identity_policy(local_cloud, c
     configure_group(cloud_api, enrolled_ca, identityPolicy=CHECK_ON)
     run(local_cloud.data_dir, "enrollment-groups", "disable", enrolled_ca.group_id)
     run(local_cloud.data_dir, "enrollment-groups", "enable", enrolled_ca.group_id)
-    group = cloud_api.call("GET", f"/enrollmentGroups/{enrolled_ca.group_id}")
+    group = cloud_api.group(enrolled_ca.group_id)
     assert group["provisioningStatus"] == "enabled" and group["identityPolicy"] == CHECK_ON
 
 

@@ -50,6 +50,7 @@ def app_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     monkeypatch.setenv("TMPDIR", str(temp))  # child processes
     yield data, temp
     gc.collect()  # SDK objects are reference cycles: leaked sockets would surface (as errors) here
+    gc.freeze()  # what survived is live: later collections scan only what later tests make
     assert plaintext_keys(data, temp) == []
     assert list(temp.glob("client-app-*")) == []  # temporary key files are gone, too
 

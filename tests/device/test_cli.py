@@ -43,7 +43,7 @@ def test_killed_process_delivers_its_outbox_on_next_start(user_env, local_cloud,
                 "delivered after restart",
             )
             with api_client(restarted) as api:
-                telemetry = api.call("GET", "/telemetry", params={"deviceId": live["device_id"]})["value"]
+                telemetry = api.telemetry(live["device_id"])
             ids = [t["systemProperties"].get("messageId") for t in telemetry]
             assert [i for i in ids if i in queued] == queued
         finally:

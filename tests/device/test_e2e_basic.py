@@ -43,25 +43,21 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
         for step in FirstRunStep:
             assert (str(step), "done") in recorder.steps
         assert recorder.states[:4] == ["not_provisioned", "creating_identity", "provisioning", "connecting"]
-        registration = cloud_api.call("GET", f"/registrations/{status.registration_id}")
+        registration = cloud_api.registration(status.registration_id)
     assert runtime.status().state is ConnectionState.STOPPED
 
     with running(config, recorder := Recorder()) as runtime:
         wait_state(runtime, ConnectionState.CONNECTED)
         assert runtime.status().registration_id == status.registration_id
         assert "provisioning" not in recorder.states and "creating_identity" not in recorder.states
-        again = cloud_api.call("GET", f"/registrations/{status.registration_id}")
+        again = cloud_api.registration(status.registration_id)
         assert again["etag"] == registration["etag"]
         assert again["lastUpdatedDateTimeUtc"] == registration["lastUpdatedDateTimeUtc"]
 
         # C2D → inbox, idempotent on message id
         device = status.device_id
         for _ in range(2):
-            cloud_api.call(
-                "POST",
-                f"/devices/{device}/messages/deviceBound",
-                json={"body": "hello device", "messageId": "c2d-1", "properties": {"k": "v"}},
-            )
+            cloud_api.send_c2d(device, "hello device", message_id="c2d-1", properties={"k": "v"})
         wait_for(lambda: runtime.inbox.count() == 1, what="C2D in inbox")
         message = runtime.inbox.list()[0]
         assert (message.message_id, message.text, message.properties["k"]) == ("c2d-1", "hello device", "v")
@@ -70,7 +66,7 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
         # D2C with message id
         sent = runtime.send("hello cloud", {"kind": "test"})
         wait_for(lambda: runtime.outbox.queued_count() == 0, what="outbox drained")
-        telemetry = cloud_api.call("GET", "/telemetry", params={"deviceId": device})["value"]
+        telemetry = cloud_api.telemetry(device)
         assert [t for t in telemetry if t["systemProperties"].get("messageId") == sent.message_id], telemetry
 
         # twin: reported properties and desired through the callback
@@ -78,26 +74,21 @@ def test_first_launch_then_reuse_without_dps(keyring_env, local_cloud, cloud_api
         runtime.twin.on_desired(seen.append)
         twin = wait_for(
             lambda: (
-                (t := cloud_api.call("GET", f"/twins/{device}"))["properties"]["reported"].get(
-                    "certificate_not_after"
-                )
-                and t
+                (t := cloud_api.twin(device))["properties"]["reported"].get("certificate_not_after") and t
             ),
             what="reported properties",
         )
         assert twin["properties"]["reported"]["registration_id"] == status.registration_id
-        cloud_api.call("PATCH", f"/twins/{device}", json={"properties": {"desired": {"interval": 7}}})
+        cloud_api.update_twin(device, {"properties": {"desired": {"interval": 7}}})
         wait_for(lambda: seen and seen[-1].get("interval") == 7, what="desired patch")
 
         # direct methods
-        ping = cloud_api.call("POST", f"/twins/{device}/methods", json={"methodName": "ping", "payload": 1})
+        ping = cloud_api.invoke(device, "ping", 1)
         assert ping["status"] == 200 and ping["payload"]["pong"] is True
-        diag = cloud_api.call("POST", f"/twins/{device}/methods", json={"methodName": "get_diagnostics"})
+        diag = cloud_api.invoke(device, "get_diagnostics")
         assert diag["status"] == 200 and diag["payload"]["status"]["state"] == "connected"
         assert "PRIVATE KEY" not in str(diag)
-        assert (
-            cloud_api.call("POST", f"/twins/{device}/methods", json={"methodName": "nope"})["status"] == 404
-        )
+        assert cloud_api.invoke(device, "nope")["status"] == 404
 
         # reconnect on request: a fresh SDK client, no extra threads left behind
         before, threads = runtime.status().last_connected, threading.active_count()
@@ -118,11 +109,7 @@ def test_files_are_private_to_the_user(keyring_env, local_cloud, cloud_api, enro
     try:
         with running(config_for(local_cloud.data_dir, enrolled_ca.bundle_path, data)) as runtime:
             wait_state(runtime, ConnectionState.CONNECTED)
-            cloud_api.call(
-                "POST",
-                f"/devices/{runtime.status().device_id}/messages/deviceBound",
-                json={"body": "private", "messageId": "private-1"},
-            )
+            cloud_api.send_c2d(runtime.status().device_id, "private", message_id="private-1")
             wait_for(lambda: runtime.status().inbox == 1, what="message stored")
             modes = {
                 str(path.relative_to(data)): stat.S_IMODE(path.stat().st_mode)

@@ -18,14 +18,7 @@ C = ConnectionState
 
 
 def _group(cloud_api, enabled: bool) -> None:
-    cloud_api.call(
-        "PUT",
-        "/enrollmentGroups/test-group",
-        json={
-            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": "test-root"}}},
-            "provisioningStatus": "enabled" if enabled else "disabled",
-        },
-    )
+    cloud_api.set_group_status("test-group", enabled)
 
 
 def test_messages_sent_while_cloud_is_down_arrive_later(keyring_env, local_cloud, enrolled_ca, app_dirs):
@@ -50,7 +43,7 @@ def test_messages_sent_while_cloud_is_down_arrive_later(keyring_env, local_cloud
         wait_state(runtime, C.CONNECTED, timeout=30)
         wait_for(lambda: runtime.outbox.queued_count() == 0, what="outbox drained")
         with api_client(restarted) as api:
-            telemetry = api.call("GET", "/telemetry", params={"deviceId": device})["value"]
+            telemetry = api.telemetry(device)
         ids = [t["systemProperties"].get("messageId") for t in telemetry]
         received = [i for i in ids if i in sent]
         assert received == sent, telemetry  # all of them, in order (duplicates would show up here)
@@ -70,13 +63,13 @@ def test_disabled_enrollment_group_blocks_without_retry_loop(
         status = runtime.status()
         assert status.retry_at is None and "Retry" in status.message and "\n" not in status.message
         registration_id = status.registration_id
-        before = cloud_api.call("GET", "/registrations")["value"]
+        before = cloud_api.registrations("test-group")
         _group(cloud_api, enabled=True)
         import time
 
         time.sleep(1.5)  # no retry loop: still blocked until someone asks
         assert runtime.status().state is C.BLOCKED
-        assert cloud_api.call("GET", "/registrations")["value"] == before
+        assert cloud_api.registrations("test-group") == before
         runtime.retry()
         wait_state(runtime, C.CONNECTED)
         assert runtime.status().registration_id == registration_id
@@ -88,12 +81,12 @@ def test_hub_refusal_reprovisions_then_blocks(keyring_env, local_cloud, cloud_ap
     with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         device = runtime.status().device_id
-        registration = cloud_api.call("GET", f"/registrations/{device}")
-        cloud_api.call("PUT", f"/devices/{device}", json={"status": "disabled"})
+        registration = cloud_api.registration(device)
+        cloud_api.set_device_status(device, False)
         wait_state(runtime, C.BLOCKED)
         # it went back to DPS once (cached assignment refused), then gave up: no loop
-        assert cloud_api.call("GET", f"/registrations/{device}")["etag"] != registration["etag"]
-        cloud_api.call("PUT", f"/devices/{device}", json={"status": "enabled"})
+        assert cloud_api.registration(device)["etag"] != registration["etag"]
+        cloud_api.set_device_status(device, True)
         runtime.retry()
         wait_state(runtime, C.CONNECTED)
 
@@ -107,7 +100,7 @@ def test_renewal_replaces_leaf_and_reconnects(keyring_env, local_cloud, cloud_ap
     with running(config) as runtime:
         wait_state(runtime, C.CONNECTED)
         first = runtime.status()
-        registration = cloud_api.call("GET", f"/registrations/{first.registration_id}")
+        registration = cloud_api.registration(first.registration_id)
         wait_for(
             lambda: runtime.status().certificate_thumbprint != first.certificate_thumbprint, 30, "renewal"
         )
@@ -117,9 +110,7 @@ def test_renewal_replaces_leaf_and_reconnects(keyring_env, local_cloud, cloud_ap
         leaf = load_certificates(data / "identity" / "chain.pem")[0]
         assert sha1_thumbprint(leaf) == renewed.certificate_thumbprint
         # re-provisioned with the new leaf (same registration id, new DPS record version)
-        assert (
-            cloud_api.call("GET", f"/registrations/{renewed.registration_id}")["etag"] != registration["etag"]
-        )
+        assert cloud_api.registration(renewed.registration_id)["etag"] != registration["etag"]
 
 
 def test_renewal_with_locked_keyring_keeps_the_working_leaf(
@@ -153,11 +144,7 @@ def test_c2d_that_cannot_be_stored_is_reported(
         with closing(sqlite3.connect(data / "messages.sqlite3")) as db:
             db.execute("DROP TABLE inbox")  # every insert now fails, as on a broken disk
         with caplog.at_level(logging.ERROR, logger="client_app.device"):
-            cloud_api.call(
-                "POST",
-                f"/devices/{runtime.status().device_id}/messages/deviceBound",
-                json={"body": "lost", "messageId": "c2d-lost"},
-            )
+            cloud_api.send_c2d(runtime.status().device_id, "lost", message_id="c2d-lost")
             wait_for(lambda: "could not be saved" in (runtime.status().last_error or ""), what="reported")
         assert any("c2d-lost" in r.getMessage() for r in caplog.records)  # support can tell which one
         assert runtime.status().state is C.CONNECTED  # the SDK handler thread survived

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import zipfile
 from pathlib import Path
 
-import keyring
-import keyring.core
 import pytest
 from PySide6.QtCore import Qt
 
@@ -18,6 +18,8 @@ from client_app.gui.main_window import MainWindow
 from client_app.gui.models import InboxModel, OutboxModel
 from client_app.logsetup import setup_logging
 from client_app.pki import ISSUER_BUNDLE_PASSPHRASE
+from tests.fixtures.cloud import api_client
+from tests.fixtures.secret_service import KEYRING_PASSWORD, _start_bus
 
 S = ConnectionState
 
@@ -59,11 +61,7 @@ def test_cloud_message_reaches_inbox_and_notifies(qtbot, running_app, cloud_api)
     wait_state(qtbot, running_app, S.CONNECTED)
     device_id = running_app.status.device_id
     with qtbot.waitSignal(running_app.notifier.notified, timeout=30_000) as notified:
-        cloud_api.call(
-            "POST",
-            f"/devices/{device_id}/messages/deviceBound",
-            json={"body": "hello from the cloud", "properties": {"priority": "high"}},
-        )
+        cloud_api.send_c2d(device_id, "hello from the cloud", properties={"priority": "high"})
     assert notified.args == ["New message from the cloud", "hello from the cloud"]
     model = window.inbox_model
     assert model.rowCount() == 1
@@ -99,11 +97,8 @@ def test_sending_while_offline_queues_then_delivers(qtbot, running_app, local_cl
         qtbot.mouseClick(window.banner.reconnect_button, Qt.MouseButton.LeftButton)
         wait_state(qtbot, running_app, S.CONNECTED)
         qtbot.waitUntil(lambda: outbox_states(window) == ["Delivered"], timeout=30_000)
-        api = cloud_api.__class__(
-            base_url=restarted.info.api_url, headers={"Authorization": f"Bearer {restarted.info.api_token}"}
-        )
-        with api:
-            telemetry = api.call("GET", "/telemetry", params={"deviceId": device_id})
+        with api_client(restarted) as api:
+            telemetry = api.telemetry(device_id)
         bodies = str(telemetry)
         assert "written while offline" in bodies
     finally:
@@ -111,40 +106,42 @@ def test_sending_while_offline_queues_then_delivers(qtbot, running_app, local_cl
 
 
 @pytest.fixture
-def no_keyring(keyring_env, monkeypatch):
-    """What keyring picks on a machine without a Secret Service: the backend that always fails."""
-    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
-    keyring.core.init_backend()
-    yield monkeypatch
-    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
-    keyring.core.init_backend()
+def no_keyring(keyring_env, monkeypatch, tmp_path):
+    """A session bus with no Secret Service on it, as on a desktop whose keyring daemon is not running.
+    Calling the fixture's value starts one there: the core's process, started before, must find it."""
+    runtime = tmp_path / "later-keyring-run"
+    runtime.mkdir(mode=0o700)
+    bus, address = _start_bus(runtime)
+    env = {
+        "DBUS_SESSION_BUS_ADDRESS": address,
+        "XDG_RUNTIME_DIR": str(runtime),
+        "XDG_DATA_HOME": str(tmp_path / "later-keyring-home"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    daemons: list[subprocess.Popen] = []
 
+    def start_keyring() -> None:
+        daemon = subprocess.Popen(
+            ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
+        daemons.append(daemon)
+        assert daemon.stdin is not None
+        daemon.stdin.write(KEYRING_PASSWORD.encode())
+        daemon.stdin.close()
 
-def test_first_run_failure_is_explained_and_retry_recovers(qtbot, running_app_factory, no_keyring):
-    controller = running_app_factory()
-    window = controller.window
-    wait_state(qtbot, controller, S.ERROR)
-    panel = window.first_run
-    # The core checks for a keyring before making the identity: no step ran, the list explains.
-    assert panel.isVisible()
-    assert panel.failure_box.isVisible() and panel.retry_button.isEnabled()
-    text = panel.failure_text.text() + window.banner.detail.text()
-    assert "keyring" in text.lower() and "Traceback" not in text and "Error(" not in text
-    assert not window.banner.retry_button.isVisible()  # one Retry, next to the explanation
-    # The user starts a keyring and presses Retry: setup finishes and connects.
-    no_keyring.delenv("PYTHON_KEYRING_BACKEND")
-    qtbot.mouseClick(panel.retry_button, Qt.MouseButton.LeftButton)
-    wait_state(qtbot, controller, S.CONNECTED)
-    qtbot.waitUntil(panel.all_done, timeout=20_000)
-    assert not panel.failure_box.isVisible()
+    yield start_keyring
+    for process in [*daemons, bus]:
+        process.terminate()
+        process.wait(10)
 
 
 def test_refused_registration_shows_blocked_with_retry(qtbot, running_app_factory, cloud_api, enrolled_ca):
-    group = {
-        "attestation": {"type": "x509", "x509": {"caReferences": {"primary": enrolled_ca.ca_name}}},
-        "provisioningStatus": "disabled",
-    }
-    cloud_api.call("PUT", f"/enrollmentGroups/{enrolled_ca.group_id}", json=group)
+    cloud_api.set_group_status(enrolled_ca.group_id, False)
     controller = running_app_factory()
     wait_state(qtbot, controller, S.BLOCKED)
     window = controller.window
@@ -313,3 +310,33 @@ def test_retry_starts_a_core_that_could_not_start(qtbot, running_app_factory, de
     device_config.data_dir.unlink()
     qtbot.mouseClick(window.first_run.retry_button, Qt.MouseButton.LeftButton)
     wait_state(qtbot, controller, S.CONNECTED)
+
+
+def test_a_crashed_core_is_shown_and_started_again(qtbot, running_app):
+    import signal as signals
+
+    window = running_app.window
+    wait_state(qtbot, running_app, S.CONNECTED)
+    first = running_app.runtime
+    os.kill(first.pid, signals.SIGKILL)  # what a crash in the SDK's native code would look like
+    wait_state(qtbot, running_app, S.ERROR, timeout=10_000)
+    text = window.banner.headline.text() + window.banner.detail.text()
+    assert "restarts" in text and "Traceback" not in text
+    # A new core process, the same identity: connected again, and it still takes commands.
+    wait_state(qtbot, running_app, S.CONNECTED)
+    assert running_app.runtime is not first and running_app.runtime.pid != first.pid
+    running_app.send("after the crash", {})
+    qtbot.waitUntil(lambda: outbox_states(window) == ["Delivered"], timeout=30_000)
+
+
+def test_a_proxy_password_from_settings_goes_to_the_keyring_through_the_core(qtbot, running_app):
+    from client_app.device import secrets
+    from client_app.device.config import ConfigError, ProxySetting
+
+    wait_state(qtbot, running_app, S.CONNECTED)
+    proxy = ProxySetting.parse("http://me:s3cr%40t@proxy.example.com:3128")
+    running_app.store.keep_proxy_password(proxy)  # what Settings → Save calls, here the core's process
+    assert secrets.load_secret(secrets.proxy_entry("http://me@proxy.example.com:3128")) == "s3cr@t"
+    running_app.shutdown(timeout=3)
+    with pytest.raises(ConfigError, match="not running"):
+        running_app.store.keep_proxy_password(proxy)

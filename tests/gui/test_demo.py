@@ -10,10 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from client_app import demo
+from client_app.cloud.info import ConnectionInfo
+from client_app.cloud.service.client import ServiceClient
 from client_app.pki import load_issuer_bundle, sha1_thumbprint
 
 BIN = Path(sys.executable).parent
@@ -29,19 +30,20 @@ def test_setup_is_idempotent_and_status_starts_nothing(tmp_path, monkeypatch):
         cloud, bundle = Path(layer["local_cloud"]), Path(layer["issuer_bundle"])
         first_issuer = sha1_thumbprint(load_issuer_bundle(bundle).certificate)
         info = demo.connection_info(cloud)
-        headers = {"Authorization": f"Bearer {info['api_token']}"}
-        with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False) as api:
-            certificate = api.get(f"/certificates/{demo.ROOT_CERTIFICATE_NAME}").json()
-            group = api.get(f"/enrollmentGroups/{demo.ENROLLMENT_GROUP}").json()
-        assert certificate["properties"]["isVerified"] is True
+        with ServiceClient.for_local_cloud(ConnectionInfo.from_json(info)) as api:
+            assert api.certificates is not None
+            certificate = api.certificates.get(demo.ROOT_CERTIFICATE_NAME)
+            group = api.group(demo.ENROLLMENT_GROUP)
+        assert certificate.properties.is_verified is True
         assert group["attestation"]["x509"]["caReferences"]["primary"] == demo.ROOT_CERTIFICATE_NAME
         assert group["identityPolicy"]["requireSelfCertifyingId"] is True  # issue 13
         # Second run in the same process (cloud still up): nothing is re-made.
         assert demo.prepare_demo(device) == layer
         assert sha1_thumbprint(load_issuer_bundle(bundle).certificate) == first_issuer
-        with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False) as api:
-            again = api.get(f"/certificates/{demo.ROOT_CERTIFICATE_NAME}").json()
-        assert again["etag"] == certificate["etag"]
+        with ServiceClient.for_local_cloud(ConnectionInfo.from_json(info)) as api:
+            assert api.certificates is not None
+            again = api.certificates.get(demo.ROOT_CERTIFICATE_NAME)
+        assert again.etag == certificate.etag
     finally:
         demo.stop_cloud()
     assert not (cloud / "connection.json").exists()

@@ -5,6 +5,7 @@ Each test runs `client-app` as a user would, in its own process, and watches it 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -51,6 +52,32 @@ def ended_within(process: subprocess.Popen[str], seconds: float) -> float | None
     return time.monotonic() - started
 
 
+def core_pid(data_dir: Path, timeout: float = 30) -> int:
+    """The device core's own process: it writes its pid into status.json once started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = json.loads((data_dir / "status.json").read_text()).get("pid")
+        except (OSError, ValueError):
+            pid = None
+        if pid:
+            return int(pid)
+        time.sleep(0.1)
+    raise AssertionError("the device core's process never reported its pid")
+
+
+def gone(pid: int, within: float = 0.0) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def shown_app(x_display, tmp_path):
     process = launch(x_display, tmp_path / "device")
@@ -63,19 +90,32 @@ def shown_app(x_display, tmp_path):
             process.wait(5)
 
 
-def test_sigterm_with_the_window_shown_quits(shown_app):
+def test_sigterm_with_the_window_shown_quits(shown_app, tmp_path):
     process, _window = shown_app
+    core = core_pid(tmp_path / "device")
+    assert core != process.pid  # the device core runs in a process of its own
     process.send_signal(signal.SIGTERM)
     assert ended_within(process, QUIT_WITHIN) is not None, "SIGTERM left the app running"
     assert process.returncode == 0
+    assert gone(core), "the device core's process outlived the window's"
 
 
-def test_ctrl_q_with_the_window_shown_quits(shown_app, x_display):
+def test_the_core_process_ends_when_the_window_process_is_killed(shown_app, tmp_path):
+    process, _window = shown_app
+    core = core_pid(tmp_path / "device")
+    process.kill()  # no chance to quit the core in order: it sees the connection end
+    process.wait(5)
+    assert gone(core, within=QUIT_WITHIN), "the device core's process kept running alone"
+
+
+def test_ctrl_q_with_the_window_shown_quits(shown_app, x_display, tmp_path):
     process, window = shown_app
+    core = core_pid(tmp_path / "device")
     x_display.xdotool("windowactivate", "--sync", window)
     x_display.xdotool("key", "--window", window, "ctrl+q")
     assert ended_within(process, QUIT_WITHIN) is not None, "Ctrl+Q left the app running"
     assert process.returncode == 0
+    assert gone(core), "the device core's process outlived the window's"
 
 
 def window_geometry(x_display, window: str) -> tuple[int, int, int, int]:
@@ -150,14 +190,16 @@ def tray_icon(x_display, timeout: float = 20) -> tuple[int, int]:
     raise AssertionError("no client-app icon in the tray")
 
 
-def test_tray_quit_with_the_window_shown_quits(shown_app, x_display):
+def test_tray_quit_with_the_window_shown_quits(shown_app, x_display, tmp_path):
     process, _window = shown_app
+    core = core_pid(tmp_path / "device")
     x, y = tray_icon(x_display)
     x_display.xdotool("mousemove", str(x), str(y), "click", "3")  # the tray menu
     time.sleep(0.5)
     x_display.xdotool("key", "Up", "Return")  # its last item: Quit
     assert ended_within(process, QUIT_WITHIN) is not None, "tray → Quit left the app running"
     assert process.returncode == 0
+    assert gone(core), "the device core's process outlived the window's"
 
 
 @pytest.mark.slow
@@ -166,9 +208,10 @@ def test_demo_quits_mid_burst_with_its_messages_intact(x_display, tmp_path, keyr
     """SIGTERM while 300 cloud-to-device messages pour in: the demo ends within 5 s, what was stored stays."""
     import threading
 
-    import httpx
-
     from client_app import demo
+    from client_app.cloud.amqp.operator import OperatorError
+    from client_app.cloud.info import ConnectionInfo
+    from client_app.cloud.service.client import ServiceClient
     from client_app.device.paths import DataLayout
     from client_app.device.store import Database, Inbox, Outbox
     from tests.gui.test_demo import _wait
@@ -179,19 +222,19 @@ def test_demo_quits_mid_burst_with_its_messages_intact(x_display, tmp_path, keyr
         process = subprocess.Popen(command, env=env, stdout=console, stderr=subprocess.STDOUT)
     try:
         x_display.wait_window("^client-app", timeout=60)
-        device_id = _wait(env, lambda s: s.get("state") == "connected")["device_id"]
+        connected = _wait(env, lambda s: s.get("state") == "connected")
+        device_id, core = connected["device_id"], connected["pid"]
         queued = subprocess.run([*command, "--send", "kept in the outbox"], env=env, timeout=60, check=True)
         assert queued.returncode == 0
         info = demo.connection_info(demo.cloud_dir(tmp_path))
         sent: list[int] = []
 
         def burst() -> None:
-            headers = {"Authorization": f"Bearer {info['api_token']}"}
-            with httpx.Client(base_url=info["api_url"], headers=headers, trust_env=False, timeout=5) as api:
+            with ServiceClient.for_local_cloud(ConnectionInfo.from_json(info), timeout=5) as api:
                 for n in range(300):
                     try:
-                        api.post(f"/devices/{device_id}/messages/deviceBound", json={"body": f"burst {n}"})
-                    except httpx.HTTPError:
+                        api.send_c2d(device_id, f"burst {n}")
+                    except OperatorError:
                         return  # the cloud went away with the app
                     sent.append(n)
 
@@ -201,6 +244,7 @@ def test_demo_quits_mid_burst_with_its_messages_intact(x_display, tmp_path, keyr
         process.send_signal(signal.SIGTERM)
         assert ended_within(process, QUIT_WITHIN) is not None, "SIGTERM mid-burst left the demo running"
         assert process.returncode == 0
+        assert gone(core), "the device core's process outlived the window's"
         sender.join(10)
     finally:
         if process.poll() is None:

@@ -196,6 +196,13 @@ def test_the_proxy_password_goes_to_the_keyring_not_the_file(keyring_env, tmp_pa
     assert config.proxy.password == "s3cr@t"
     assert store.load().proxy.password == "s3cr@t"  # read back from the keyring on the next start
 
+    # The window's process reads the file without the keyring; its core's process fills the password in.
+    from client_app.device.config import with_proxy_password
+
+    windows = ConfigStore(argparse.Namespace(data_dir=str(tmp_path / "data")), {}, keyring=False).load()
+    assert windows.proxy.username == "me" and windows.proxy.password is None
+    assert with_proxy_password(windows).proxy.password == "s3cr@t"
+
 
 def test_second_instance_brings_the_first_forward(qtbot, tmp_path):
     first = SingleInstance(tmp_path / "data")

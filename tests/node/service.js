@@ -90,7 +90,43 @@ async function dps() {
   };
 }
 
-const steps = { hub, dps };
+// A group attested by its own CA certificate (signingCertificates): created with the PEM, read back with the
+// info DPS computes (never the PEM), a bad PEM refused, and disabled + enabled again from the group as read.
+async function signing() {
+  const service = ProvisioningServiceClient.fromConnectionString(env.DPS_CONNECTION_STRING);
+  const groupId = env.GROUP_ID;
+  const group = {
+    enrollmentGroupId: groupId,
+    attestation: { type: 'x509', x509: { signingCertificates: { primary: { certificate: env.SIGNING_PEM } } } },
+    provisioningStatus: 'enabled',
+  };
+  const created = (await service.createOrUpdateEnrollmentGroup(group)).responseBody;
+  const fetched = (await service.getEnrollmentGroup(groupId)).responseBody;
+  const queried = (await service.createEnrollmentGroupQuery({ query: '*' }).next()).responseBody
+    .find((g) => g.enrollmentGroupId === groupId);
+  let bad;
+  try {
+    const junk = { primary: { certificate: '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----' } };
+    await service.createOrUpdateEnrollmentGroup({ enrollmentGroupId: 'node-bad-pem',
+      attestation: { type: 'x509', x509: { signingCertificates: junk } } });
+  } catch (err) {
+    bad = errorOf(err);
+  }
+  const disabled = (await service.createOrUpdateEnrollmentGroup({ ...fetched, provisioningStatus: 'disabled' }))
+    .responseBody;
+  const enabled = (await service.createOrUpdateEnrollmentGroup({ ...disabled, provisioningStatus: 'enabled' }))
+    .responseBody;
+  const signingOf = (g) => g.attestation.x509.signingCertificates;
+  return {
+    created: signingOf(created),
+    fetched: signingOf(fetched),
+    queried: signingOf(queried),
+    bad: { status: bad.status, body: typeof bad.body === 'string' ? JSON.parse(bad.body) : bad.body },
+    toggled: [disabled.provisioningStatus, enabled.provisioningStatus, signingOf(enabled).primary.info.sha256Thumbprint],
+  };
+}
+
+const steps = { hub, dps, signing };
 steps[process.argv[2]]().then(
   (result) => { console.log(JSON.stringify(result)); },
   (err) => { console.error(err && err.stack); console.log(JSON.stringify({ error: errorOf(err) })); process.exit(1); },

@@ -179,37 +179,70 @@ def test_self_test_names_a_missing_keyring(frozen_app: FrozenApp, tmp_path: Path
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_frozen_app_connects_headless(
-    frozen_app: FrozenApp, cloud_api, local_cloud, keyring_env, tmp_path: Path
-) -> None:
+def _connected_app(
+    frozen_app: FrozenApp, cloud_api, local_cloud, tmp_path: Path, env: dict[str, str], *mode: str
+) -> tuple[subprocess.Popen[str], dict]:
+    """The frozen app started against the local cloud, and its status once connected."""
     enroll_root(cloud_api, frozen_app.root)
     options = ["--local-cloud", str(local_cloud.info.data_dir), "--data-dir", str(tmp_path / "data")]
-    env = _app_env(tmp_path, keyring_env.env)
     app = subprocess.Popen(
-        [str(frozen_app.executable), "--headless", *options],
+        [str(frozen_app.executable), *mode, *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def connected() -> dict | None:
+        status = json.loads(frozen_app.run("--status", *options, env=env).stdout)
+        return status if status["state"] == "connected" else None
+
     try:
+        return app, wait_for(connected, timeout=60, what="the frozen app to connect")
+    except BaseException:
+        _terminate(app)
+        raise
 
-        def connected() -> dict | None:
-            status = json.loads(frozen_app.run("--status", *options, env=env).stdout)
-            return status if status["state"] == "connected" else None
 
-        status = wait_for(connected, timeout=60, what="the frozen app to connect")
-        devices = cloud_api.call("GET", "/devices")
+def _terminate(app: subprocess.Popen[str]) -> str:
+    app.send_signal(signal.SIGTERM)
+    return app.communicate(timeout=30)[1]
+
+
+def test_frozen_app_connects_headless(
+    frozen_app: FrozenApp, cloud_api, local_cloud, keyring_env, tmp_path: Path
+) -> None:
+    env = _app_env(tmp_path, keyring_env.env)
+    app, status = _connected_app(frozen_app, cloud_api, local_cloud, tmp_path, env, "--headless")
+    try:
+        devices = cloud_api.devices()
         assert status["device_id"] in json.dumps(devices)
 
         def reported_version() -> str | None:
-            twin = cloud_api.call("GET", f"/twins/{status['device_id']}")
+            twin = cloud_api.twin(status["device_id"])
             return twin["properties"]["reported"].get("app_version")
 
         reported = wait_for(reported_version, timeout=30, what="the reported app version")
         assert reported == metadata.version("client-app")
     finally:
-        app.send_signal(signal.SIGTERM)
-        _, stderr = app.communicate(timeout=30)
+        stderr = _terminate(app)
     assert app.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_frozen_window_runs_its_core_in_a_second_process(
+    frozen_app: FrozenApp, cloud_api, local_cloud, keyring_env, tmp_path: Path
+) -> None:
+    """The window starts its device core as `client-app --core-service` of the same bundle."""
+    env = _app_env(tmp_path, {**keyring_env.env, "QT_QPA_PLATFORM": "offscreen"})
+    app, status = _connected_app(frozen_app, cloud_api, local_cloud, tmp_path, env)
+    core = status["pid"]
+    try:
+        assert core != app.pid
+        command = Path(f"/proc/{core}/cmdline").read_bytes().split(b"\0")
+        assert command[0] == str(frozen_app.executable).encode() and b"--core-service" in command
+    finally:
+        stderr = _terminate(app)
+    assert app.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert not Path(f"/proc/{core}").exists()

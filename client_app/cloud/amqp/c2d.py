@@ -65,6 +65,12 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _symbol(value: Any) -> str | None:
+    """proton reads an absent content type or encoding as symbol(None), whose text is "None": no value."""
+    text = _text(value)
+    return None if text == "None" else text
+
+
 def _body(message: Message) -> bytes:
     body = message.body
     if body is None:
@@ -90,8 +96,8 @@ def c2d_request(message: Message, now: float | None = None) -> C2dRequest:
     options: dict[str, Any] = {
         "message_id": _text(message.id) or str(uuid.uuid4()),
         "correlation_id": _text(message.correlation_id),
-        "content_type": _text(message.content_type),
-        "content_encoding": _text(message.content_encoding),
+        "content_type": _symbol(message.content_type),
+        "content_encoding": _symbol(message.content_encoding),
         "properties": {str(k): _text(v) or "" for k, v in properties.items()},
         "ack": ack,
     }

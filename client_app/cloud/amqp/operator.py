@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -102,33 +102,66 @@ def _put_token(connection: BlockingConnection, host: str, token: str, timeout: f
         raise OperatorError(f"the hub refused the token ({status and int(status)}): {description}")
 
 
+class C2dSender:
+    """One AMQP connection and `/messages/devicebound` link for many C2D messages, as a backend keeps its
+    service client open; its SAS token is good for `TOKEN_TTL` seconds, so reopen one older than that."""
+
+    TOKEN_TTL = 3600
+
+    def __init__(self, connection_string: str, *, ca_file: str | None = None, timeout: float = 30) -> None:
+        self._timeout = timeout
+        self.broken = False  # the connection failed: open a new sender
+        self._stack = ExitStack()
+        self.opened = time.monotonic()
+        self._connection = self._stack.enter_context(_hub_connection(connection_string, ca_file, timeout))
+        try:
+            self._link = self._connection.create_sender("/messages/devicebound").link
+        except (ConnectionException, LinkDetached, Timeout) as exc:
+            self.close()
+            raise OperatorError(f"AMQP sender link refused: {exc}") from exc
+
+    def send(self, message: C2dMessage) -> str:
+        """Send one message; returns its message id, or raises OperatorError with the hub's refusal."""
+        message_id = message.message_id or str(uuid.uuid4())
+        properties: dict[str, Any] = dict(message.properties)
+        if message.ack:
+            properties["iothub-ack"] = message.ack
+        address = f"/devices/{quote(message.device_id, safe='')}/messages/devicebound"
+        amqp = Message(body=message.body, inferred=True, id=message_id, correlation_id=message.correlation_id,
+                       content_type=message.content_type, properties=properties or None,
+                       address=address)  # fmt: skip
+        if message.ttl_seconds is not None:  # Azure's SDKs set the absolute expiry time, not the header's ttl
+            amqp.expiry_time = time.time() + message.ttl_seconds
+        try:
+            delivery = self._link.send(amqp)
+            self._connection.wait(
+                lambda: delivery.settled, timeout=self._timeout, msg="waiting for the hub to take the message"
+            )
+        except (ProtonException, OSError) as exc:  # the connection broke, the link detached, or a timeout
+            self.broken = True
+            raise OperatorError(f"AMQP send failed: {exc}") from exc
+        state, condition = delivery.remote_state, delivery.remote.condition
+        delivery.settle()  # a kept-open link must not collect its deliveries
+        if state != Delivery.ACCEPTED:
+            reason = f"{condition.name}: {condition.description}" if condition else f"outcome {state}"
+            raise OperatorError(f"the hub refused the message ({reason})")
+        return message_id
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> C2dSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def send_c2d(connection_string: str, message: C2dMessage, *, ca_file: str | None = None, timeout: float = 30
              ) -> str:  # fmt: skip
     """Send one C2D message; returns its message id, or raises OperatorError with the hub's refusal."""
-    message_id = message.message_id or str(uuid.uuid4())
-    properties: dict[str, Any] = dict(message.properties)
-    if message.ack:
-        properties["iothub-ack"] = message.ack
-    amqp = Message(body=message.body, inferred=True, id=message_id, correlation_id=message.correlation_id,
-                   content_type=message.content_type, properties=properties or None,
-                   address=f"/devices/{quote(message.device_id, safe='')}/messages/devicebound")  # fmt: skip
-    if message.ttl_seconds is not None:  # Azure's SDKs set the absolute expiry time, not the header's ttl
-        amqp.expiry_time = time.time() + message.ttl_seconds
-    with _hub_connection(connection_string, ca_file, timeout) as connection:
-        link = connection.create_sender("/messages/devicebound").link
-        delivery = link.send(amqp)
-        connection.wait(
-            lambda: delivery.settled, timeout=timeout, msg="waiting for the hub to take the message"
-        )
-        if delivery.remote_state != Delivery.ACCEPTED:
-            condition = delivery.remote.condition
-            reason = (
-                f"{condition.name}: {condition.description}"
-                if condition
-                else f"outcome {delivery.remote_state}"
-            )
-            raise OperatorError(f"the hub refused the message ({reason})")
-    return message_id
+    with C2dSender(connection_string, ca_file=ca_file, timeout=timeout) as sender:
+        return sender.send(message)
 
 
 def receive_feedback(connection_string: str, *, ca_file: str | None = None, timeout: float = 30
@@ -193,7 +226,7 @@ def _iso(moment: Any) -> str | None:
 
 
 def event_dict(event: Any) -> dict[str, Any]:
-    """An EventData as the operator API's telemetry JSON (deviceId, enqueuedTimeUtc, body, properties)."""
+    """An EventData as the local-only API's telemetry JSON (deviceId, enqueuedTimeUtc, body, properties)."""
     system = {_text(k): _text(v) for k, v in (event.system_properties or {}).items()}
     body = event.body_as_str(encoding="utf-8") if event.body is not None else ""
     return {

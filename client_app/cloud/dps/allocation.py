@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography import x509
 
+from client_app.cloud.dps.certificates import certificate_info
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub.limits import check_initial_twin
-from client_app.pki import sha1_thumbprint, sha256_thumbprint
 
 log = logging.getLogger("client_app.cloud.dps.allocation")
 
@@ -62,20 +62,6 @@ def _loopback_url(url: str) -> str:
             f"webhookUrl {url!r}: the local cloud calls only http(s) URLs on a loopback IP address", 400001
         )
     return url
-
-
-def certificate_info(cert: x509.Certificate) -> dict[str, Any]:
-    """Azure's X509CertificateInfo (DPS service API)."""
-    return {
-        "subjectName": cert.subject.rfc4514_string(),
-        "sha1Thumbprint": sha1_thumbprint(cert),
-        "sha256Thumbprint": sha256_thumbprint(cert),
-        "issuerName": cert.issuer.rfc4514_string(),
-        "notBeforeUtc": cert.not_valid_before_utc.isoformat().replace("+00:00", "Z"),
-        "notAfterUtc": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
-        "serialNumber": format(cert.serial_number, "X"),
-        "version": cert.version.value + 1,
-    }
 
 
 def allocation_request(

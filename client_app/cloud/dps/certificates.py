@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import secrets
@@ -79,6 +81,61 @@ def parse_single_certificate(pem: str | bytes, what: str) -> x509.Certificate:
     if len(certs) != 1:
         raise bad_request(f"{what}: expected exactly one certificate, got {len(certs)}", 400005)
     return certs[0]
+
+
+_PEM_ARMOR = re.compile(r"-----(BEGIN|END) CERTIFICATE-----")
+
+
+def parse_enrollment_certificate(text: object, what: str, *, ca: bool) -> x509.Certificate:
+    """An enrollment's certificate entry (`signingCertificates`: a CA, `ca`; `clientCertificates`: a device's
+    leaf): one certificate as PEM, as the one-line PEM the .NET SDK sends (`-----BEGIN CERTIFICATE-----` +
+    base64 + `-----END CERTIFICATE-----`, X509CertificateWithInfo.cs), or as bare base64 DER ("PEM or CER",
+    Node's interfaces.d.ts; the C SDK's service sample: "just the Base 64 encoding, or can include the
+    -----BEGIN CERTIFICATE----- and -----END CERTIFICATE----- tags, either works"). Anything else is a 400."""
+    if not isinstance(text, str) or not text.strip():
+        raise bad_request(f"{what}: the certificate must be a PEM string", 400005)
+    if len(_PEM_ARMOR.findall(text)) > 2:
+        raise bad_request(f"{what}: expected exactly one certificate", 400005)
+    try:
+        der = base64.b64decode("".join(_PEM_ARMOR.sub("", text).split()), validate=True)
+        cert = x509.load_der_x509_certificate(der)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"{what}: not a valid PEM certificate ({exc})", 400005) from None
+    if ca and not _is_ca(cert):  # it must sign device certificates: a leaf never sits above one in a chain
+        raise bad_request(f"{what}: not a CA certificate (basicConstraints CA:TRUE required)", 400005)
+    if not ca and _is_ca(cert):  # DPS refuses CA:TRUE device certificates at registration anyway
+        raise bad_request(f"{what}: a CA certificate cannot be a device's client certificate", 400005)
+    return cert
+
+
+def _display_name(name: x509.Name) -> str:
+    """Most specific RDN first, ", "-separated: the subject/issuer form of DPS's X509CertificateInfo examples
+    ("CN=ROOT_…, OU=Azure IoT, O=MSFT, C=US", azure-iot-sdk-csharp X509CertificateWithInfo.cs)."""
+    return ", ".join(rdn.rfc4514_string() for rdn in reversed(name.rdns))
+
+
+def certificate_info(cert: x509.Certificate) -> dict[str, object]:
+    """DPS's X509CertificateInfo (service.json / device.json 2021-10-01, all eight fields required)."""
+    return {
+        "subjectName": _display_name(cert.subject),
+        "sha1Thumbprint": sha1_thumbprint(cert),
+        "sha256Thumbprint": sha256_thumbprint(cert),
+        "issuerName": _display_name(cert.issuer),
+        "notBeforeUtc": _utc(cert.not_valid_before_utc),
+        "notAfterUtc": _utc(cert.not_valid_after_utc),
+        "serialNumber": _serial(cert.serial_number),
+        "version": cert.version.value + 1,  # v3 is stored as 2
+    }
+
+
+def _serial(number: int) -> str:
+    """Upper-case hex of whole bytes, as .NET's X509Certificate2.SerialNumber (what DPS runs on) shows it."""
+    text = f"{number:X}"
+    return "0" * (len(text) % 2) + text
+
+
+def _utc(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 class CertificateStore:

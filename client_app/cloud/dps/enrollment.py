@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,12 +27,19 @@ from cryptography.x509.verification import (
 )
 
 from client_app.cloud.dps.allocation import ALLOCATION_POLICIES, CustomAllocation
-from client_app.cloud.dps.certificates import CertificateStore
+from client_app.cloud.dps.certificates import CertificateStore, certificate_info, parse_enrollment_certificate
 from client_app.cloud.dps.identity_policy import IdentityPolicy, client_auth_refusal, identity_refusal
 from client_app.cloud.errors import CloudError, bad_request, not_found
 from client_app.cloud.hub.limits import check_initial_twin
 from client_app.cloud.store import Store, dumps, utc_now
-from client_app.pki import PkiError, key_id, sha256_thumbprint, validate_registration_id
+from client_app.pki import (
+    PkiError,
+    certificate_to_pem,
+    key_id,
+    load_certificates,
+    sha256_thumbprint,
+    validate_registration_id,
+)
 
 log = logging.getLogger("client_app.cloud.dps.enrollment")
 
@@ -75,22 +84,35 @@ class GroupOptions:
         )
 
 
+SLOTS = ("primary", "secondary")
+
+
 @dataclass(frozen=True)
 class EnrollmentGroup:
     group_id: str
-    ca_name: str
+    ca_name: str  # caReferences.primary; '' for a group attested by signingCertificates
     enabled: bool
     initial_twin: dict[str, Any]
     etag: str
     created: str
     updated: str
     options: GroupOptions = field(default_factory=GroupOptions)
+    signing: tuple[x509.Certificate, ...] = ()  # signingCertificates: primary, then secondary if any
+
+    def attestation(self) -> dict[str, Any]:
+        """Azure's X509Attestation. A signing certificate comes back as its `info` only: DPS computes the
+        X509CertificateInfo and returns it, not the PEM (service.json 2021-10-01 X509CertificateWithInfo;
+        the SDKs' X509CertificateWithInfo docs: "After send an X509 certificate to the provisioning service,
+        it will return the X509CertificateInfo")."""
+        if self.signing:
+            return {"type": "x509", "x509": {"signingCertificates": _infos(self.signing)}}
+        return {"type": "x509", "x509": {"caReferences": {"primary": self.ca_name}}}
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.options.to_json(),
             "enrollmentGroupId": self.group_id,
-            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": self.ca_name}}},
+            "attestation": self.attestation(),
             "provisioningStatus": _status(self.enabled),
             "reprovisionPolicy": {"updateHubAssignment": True, "migrateDeviceData": True},
             "capabilities": {"iotEdge": False},
@@ -101,6 +123,28 @@ class EnrollmentGroup:
         }
 
 
+def _infos(certificates: Sequence[x509.Certificate]) -> dict[str, Any]:
+    """Azure's X509Certificates as DPS answers it: each slot's X509CertificateInfo, never the PEM."""
+    return {slot: {"info": certificate_info(cert)} for slot, cert in zip(SLOTS, certificates, strict=False)}
+
+
+def _load_pems(text: str | None) -> tuple[x509.Certificate, ...]:
+    return _parsed_pems(text) if text else ()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_pems(text: str) -> tuple[x509.Certificate, ...]:
+    """Parsed once: every registration reads every group (up to 100) to find the one closest to its leaf."""
+    return tuple(load_certificates(pem.encode())[0] for pem in json.loads(text))
+
+
+_stored_thumbprint = functools.lru_cache(maxsize=1024)(sha256_thumbprint)  # of the cached stored certificates
+
+
+def _pems(certificates: Sequence[x509.Certificate]) -> str:
+    return dumps([certificate_to_pem(cert).decode() for cert in certificates])
+
+
 @dataclass(frozen=True)
 class IndividualEnrollment:
     registration_id: str
@@ -108,11 +152,13 @@ class IndividualEnrollment:
     etag: str
     created: str
     updated: str
+    client: tuple[x509.Certificate, ...] = ()  # clientCertificates: the device's leaf, primary then secondary
 
     def to_json(self) -> dict[str, Any]:
+        x509_attestation = {"x509": {"clientCertificates": _infos(self.client)}} if self.client else {}
         return {
             "registrationId": self.registration_id,
-            "attestation": {"type": "x509"},
+            "attestation": {"type": "x509", **x509_attestation},
             "provisioningStatus": _status(self.enabled),
             "etag": self.etag,
             "createdDateTimeUtc": self.created,
@@ -159,10 +205,21 @@ class Match:
     leaf: x509.Certificate
     group_id: str | None
     enabled: bool
+    signing_certificate: x509.Certificate | None = None  # the group's signingCertificates entry that matched
 
     @property
     def thumbprint(self) -> str:
         return sha256_thumbprint(self.leaf)
+
+    def x509_result(self) -> dict[str, Any]:
+        """The device's X509RegistrationResult (device.json 2021-10-01): certificateInfo of its leaf; for a
+        group its enrollmentGroupId, and signingCertificateInfo when it matched by a signing certificate."""
+        result: dict[str, Any] = {"certificateInfo": certificate_info(self.leaf)}
+        if self.group_id:
+            result["enrollmentGroupId"] = self.group_id
+        if self.signing_certificate is not None:
+            result["signingCertificateInfo"] = certificate_info(self.signing_certificate)
+        return result
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -199,11 +256,13 @@ class Enrollments:
         options = GroupOptions.from_json(json.loads(row["options"])) if row["options"] else GroupOptions()
         return EnrollmentGroup(
             row["group_id"], row["ca_name"], bool(row["enabled"]), json.loads(row["initial_twin"]),
-            row["etag"], row["created"], row["updated"], options,
+            row["etag"], row["created"], row["updated"], options, _load_pems(row["signing"]),
         )  # fmt: skip
 
     _GROUPS = (
-        "SELECT g.*, o.options FROM enrollment_groups g LEFT JOIN enrollment_group_options o USING (group_id)"
+        "SELECT g.*, o.options, s.certificates AS signing FROM enrollment_groups g"
+        " LEFT JOIN enrollment_group_options o USING (group_id)"
+        " LEFT JOIN enrollment_group_signing s USING (group_id)"
     )
 
     def groups(self) -> list[EnrollmentGroup]:
@@ -225,26 +284,20 @@ class Enrollments:
         if_match: str | None = None,
         options: GroupOptions | None = None,
         create_only: bool = False,
+        signing: Sequence[x509.Certificate] = (),
     ) -> EnrollmentGroup:
-        """Create or replace a group; with `create_only` an existing ID is refused (replacing is explicit)."""
+        """Create or replace a group on a verified CA (`ca_name`, caReferences) or on its own `signing`
+        certificates (signingCertificates, ca_name ''); with `create_only` an existing ID is refused."""
         if not _GROUP_ID.match(group_id):
             raise bad_request(
                 f"enrollment group id '{group_id}': up to 128 of A-Z a-z 0-9 - . _ :,"
                 " ending alphanumeric or -",
                 400001,
             )
-        ca = self._certificates.get(ca_name)
-        if not ca.is_verified:
-            raise bad_request(
-                f"certificate '{ca_name}' is not verified; only verified CAs can back a group", 400007
-            )
-        other = self._store.one(
-            "SELECT group_id FROM enrollment_groups WHERE ca_name=? AND group_id<>?", (ca_name, group_id)
-        )
-        if other is not None:
-            raise CloudError(
-                409, 409001, f"certificate '{ca_name}' already backs enrollment group '{other[0]}'"
-            )
+        if signing:
+            self._check_signing_unique(group_id, signing)
+        else:
+            self._check_ca_reference(group_id, ca_name)
         existing = self._store.one("SELECT * FROM enrollment_groups WHERE group_id=?", (group_id,))
         if existing is not None and create_only:
             raise CloudError(409, 409001, f"enrollment group {existing['group_id']!r} already exists")
@@ -268,8 +321,53 @@ class Enrollments:
                 "INSERT OR REPLACE INTO enrollment_group_options VALUES (?, ?)",
                 (stored_id, dumps((options or GroupOptions()).to_json())),
             )
-        log.info("enrollment group %s -> CA %s (%s)", group_id, ca_name, _status(enabled))
+            db.execute("DELETE FROM enrollment_group_signing WHERE group_id=?", (stored_id,))
+            if signing:
+                db.execute("INSERT INTO enrollment_group_signing VALUES (?, ?)", (stored_id, _pems(signing)))
+        backing = f"signing certificate {signing[0].subject.rfc4514_string()}" if signing else f"CA {ca_name}"
+        log.info("enrollment group %s -> %s (%s)", group_id, backing, _status(enabled))
         return self.group(group_id)
+
+    def _check_ca_reference(self, group_id: str, ca_name: str) -> None:
+        ca = self._certificates.get(ca_name)
+        if not ca.is_verified:
+            raise bad_request(
+                f"certificate '{ca_name}' is not verified; only verified CAs can back a group", 400007
+            )
+        other = self._store.one(
+            "SELECT group_id FROM enrollment_groups WHERE ca_name=? AND group_id<>?", (ca_name, group_id)
+        )
+        if other is not None:
+            raise CloudError(
+                409, 409001, f"certificate '{ca_name}' already backs enrollment group '{other[0]}'"
+            )
+        others = (g for g in self.groups() if g.signing and g.group_id.lower() != group_id.lower())
+        holder = next((g for g in others if ca.sha256 in self._entry_thumbprints(g)), None)
+        if holder is not None:  # the same certificate as another group's signing certificate
+            raise CloudError(
+                409, 409001, f"certificate '{ca_name}' already backs enrollment group '{holder.group_id}'"
+            )
+
+    def _check_signing_unique(self, group_id: str, signing: Sequence[x509.Certificate]) -> None:
+        """DPS: "A certificate can be specified in only one enrollment entry in your DPS instance" (Azure
+        docs how-to-roll-certificates; dps-pki-rules.md §4.1): no other group may hold it, as a signing
+        certificate or through its CA reference."""
+        thumbprints = [sha256_thumbprint(cert) for cert in signing]
+        for group in self.groups():
+            if group.group_id.lower() == group_id.lower():
+                continue
+            if set(thumbprints) & set(self._entry_thumbprints(group)):
+                raise CloudError(
+                    409, 409001, f"that certificate already backs enrollment group '{group.group_id}'"
+                )
+
+    def _entry_thumbprints(self, group: EnrollmentGroup, cas: dict[str, str] | None = None) -> dict[str, Any]:
+        """SHA-256 thumbprint -> the group's certificate entry (a signing certificate, or None for its CA)."""
+        if group.signing:
+            return {_stored_thumbprint(cert): cert for cert in group.signing}
+        if cas is None:
+            cas = {c.name: c.sha256 for c in self._certificates.list()}
+        return {cas[group.ca_name]: None} if group.ca_name in cas else {}
 
     def set_group_enabled(self, group_id: str, enabled: bool) -> EnrollmentGroup:
         current = self.group(group_id)
@@ -279,6 +377,7 @@ class Enrollments:
             enabled=enabled,
             initial_twin=current.initial_twin,
             options=current.options,
+            signing=current.signing,
         )
 
     def delete_group(self, group_id: str) -> None:
@@ -287,48 +386,75 @@ class Enrollments:
         with self._store.transaction() as db:
             db.execute("DELETE FROM enrollment_groups WHERE group_id=?", (group_id,))
             db.execute("DELETE FROM enrollment_group_options WHERE group_id=?", (group_id,))
+            db.execute("DELETE FROM enrollment_group_signing WHERE group_id=?", (group_id,))
 
     # ---- individual enrollments ------------------------------------------------------------------
     @staticmethod
     def _enrollment(row: sqlite3.Row) -> IndividualEnrollment:
         return IndividualEnrollment(
-            row["registration_id"], bool(row["enabled"]), row["etag"], row["created"], row["updated"]
-        )
+            row["registration_id"], bool(row["enabled"]), row["etag"], row["created"], row["updated"],
+            _load_pems(row["client"]),
+        )  # fmt: skip
+
+    _ENROLLMENTS = (
+        "SELECT e.*, c.certificates AS client FROM enrollments e"
+        " LEFT JOIN enrollment_client_certificates c USING (registration_id)"
+    )
 
     def enrollments(self) -> list[IndividualEnrollment]:
-        return [
-            self._enrollment(r) for r in self._store.all("SELECT * FROM enrollments ORDER BY registration_id")
-        ]
+        rows = self._store.all(f"{self._ENROLLMENTS} ORDER BY e.registration_id")
+        return [self._enrollment(r) for r in rows]
 
     def enrollment(self, registration_id: str) -> IndividualEnrollment:
-        row = self._store.one("SELECT * FROM enrollments WHERE registration_id=?", (registration_id,))
-        if row is None:
+        found = self.find_enrollment(registration_id)
+        if found is None:
             raise not_found("enrollment", registration_id, 404201)
-        return self._enrollment(row)
+        return found
 
-    def put_enrollment(self, registration_id: str, *, enabled: bool) -> IndividualEnrollment:
-        """An individual X.509 enrollment keyed by registration ID; disabled = block one device of a group."""
+    def find_enrollment(self, registration_id: str) -> IndividualEnrollment | None:
+        row = self._store.one(f"{self._ENROLLMENTS} WHERE e.registration_id=?", (registration_id,))
+        return self._enrollment(row) if row else None
+
+    def put_enrollment(
+        self, registration_id: str, *, enabled: bool, client: Sequence[x509.Certificate] = ()
+    ) -> IndividualEnrollment:
+        """An individual X.509 enrollment keyed by registration ID: disabled, it blocks one device of a group.
+        With `client` (clientCertificates) only that leaf may register as the ID; its CN must be the ID (the
+        registration ID of an X.509 enrollment is its certificate's CN, Azure docs concepts-service.md)."""
         registration_id = _checked_registration_id(registration_id)
+        for cert in client:
+            if common_name(cert).lower() != registration_id.lower():
+                raise bad_request(
+                    f"clientCertificates: CN '{common_name(cert)}' is not the registration ID", 400005
+                )
         existing = self._store.one(
             "SELECT created FROM enrollments WHERE registration_id=?", (registration_id,)
         )
         now = utc_now()
-        self._store.execute(
-            "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?)",
-            (
-                registration_id,
-                int(enabled),
-                secrets.token_hex(8),
-                existing["created"] if existing else now,
-                now,
-            ),
-        )
+        created = existing["created"] if existing else now
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?)",
+                (registration_id, int(enabled), secrets.token_hex(8), created, now),
+            )
+            db.execute(
+                "DELETE FROM enrollment_client_certificates WHERE registration_id=?", (registration_id,)
+            )
+            if client:
+                db.execute(
+                    "INSERT INTO enrollment_client_certificates VALUES (?, ?)",
+                    (registration_id, _pems(client)),
+                )
         log.info("individual enrollment %s (%s)", registration_id, _status(enabled))
         return self.enrollment(registration_id)
 
     def delete_enrollment(self, registration_id: str) -> None:
         self.enrollment(registration_id)
-        self._store.execute("DELETE FROM enrollments WHERE registration_id=?", (registration_id,))
+        with self._store.transaction() as db:
+            db.execute("DELETE FROM enrollments WHERE registration_id=?", (registration_id,))
+            db.execute(
+                "DELETE FROM enrollment_client_certificates WHERE registration_id=?", (registration_id,)
+            )
 
     # ---- registration records --------------------------------------------------------------------
     @staticmethod
@@ -459,22 +585,26 @@ class Enrollments:
         refusal = client_auth_refusal(leaf)
         if refusal is not None:
             raise unauthorized(refusal)
-        path = self._verified_path(leaf, chain[1:])
-        individual = self._store.one(
-            "SELECT enabled FROM enrollments WHERE registration_id=?", (registration_id,)
-        )
-        if individual is not None:
-            return Match(registration_id, leaf, None, bool(individual["enabled"]))
-        groups = {g.ca_name: g for g in self.groups()}
-        by_thumbprint = {c.sha256: c.name for c in self._certificates.list()}
-        for cert in path[1:]:  # leaf → root: the first group found decides
-            group = groups.get(by_thumbprint.get(sha256_thumbprint(cert), ""))
-            if group is not None:
-                return Match(registration_id, leaf, group.group_id, group.enabled)
+        groups = self.groups()
+        path = self._verified_path(leaf, chain[1:], [c for g in groups for c in g.signing])
+        individual = self.find_enrollment(registration_id)
+        if individual is not None:  # an individual enrollment comes before any group
+            if individual.client and sha256_thumbprint(leaf) not in {
+                sha256_thumbprint(c) for c in individual.client
+            }:
+                raise unauthorized(f"the certificate is not the one enrolled for '{registration_id}'")
+            return Match(registration_id, leaf, None, individual.enabled)
+        cas = {c.name: c.sha256 for c in self._certificates.list()}
+        entries = {t: (g, cert) for g in groups for t, cert in self._entry_thumbprints(g, cas).items()}
+        for cert in path[1:]:  # leaf → root: the group on the certificate closest to the leaf decides
+            entry = entries.get(sha256_thumbprint(cert))
+            if entry is not None:
+                group, signing = entry
+                return Match(registration_id, leaf, group.group_id, group.enabled, signing)
         raise unauthorized("no enrollment group matches the certificate chain")
 
     def _verified_path(
-        self, leaf: x509.Certificate, intermediates: list[x509.Certificate]
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate], signing: list[x509.Certificate]
     ) -> list[x509.Certificate]:
         """Validated chain leaf → verified anchor, extended above the anchor with known CAs up to a root."""
         anchors = [c.certificate for c in self._certificates.verified()]
@@ -486,13 +616,61 @@ class Enrollments:
             if "candidates exhausted" in str(exc):
                 raise unauthorized("CA certificate not found. (the chain reaches no verified CA)") from exc
             raise unauthorized(f"Invalid certificate: {exc}") from exc
-        known = [c.certificate for c in self._certificates.list()] + intermediates
+        known = [c.certificate for c in self._certificates.list()] + intermediates + signing
         while path[-1].issuer != path[-1].subject:
             parent = next((c for c in known if _issued(path[-1], c) and c not in path), None)
             if parent is None:
                 break
             path.append(parent)
         return path
+
+
+def signing_certificates_from_json(entries: Any, existing: EnrollmentGroup | None) -> list[x509.Certificate]:
+    """A group's `signingCertificates`: CA certificates (see certificates_from_json)."""
+    return certificates_from_json(
+        entries, existing.signing if existing else (), "signingCertificates", ca=True
+    )
+
+
+def client_certificates_from_json(
+    entries: Any, existing: IndividualEnrollment | None
+) -> list[x509.Certificate]:
+    """An individual enrollment's `clientCertificates`: the device's leaf (see certificates_from_json)."""
+    return certificates_from_json(
+        entries, existing.client if existing else (), "clientCertificates", ca=False
+    )
+
+
+def certificates_from_json(
+    entries: Any, held: Sequence[x509.Certificate], name: str, *, ca: bool
+) -> list[x509.Certificate]:
+    """Azure's X509Certificates `{primary: {certificate: PEM}, secondary: {...}}`. An entry with only the
+    `info` a GET returned keeps the certificate already `held` in that slot (our choice: DPS never returns
+    the PEM, so an enrollment read and PUT back unchanged, as the SDKs' update samples do, must still mean
+    the same certificate)."""
+    if not isinstance(entries, dict) or not isinstance(entries.get("primary"), dict):
+        raise bad_request(f'{name}.primary must be {{"certificate": PEM}}', 400004)
+    kept_by_slot = dict(zip(SLOTS, held, strict=False))
+    certificates = []
+    for slot in SLOTS:
+        entry = entries.get(slot)
+        if entry is None:
+            continue
+        what = f"{name}.{slot}"
+        if not isinstance(entry, dict):
+            raise bad_request(f"{what} must be an object", 400004)
+        if entry.get("certificate") is not None:
+            certificates.append(parse_enrollment_certificate(entry["certificate"], what, ca=ca))
+            continue
+        info = entry.get("info")
+        thumbprint = info.get("sha256Thumbprint") if isinstance(info, dict) else None
+        kept = kept_by_slot.get(slot)
+        if kept is None or not isinstance(thumbprint, str) or thumbprint.upper() != sha256_thumbprint(kept):
+            raise bad_request(f"{what}.certificate is required (a PEM certificate)", 400005)
+        certificates.append(kept)
+    return (
+        certificates  # primary and secondary may be the same (azure-iot-deviceprovisioning's README sample)
+    )
 
 
 def _issued(child: x509.Certificate, parent: x509.Certificate) -> bool:

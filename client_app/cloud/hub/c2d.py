@@ -143,16 +143,6 @@ class C2dQueue:
         log.info("C2D %s queued for %s (%d bytes)", message_id, device_id, len(body))
         return {"messageId": message_id, "sequenceNumber": cursor.lastrowid, "deviceId": device_id}
 
-    def pending(self, device_id: str) -> list[dict[str, Any]]:
-        rows = self._store.all(
-            "SELECT * FROM c2d WHERE device_id=? AND expiry>=? ORDER BY seq", (device_id, time.time())
-        )
-        return [
-            {"messageId": r["message_id"], "sequenceNumber": r["seq"], "enqueuedTimeUtc": r["enqueued"],
-             "properties": parse_bag(r["properties"]), **body_json(bytes(r["body"]))}
-            for r in rows
-        ]  # fmt: skip
-
     def purge(self, device_id: str) -> dict[str, Any]:
         purged = self._store.execute("DELETE FROM c2d WHERE device_id=?", (device_id,)).rowcount
         log.info("C2D queue of %s purged (%d messages)", device_id, purged)

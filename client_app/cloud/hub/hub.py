@@ -10,7 +10,6 @@ import re
 import secrets
 import sqlite3
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,8 @@ from client_app.cloud.hub.router import (
     route,
 )
 from client_app.cloud.hub.topics import parse_bag, request_id
-from client_app.cloud.hub.twins import Twins, check_etag, merge_patch, twin_etag
+from client_app.cloud.hub.twin_query import Query
+from client_app.cloud.hub.twins import Twin, Twins, check_etag, merge_patch
 from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
 from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
 from client_app.pki import sha256_thumbprint
@@ -62,6 +62,10 @@ SYSTEM_KEYS = {
     "$.exp": "expiryTimeUtc",
     "$.on": "outputName",
 }
+
+
+# The fields of a twin a query's WHERE can judge (docs/local-cloud.md, "Query").
+QUERY_FIELDS = frozenset({"deviceId", "status", "connectionState", "tags", "properties"})
 
 
 def valid_device_id(device_id: str) -> bool:
@@ -121,7 +125,9 @@ class Hub:
         return row
 
     def devices(self) -> list[dict[str, Any]]:
-        return [self._device_json(r) for r in self._store.all("SELECT * FROM devices ORDER BY device_id")]
+        queued = self.c2d.depths()
+        rows = self._store.all("SELECT * FROM devices ORDER BY device_id")
+        return [self._device_json(r, queued.get(r["device_id"], 0)) for r in rows]
 
     def device(self, device_id: str) -> dict[str, Any]:
         return self._device_json(self._row(device_id))
@@ -370,10 +376,6 @@ class Hub:
         self._kick(device_id)
         return sent
 
-    def pending_c2d(self, device_id: str) -> list[dict[str, Any]]:
-        self._row(device_id)
-        return self.c2d.pending(device_id)
-
     def purge_c2d(self, device_id: str) -> dict[str, Any]:
         self._row(device_id)
         return self.c2d.purge(device_id)
@@ -398,26 +400,26 @@ class Hub:
                     return  # the connection is failing; the next one starts its own delivery
 
     # ---- twins -----------------------------------------------------------------------------------
-    def _twin_row(self, device_id: str) -> sqlite3.Row:
-        row = self.twins.row(device_id)
-        if row is None:
+    def _twin(self, device_id: str) -> Twin:
+        twin = self.twins.get(device_id)
+        if twin is None:
             self._row(device_id)  # 404 for unknown devices
             self.twins.create(self._store, device_id)
-            row = self.twins.row(device_id)
-        assert row is not None
-        return row
+            twin = self.twins.get(device_id)
+        assert twin is not None
+        return twin
 
     def twin(self, device_id: str) -> dict[str, Any]:
         """Service view of the twin (shape of the IoT Hub service API)."""
-        row = self._twin_row(device_id)
-        return self.twins.service_doc(self.device(device_id), row)
+        twin = self._twin(device_id)
+        return self.twins.service_doc(self.device(device_id), twin)
 
     def patch_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         check_twin("desired", patch)
-        row = self._twin_row(device_id)
-        desired = merge_patch(json.loads(row["desired"]), patch)
+        twin = self._twin(device_id)
+        desired = merge_patch(twin.desired, patch)
         check_twin("desired", desired)
-        version = row["desired_version"] + 1
+        version = twin.desired_version + 1
         self.twins.set_desired(device_id, desired, version)
         online = self._online.get(device_id)
         if online is not None and self._subscribed(device_id, DESIRED_FILTER):
@@ -430,7 +432,7 @@ class Hub:
     async def _twin_get(self, conn: MqttConnection, device_id: str, topic: str) -> None:
         # Answered even without a $iothub/twin/res/# subscription: the SDK's reconnect GET never subscribes.
         rid = request_id(topic) or ""
-        body = json.dumps(self.twins.device_doc(self._twin_row(device_id))).encode()
+        body = json.dumps(self._twin(device_id).properties).encode()
         await self._respond(conn, f"$iothub/twin/res/200/?$rid={rid}", body)
 
     async def _twin_reported(self, conn: MqttConnection, device_id: str, topic: str, payload: bytes) -> None:
@@ -438,8 +440,8 @@ class Hub:
         try:
             patch = json.loads(payload)
             check_twin("reported", patch)
-            row = self._twin_row(device_id)
-            reported = merge_patch(json.loads(row["reported"]), patch)
+            twin = self._twin(device_id)
+            reported = merge_patch(twin.reported, patch)
             check_twin("reported", reported)
         except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the parser
             log.warning("device %s: reported patch refused, invalid JSON (%s)", device_id, exc)
@@ -449,7 +451,7 @@ class Hub:
             log.warning("device %s: reported patch refused: %s", device_id, exc.message)
             await self._respond(conn, f"$iothub/twin/res/{exc.status}/?$rid={rid}", b"")
             return
-        version = row["reported_version"] + 1
+        version = twin.reported_version + 1
         self.twins.set_reported(device_id, reported, version)
         await self._respond(conn, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
 
@@ -491,30 +493,41 @@ class Hub:
         """412 / 412002 (PreconditionFailed) unless If-Match is absent, `*` or the identity's etag."""
         check_etag(f"device {device_id!r}", self._row(device_id)["etag"], if_match)
 
-    def all_twins(self, where: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
-        """Every twin, one read of each table; with `where`, only those it holds True for (judged on a light
-        document: id, status, connection state, tags and properties, so non-matches cost no twin)."""
-        twins = self.twins.rows()
+    def query(self, query: Query) -> list[dict[str, Any]]:
+        """Run a parsed query over every twin. WHERE judges each twin's query document (identity, status,
+        connection state, tags and properties: the cached twins and one read of the registry's ids and
+        status); whole twins are built only for the rows SELECT * returns, or when the answer needs more."""
+        twins = self.twins.all()
+        online = self._online
+        documents = [
+            {
+                "deviceId": device_id,
+                "status": "enabled" if enabled else "disabled",
+                "connectionState": "Connected" if device_id in online else "Disconnected",
+                "tags": twin.tags,
+                "properties": twin.properties,
+            }
+            for device_id, enabled in self._store.all(
+                "SELECT device_id, enabled FROM devices ORDER BY device_id"
+            )
+            if (twin := twins.get(device_id)) is not None
+        ]
+        selected = query.select(documents)
+        if query.reads_only(QUERY_FIELDS):
+            return query.shape(selected)
+        ids = [document["deviceId"] for document in selected]
+        rows = {r["device_id"]: r for r in self._device_rows(ids)}
         queued = self.c2d.depths()
-        result = []
-        for row in self._store.all("SELECT * FROM devices ORDER BY device_id"):
-            twin_row = twins.get(row["device_id"])
-            if twin_row is None:
-                continue
-            if where is not None:
-                tags, desired, reported, _ = self.twins.parsed(twin_row)
-                light = {
-                    "deviceId": row["device_id"],
-                    "status": "enabled" if row["enabled"] else "disabled",
-                    "connectionState": "Connected" if row["device_id"] in self._online else "Disconnected",
-                    "tags": tags,
-                    "properties": {"desired": desired, "reported": reported},
-                }
-                if where(light) is not True:
-                    continue
-            device = self._device_json(row, queued.get(row["device_id"], 0))
-            result.append(self.twins.service_doc(device, twin_row))
-        return result
+        whole = [self.twins.service_doc(self._device_json(rows[i], queued.get(i, 0)), twins[i]) for i in ids]
+        return query.shape(whole)
+
+    def _device_rows(self, device_ids: list[str], chunk: int = 500) -> list[sqlite3.Row]:
+        rows = []
+        for start in range(0, len(device_ids), chunk):
+            ids = device_ids[start : start + chunk]
+            marks = ",".join("?" * len(ids))
+            rows += self._store.all(f"SELECT * FROM devices WHERE device_id IN ({marks})", ids)
+        return rows
 
     def update_twin(
         self,
@@ -526,9 +539,9 @@ class Hub:
         replace: bool,
     ) -> dict[str, Any]:
         """PATCH (merge) or PUT (replace) tags and desired properties under the twin's etag."""
-        row = self._twin_row(device_id)
-        check_etag(f"twin {device_id!r}", twin_etag(row), if_match)
-        current_tags, current_desired = json.loads(row["tags"]), json.loads(row["desired"])
+        twin = self._twin(device_id)
+        check_etag(f"twin {device_id!r}", twin.etag, if_match)
+        current_tags, current_desired = twin.tags, twin.desired
         patch: dict[str, Any] = {}
         if desired is not None:  # replace = a patch that also deletes what the new document lacks
             check_twin("desired", desired)

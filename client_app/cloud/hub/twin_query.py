@@ -19,7 +19,7 @@ without alias is `$1`, as IoT Hub answers.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,15 @@ class Query:
         return "twin" if self.columns is None else "raw"
 
     def run(self, twins: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        selected = [t for t in twins if self.where is None or self.where(t) is True]
+        return self.shape(self.select(twins))
+
+    def select(self, twins: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The twins WHERE holds True for."""
+        where = self.where
+        return list(twins) if where is None else [t for t in twins if where(t) is True]
+
+    def shape(self, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The answer's rows from the selected twins: themselves, projections or aggregates."""
         if self.columns is None:
             return selected
         if self.aggregate:
@@ -89,6 +97,14 @@ class Query:
         return [
             {name: _project(t, path) for name, path in self.columns if path is not None} for t in selected
         ]
+
+    def reads_only(self, fields: Collection[str]) -> bool:
+        """Whether the answer's rows are made of these top-level twin fields alone (so lighter documents that
+        hold just them give the same rows); never for SELECT *."""
+        if self.columns is None:
+            return False
+        paths = [path for _, path in self.columns if path is not None] + [self.group_by or ()]
+        return all(not path or path[0] in fields for path in paths)
 
     def _aggregate(self, twins: list[dict[str, Any]]) -> list[dict[str, Any]]:
         assert self.columns is not None
@@ -255,18 +271,29 @@ class _Parser:
             raise QueryError("expected a value but found the end")
         if tok.kind == "number":
             self.pos += 1
-            number = float(tok.text)
-            return lambda _twin: number
+            return _Literal(float(tok.text))
         if tok.kind == "string":
             self.pos += 1
-            text = _unquote(tok.text)
-            return lambda _twin: text
+            return _Literal(_unquote(tok.text))
         if tok.kind == "name" and tok.text.lower() in ("true", "false", "null"):
             self.pos += 1
-            constant = {"true": True, "false": False, "null": None}[tok.text.lower()]
-            return lambda _twin: constant
+            return _Literal({"true": True, "false": False, "null": None}[tok.text.lower()])
         path = self.path()
         return lambda twin: resolve(twin, path)
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """An operand that is a literal: its value whatever the twin (comparisons specialise on it)."""
+
+    value: Any
+
+    def __call__(self, _twin: dict[str, Any]) -> Any:
+        return self.value
+
+
+def _constant(operand: Callable[[dict[str, Any]], Any]) -> Any:
+    return operand.value if isinstance(operand, _Literal) else _UNDEFINED
 
 
 def _unquote(literal: str) -> str:
@@ -284,16 +311,15 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+_KINDS: dict[type, str] = {type(None): "null", bool: "bool", int: "number", float: "number", str: "string"}
+
+
 def _kind(value: Any) -> str | None:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return None  # objects and arrays compare as undefined
+    """The JSON type a comparison cares about; None for objects and arrays (they compare as undefined)."""
+    return _KINDS.get(type(value))
+
+
+_EQUALITY = (_COMPARE["="], _COMPARE["!="], _COMPARE["<>"])
 
 
 def _comparison(
@@ -301,6 +327,20 @@ def _comparison(
     op: Callable[[Any, Any], bool],
     right: Callable[[dict[str, Any]], Any],
 ) -> Predicate:
+    constant = _constant(right)
+    if constant is not _UNDEFINED:  # `path op literal`, the common case: the literal's type is known once
+        kind = _kind(constant)
+        if kind in ("null", "bool") and op not in _EQUALITY:
+            return lambda _twin: _UNDEFINED
+
+        def against_literal(twin: dict[str, Any]) -> Any:
+            a = left(twin)
+            if a is _UNDEFINED or _KINDS.get(type(a)) != kind:
+                return _UNDEFINED
+            return op(a, constant)
+
+        return against_literal
+
     def evaluate(twin: dict[str, Any]) -> Any:
         a, b = left(twin), right(twin)
         if a is _UNDEFINED or b is _UNDEFINED:
@@ -308,7 +348,7 @@ def _comparison(
         kind = _kind(a)
         if kind is None or kind != _kind(b):
             return _UNDEFINED
-        if kind in ("null", "bool") and op not in (_COMPARE["="], _COMPARE["!="], _COMPARE["<>"]):
+        if kind in ("null", "bool") and op not in _EQUALITY:
             return _UNDEFINED
         return op(a, b)
 

@@ -161,12 +161,16 @@ class ServiceClient:
         ca_file: str | None = None,
         timeout: float = 30.0,
         certificates: ArmCertificates | None = None,
+        amqp_connection_string: str | None = None,
     ) -> None:
         self.certificates = certificates
+        # C2D goes over AMQP to the hub's host (Azure); the local cloud's AMQP address may differ from REST's.
+        self._amqp_connection_string = amqp_connection_string or hub_connection_string
+        self._c2d: Any = None  # amqp.operator.C2dSender, opened on the first send_c2d
         self._hub = _Endpoint.parse(hub_connection_string, HUB_API_VERSION) if hub_connection_string else None
         self._dps = _Endpoint.parse(dps_connection_string, DPS_API_VERSION) if dps_connection_string else None
         # The local cloud's CA, or SSL_CERT_FILE (the usual override), or the system's trust store (Azure).
-        ca_file = ca_file or os.environ.get("SSL_CERT_FILE")
+        ca_file = self._ca_file = ca_file or os.environ.get("SSL_CERT_FILE")
         verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._http = httpx.Client(verify=verify, timeout=timeout, trust_env=False)
 
@@ -179,10 +183,13 @@ class ServiceClient:
         certificates = ArmCertificates(credential, LOCAL_SUBSCRIPTION, "local", "local", base_url=base_url,
                                        ca_file=info.server_ca_pem)  # fmt: skip
         return cls(info.iothub_connection_string, info.dps_connection_string, ca_file=info.server_ca_pem,
-                   certificates=certificates, **kwargs)  # fmt: skip
+                   certificates=certificates, amqp_connection_string=local_amqp_connection_string(info),
+                   **kwargs)  # fmt: skip
 
     def close(self) -> None:
         self._http.close()
+        if self._c2d is not None:
+            self._c2d.close()
         if self.certificates is not None:
             self.certificates.close()
 
@@ -270,6 +277,29 @@ class ServiceClient:
         body = {"methodName": method, "payload": payload, "responseTimeoutInSeconds": timeout}
         return self._json(self._hub, "POST", f"/twins/{_segment(device_id)}/methods", body)
 
+    def send_c2d(self, device_id: str, body: bytes | str, *, properties: dict[str, str] | None = None,
+                 message_id: str | None = None, correlation_id: str | None = None,
+                 content_type: str | None = None, ttl_seconds: float | None = None, ack: str | None = None
+                 ) -> str:  # fmt: skip
+        """A cloud-to-device message over AMQP, as azure-iot-hub's send_c2d_message sends it (one connection,
+        kept open); returns its message id. A refusal raises amqp.operator.OperatorError with the AMQP
+        condition the SDKs translate (amqp:not-found, amqp:resource-limit-exceeded, ...)."""
+        from client_app.cloud.amqp.operator import C2dMessage, C2dSender  # proton: only when sending
+
+        if self._amqp_connection_string is None:
+            raise ValueError("no IoT Hub connection string was given (C2D goes to the hub over AMQP)")
+        if self._c2d is not None and (
+            self._c2d.broken or time.monotonic() - self._c2d.opened > C2dSender.TOKEN_TTL / 2
+        ):
+            self._c2d.close()
+            self._c2d = None
+        if self._c2d is None:
+            self._c2d = C2dSender(self._amqp_connection_string, ca_file=self._ca_file)
+        data = body.encode() if isinstance(body, str) else body
+        message = C2dMessage(device_id, data, properties or {}, message_id, correlation_id, content_type,
+                             ttl_seconds, ack)  # fmt: skip
+        return self._c2d.send(message)
+
     def purge(self, device_id: str) -> int:
         return self._json(self._hub, "DELETE", f"/devices/{_segment(device_id)}/commands")[
             "totalMessagesPurged"
@@ -293,12 +323,27 @@ class ServiceClient:
         return self.replace_group({**group, "provisioningStatus": "enabled" if enabled else "disabled"})
 
     def create_group(
-        self, group_id: str, ca_name: str, *, enabled: bool = True, initial_twin: dict[str, Any] | None = None
+        self,
+        group_id: str,
+        ca_name: str | None = None,
+        *,
+        enabled: bool = True,
+        initial_twin: dict[str, Any] | None = None,
+        signing_certificate: bytes | None = None,
     ) -> dict[str, Any]:
-        """A new X.509 group on a verified CA certificate; an existing ID is refused (no etag: create)."""
+        """A new X.509 group on a verified CA certificate (`ca_name`, caReferences) or on a CA certificate's
+        PEM held by the group itself (`signing_certificate`, signingCertificates); an existing ID is refused
+        (no etag: create)."""
+        if (ca_name is None) == (signing_certificate is None):
+            raise ValueError("a group is on either a CA certificate name or a signing certificate")
+        x509 = (
+            {"signingCertificates": {"primary": {"certificate": signing_certificate.decode()}}}
+            if signing_certificate is not None
+            else {"caReferences": {"primary": ca_name}}
+        )
         body: dict[str, Any] = {
             "enrollmentGroupId": group_id,
-            "attestation": {"type": "x509", "x509": {"caReferences": {"primary": ca_name}}},
+            "attestation": {"type": "x509", "x509": x509},
             "provisioningStatus": "enabled" if enabled else "disabled",
         }
         if initial_twin is not None:
@@ -311,9 +356,17 @@ class ServiceClient:
     def enrollments(self) -> list[dict[str, Any]]:
         return list(self._pages(self._dps, "/enrollments/query", {"query": "*"}, 100))
 
-    def put_enrollment(self, registration_id: str, *, enabled: bool) -> dict[str, Any]:
-        """An individual X.509 enrollment; disabled, it blocks one device of a group."""
-        body = {"registrationId": registration_id, "attestation": {"type": "x509"},
+    def put_enrollment(
+        self, registration_id: str, *, enabled: bool, client_certificate: bytes | None = None
+    ) -> dict[str, Any]:
+        """An individual X.509 enrollment; disabled, it blocks one device of a group. With
+        `client_certificate` (the device's leaf, PEM; x509.clientCertificates) only that leaf registers as
+        the ID."""
+        attestation: dict[str, Any] = {"type": "x509"}
+        if client_certificate is not None:
+            primary = {"certificate": client_certificate.decode()}
+            attestation["x509"] = {"clientCertificates": {"primary": primary}}
+        body = {"registrationId": registration_id, "attestation": attestation,
                 "provisioningStatus": "enabled" if enabled else "disabled"}  # fmt: skip
         return self._json(self._dps, "PUT", f"/enrollments/{_segment(registration_id)}", body)
 
@@ -325,6 +378,23 @@ class ServiceClient:
 
     def registration(self, registration_id: str) -> dict[str, Any]:
         return self._json(self._dps, "GET", f"/registrations/{_segment(registration_id)}")
+
+    def delete_registration(self, registration_id: str) -> None:
+        """Forget a device's registration record (it may register again, e.g. with another key)."""
+        self._call(self._dps, "DELETE", f"/registrations/{_segment(registration_id)}")
+
+
+def local_amqp_connection_string(info: ConnectionInfo) -> str | None:
+    """The local cloud's hub connection string for AMQP: the REST one where both share an address, else its
+    `service` policy's key (from the Event Hubs-compatible string) at the AMQP address; None without AMQP."""
+    eventhub = info.eventhub_compatible_connection_string
+    if not eventhub or not info.amqp_host:
+        return None
+    if info.iothub_connection_string and info.service_host == info.amqp_host:
+        return info.iothub_connection_string
+    fields = parse_connection_string(eventhub)
+    policy, key = fields["SharedAccessKeyName"], fields["SharedAccessKey"]
+    return f"HostName={info.amqp_host};SharedAccessKeyName={policy};SharedAccessKey={key}"
 
 
 def _error(response: httpx.Response) -> ServiceError:

@@ -1,4 +1,5 @@
-"""The local cloud's HTTP servers (operator API, service API): uvicorn with deadlines and a concurrency cap.
+"""The local cloud's HTTP servers (service API, local-only API): uvicorn with deadlines, a concurrency cap and
+a body-size limit.
 
 uvicorn never times out a request that is still arriving: a client that opens a connection and sends
 nothing, or sends headers and then trickles (or never sends) its body, holds the connection for ever. Here a
@@ -14,16 +15,23 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from client_app.cloud.errors import CloudError
 
 log = logging.getLogger("client_app.cloud.http")
 
 REQUEST_TIMEOUT = 10.0
 MAX_CONCURRENCY = 256
+# Uvicorn reads any request body whole into memory; the largest legitimate one (a 128 KB method payload, a
+# twin or an enrollment group) stays far below this.
+MAX_REQUEST_BODY = 1024 * 1024
 
 
 class DeadlineH11Protocol(H11Protocol):
@@ -60,10 +68,73 @@ class DeadlineH11Protocol(H11Protocol):
             self.transport.close()
 
 
+class BodyLimit:
+    """Refuse a request body over MAX_REQUEST_BODY (413) before more of it is read; pass the rest on whole.
+
+    `render` shapes the refusal (the service API answers with Azure's error body)."""
+
+    def __init__(self, app: ASGIApp, render: Callable[[str, CloudError], Response] | None = None) -> None:
+        self.app = app
+        self.render = render
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_REQUEST_BODY:
+                await self._refuse_large(scope, receive, send)
+                return
+        body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = CloudError(413, 413001, f"request body exceeds {MAX_REQUEST_BODY // 1024} KB")
+        log.warning("API %s %s -> 413 %s", scope["method"], scope["path"], error.message)
+        response = self.render(scope["path"], error) if self.render else JSONResponse(error.to_json(), 413)
+        await response(scope, receive, send)
+
+
 class _Server(uvicorn.Server):
+    """uvicorn, stopped at once: its main loop notices `should_exit` only on its next 0.1 s tick and its
+    shutdown always sleeps 0.1 s for connections to wind down, even when there are none (a test suite stops
+    hundreds of clouds)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.exit_now = asyncio.Event()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the cloud owns SIGINT/SIGTERM; uvicorn would re-raise them after shutting down
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):  # a tick a tenth of a second, as uvicorn's own loop
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exit_now.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.server_state.connections or self.server_state.tasks:
+            await super().shutdown(sockets)  # graceful: in-flight requests get timeout_graceful_shutdown
+            return
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -117,6 +188,7 @@ class HttpServer:
                 if transport is not None and (cycle is None or cycle.response_complete):
                     transport.abort()
             self._server.should_exit = True
+            self._server.exit_now.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 10)
         self.sock.close()

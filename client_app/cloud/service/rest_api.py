@@ -21,11 +21,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.x509 import Certificate
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from client_app.cloud.dps.enrollment import Enrollments, GroupOptions
+from client_app.cloud.dps.enrollment import (
+    EnrollmentGroup,
+    Enrollments,
+    GroupOptions,
+    IndividualEnrollment,
+    client_certificates_from_json,
+    signing_certificates_from_json,
+)
 from client_app.cloud.errors import CloudError, bad_request
 from client_app.cloud.hub.hub import Hub
 from client_app.cloud.hub.twin_query import QueryError, parse
@@ -237,7 +245,7 @@ def _hub_routes(app: FastAPI, hub: Hub, auth: ServiceAuth) -> None:
             parsed = parse(text)
         except QueryError as exc:
             raise bad_request(f"query: {exc}", 400004) from None
-        return paged(request, parsed.run(hub.all_twins(parsed.where)), parsed.item_type)
+        return paged(request, hub.query(parsed), parsed.item_type)
 
     @app.get("/devices/{device_id}")
     async def get_device(request: Request, device_id: str) -> Any:
@@ -378,15 +386,17 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
         initial_twin = body.get("initialTwin")
         if initial_twin is not None:
             _object(initial_twin, "initialTwin")
+        ca_name, signing = _group_attestation(body, _existing_group(enrollments, group_id))
         return enrollments.put_group(
             group_id,
-            _ca_reference(body),
+            ca_name,
             enabled=_provisioning_status(body),
             initial_twin=_initial_twin(initial_twin),
             if_match=_if_match(request, body),
             create_only=_if_match(request, body) is None,
             # allocationPolicy, customAllocationDefinition, identityPolicy
             options=GroupOptions.from_json(body),
+            signing=signing,
         ).to_json()
 
     @app.delete("/enrollmentGroups/{group_id}", status_code=204)
@@ -410,10 +420,10 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
     async def put_enrollment(request: Request, registration_id: str) -> Any:
         write(request)
         body = await _named_body(request, "registrationId", registration_id)
-        attestation = body.get("attestation") or {}
-        if not isinstance(attestation, dict) or attestation.get("type") != "x509":
-            raise bad_request("only x509 attestation is supported", 400004)
-        return enrollments.put_enrollment(registration_id, enabled=_provisioning_status(body)).to_json()
+        client = _client_certificates(body, enrollments.find_enrollment(registration_id))
+        return enrollments.put_enrollment(
+            registration_id, enabled=_provisioning_status(body), client=client
+        ).to_json()
 
     @app.delete("/enrollments/{registration_id}", status_code=204)
     async def delete_enrollment(request: Request, registration_id: str) -> Response:
@@ -457,22 +467,50 @@ def _provisioning_status(body: Mapping[str, Any]) -> bool:
     return status == "enabled"
 
 
-def _ca_reference(body: Mapping[str, Any]) -> str:
+def _existing_group(enrollments: Enrollments, group_id: str) -> EnrollmentGroup | None:
+    try:
+        return enrollments.group(group_id)
+    except CloudError:
+        return None
+
+
+def _group_attestation(
+    body: Mapping[str, Any], existing: EnrollmentGroup | None
+) -> tuple[str, list[Certificate]]:
+    """(caReferences.primary, []) or ('', signing certificates): a group's X509Attestation (service.json
+    2021-10-01), which names a verified CA or carries its own CA certificates (`signingCertificates`)."""
     attestation = body.get("attestation")
     x509 = attestation.get("x509") if isinstance(attestation, dict) else None
     if not isinstance(attestation, dict) or attestation.get("type") != "x509" or not isinstance(x509, dict):
         raise bad_request('attestation must be {"type": "x509", "x509": {...}}', 400004)
+    if x509.get("signingCertificates") is not None:
+        return "", signing_certificates_from_json(x509["signingCertificates"], existing)
+    if x509.get("clientCertificates") is not None:  # C SDK attestation_mechanism.h: "NOT VALID" on a group
+        raise bad_request("clientCertificates are for individual enrollments, not enrollment groups", 400004)
     references = x509.get("caReferences")
     primary = references.get("primary") if isinstance(references, dict) else None
     if isinstance(primary, str) and primary:
-        return primary
-    if x509.get("signingCertificates"):
+        return primary, []
+    raise bad_request(
+        "attestation.x509 needs caReferences.primary or signingCertificates.primary.certificate", 400004
+    )
+
+
+def _client_certificates(body: Mapping[str, Any], existing: IndividualEnrollment | None) -> list[Certificate]:
+    """An individual enrollment's X.509 attestation: `clientCertificates` (the device's leaf) or none (ours:
+    the enrollment is keyed by registration ID alone); signing certificates and CA references are "NOT VALID
+    when attached to an individual enrollment" (azure-iot-sdk-c provisioning_service_client
+    attestation_mechanism.h)."""
+    attestation = body.get("attestation") or {}
+    if not isinstance(attestation, dict) or attestation.get("type") != "x509":
+        raise bad_request("only x509 attestation is supported", 400004)
+    x509 = attestation.get("x509") or {}
+    if not isinstance(x509, dict) or x509.get("signingCertificates") or x509.get("caReferences"):
         raise bad_request(
-            "signingCertificates attestation is not supported by the local cloud: upload and verify the "
-            "certificate, then refer to it with x509.caReferences.primary",
-            400004,
+            "an individual enrollment takes x509.clientCertificates (the device's certificate)", 400004
         )
-    raise bad_request("attestation.x509.caReferences.primary is required", 400004)
+    entries = x509.get("clientCertificates")
+    return client_certificates_from_json(entries, existing) if entries else []
 
 
 def _initial_twin(twin: dict[str, Any] | None) -> dict[str, Any] | None:
