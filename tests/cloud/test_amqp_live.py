@@ -101,6 +101,14 @@ def test_recent_events_keep_an_unbroken_run_per_partition():
     assert recent.read(0, 6, 10) is None and recent.read(1, 3, 10) is None
 
 
+def test_recent_events_are_bounded_by_body_bytes_too():
+    recent = RecentEvents(partitions=1, keep=100, keep_bytes=1000)
+    rows = [("a", RECEIVED, b"x" * 300, "{}", "{}", 0, n) for n in range(7)]  # 2,100 bytes: over twice 1,000
+    recent.add(rows, first_offset=1)
+    assert recent.read(0, 3, 10) is None  # the newest three (900 bytes) stay
+    assert recent.read(0, 4, 10) == (rows[4:], [5, 6, 7])
+
+
 def test_the_writer_hands_over_each_commit_with_the_offsets_sqlite_gave_its_rows(tmp_path):
     store = Store(tmp_path / "cloud.db")
     reader = TelemetryReader(tmp_path / "cloud.db", 4)

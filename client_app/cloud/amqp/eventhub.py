@@ -97,33 +97,49 @@ class RecentEvents:
     """The newest committed events of each partition as the telemetry writer hands them over, so a receiver
     that keeps up is served from memory rather than by a SQLite read per batch. Lives on the reactor thread.
     Each partition keeps an unbroken run of sequence numbers up to the newest hand-over (the writer's own
-    row tuples, nothing copied); a receiver before the run reads SQLite. A gap (after `clear`) starts a new
+    row tuples, nothing copied): the newest `keep` events or `keep_bytes` of bodies, whichever is less, let go
+    in steps of as much again. A receiver before the run reads SQLite; a gap (after `clear`) starts a new
     run."""
 
-    def __init__(self, partitions: int, keep: int = 4096) -> None:
+    def __init__(self, partitions: int, keep: int = 4096, keep_bytes: int = 4 << 20) -> None:
         self._keep = keep
+        self._keep_bytes = keep_bytes
         self._runs: list[list[StoredEvent]] = [[] for _ in range(partitions)]
         self._offsets: list[list[int]] = [[] for _ in range(partitions)]
+        self._sizes = [0] * partitions
 
     def add(self, rows: list[StoredEvent], first_offset: int) -> None:
         """The rows of one commit; the n-th has offset `first_offset + n`."""
+        sizes = self._sizes
         for offset, row in enumerate(rows, first_offset):
             partition = row[5]
             run = self._runs[partition]
             if run and run[-1][SEQUENCE_NUMBER] + 1 != row[SEQUENCE_NUMBER]:
                 run.clear()
                 self._offsets[partition].clear()
+                sizes[partition] = 0
             run.append(row)
             self._offsets[partition].append(offset)
+            sizes[partition] += len(row[2])
         for partition, run in enumerate(self._runs):
-            if len(run) > 2 * self._keep:
-                del run[: -self._keep]
-                del self._offsets[partition][: -self._keep]
+            if len(run) > 2 * self._keep or sizes[partition] > 2 * self._keep_bytes:
+                self._trim(partition)
+
+    def _trim(self, partition: int) -> None:
+        run, kept, size = self._runs[partition], 0, 0
+        for row in reversed(run):
+            if kept == self._keep or size + len(row[2]) > self._keep_bytes:
+                break
+            kept, size = kept + 1, size + len(row[2])
+        del run[: len(run) - kept]
+        del self._offsets[partition][: len(self._offsets[partition]) - kept]
+        self._sizes[partition] = size
 
     def clear(self) -> None:
         for run, offsets in zip(self._runs, self._offsets, strict=True):
             run.clear()
             offsets.clear()
+        self._sizes = [0] * len(self._sizes)
 
     def read(self, partition: int, first: int, limit: int) -> tuple[list[StoredEvent], list[int]] | None:
         """Up to `limit` events from sequence number `first` on, and their offsets (none when `first` is the
