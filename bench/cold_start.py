@@ -4,7 +4,18 @@ Each run starts a fresh process on a private Xvfb display and polls the X server
 with the expected title exists. Page caches are dropped before every run when the script may do so
 (root), so the first read of Qt and Python from disk is part of the figure.
 
-    uv run python bench/cold_start.py [--frozen dist/client-app/client-app] [--runs N]
+    uv run python bench/cold_start.py [--frozen dist/client-app/client-app ...] [--runs N]
+
+Each command runs once untimed first, as an installed app has run before: Python writes its bytecode
+then (the bench clears PYTHONDONTWRITEBYTECODE, or the app's modules were compiled from source on every
+timed run and the baseline's not) and the data directory exists. Several --frozen builds are timed in
+one run against the same baseline (an A/B of two builds).
+
+Wall time on a shared machine is noisy, so each line also gives what the window's process had used when
+its window was found (Linux /proc): CPU time, bytes it read from the disk and major page faults. These
+do not depend on what else runs. Note what "page caches dropped" cannot drop: pages that other running
+processes map. The baseline runs the venv's interpreter, whose libpython and system libraries are mapped
+by every other Python process on the machine; a frozen app's own copies are not (docs/desktop-app.md).
 
 Needs Xvfb and xdotool (Debian packages xvfb, xdotool), gnome-keyring and dbus.
 """
@@ -21,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fixtures (reused, not copied)
@@ -66,12 +78,32 @@ def drop_caches() -> bool:
     return True
 
 
-def time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float = 60) -> float:
+@dataclass(frozen=True)
+class Start:
+    seconds: float  # exec to a visible window
+    cpu_ms: float  # the process's user + system CPU time by then
+    read_mb: float  # bytes it had read from the disk (page cache misses), /proc/PID/io read_bytes
+    major_faults: int  # pages of mapped files (libraries) it waited for the disk for
+
+
+def process_usage(pid: int) -> tuple[float, float, int]:
+    """CPU ms, MB read from disk, major faults of a live process so far (zeros where /proc says nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    except (OSError, ValueError):
+        return 0.0, 0.0, 0
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu_ms = (int(stat[11]) + int(stat[12])) * 1000 / ticks  # utime, stime (fields 14, 15)
+    return cpu_ms, int(io["read_bytes"]) / 2**20, int(stat[9])  # majflt (field 12)
+
+
+def time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float = 60) -> Start:
     with tempfile.TemporaryFile() as errors:
         return _time_to_window(command, title, env, timeout, errors)
 
 
-def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float, errors) -> float:
+def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float, errors) -> Start:
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     try:
@@ -80,7 +112,8 @@ def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout
                 ["xdotool", "search", "--onlyvisible", "--name", title], env=env, capture_output=True
             )
             if found.returncode == 0 and found.stdout.strip():
-                return time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                return Start(seconds, *process_usage(process.pid))
             if process.poll() is not None:
                 errors.seek(0)
                 said = " | ".join(errors.read().decode(errors="replace").strip().splitlines()[-3:])
@@ -93,18 +126,31 @@ def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout
 
 
 def measure(label: str, command: list[str], title: str, env: dict[str, str], runs: int) -> float:
-    times = []
+    time_to_window(command, title, env)  # untimed: bytecode written, data directory made
+    starts = []
     for _ in range(runs):
         drop_caches()
-        times.append(time_to_window(command, title, env))
-    median = statistics.median(times)
-    print(f"{label:28} {median * 1000:8.0f} ms   (runs: {', '.join(f'{t * 1000:.0f}' for t in times)})")
+        starts.append(time_to_window(command, title, env))
+    median = statistics.median(start.seconds for start in starts)
+    print(
+        f"{label:28} {median * 1000:8.0f} ms   (runs: {', '.join(f'{s.seconds * 1000:.0f}' for s in starts)})"
+    )
+    cpu = statistics.median(start.cpu_ms for start in starts)
+    read = statistics.median(start.read_mb for start in starts)
+    faults = statistics.median(start.major_faults for start in starts)
+    print(f"{'':28} CPU {cpu:5.0f} ms, read {read:5.1f} MB from disk, {faults:5.0f} major faults (medians)")
     return median
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frozen", type=Path, help="the built executable (dist/client-app/client-app)")
+    parser.add_argument(
+        "--frozen",
+        type=Path,
+        action="append",
+        default=[],
+        help="a built executable (dist/client-app/client-app); repeat to compare builds",
+    )
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     for tool in ("Xvfb", "xdotool"):
@@ -118,6 +164,7 @@ def main() -> int:
         root = Path(tmp)
         with running_secret_service(root / "keyring-home", root / "keyring-run") as keyring:
             env = {**os.environ, **keyring.env, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
             data = ["--data-dir", str(root / "data")]
             print(f"page caches dropped before each run: {'yes' if drop_caches() else 'no (not root)'}")
             base = measure(
@@ -129,12 +176,12 @@ def main() -> int:
             )
             source = measure("client-app (from source)", [app, *data], "^client-app", env, args.runs)
             print(f"{'ratio source / baseline':28} {source / base:8.2f}")
-            if args.frozen:
+            for executable in args.frozen:
+                folder = executable.resolve().parent
                 frozen = measure(
-                    "client-app (frozen)", [str(args.frozen.resolve()), *data], "^client-app", env, args.runs
+                    "client-app (frozen)", [str(executable.resolve()), *data], "^client-app", env, args.runs
                 )
                 print(f"{'ratio frozen / baseline':28} {frozen / base:8.2f}")
-                folder = args.frozen.resolve().parent
                 size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
                 print(f"bundle size: {size / 2**20:.0f} MiB in {folder}")
     return 0

@@ -83,16 +83,9 @@ def setup_logging(log_dir: Path, level: int = logging.INFO, *, file_name: str = 
     return path
 
 
-def app_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("client-app")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def log_start(mode: str) -> None:
+    from client_app.device.twin import app_version  # importlib.metadata: only once logging starts
+
     # Not platform.platform(): on Linux it runs `uname -p` in a subprocess, on the way to the window.
     system = f"{platform.system()} {platform.release()}"
     log.info(

@@ -15,6 +15,7 @@ DesiredCallback = Callable[[dict[str, Any]], None]
 
 
 def app_version() -> str:
+    """The installed package's version: the log's start line, About, the support panel, the twin."""
     try:
         return importlib.metadata.version("client-app")
     except importlib.metadata.PackageNotFoundError:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot, qVersion
-from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QApplication, QWidget
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, ProxySetting
 from client_app.device.status import ConnectionState, DeviceStatus
@@ -32,17 +32,21 @@ from client_app.gui.bridge import RuntimeBridge
 from client_app.gui.errors import ErrorReporter
 from client_app.gui.main_window import MainWindow
 from client_app.gui.notifications import MessageNotifier
-from client_app.gui.settings_dialog import SettingsDialog
 from client_app.gui.single_instance import SingleInstance, tell_user_already_running
 from client_app.gui.style import install_style
-from client_app.gui.support_panel import SupportPanel
 from client_app.gui.tray import StatusTray
 from client_app.logsetup import setup_logging
 
+# Dialogs and the support panel are imported when first opened, not on the way to the first window: each Qt
+# class a module names is set up (its enums made) on first use, which is CPU time before the window shows.
 if TYPE_CHECKING:
+    from PySide6.QtWidgets import QDialog
+
     from client_app.device.messages import InboxMessage
     from client_app.device.remote import RemoteRuntime
     from client_app.gui import diagnostics
+    from client_app.gui.settings_dialog import SettingsDialog
+    from client_app.gui.support_panel import SupportPanel
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +356,8 @@ class AppController(QObject):
     @Slot()
     def open_support_panel(self) -> None:
         if self.support_panel is None:
+            from client_app.gui.support_panel import SupportPanel
+
             panel = SupportPanel(self.window)
             panel.copyRequested.connect(self.copy_diagnostics)
             panel.exportRequested.connect(self.export_diagnostics)
@@ -436,6 +442,8 @@ class AppController(QObject):
             self.window.statusBar().showMessage("Settings are not available in this window.", 15000)
             return
         if self.settings_dialog is None:
+            from client_app.gui.settings_dialog import SettingsDialog
+
             dialog = SettingsDialog(self.store, self.config, self.window)
             dialog.saved.connect(self.apply_config)
             dialog.finished.connect(lambda _result: self._settings_closed())
@@ -480,7 +488,7 @@ class AppController(QObject):
         """What a support call asks besides the connection: full, readable paths (the user's own screen)."""
         import platform
 
-        from client_app.logsetup import app_version
+        from client_app.device.twin import app_version
 
         config = self.config
         return {
@@ -542,6 +550,8 @@ class AppController(QObject):
     @Slot()
     def export_diagnostics(self, path: Path | None = None) -> None:
         if path is None:
+            from PySide6.QtWidgets import QFileDialog
+
             from client_app.gui.diagnostics import default_zip_name
 
             chosen, _filter = QFileDialog.getSaveFileName(
@@ -679,6 +689,8 @@ def run_gui(
         code = app.exec()
     except Exception:
         log.exception("the app failed")
+        from PySide6.QtWidgets import QMessageBox
+
         QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
     finally:
         window.remember_place(state_file)

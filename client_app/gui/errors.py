@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
-from PySide6.QtWidgets import QMessageBox, QWidget
+
+if TYPE_CHECKING:  # imported when the first box is shown, not on the way to the window
+    from PySide6.QtWidgets import QMessageBox, QWidget
 
 log = logging.getLogger("client_app.gui.errors")
 
@@ -80,6 +83,8 @@ class ErrorReporter(QObject):
         ) or now - self._last_shown < _MIN_SECONDS_BETWEEN_DIALOGS:
             return
         self._last_shown = now
+        from PySide6.QtWidgets import QMessageBox
+
         box = QMessageBox(self._parent_window())
         box.setIcon(QMessageBox.Icon.Warning)
         box.setWindowTitle("client-app")

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from client_app import logsetup
+from client_app.device.twin import app_version
 from client_app.main import main
 
 
@@ -48,5 +49,5 @@ def test_repeated_sdk_errors_are_written_once_then_counted(tmp_path, clean_root)
 def test_each_run_logs_a_start_line_with_the_version_and_a_stop_line(tmp_path, clean_root, capsys):
     assert main(["--status", "--data-dir", str(tmp_path / "data")]) == 0
     text = (tmp_path / "data" / "logs" / "client-app.log").read_text()
-    assert f"client-app {logsetup.app_version()} starting (status mode" in text
+    assert f"client-app {app_version()} starting (status mode" in text
     assert "client-app stopped (exit code 0)" in text

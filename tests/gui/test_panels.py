@@ -366,9 +366,9 @@ def test_do_not_disturb_in_the_tray_is_kept(qtbot, store, config):
 
 
 def test_support_panel_has_what_a_support_call_needs(qtbot, store, config):
+    from client_app.device.twin import app_version
     from client_app.gui.app import AppController
     from client_app.gui.main_window import MainWindow
-    from client_app.logsetup import app_version
 
     window = MainWindow()
     qtbot.addWidget(window)
