@@ -1,6 +1,6 @@
-"""The Event Hubs-compatible endpoint's live path without a network: the event encoding against proton's
-decoder, the newest events kept in memory, the telemetry writer's hand-over, and a proton receiver served by
-the real endpoint (from SQLite, then from memory) in one thread."""
+"""The Event Hubs-compatible endpoint's live path without a network: the event encoding (proton's `Data`,
+section by section) against proton's `Message`, the newest events kept in memory, the telemetry writer's
+hand-over, and a proton receiver served by the real endpoint (from SQLite, then from memory) in one thread."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ RECEIVED = "2026-11-30T19:00:00.123456Z"
 
 
 def _expected(event: tuple, offset: int) -> Message:
-    """The event as proton's own Message builds it: the oracle for the hand-written encoding."""
+    """The event as proton's own Message builds it: the oracle for the section-by-section `Data` encoding."""
     device_id, received, body, system_json, properties_json, _, sequence_number = event
     system, enqueued = json.loads(system_json), timestamp(ms_from_iso(received))
     message = Message(inferred=True, body=bytes(body))
@@ -78,6 +78,26 @@ def test_events_decode_with_proton_as_its_own_message_would(system, properties, 
     assert decoded.annotations[symbol("x-opt-offset")] == str(offset)
     assert type(decoded.annotations[symbol("iothub-enqueuedtime")]) is timestamp
     assert decoded.body == body and decoded.properties == (properties or None)
+    assert decoded.annotations[symbol("iothub-connection-device-id")] == device_id
+    assert decoded.annotations[symbol("x-opt-sequence-number")] == sequence_number
+    assert decoded.id == system.get("messageId") and decoded.correlation_id == system.get("correlationId")
+
+
+def test_events_encoded_one_after_another_keep_their_own_values():
+    """The encoder reuses one `Data`: an event's bytes must not change or carry over by the next one."""
+    first = ("dev-a", RECEIVED, b"one", json.dumps({"messageId": "m-a"}), json.dumps({"k": "v"}), 0, 7)
+    second = ("dev-b", RECEIVED, b"two" * 1000, "{}", "{}", 0, 8)
+    encoded_first = encode_event(first, 70)
+    snapshot = bytes(encoded_first)
+    encoded_second = encode_event(second, 80)
+    assert encoded_first == snapshot
+    a, b = Message(), Message()
+    a.decode(encoded_first)
+    b.decode(encoded_second)
+    offset = symbol("x-opt-offset")
+    assert (a.body, a.id, a.properties, a.annotations[offset]) == (b"one", "m-a", {"k": "v"}, "70")
+    assert (b.body, b.id, b.properties, b.annotations[offset]) == (b"two" * 1000, None, None, "80")
+    assert b.annotations[symbol("iothub-connection-device-id")] == "dev-b"
 
 
 def _row(device_id: str, partition: int, number: int) -> tuple:

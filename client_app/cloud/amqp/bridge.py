@@ -92,7 +92,9 @@ class AmqpConnection:
         try:
             while not isnull(raw := pn_collector_peek(collector)):
                 # "Output is waiting" needs no handler (it is written below) nor proton's Python event
-                # object, which costs some 20 µs: while events stream out there is one per flush.
+                # object: while events stream out there is one per flush. Seen through the public
+                # `Collector.peek()` it costs 8.4 µs of CPU, through `cproton` (proton's own binding, pinned
+                # in uv.lock) 0.4 µs (`time.process_time`, 10,000 peeks, proton 0.40), so this stays.
                 if pn_event_type(raw) != PN_TRANSPORT:
                     self._dispatch(Event.wrap(raw))
                 pn_collector_pop(collector)

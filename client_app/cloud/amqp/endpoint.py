@@ -424,7 +424,10 @@ class AmqpEndpoint(Handler):
 def _send_settled(link: Link, sequence_number: int, payload: bytes) -> None:
     """One pre-settled delivery, tagged with its sequence number (unique on the link). These are the engine
     calls `Sender.delivery`, `stream`, `advance` and `Delivery.settle` make, without the Python `Delivery`
-    wrapper they would build on the way (its record and dispositions: some 8 µs, as much as the rest)."""
+    wrapper they would build on the way (its record and dispositions). Kept on proton's own binding
+    (`cproton`, pinned with python-qpid-proton in uv.lock) because the public calls cost about 4 times as
+    much: 6.1 µs of CPU per event instead of 1.6 (`time.process_time` over 10,000 deliveries of 300 bytes,
+    proton 0.40). The bytes sent are proton's either way (`encode_event` uses its `Data` encoder)."""
     impl = link._impl
     delivery = pn_delivery(impl, str(sequence_number).encode())
     pn_link_send(impl, payload)
