@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proton import Collector, Condition, Connection, Transport
+from cproton import PN_TRANSPORT, isnull, pn_collector_peek, pn_collector_pop, pn_event_type
+from proton import Collector, Condition, Connection, Event, Transport
 
 from client_app.cloud.amqp import sasl
 from client_app.cloud.amqp.frames import FramePadder
@@ -74,20 +75,29 @@ class AmqpConnection:
             view = view[capacity:]
             self.process()
 
+    def _dispatch(self, event: Event) -> None:
+        try:
+            event.dispatch(self.thread.endpoint)
+        except Exception:  # a defect costs this client its connection, never the endpoint
+            log.exception("AMQP event %s failed; closing that connection", event.type)
+            self.connection.condition = Condition("amqp:internal-error", "internal error")
+            self.connection.close()
+
     def process(self) -> None:
         """Dispatch pending engine events to the endpoint, then write what the engine has to send."""
         if self._processing:
             return
         self._processing = True
+        collector = self.collector._impl
         try:
-            while (event := self.collector.peek()) is not None:
-                try:
-                    event.dispatch(self.thread.endpoint)
-                except Exception:  # a defect costs this client its connection, never the endpoint
-                    log.exception("AMQP event %s failed; closing that connection", event.type)
-                    self.connection.condition = Condition("amqp:internal-error", "internal error")
-                    self.connection.close()
-                self.collector.pop()
+            while not isnull(raw := pn_collector_peek(collector)):
+                # "Output is waiting" needs no handler (it is written below) nor proton's Python event
+                # object: while events stream out there is one per flush. Seen through the public
+                # `Collector.peek()` it costs 8.4 µs of CPU, through `cproton` (proton's own binding, pinned
+                # in uv.lock) 0.4 µs (`time.process_time`, 10,000 peeks, proton 0.40), so this stays.
+                if pn_event_type(raw) != PN_TRANSPORT:
+                    self._dispatch(Event.wrap(raw))
+                pn_collector_pop(collector)
             # The engine hands out its output in pieces: take all of it, or the rest waits for the next event.
             while (pending := self.transport.pending()) > 0:
                 data = self.transport.peek(pending)
@@ -146,13 +156,22 @@ class AmqpThread:
     def call(self, fn: Callable[..., None], *args: Any) -> None:
         self.loop.call_soon_threadsafe(self._run_and_flush, fn, args)
 
+    def call_later(self, delay: float, fn: Callable[..., None]) -> None:
+        """From any thread: run `fn` there after `delay` seconds; it flushes the connections it touched itself
+        (the Event Hubs hand-over, where a pass over every connection would cost more than the events)."""
+        self.loop.call_soon_threadsafe(self.loop.call_later, delay, self._guarded, fn, ())
+
     def _run_and_flush(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self._guarded(fn, args)
+        for connection in list(self.connections):
+            connection.process()
+
+    @staticmethod
+    def _guarded(fn: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
             fn(*args)
         except Exception:
             log.exception("AMQP hand-off failed")
-        for connection in list(self.connections):
-            connection.process()
 
     def on_loop(self, fn: Callable[..., None], *args: Any) -> None:
         self.cloud_loop.call_soon_threadsafe(fn, *args)

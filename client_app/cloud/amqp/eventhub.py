@@ -11,11 +11,10 @@ never blocks it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +85,71 @@ def ms_from_iso(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
+# A stored event as the endpoint reads it, in TelemetryWriter's INSERT order: (device_id, received, body,
+# system_properties, properties, partition, sequence_number), the JSON columns as stored; its offset (`seq`)
+# comes beside it.
+StoredEvent = tuple[str, str, bytes, str, str, int, int]
+SEQUENCE_NUMBER = 6
+
+
+class RecentEvents:
+    """The newest committed events of each partition as the telemetry writer hands them over, so a receiver
+    that keeps up is served from memory rather than by a SQLite read per batch. Lives on the reactor thread.
+    Each partition keeps an unbroken run of sequence numbers up to the newest hand-over (the writer's own
+    row tuples, nothing copied): the newest `keep` events or `keep_bytes` of bodies, whichever is less, let go
+    in steps of as much again. A receiver before the run reads SQLite; a gap (after `clear`) starts a new
+    run."""
+
+    def __init__(self, partitions: int, keep: int = 4096, keep_bytes: int = 4 << 20) -> None:
+        self._keep = keep
+        self._keep_bytes = keep_bytes
+        self._runs: list[list[StoredEvent]] = [[] for _ in range(partitions)]
+        self._offsets: list[list[int]] = [[] for _ in range(partitions)]
+        self._sizes = [0] * partitions
+
+    def add(self, rows: list[StoredEvent], first_offset: int) -> None:
+        """The rows of one commit; the n-th has offset `first_offset + n`."""
+        sizes = self._sizes
+        for offset, row in enumerate(rows, first_offset):
+            partition = row[5]
+            run = self._runs[partition]
+            if run and run[-1][SEQUENCE_NUMBER] + 1 != row[SEQUENCE_NUMBER]:
+                run.clear()
+                self._offsets[partition].clear()
+                sizes[partition] = 0
+            run.append(row)
+            self._offsets[partition].append(offset)
+            sizes[partition] += len(row[2])
+        for partition, run in enumerate(self._runs):
+            if len(run) > 2 * self._keep or sizes[partition] > 2 * self._keep_bytes:
+                self._trim(partition)
+
+    def _trim(self, partition: int) -> None:
+        run, kept, size = self._runs[partition], 0, 0
+        for row in reversed(run):
+            if kept == self._keep or size + len(row[2]) > self._keep_bytes:
+                break
+            kept, size = kept + 1, size + len(row[2])
+        del run[: len(run) - kept]
+        del self._offsets[partition][: len(self._offsets[partition]) - kept]
+        self._sizes[partition] = size
+
+    def clear(self) -> None:
+        for run, offsets in zip(self._runs, self._offsets, strict=True):
+            run.clear()
+            offsets.clear()
+        self._sizes = [0] * len(self._sizes)
+
+    def read(self, partition: int, first: int, limit: int) -> tuple[list[StoredEvent], list[int]] | None:
+        """Up to `limit` events from sequence number `first` on, and their offsets (none when `first` is the
+        next to come); None if memory does not reach back to `first`."""
+        run = self._runs[partition]
+        start = first - run[0][SEQUENCE_NUMBER] if run else -1
+        if not 0 <= start <= len(run):
+            return None
+        return run[start : start + limit], self._offsets[partition][start : start + limit]
+
+
 class TelemetryReader:
     """Stored telemetry seen as Event Hubs partitions. Row `seq` is the offset; `sequence_number` counts per
     partition. Lives on the reactor thread (opens its connection there, on first use)."""
@@ -135,12 +199,16 @@ class TelemetryReader:
         ).fetchone()
         return self.next_sequence(partition) if row[0] is None else row[0]
 
-    def read(self, partition: int, first: int, limit: int) -> list[sqlite3.Row]:
-        return self.db.execute(
-            "SELECT * FROM telemetry WHERE partition=? AND sequence_number>=?"
-            " ORDER BY sequence_number LIMIT ?",
+    def read(self, partition: int, first: int, limit: int) -> tuple[list[StoredEvent], list[int]]:
+        """Up to `limit` events from sequence number `first` on, and their offsets (as RecentEvents.read)."""
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(
+            "SELECT device_id, received, body, system_properties, properties, partition, sequence_number, seq"
+            " FROM telemetry WHERE partition=? AND sequence_number>=? ORDER BY sequence_number LIMIT ?",
             (partition, first, limit),
         ).fetchall()
+        return [row[:7] for row in rows], [row[7] for row in rows]
 
     def partition_properties(self, entity: str, partition: int) -> dict[Any, Any]:
         """Answer of a `com.microsoft:partition` READ (field names as Event Hubs sends them)."""
@@ -172,37 +240,32 @@ class TelemetryReader:
         }
 
 
+# ---- the event encoding: the hot path of live delivery ---------------------------------------------------
+# An event is AMQP 1.0 message sections (part 3.2: message-annotations, properties, application-properties,
+# one data section), each encoded by proton's `Data` (issue 10: a well-kept AMQP engine, no home-made codec).
+# Kept cheap within proton's public API: the sections that repeat from message to message (a device's
+# properties and application properties) are encoded once per distinct stored text; the per-event sections go
+# through one reused `Data` (encode_event runs on the AMQP thread only). Sections are whole AMQP values, so
+# the message is their concatenation, as proton's `Message.encode` writes it.
+
 _DEVICE_ID, _AUTH_METHOD, _ENQUEUED, _SOURCE, _SEQUENCE, _OFFSET, _ENQUEUED_TIME = map(symbol, (
     "iothub-connection-device-id", "iothub-connection-auth-method", "iothub-enqueuedtime",
     "iothub-message-source", "x-opt-sequence-number", "x-opt-offset", "x-opt-enqueued-time",
 ))  # fmt: skip
 
 
-def encode_event(row: sqlite3.Row) -> bytes:
-    """One stored device-to-cloud message as the Event Hubs-compatible endpoint delivers it, encoded.
+def _begin_section(data: Data, descriptor: int) -> None:
+    data.put_described()
+    data.enter()
+    data.put_ulong(descriptor)
 
-    Built section by section with proton's `Data` encoder (AMQP 1.0 part 3.2: message-annotations, properties,
-    application-properties, one data section) rather than through `Message`, whose generic property handling
-    costs about 2.5 times as much per event; the bytes are the same AMQP either way."""
-    system = json.loads(row["system_properties"])
-    enqueued = ms_from_iso(row["received"])
+
+@functools.lru_cache(maxsize=4096)
+def _properties_section(system_properties: str) -> bytes:
+    """message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding; trailing
+    nulls left out, and no section at all when every one is null (as proton's `Message` does)."""
+    system = json.loads(system_properties)
     data = Data()
-    with _section(data, 0x72):  # message-annotations
-        data.put_map()
-        data.enter()
-        for key, put, value in (
-            (_DEVICE_ID, data.put_string, row["device_id"]),
-            (_AUTH_METHOD, data.put_string, AUTH_METHOD),
-            (_ENQUEUED, data.put_timestamp, enqueued),
-            (_SOURCE, data.put_string, MESSAGE_SOURCE),
-            (_SEQUENCE, data.put_long, row["sequence_number"]),
-            (_OFFSET, data.put_string, str(row["seq"])),
-            (_ENQUEUED_TIME, data.put_timestamp, enqueued),
-        ):
-            data.put_symbol(key)
-            put(value)
-        data.exit()
-    # properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding
     properties = [
         (data.put_string, system.get("messageId")),
         (data.put_binary, system["userId"].encode() if system.get("userId") else None),
@@ -215,30 +278,69 @@ def encode_event(row: sqlite3.Row) -> bytes:
     ]
     while properties and not properties[-1][1]:
         properties.pop()
-    if properties:
-        with _section(data, 0x73):
-            data.put_list()
-            data.enter()
-            for put, value in properties:
-                put(value) if value else data.put_null()
-            data.exit()
-    if row["properties"] != "{}":
-        with _section(data, 0x74):  # application-properties: string keys, string (or null) values
-            data.put_map()
-            data.enter()
-            for key, value in json.loads(row["properties"]).items():
-                data.put_string(key)
-                data.put_string(value) if value is not None else data.put_null()
-            data.exit()
-    with _section(data, 0x75):  # data
-        data.put_binary(bytes(row["body"]))
+    if not properties:
+        return b""
+    _begin_section(data, 0x73)
+    data.put_list()
+    data.enter()
+    for put, value in properties:
+        put(value) if value else data.put_null()
+    data.exit()
+    data.exit()
     return data.encode()
 
 
-@contextmanager
-def _section(data: Data, descriptor: int) -> Iterator[None]:
-    data.put_described()
+@functools.lru_cache(maxsize=4096)
+def _application_properties_section(properties: str) -> bytes:
+    """String keys, string (or null) values; no section when there are none."""
+    custom = json.loads(properties)
+    if not custom:
+        return b""
+    data = Data()
+    _begin_section(data, 0x74)
+    data.put_map()
     data.enter()
-    data.put_ulong(descriptor)
-    yield
+    for key, value in custom.items():
+        data.put_string(key)
+        data.put_string(value) if value is not None else data.put_null()
     data.exit()
+    data.exit()
+    return data.encode()
+
+
+_EVENT_DATA = Data()
+
+
+def encode_event(event: StoredEvent, offset: int) -> bytes:
+    """One stored device-to-cloud message as the Event Hubs-compatible endpoint delivers it, encoded."""
+    device_id, received, body, system, properties, _, sequence_number = event
+    enqueued = ms_from_iso(received)
+    data = _EVENT_DATA
+    data.clear()
+    _begin_section(data, 0x72)  # message-annotations
+    data.put_map()
+    data.enter()
+    data.put_symbol(_DEVICE_ID)
+    data.put_string(device_id)
+    data.put_symbol(_AUTH_METHOD)
+    data.put_string(AUTH_METHOD)
+    data.put_symbol(_ENQUEUED)
+    data.put_timestamp(enqueued)
+    data.put_symbol(_SOURCE)
+    data.put_string(MESSAGE_SOURCE)
+    data.put_symbol(_SEQUENCE)
+    data.put_long(sequence_number)
+    data.put_symbol(_OFFSET)
+    data.put_string(str(offset))
+    data.put_symbol(_ENQUEUED_TIME)
+    data.put_timestamp(enqueued)
+    data.exit()
+    data.exit()
+    annotations = data.encode()
+    data.clear()
+    _begin_section(data, 0x75)  # data
+    data.put_binary(bytes(body))
+    data.exit()
+    return b"".join(
+        (annotations, _properties_section(system), _application_properties_section(properties), data.encode())
+    )

@@ -9,60 +9,63 @@ to its full field count with nulls (AMQP 1.0 part 2.7 and 5.3), which every conf
 
 from __future__ import annotations
 
+import struct
+
 # descriptor code → number of fields (AMQP 1.0 §2.7.1–2.7.9, §5.3.3.1/5.3.3.6)
 FULL_FIELDS = {0x10: 10, 0x11: 8, 0x12: 14, 0x13: 11, 0x14: 11, 0x15: 6, 0x16: 3, 0x17: 1, 0x18: 1,
                0x40: 1, 0x44: 2}  # fmt: skip
 _NULL = b"\x40"
+_LIST32 = struct.Struct(">BII")  # constructor 0xd0, size (of count and items), count
+_SIZE_COUNT32 = struct.Struct(">II")
 
 
 def pad_frame(frame: bytes) -> bytes:
-    """One whole frame (size header included), its performative list padded to the full field count."""
-    body_start = frame[4] * 4
-    body = frame[body_start:]
-    if len(body) < 4 or body[0] != 0x00 or body[1] != 0x53:  # heartbeat, or not a small-ulong descriptor
-        return frame
-    want = FULL_FIELDS.get(body[2])
-    pos = 3
-    constructor = body[pos]
+    """One whole frame (size header included), its performative list padded to the full field count. Every
+    event is a transfer frame, so this is written to copy the payload once and do little else."""
+    start = frame[4] * 4  # the body: descriptor 0x00 0x53 code, then the list
+    if len(frame) < start + 4 or frame[start] != 0x00 or frame[start + 1] != 0x53:
+        return frame  # heartbeat, or not a small-ulong descriptor
+    want = FULL_FIELDS.get(frame[start + 2])
+    pos = start + 3
+    constructor = frame[pos]
     if constructor == 0x45:  # list0
-        count, items, end = 0, b"", pos + 1
+        count, items, end = 0, pos + 1, pos + 1
     elif constructor == 0xC0:  # list8: size, count, items
-        size, count = body[pos + 1], body[pos + 2]
-        items, end = body[pos + 3 : pos + 2 + size], pos + 2 + size
+        count, items, end = frame[pos + 2], pos + 3, pos + 2 + frame[pos + 1]
     elif constructor == 0xD0:  # list32
-        size, count = (
-            int.from_bytes(body[pos + 1 : pos + 5], "big"),
-            int.from_bytes(body[pos + 5 : pos + 9], "big"),
-        )
-        items, end = body[pos + 9 : pos + 5 + size], pos + 5 + size
+        size, count = _SIZE_COUNT32.unpack_from(frame, pos + 1)
+        items, end = pos + 9, pos + 5 + size
     else:
         return frame
     if want is None or count >= want:
         return frame
-    items += _NULL * (want - count)
-    padded = b"\xd0" + (len(items) + 4).to_bytes(4, "big") + want.to_bytes(4, "big") + items
-    new_body = body[:pos] + padded + body[end:]
-    return (body_start + len(new_body)).to_bytes(4, "big") + frame[4:body_start] + new_body
+    items_size = end - items + want - count
+    total = pos + 9 + items_size + len(frame) - end
+    return b"".join((
+        total.to_bytes(4, "big"), frame[4:pos], _LIST32.pack(0xD0, items_size + 4, want), frame[items:end],
+        _NULL * (want - count), frame[end:],
+    ))  # fmt: skip
 
 
 class FramePadder:
     """Splits an outgoing byte stream into frames (keeping protocol headers as they are) and pads them."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._rest = b""
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer
-        buffer += data
-        out = bytearray()
-        while len(buffer) >= 8:
-            if buffer[:4] == b"AMQP":  # protocol header (AMQP or SASL layer)
-                out += buffer[:8]
-                del buffer[:8]
+        buffer = self._rest + data if self._rest else data
+        out = []
+        pos, end = 0, len(buffer)
+        while end - pos >= 8:
+            if buffer.startswith(b"AMQP", pos):  # protocol header (AMQP or SASL layer)
+                out.append(buffer[pos : pos + 8])
+                pos += 8
                 continue
-            size = int.from_bytes(buffer[:4], "big")
-            if len(buffer) < size:
+            size = max(8, int.from_bytes(buffer[pos : pos + 4], "big"))
+            if end - pos < size:
                 break
-            out += pad_frame(bytes(buffer[:size]))
-            del buffer[:size]
-        return bytes(out)
+            out.append(pad_frame(buffer[pos : pos + size]))
+            pos += size
+        self._rest = buffer[pos:]
+        return b"".join(out)

@@ -1,0 +1,307 @@
+"""The Event Hubs-compatible endpoint's live path without a network: the event encoding (proton's `Data`,
+section by section) against proton's `Message`, the newest events kept in memory, the telemetry writer's
+hand-over, and a proton receiver served by the real endpoint (from SQLite, then from memory) in one thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+from proton import Collector, Connection, Event, Message, Transport, symbol, timestamp
+
+from client_app.cloud.amqp.auth import Grant
+from client_app.cloud.amqp.bridge import AmqpConnection
+from client_app.cloud.amqp.endpoint import AmqpEndpoint
+from client_app.cloud.amqp.eventhub import (
+    AUTH_METHOD,
+    MESSAGE_SOURCE,
+    RecentEvents,
+    TelemetryReader,
+    encode_event,
+    ms_from_iso,
+)
+from client_app.cloud.store import Store, TelemetryWriter, partition_of, utc_now
+
+RECEIVED = "2026-11-30T19:00:00.123456Z"
+
+
+def _expected(event: tuple, offset: int) -> Message:
+    """The event as proton's own Message builds it: the oracle for the section-by-section `Data` encoding."""
+    device_id, received, body, system_json, properties_json, _, sequence_number = event
+    system, enqueued = json.loads(system_json), timestamp(ms_from_iso(received))
+    message = Message(inferred=True, body=bytes(body))
+    message.annotations = {
+        symbol("iothub-connection-device-id"): device_id,
+        symbol("iothub-connection-auth-method"): AUTH_METHOD,
+        symbol("iothub-enqueuedtime"): enqueued,
+        symbol("iothub-message-source"): MESSAGE_SOURCE,
+        symbol("x-opt-sequence-number"): sequence_number,
+        symbol("x-opt-offset"): str(offset),
+        symbol("x-opt-enqueued-time"): enqueued,
+    }
+    message.id = system.get("messageId")
+    if system.get("userId"):
+        message.user_id = system["userId"].encode()
+    message.correlation_id = system.get("correlationId")
+    message.content_type = system.get("contentType")
+    message.content_encoding = system.get("contentEncoding")
+    message.properties = json.loads(properties_json) or None
+    return message
+
+
+@pytest.mark.parametrize(
+    ("system", "properties", "body", "device_id", "sequence_number", "offset"),
+    [
+        ({}, {}, b"", "dev-1", 0, 1),
+        ({"contentType": "application/json", "contentEncoding": "utf-8"}, {}, b'{"t": 21.5}', "d", 7, 123456),
+        (
+            {"messageId": "m-1", "correlationId": "c" * 300, "userId": "u"},
+            {"a": "b", "none": None, "ü" * 200: "é" * 10},
+            b"x" * 70_000,
+            "d" * 128,
+            2**40,
+            2**33,
+        ),
+    ],
+)
+def test_events_decode_with_proton_as_its_own_message_would(system, properties, body, device_id,
+                                                           sequence_number, offset):  # fmt: skip
+    event = (device_id, RECEIVED, body, json.dumps(system), json.dumps(properties), 0, sequence_number)
+    decoded = Message()
+    decoded.decode(encode_event(event, offset))
+    expected = _expected(event, offset)
+    # Re-encoded by proton, the two are the same message: every section, key order, value and AMQP type.
+    assert decoded.encode() == expected.encode()
+    assert decoded.annotations[symbol("x-opt-offset")] == str(offset)
+    assert type(decoded.annotations[symbol("iothub-enqueuedtime")]) is timestamp
+    assert decoded.body == body and decoded.properties == (properties or None)
+    assert decoded.annotations[symbol("iothub-connection-device-id")] == device_id
+    assert decoded.annotations[symbol("x-opt-sequence-number")] == sequence_number
+    assert decoded.id == system.get("messageId") and decoded.correlation_id == system.get("correlationId")
+
+
+def test_events_encoded_one_after_another_keep_their_own_values():
+    """The encoder reuses one `Data`: an event's bytes must not change or carry over by the next one."""
+    first = ("dev-a", RECEIVED, b"one", json.dumps({"messageId": "m-a"}), json.dumps({"k": "v"}), 0, 7)
+    second = ("dev-b", RECEIVED, b"two" * 1000, "{}", "{}", 0, 8)
+    encoded_first = encode_event(first, 70)
+    snapshot = bytes(encoded_first)
+    encoded_second = encode_event(second, 80)
+    assert encoded_first == snapshot
+    a, b = Message(), Message()
+    a.decode(encoded_first)
+    b.decode(encoded_second)
+    offset = symbol("x-opt-offset")
+    assert (a.body, a.id, a.properties, a.annotations[offset]) == (b"one", "m-a", {"k": "v"}, "70")
+    assert (b.body, b.id, b.properties, b.annotations[offset]) == (b"two" * 1000, None, None, "80")
+    assert b.annotations[symbol("iothub-connection-device-id")] == "dev-b"
+
+
+def _row(device_id: str, partition: int, number: int) -> tuple:
+    return (device_id, RECEIVED, b"{}", "{}", "{}", partition, number)
+
+
+def test_recent_events_keep_an_unbroken_run_per_partition():
+    recent = RecentEvents(partitions=2, keep=4)
+    recent.add([_row("a", 0, 0), _row("b", 1, 0), _row("a", 0, 1)], first_offset=10)
+    assert recent.read(0, 0, 10) == ([_row("a", 0, 0), _row("a", 0, 1)], [10, 12])
+    assert recent.read(0, 1, 1) == ([_row("a", 0, 1)], [12])
+    assert recent.read(0, 2, 10) == ([], [])  # the next to come: nothing yet, nothing to read elsewhere
+    assert recent.read(0, 3, 10) is None  # beyond what was handed over
+    recent.add([_row("b", 1, 3)], first_offset=20)  # 1 and 2 of partition 1 never came: the run starts again
+    assert recent.read(1, 0, 10) is None
+    assert recent.read(1, 3, 10) == ([_row("b", 1, 3)], [20])
+    recent.add([_row("a", 0, n) for n in range(2, 10)], first_offset=30)  # over 2 × keep: the newest 4 stay
+    assert recent.read(0, 5, 10) is None
+    assert recent.read(0, 6, 10) == ([_row("a", 0, n) for n in range(6, 10)], [34, 35, 36, 37])
+    recent.clear()
+    assert recent.read(0, 6, 10) is None and recent.read(1, 3, 10) is None
+
+
+def test_recent_events_are_bounded_by_body_bytes_too():
+    recent = RecentEvents(partitions=1, keep=100, keep_bytes=1000)
+    rows = [("a", RECEIVED, b"x" * 300, "{}", "{}", 0, n) for n in range(7)]  # 2,100 bytes: over twice 1,000
+    recent.add(rows, first_offset=1)
+    assert recent.read(0, 3, 10) is None  # the newest three (900 bytes) stay
+    assert recent.read(0, 4, 10) == (rows[4:], [5, 6, 7])
+
+
+def test_the_writer_hands_over_each_commit_with_the_offsets_sqlite_gave_its_rows(tmp_path):
+    store = Store(tmp_path / "cloud.db")
+    reader = TelemetryReader(tmp_path / "cloud.db", 4)
+    recent = RecentEvents(4)
+
+    async def publish() -> None:
+        writer = TelemetryWriter(store, keep=25)  # pruning leaves the new rows' numbering alone
+        writer.on_commit.append(recent.add)
+        writer.start()
+        for burst in range(4):
+            sends = [writer.add(f"dev-{n}", f"{burst}/{n}".encode(), {}, {}) for n in range(13)]
+            await asyncio.gather(*sends)
+        await writer.stop()
+
+    try:
+        asyncio.run(publish())
+        for partition in range(4):
+            stored = reader.read(partition, 0, 100)
+            assert stored[0] and all(partition_of(e[0], 4) == partition for e in stored[0])
+            first = stored[0][0][6]
+            assert recent.read(partition, first, 100) == stored
+    finally:
+        reader.close()
+        store.close()
+
+
+class _Stub:
+    """A stand-in link (hashable, attributes as needed)."""
+
+
+class _Wire:
+    """What the server writes; the test carries it to the client's transport."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        pass
+
+
+class _Setup:
+    """The real endpoint and a proton receiver on partition 0, in memory: the endpoint's reactor thread is
+    this thread, and hand-overs run as soon as they are scheduled."""
+
+    def __init__(self, tmp_path) -> None:
+        self.store = Store(tmp_path / "cloud.db")
+        self.reader = TelemetryReader(tmp_path / "cloud.db", 1)
+        self.endpoint = AmqpEndpoint(hub=None, checker=None, reader=self.reader, entity="hub",
+                                     hub_name="hub", created=utc_now())  # fmt: skip
+        self.sqlite_reads = 0
+        read = self.reader.read
+
+        def counted_read(*args: int) -> tuple:
+            self.sqlite_reads += 1
+            return read(*args)
+
+        self.reader.read = counted_read
+        thread = SimpleNamespace(endpoint=self.endpoint, connections=set())
+        thread.call_later = lambda delay, fn: fn()
+        self.endpoint.thread = thread
+        self.wire = _Wire()
+        self.server = AmqpConnection(thread, None, self.wire)  # type: ignore[arg-type]
+        self.server.process()  # connection init: a CBS grant would be recorded here
+        self.server.connection.auth.grants.append(Grant("hub", "", time.time() + 3600))
+        self.client, self.transport, self.collector = Connection(), Transport(), Collector()
+        self.client.collect(self.collector)
+        self.transport.bind(self.client)
+        self.received: list[tuple[bool, Message]] = []
+
+    def attach(self, credit: int) -> None:
+        self.client.open()
+        session = self.client.session()
+        session.open()
+        self.link = session.receiver("events")
+        self.link.source.address = "hub/ConsumerGroups/$Default/Partitions/0"
+        self.link.open()
+        self.link.flow(credit)
+        self.exchange()
+
+    def exchange(self) -> None:
+        for _ in range(20):
+            out = self.transport.peek(max(self.transport.pending(), 0)) or b""
+            self.transport.pop(len(out))
+            if out:
+                self.server._push(out)
+            self.server.process()
+            data, self.wire.data = bytes(self.wire.data), bytearray()
+            while data:
+                taken = min(self.transport.capacity(), len(data))
+                self.transport.push(data[:taken])
+                data = data[taken:]
+                self._client_events()
+            if not out and not data:
+                return
+
+    def _client_events(self) -> None:
+        while (event := self.collector.peek()) is not None:
+            delivery = event.delivery if event.type == Event.DELIVERY else None
+            if delivery is not None and delivery.readable and not delivery.partial:
+                message = Message()
+                message.decode(delivery.link.recv(delivery.pending))
+                delivery.link.advance()
+                self.received.append((delivery.settled, message))
+            self.collector.pop()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.store.close()
+
+
+def test_a_receiver_gets_stored_events_then_live_ones_from_memory_pre_settled(tmp_path):
+    setup = _Setup(tmp_path)
+
+    async def publish(first: int, count: int) -> None:
+        numbers = range(first, first + count)
+        await asyncio.gather(*(writer.add("dev", str(n).encode(), {}, {}) for n in numbers))
+
+    writer = TelemetryWriter(setup.store, partitions=1)
+    writer.on_commit.append(setup.endpoint.telemetry_committed)
+
+    async def scenario() -> None:
+        writer.start()
+        await publish(0, 5)  # before anyone listens: nothing is handed over
+        assert not setup.endpoint._committed
+        setup.attach(credit=8)  # from the start of the stream: read from SQLite
+        assert [m.body for _, m in setup.received] == [str(n).encode() for n in range(5)]
+        reads = setup.sqlite_reads
+        await publish(5, 10)
+        setup.exchange()
+        assert setup.sqlite_reads == reads  # the new ones came from memory, up to the credit
+        assert [m.body for _, m in setup.received] == [str(n).encode() for n in range(8)]
+        setup.link.flow(7)
+        setup.exchange()
+        await writer.stop()
+
+    try:
+        asyncio.run(scenario())
+        bodies = [m.body for _, m in setup.received]
+        assert bodies == [str(n).encode() for n in range(15)]
+        assert all(settled for settled, _ in setup.received)
+        numbers = [m.annotations[symbol("x-opt-sequence-number")] for _, m in setup.received]
+        offsets = [int(m.annotations[symbol("x-opt-offset")]) for _, m in setup.received]
+        assert numbers == list(range(15)) and offsets == list(range(1, 16))
+    finally:
+        setup.close()
+
+
+def test_a_hand_over_queued_before_the_last_receiver_left_is_dropped(tmp_path):
+    """Memory never runs past a commit it missed: a commit made while nobody listened is not handed over,
+    so hand-overs from before it must not start a run a later receiver would trust."""
+    setup = _Setup(tmp_path)
+    endpoint = setup.endpoint
+    scheduled: list = []
+    endpoint.thread.call_later = lambda delay, fn: scheduled.append(fn)
+    first, second = _Stub(), _Stub()
+    try:
+        endpoint._event_links.add(first)
+        endpoint.telemetry_committed([_row("dev", 0, 0)], 1)  # queued, not yet drained
+        endpoint._forget_event_link(first)
+        endpoint.telemetry_committed([_row("dev", 0, 1)], 2)  # nobody listens: not handed over
+        endpoint._event_links.add(second)
+        endpoint._pump = lambda link: None
+        second.event_reader = _Stub()
+        second.event_reader.io = _Stub()
+        second.event_reader.io.process = lambda: None
+        scheduled.pop()()
+        assert endpoint._recent.read(0, 0, 10) is None and endpoint._recent.read(0, 1, 10) is None
+        endpoint.telemetry_committed([_row("dev", 0, 2)], 3)
+        scheduled.pop()()
+        assert endpoint._recent.read(0, 2, 10) == ([_row("dev", 0, 2)], [3])
+        assert endpoint._recent.read(0, 1, 10) is None  # a receiver there reads SQLite
+    finally:
+        setup.close()
