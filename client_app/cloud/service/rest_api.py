@@ -387,13 +387,14 @@ def _dps_routes(app: FastAPI, enrollments: Enrollments, auth: ServiceAuth) -> No
         if initial_twin is not None:
             _object(initial_twin, "initialTwin")
         ca_name, signing = _group_attestation(body, _existing_group(enrollments, group_id))
+        if_match = _if_match(request, body)
         return enrollments.put_group(
             group_id,
             ca_name,
             enabled=_provisioning_status(body),
             initial_twin=_initial_twin(initial_twin),
-            if_match=_if_match(request, body),
-            create_only=_if_match(request, body) is None,
+            if_match=if_match,
+            create_only=if_match is None,
             # allocationPolicy, customAllocationDefinition, identityPolicy
             options=GroupOptions.from_json(body),
             signing=signing,
