@@ -26,6 +26,7 @@ from client_app.logsetup import CORE_LOG_FILE, log_start, log_stop, setup_loggin
 
 log = logging.getLogger(__name__)
 
+CORE_NICE = 5  # below the window's 0 (one step is ~1.25x less CPU when both want it)
 STDIN_HANDLE = "stdin"  # Windows: the socket arrives as socket.share() bytes on stdin (no fd inheritance)
 
 
@@ -123,6 +124,17 @@ class CoreService:
             runtime.close()
 
 
+def yield_to_the_window() -> None:
+    """Run below the window's CPU priority, before any thread starts (threads inherit it): when the two
+    want a core at once, the GUI thread goes first and the event loop stays smooth. The core's work is
+    bursty and small; it only waits when the window is busy."""
+    if hasattr(os, "nice"):  # POSIX; Windows has no nice
+        try:
+            os.nice(CORE_NICE)
+        except OSError as exc:
+            log.debug("could not lower this process's priority: %s", exc)
+
+
 def inherited_socket(handle: str) -> socket.socket:
     if handle == STDIN_HANDLE:
         return socket.fromshare(sys.stdin.buffer.read())  # type: ignore[attr-defined]  # Windows only
@@ -130,6 +142,7 @@ def inherited_socket(handle: str) -> socket.socket:
 
 
 def run_core_service(handle: str) -> int:
+    yield_to_the_window()
     # Ctrl+C in a terminal is the window's to handle: it quits this process in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))

@@ -135,12 +135,14 @@ class RemoteRuntime:
             process.stdin.write(theirs.share(process.pid))  # type: ignore[attr-defined]
             process.stdin.close()
             return process
-        # A session of its own: Ctrl+C in a terminal reaches the window, which quits the core in order.
+        # A process group of its own: Ctrl+C in a terminal reaches the window, which quits the core in order.
+        # Not a session of its own: Linux's scheduler shares the CPU fairly between sessions (autogroups),
+        # so the core would take half the machine from the window whatever its priority (core_service.py).
         return subprocess.Popen(
             self._command(str(theirs.fileno())),
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            process_group=0,
         )
 
     def stop(self, timeout: float = 10) -> None:

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, ProxySetting
 from client_app.device.status import ConnectionState, DeviceStatus
-from client_app.gui.bridge import RuntimeBridge
+from client_app.gui.bridge import MAX_MESSAGES_PER_TURN, RuntimeBridge
 from client_app.gui.errors import ErrorReporter
 from client_app.gui.main_window import MainWindow
 from client_app.gui.notifications import MessageNotifier
@@ -58,6 +58,7 @@ OUTBOX_ROWS = 200
 QUIT_STOP_SECONDS = 3.0
 # A core process that died is started again after 1 s, then 2, 4 … 30 s while it keeps dying within a minute.
 RESTART_DELAYS = (1.0, 30.0)
+GUI_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the interpreter lock while the GUI thread waits
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
 # Plain words for the commands the user can trigger.
@@ -128,6 +129,7 @@ class AppController(QObject):
         self.settings_dialog: SettingsDialog | None = None
         self.about_dialog: QDialog | None = None
         self.status: DeviceStatus | None = None
+        self._switch_interval = sys.getswitchinterval()
 
         self.bridge.statusChanged.connect(self.show_status)
         self.bridge.stepChanged.connect(window.step_changed)
@@ -173,6 +175,10 @@ class AppController(QObject):
         # What is loaded by now lives as long as the app: out of the collector's sight, so a full
         # collection during a burst walks only what came after (cheap: no walk happens here).
         gc.freeze()
+        # The window's own threads (the core's event reader, the command worker) give the interpreter lock
+        # back to the GUI thread after 1 ms instead of Python's 5: no repaint waits longer for it.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GUI_SWITCH_INTERVAL)
         if not self.config.layout.chain_file.exists():
             self.window.begin_setup()  # the first run: its steps are worth showing
         self.bridge.run_command(COMMANDS["start"], self._start_core)
@@ -213,9 +219,16 @@ class AppController(QObject):
     @Slot(object, list, list, object)
     def _core_started(self, runtime: RemoteRuntime, history: list, sent: list, status: DeviceStatus) -> None:
         self.runtime = runtime
-        self.window.add_messages(history)
+        self._show_history(history)
         self.window.set_outbox(sent)
         self.show_status(self._newest(status))
+
+    def _show_history(self, history: list[InboxMessage]) -> None:
+        """The inbox kept from earlier runs (newest first), a turn's worth at a time: a long one would
+        otherwise hold the event loop for tens of milliseconds."""
+        self.window.add_messages(history[:MAX_MESSAGES_PER_TURN])
+        if len(history) > MAX_MESSAGES_PER_TURN:
+            QTimer.singleShot(0, self, lambda: self._show_history(history[MAX_MESSAGES_PER_TURN:]))
 
     @Slot(str)
     def _core_failed(self, message: str) -> None:
@@ -266,6 +279,7 @@ class AppController(QObject):
             runtime.close()
         # Nothing from the core may reach widgets that are being torn down.
         self.bridge.blockSignals(True)
+        sys.setswitchinterval(self._switch_interval)  # leave the process as found
         if self.support_panel is not None:
             self.support_panel.close()
             self.support_panel.deleteLater()

@@ -5,8 +5,9 @@ makes the same listener calls here that a DeviceRuntime makes in one process.
 
 Its listener methods never touch widgets: they stash the event and post a private signal that
 Qt delivers on the GUI thread (queued connection). There the bridge drains what piled up and
-emits the public signals once, at most every FLUSH_INTERVAL_MS for messages and status, so a burst
-of 1,000 incoming messages costs a few dozen model inserts and repaints, not 1,000.
+emits the public signals once, at most every FLUSH_INTERVAL_MS for messages and status and at most
+MAX_MESSAGES_PER_TURN messages at a time, so a burst of 1,000 incoming messages costs a few dozen
+model inserts and repaints, not 1,000, and none of them is large.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 # Messages and status reach the widgets at most this often (20 per second: still live to a reader, while
 # a burst's repaints stay few enough that the GUI thread is never busy for a whole frame).
 FLUSH_INTERVAL_MS = 50
+# And at most this many messages in one event-loop turn (a backlog, the inbox kept from earlier runs): the
+# rest follow in the next turns, so no insert and repaint holds the loop for more than a few milliseconds.
+MAX_MESSAGES_PER_TURN = 100
 
 
 class RuntimeBridge(QObject):
@@ -131,9 +135,13 @@ class RuntimeBridge(QObject):
 
     def _deliver_messages(self) -> None:
         with self._lock:
-            batch, self._pending_messages = self._pending_messages, []
+            batch = self._pending_messages[:MAX_MESSAGES_PER_TURN]
+            del self._pending_messages[:MAX_MESSAGES_PER_TURN]
+            backlog = bool(self._pending_messages)
         if batch:
             self.messagesArrived.emit(batch)
+        if backlog:  # no new post comes for these (the list is not empty): the next turn takes them
+            self._flush_timer.start(0)
 
     @Slot()
     def _deliver_outbox(self) -> None:

@@ -1,17 +1,19 @@
 """Table models for the inbox and the sent messages.
 
-Rows are inserted in batches (one beginInsertRows per burst), never by rebuilding widgets, so a
-flood of cloud-to-device messages keeps the event loop responsive.
+Rows are inserted in batches (one insert per burst), never by rebuilding widgets, so a flood of
+cloud-to-device messages keeps the event loop responsive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+import bisect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
+from PySide6.QtGui import QBrush, QColor, QFont, QStandardItem, QStandardItemModel
 
 if TYPE_CHECKING:
     from client_app.device.messages import InboxMessage, OutboxMessage
@@ -27,12 +29,22 @@ def _arrival_order(message: InboxMessage | OutboxMessage) -> int:
     return message.id
 
 
+def _newest_first(message: InboxMessage) -> int:
+    return -message.id
+
+
+_FONT = Qt.ItemDataRole.FontRole
+_CELL_FLAGS = Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemNeverHasChildren
+
+
 def format_time(moment: datetime | None) -> str:
+    """HH:MM:SS today, else YYYY-MM-DD HH:MM (by hand: strftime is most of the cost of a new inbox row)."""
     if moment is None:
         return ""
     local = moment.astimezone() if moment.tzinfo else moment
-    today = datetime.now(local.tzinfo).date()
-    return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M")
+    if local.date() == datetime.now(local.tzinfo).date():
+        return f"{local.hour:02}:{local.minute:02}:{local.second:02}"
+    return f"{local.year:04}-{local.month:02}-{local.day:02} {local.hour:02}:{local.minute:02}"
 
 
 def format_properties(properties: Mapping[str, str | None] | None) -> str:
@@ -75,55 +87,115 @@ class _MessageTable(QAbstractTableModel, Generic[Message]):
         return None
 
 
-class InboxModel(_MessageTable["InboxMessage"]):
-    """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties."""
+class InboxModel(QStandardItemModel):
+    """Cloud-to-device messages, newest first. Columns: unread marker, time, text, properties.
+
+    The cells are Qt's own items, filled once when a message arrives and when it is read or unread: a
+    repaint, which asks every visible cell for a dozen roles, then never calls into Python. With a Python
+    data() that was most of each repaint during a burst, and every call had to take the interpreter lock
+    back from the thread that reads the core's events.
+    """
 
     COLUMNS = ("", "Received", "Message", "Properties")
     UNREAD, TIME, TEXT, PROPERTIES = range(4)
-    MessageRole = Qt.ItemDataRole.UserRole + 1
 
     def __init__(self, max_rows: int = 5000, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(0, len(self.COLUMNS), parent)
+        self.setHorizontalHeaderLabels(list(self.COLUMNS))
+        self._rows: list[InboxMessage] = []  # newest first, row for row
         self._read: dict[Any, bool] = {}  # id -> read, as changed in this session (the core keeps the truth)
         self._ids: set[Any] = set()
         self._unread = 0  # kept as rows change: asked after every batch, never counted over all rows
         self._max_rows = max_rows
-        self._bold = QFont()
-        self._bold.setBold(True)
+        self._looks = {unread: self._look(unread) for unread in (True, False)}
+        # "Received" is a time for today's messages and a date for older ones: at midnight, today's
+        # become yesterday's.
+        self._day_timer = QTimer(self)
+        self._day_timer.setSingleShot(True)
+        self._day_timer.timeout.connect(self._new_day)
+        self._start_day_timer()
+
+    @staticmethod
+    def _look(unread: bool) -> list[QStandardItem]:
+        """One row's cells without the message: what a clone starts from."""
+        font = QFont()
+        font.setBold(True)
+        cells = []
+        for _column in InboxModel.COLUMNS:
+            cell = QStandardItem()
+            cell.setFlags(_CELL_FLAGS)
+            cell.setData(font if unread else None, Qt.ItemDataRole.FontRole)
+            cells.append(cell)
+        marker = cells[InboxModel.UNREAD]
+        marker.setText("●" if unread else "")
+        marker.setToolTip("Unread" if unread else "Read")
+        marker.setData("unread" if unread else "read", Qt.ItemDataRole.AccessibleTextRole)
+        marker.setForeground(QBrush(QColor("#2f6fd6")))
+        return cells
+
+    def message_at(self, row: int) -> InboxMessage:
+        return self._rows[row]
 
     # --- updates ---------------------------------------------------------------------------
 
     def add_messages(self, messages: Iterable[InboxMessage]) -> int:
-        """Insert messages not shown yet (any order in, newest first out). Returns how many."""
-        fresh = [m for m in messages if m.id not in self._ids]
-        if not fresh:
-            return 0
-        fresh.sort(key=_arrival_order, reverse=True)
-        self._unread += sum(1 for m in fresh if self.is_unread(m))
-        if self._rows and _arrival_order(fresh[-1]) < _arrival_order(self._rows[0]):
-            # Older than what is shown (initial load racing live delivery): place by time.
-            self.beginResetModel()
-            self._rows = sorted(self._rows + fresh, key=_arrival_order, reverse=True)
-            self._ids.update(m.id for m in fresh)
-            self.endResetModel()
-        else:
-            self.beginInsertRows(_ROOT, 0, len(fresh) - 1)
-            self._rows[0:0] = fresh
-            self._ids.update(m.id for m in fresh)
-            self.endInsertRows()
+        """Insert messages not shown yet (any order in, newest first out). Returns how many.
+
+        A run of messages that lands in one place is one insert: a burst is one insert at the top; an
+        initial load that raced live delivery, one insert below the newer rows (nothing else moves)."""
+        fresh = sorted({m.id: m for m in messages if m.id not in self._ids}.values(), key=_newest_first)
+        runs: dict[int, list[InboxMessage]] = {}  # row in the current list -> the messages that go there
+        for message in fresh:
+            runs.setdefault(self._row_for(message), []).append(message)
+        for at in sorted(runs, reverse=True):  # from the bottom up: the rows above keep their numbers
+            self._insert(at, runs[at])
         self._trim()
         return len(fresh)
+
+    def _row_for(self, message: InboxMessage) -> int:
+        return bisect.bisect_left(self._rows, _newest_first(message), key=_newest_first)
+
+    def _insert(self, at: int, run: list[InboxMessage]) -> None:
+        self._rows[at:at] = run
+        self._ids.update(m.id for m in run)
+        self._unread += sum(1 for m in run if self.is_unread(m))
+        # One insert for the run (views and the filter see one change), then its cells, told as one change.
+        self.insertRows(at, len(run))
+        with self._changing(at, at + len(run) - 1):
+            for row, message in enumerate(run, at):
+                for column, cell in enumerate(self._cells(message)):
+                    self.setItem(row, column, cell)
+
+    def _cells(self, message: InboxMessage) -> list[QStandardItem]:
+        marker, time, text, properties = (cell.clone() for cell in self._looks[self.is_unread(message)])
+        time.setText(format_time(message.received_at))
+        text.setText(message.text.replace("\n", " ⏎ "))
+        text.setToolTip(message.text)
+        shown = format_properties(message.properties)
+        properties.setText(shown)
+        if shown:
+            properties.setToolTip(shown)
+        return [marker, time, text, properties]
+
+    @contextmanager
+    def _changing(self, first: int, last: int) -> Iterator[None]:
+        """Change the cells of rows first..last silently, then tell views and the filter once."""
+        blocked = self.blockSignals(True)
+        try:
+            yield
+        finally:
+            self.blockSignals(blocked)
+        self.dataChanged.emit(self.index(first, 0), self.index(last, len(self.COLUMNS) - 1))
 
     def _trim(self) -> None:
         extra = len(self._rows) - self._max_rows
         if extra > 0:
             first = len(self._rows) - extra
-            self.beginRemoveRows(_ROOT, first, len(self._rows) - 1)
             for message in self._rows[first:]:
                 self._ids.discard(message.id)
                 self._unread -= self.is_unread(message)
             del self._rows[first:]
-            self.endRemoveRows()
+            self.removeRows(first, extra)
 
     def mark_read(self, row: int) -> InboxMessage | None:
         """Mark one row read; returns the message when it was unread (so the core can be told)."""
@@ -132,61 +204,58 @@ class InboxModel(_MessageTable["InboxMessage"]):
 
     def set_read(self, rows: Iterable[int], read: bool) -> list[InboxMessage]:
         """Mark rows read or unread; returns the messages that changed (so the core can be told)."""
-        changed: list[InboxMessage] = []
-        for row in rows:
-            if 0 <= row < len(self._rows) and self.is_unread(self._rows[row]) == read:
-                message = self._rows[row]
-                self._read[message.id] = read
-                self._unread += -1 if read else 1
-                changed.append(message)
-                self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
-        return changed
+        rows = sorted({row for row in rows if 0 <= row < len(self._rows)})
+        changing = [row for row in rows if self.is_unread(self._rows[row]) == read]
+        if changing:
+            self._show_read(changing, read)
+        return [self._rows[row] for row in changing]
 
     def mark_all_read(self) -> list[InboxMessage]:
-        changed = [m for m in self._rows if self.is_unread(m)]
-        for message in changed:
-            self._read[message.id] = True
-        self._unread -= len(changed)
-        if changed:
-            self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(self.COLUMNS) - 1))
-        return changed
+        unread = [row for row, message in enumerate(self._rows) if self.is_unread(message)]
+        if unread:
+            self._show_read(unread, True)
+        return [self._rows[row] for row in unread]
+
+    def _show_read(self, rows: list[int], read: bool) -> None:
+        look = self._looks[not read]
+        with self._changing(rows[0], rows[-1]):
+            for row in rows:
+                self._read[self._rows[row].id] = read
+                self.setItem(row, self.UNREAD, look[self.UNREAD].clone())
+                for column in (self.TIME, self.TEXT, self.PROPERTIES):
+                    self.item(row, column).setData(look[column].data(_FONT), _FONT)
+        self._unread += -len(rows) if read else len(rows)
+
+    def _start_day_timer(self) -> None:
+        now = datetime.now()
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time())
+        self._day_timer.start(int((midnight - now).total_seconds() * 1000) + 1000)
+
+    def _new_day(self) -> None:
+        """Yesterday's messages (at the top: newest first) show their date now."""
+        rows = []
+        for row, message in enumerate(self._rows):
+            shown = format_time(message.received_at)
+            if shown == self.item(row, self.TIME).text():
+                break  # older rows show a date already
+            rows.append((row, shown))
+        if rows:
+            with self._changing(0, rows[-1][0]):
+                for row, shown in rows:
+                    self.item(row, self.TIME).setText(shown)
+        self._start_day_timer()
+
+    # --- queries -----------------------------------------------------------------------------
 
     def row_of(self, message_id: int) -> int | None:
-        return next((row for row, m in enumerate(self._rows) if m.id == message_id), None)
+        row = bisect.bisect_left(self._rows, -message_id, key=_newest_first)
+        return row if row < len(self._rows) and self._rows[row].id == message_id else None
 
     def is_unread(self, message: InboxMessage) -> bool:
         return not self._read.get(message.id, message.read)
 
     def unread_count(self) -> int:
         return self._unread
-
-    def cell(self, message: InboxMessage, column: int, role: int) -> Any:
-        unread = self.is_unread(message)
-        if role == Qt.ItemDataRole.DisplayRole:
-            if column == self.UNREAD:
-                return "●" if unread else ""
-            if column == self.TIME:
-                return format_time(message.received_at)
-            if column == self.TEXT:
-                return message.text.replace("\n", " ⏎ ")
-            if column == self.PROPERTIES:
-                return format_properties(message.properties)
-        elif role == Qt.ItemDataRole.ToolTipRole:
-            if column == self.UNREAD:
-                return "Unread" if unread else "Read"
-            if column == self.TEXT:
-                return message.text
-            if column == self.PROPERTIES:
-                return format_properties(message.properties) or None
-        elif role == Qt.ItemDataRole.FontRole and unread:
-            return self._bold
-        elif role == Qt.ItemDataRole.ForegroundRole and column == self.UNREAD:
-            return QBrush(QColor("#2f6fd6"))
-        elif role == Qt.ItemDataRole.AccessibleTextRole and column == self.UNREAD:
-            return "unread" if unread else "read"
-        elif role == self.MessageRole:
-            return message
-        return None
 
 
 OUTBOX_STATE_TEXT = {

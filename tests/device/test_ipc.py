@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
@@ -229,3 +231,36 @@ def test_a_core_that_dies_later_fails_pending_calls_and_is_reported_once():
         runtime.retry()
     runtime.close()
     assert lost == ["the app's connection part stopped unexpectedly"]  # closing is not a second loss
+
+
+def test_the_core_runs_in_the_windows_session_in_a_process_group_of_its_own(tmp_path):
+    """Ctrl+C in a terminal reaches only the window (which stops the core in order); and the core shares the
+    window's session, so Linux's per-session CPU share (autogroup) does not give it half the machine."""
+    seen = tmp_path / "seen.json"
+    script = (
+        "import json, struct\n"
+        f"open({str(seen)!r}, 'w').write(json.dumps([os.getsid(0), os.getpgid(0), os.getpid()]))\n"
+        "call_id = json.loads(sock.recv(65536)[4:])['id']\n"
+        "body = json.dumps({'type': 'reply', 'id': call_id, 'result': {}}).encode()\n"
+        "sock.sendall(struct.pack('>I', len(body)) + body)\n"
+        "sock.recv(65536)\n"
+    )
+    runtime = RemoteRuntime(DeviceConfig(), Recorder(), command=fake_core(script))
+    runtime.start()
+    session, group, pid = json.loads(seen.read_text())
+    assert session == os.getsid(0) and group == pid == runtime.pid
+    runtime.close()
+
+
+def test_the_core_service_runs_below_the_windows_priority():
+    code = (
+        "import os\n"
+        "from client_app.core_service import CORE_NICE, yield_to_the_window\n"
+        "before = os.nice(0)\n"
+        "yield_to_the_window()\n"
+        "print(os.nice(0) - before, CORE_NICE)\n"
+    )
+    lowered, wanted = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(wanted) > 0 and lowered == wanted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton, QSystemTra
 
 from client_app.device.runtime import ConnectionState, FirstRunStep
 from client_app.device.store import InboxMessage, OutboxMessage
-from client_app.gui.bridge import RuntimeBridge
+from client_app.gui.bridge import MAX_MESSAGES_PER_TURN, RuntimeBridge
 from client_app.gui.first_run import DONE, FAILED, PENDING, RUNNING
 from client_app.gui.main_window import parse_properties
 from client_app.gui.models import InboxModel, OutboxModel
@@ -335,6 +336,87 @@ def test_bridge_coalesces_core_events_into_few_gui_signals(qtbot):
     assert [m.id for b in batches for m in b] == list(range(1, 501))
     bridge.shutdown()
     bridge.deleteLater()
+
+
+def test_bridge_hands_a_backlog_over_a_bounded_batch_per_turn(qtbot):
+    import threading
+
+    bridge = RuntimeBridge()
+    batches = []
+    bridge.messagesArrived.connect(batches.append)
+    # All 350 are waiting before the GUI thread gets to them (a backlog after a stall).
+    worker = threading.Thread(
+        target=lambda: [bridge.message_received(inbox_message(n)) for n in range(1, 351)]
+    )
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: sum(len(b) for b in batches) == 350, timeout=5000)
+    assert [len(b) for b in batches] == [MAX_MESSAGES_PER_TURN] * 3 + [50]
+    assert [m.id for b in batches for m in b] == list(range(1, 351))
+    bridge.shutdown()
+    bridge.deleteLater()
+
+
+def test_the_kept_inbox_is_shown_a_bounded_batch_per_turn(window, qtbot):
+    from client_app.device.config import DeviceConfig
+    from client_app.gui.app import AppController
+
+    controller = AppController(DeviceConfig(), window, notify=False)
+    inserts = []
+    window.inbox_model.rowsInserted.connect(lambda _parent, first, last: inserts.append((first, last)))
+    kept = [inbox_message(n) for n in range(250, 0, -1)]  # as the core lists it: newest first
+    controller._core_started(None, kept, [], make_status(S.CONNECTED))
+    assert window.inbox_model.rowCount() == MAX_MESSAGES_PER_TURN  # the newest first, at once
+    qtbot.waitUntil(lambda: window.inbox_model.rowCount() == 250, timeout=2000)
+    assert inserts == [(0, 99), (100, 199), (200, 249)]  # each older batch below: nothing above moves
+    assert window.inbox_model.index(0, InboxModel.TEXT).data() == "message 250"
+    assert window.inbox_model.index(249, InboxModel.TEXT).data() == "message 1"
+    controller.bridge.shutdown()
+    controller.deleteLater()
+
+
+def test_inbox_places_older_messages_below_without_a_reset(window):
+    model = window.inbox_model
+    window.add_messages([inbox_message(n) for n in (10, 11, 12)])
+    changes = []
+    model.modelReset.connect(lambda: changes.append("reset"))
+    model.rowsInserted.connect(lambda _parent, first, last: changes.append((first, last)))
+    # A live message (13) and the initial load (1..9, 5 twice) racing it, in any order.
+    assert window.add_messages([inbox_message(n) for n in (5, 13, 2, 9, 1, 5, 3, 4, 6, 7, 8)]) == 10
+    assert changes == [(3, 11), (0, 0)]  # one insert per place, the lower first; never a reset
+    texts = [model.index(row, InboxModel.TEXT).data() for row in range(model.rowCount())]
+    assert texts == [f"message {n}" for n in range(13, 0, -1)]
+    assert model.unread_count() == 13 and model.row_of(9) == 4 and model.row_of(99) is None
+
+
+def test_inbox_drops_the_oldest_rows_beyond_its_limit():
+    model = InboxModel(max_rows=5)
+    model.add_messages([inbox_message(n) for n in range(1, 8)])
+    model.set_read([0], True)
+    assert [model.message_at(row).id for row in range(model.rowCount())] == [7, 6, 5, 4, 3]
+    assert model.unread_count() == 4
+    model.add_messages([inbox_message(2)])  # dropped before: older than everything kept, so it stays out
+    assert model.rowCount() == 5 and model.unread_count() == 4
+
+
+def test_inbox_shows_yesterdays_messages_with_their_date_after_midnight(window, monkeypatch):
+    from client_app.gui import models
+
+    received = datetime.now(UTC) - timedelta(days=1)
+
+    class Yesterday(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return received.astimezone(tz)
+
+    monkeypatch.setattr(models, "datetime", Yesterday)
+    window.add_messages([dataclasses.replace(inbox_message(1), received_at=received)])
+    assert window.inbox_model.index(0, InboxModel.TIME).data().count(":") == 2  # a time: it is still that day
+    monkeypatch.undo()
+    window.inbox_model._day_timer.timeout.emit()  # midnight
+    assert window.inbox_model.index(0, InboxModel.TIME).data() == received.astimezone().strftime(
+        "%Y-%m-%d %H:%M"
+    )
 
 
 def test_bridge_reports_failed_commands_in_plain_words(qtbot):
