@@ -58,6 +58,7 @@ OUTBOX_ROWS = 200
 QUIT_STOP_SECONDS = 3.0
 # A core process that died is started again after 1 s, then 2, 4 … 30 s while it keeps dying within a minute.
 RESTART_DELAYS = (1.0, 30.0)
+SETUP_PAINT_WAIT_MS = 200  # a hidden window never paints the first-run list: start without it after this
 GUI_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the interpreter lock while the GUI thread waits
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
@@ -179,9 +180,17 @@ class AppController(QObject):
         # back to the GUI thread after 1 ms instead of Python's 5: no repaint waits longer for it.
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GUI_SWITCH_INTERVAL)
-        if not self.config.layout.chain_file.exists():
-            self.window.begin_setup()  # the first run: its steps are worth showing
-        self.bridge.run_command(COMMANDS["start"], self._start_core)
+        if self.config.layout.chain_file.exists():
+            self.bridge.run_command(COMMANDS["start"], self._start_core)
+            return
+        self.window.begin_setup()  # the first run: its steps are worth showing
+        # Once they are on screen: starting the core (imports, a process to spawn) would compete with that
+        # repaint for the interpreter lock and a CPU.
+        start_after_first_paint(
+            self.window.first_run,
+            lambda: self.bridge.run_command(COMMANDS["start"], self._start_core),
+            latest_ms=SETUP_PAINT_WAIT_MS,
+        )
 
     def _new_core(self, config: DeviceConfig) -> RemoteRuntime:  # bridge worker thread
         from client_app.device.remote import RemoteRuntime

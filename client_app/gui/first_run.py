@@ -154,7 +154,9 @@ class FirstRunPanel(QGroupBox):
         glyph, colour = _MARKS[outcome]
         mark = self._marks[step]
         mark.setText(glyph)
-        mark.setStyleSheet(f"color: {colour}; font-weight: bold;")
+        style = f"color: {colour}; font-weight: bold;"
+        if mark.styleSheet() != style:  # a new style sheet re-polishes the label: only on a new colour
+            mark.setStyleSheet(style)
         mark.setAccessibleName(outcome)
         # A failure is explained once, in the box below the list.
         self._details[step].setText("" if outcome == FAILED else detail)

@@ -375,6 +375,40 @@ def test_the_kept_inbox_is_shown_a_bounded_batch_per_turn(window, qtbot):
     controller.deleteLater()
 
 
+def test_a_first_run_starts_the_core_once_its_steps_are_on_screen(window, qtbot, tmp_path):
+    """Starting the core (imports, a process to spawn) must not compete with the repaint showing the list."""
+    import sys
+
+    from PySide6.QtCore import QEvent, QObject
+
+    from client_app.device.config import DeviceConfig
+    from client_app.gui.app import GUI_SWITCH_INTERVAL, AppController
+
+    painted, started = [], []
+
+    class PaintWatch(QObject):
+        def eventFilter(self, watched, event):
+            if event.type() == QEvent.Type.Paint:
+                painted.append(watched)
+            return False
+
+    watch = PaintWatch()
+    window.first_run.installEventFilter(watch)
+    controller = AppController(DeviceConfig(data_dir=tmp_path), window, notify=False)
+    controller.bridge.run_command = lambda _what, _call: started.append(bool(painted))
+    window.show()
+    switch_interval = sys.getswitchinterval()
+    controller.start()
+    assert started == [] and window.first_run.isVisible()
+    qtbot.waitUntil(lambda: bool(started), timeout=2000)
+    assert started == [True]
+    assert sys.getswitchinterval() == GUI_SWITCH_INTERVAL  # the window's threads yield the lock sooner
+    controller.shutdown()
+    assert sys.getswitchinterval() == switch_interval
+    window.first_run.removeEventFilter(watch)
+    controller.deleteLater()
+
+
 def test_inbox_places_older_messages_below_without_a_reset(window):
     model = window.inbox_model
     window.add_messages([inbox_message(n) for n in (10, 11, 12)])
