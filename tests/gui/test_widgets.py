@@ -423,6 +423,25 @@ def test_inbox_places_older_messages_below_without_a_reset(window):
     assert model.unread_count() == 13 and model.row_of(9) == 4 and model.row_of(99) is None
 
 
+def test_mark_all_read_counts_at_once_and_restyles_a_bounded_batch_per_turn(window, qtbot):
+    from client_app.gui.models import ROWS_RESTYLED_PER_TURN
+
+    model = window.inbox_model
+    total = ROWS_RESTYLED_PER_TURN * 2 + 50
+    window.add_messages([inbox_message(n) for n in range(1, total + 1)])
+    window.inbox_box.mark_all_read()
+    assert model.unread_count() == 0 and window.windowTitle() == "client-app"
+
+    def markers() -> list[str]:
+        return [model.index(row, InboxModel.UNREAD).data() for row in range(total)]
+
+    assert markers() == [""] * ROWS_RESTYLED_PER_TURN + ["●"] * (total - ROWS_RESTYLED_PER_TURN)  # top first
+    window.add_messages([inbox_message(total + 1)])  # rows move meanwhile: the rest is found by id
+    qtbot.waitUntil(lambda: model.index(total, InboxModel.UNREAD).data() == "", timeout=2000)
+    assert [model.index(row, InboxModel.UNREAD).data() for row in range(total + 1)] == ["●"] + [""] * total
+    assert model.index(total, InboxModel.TEXT).data(Qt.ItemDataRole.FontRole) is None  # no longer bold
+
+
 def test_inbox_drops_the_oldest_rows_beyond_its_limit():
     model = InboxModel(max_rows=5)
     model.add_messages([inbox_message(n) for n in range(1, 8)])
