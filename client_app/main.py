@@ -74,7 +74,7 @@ def _self_test(config: DeviceConfig) -> int:
 
 def _gui(config: DeviceConfig, store: ConfigStore, demo: ModuleType | None) -> int:
     switch = demo.cloud_switch() if demo is not None else None
-    return int(importlib.import_module("client_app.gui.app").run_gui(config, store, switch) or 0)
+    return int(importlib.import_module("client_app.gui.startup").run_gui(config, store, switch) or 0)
 
 
 def _mode(args: argparse.Namespace) -> str:

@@ -228,8 +228,8 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     """The whole entry point: window, tray, single-instance server, core; quits cleanly."""
     from PySide6.QtCore import QTimer
 
-    from client_app.gui.app import run_gui
     from client_app.gui.single_instance import SingleInstance
+    from client_app.gui.startup import run_gui
 
     seen = {}
 
