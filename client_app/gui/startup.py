@@ -23,7 +23,7 @@ from PySide6.QtWidgets import QApplication, QWidget
 from client_app.device.config import ConfigStore, DeviceConfig
 from client_app.gui.main_window import MainWindow
 from client_app.gui.single_instance import SingleInstance, tell_user_already_running
-from client_app.logsetup import setup_logging
+from client_app.logsetup import open_held_log, setup_logging
 
 if TYPE_CHECKING:
     from client_app.gui.app import AppController, CloudSwitch
@@ -125,6 +125,10 @@ class _Desktop:
         from client_app.gui.style import install_style
         from client_app.gui.tray import StatusTray
 
+        open_held_log()  # the entry point held the log's first lines until now
+        setup_logging(
+            self.config.log_dir
+        )  # the entry point normally did it already; this covers a direct call
         self.reporter = ErrorReporter(lambda: self.window, self.config.log_dir)
         self.reporter.install()
         install_style(self.app)
@@ -170,7 +174,6 @@ def run_gui(
     config: DeviceConfig, store: ConfigStore | None = None, cloud_switch: CloudSwitch | None = None
 ) -> int:
     """Run the desktop app until the user quits; returns the process exit code."""
-    setup_logging(config.log_dir)  # the entry point normally did it already; this covers a direct call
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
     app.setApplicationName("client-app")
