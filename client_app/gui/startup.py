@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
 # left behind after this long (the outbox and inbox are already on disk).
 QUIT_STOP_SECONDS = 3.0
+COULD_NOT_START = "The app could not start. Details are in the log."
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
 
@@ -112,11 +113,22 @@ class _Desktop:
         # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
         self.window.quitRequested.connect(self.quit)
 
-    def quit(self) -> None:
+    def quit(self, code: int = 0) -> None:
         # Not app.quit(): since Qt 6 it first asks every window to close, and a window that hides to the
         # tray refuses, so Quit would only hide it. exit() ends the loop whatever the windows say.
         self.window.quitting = True
-        self.app.exit(0)
+        self.app.exit(code)
+
+    def finish_or_fail(self) -> None:
+        """finish(), from the event loop: a failure there must not leave an empty window behind."""
+        try:
+            self.finish()
+        except Exception:
+            log.exception("the app could not start")
+            from PySide6.QtWidgets import QMessageBox
+
+            QMessageBox.critical(self.window, "client-app", COULD_NOT_START)
+            self.quit(1)
 
     def finish(self) -> None:
         """After the first paint: the panels, the style, the tray, the controller; then the core starts."""
@@ -193,13 +205,13 @@ def run_gui(
     restore_signals = _quit_on_signals(app, desktop.quit)
     code = 1
     try:
-        after_first_paint(desktop.window, desktop.finish)
+        after_first_paint(desktop.window, desktop.finish_or_fail)
         code = app.exec()
     except Exception:
         log.exception("the app failed")
         from PySide6.QtWidgets import QMessageBox
 
-        QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
+        QMessageBox.critical(None, "client-app", COULD_NOT_START)
     finally:
         desktop.window.remember_place(state_file)
         restore_signals()
