@@ -53,6 +53,7 @@ class SingleInstance(QObject):
         self.name = server_name(data_dir)
         self.lock_path = Path(data_dir) / LOCK_FILE
         self.server: QLocalServer | None = None
+        self.answered = False  # claim_lock() found another window, and it answered
         self._lock: InstanceLock | None = None
 
     def ask_running_instance(self, wait: float = 0.0) -> bool:
@@ -85,7 +86,8 @@ class SingleInstance(QObject):
         if acquired:
             self._lock = lock
             return True
-        if not self.ask_running_instance(wait=ANSWER_WAIT_SECONDS):
+        self.answered = self.ask_running_instance(wait=ANSWER_WAIT_SECONDS)
+        if not self.answered:
             log.warning("another window holds %s but did not answer", self.lock_path)
         return False
 
@@ -133,5 +135,12 @@ class SingleInstance(QObject):
             self._lock = None
 
 
-def tell_user_already_running() -> None:
-    print("client-app is already running: its window was brought forward.", file=sys.stderr)
+def tell_user_already_running(answered: bool = True) -> None:
+    if answered:
+        print("client-app is already running: its window was brought forward.", file=sys.stderr)
+    else:
+        print(
+            "client-app is already running for this data folder but did not answer; "
+            "if no window shows, end that process and start the app again.",
+            file=sys.stderr,
+        )

@@ -194,7 +194,7 @@ def run_gui(
 
     single = SingleInstance(config.data_dir)
     if not single.claim_lock():
-        tell_user_already_running()
+        tell_user_already_running(single.answered)
         single.deleteLater()
         return 0
 
