@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_PARTITIONS = 4  # Event Hubs-compatible endpoint partitions; IoT Hub's default is 4
 
 _SCHEMA_V1 = """
@@ -110,8 +110,19 @@ def _v3_to_v4(db: sqlite3.Connection) -> None:
     )
 
 
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    """Each registration keeps the X509RegistrationResult its device received (JSON), so the service API's
+    registration state carries the leaf's whole certificateInfo, as Azure's does. Older rows have none."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS registration_x509("
+        "registration_id TEXT PRIMARY KEY COLLATE NOCASE, result TEXT NOT NULL)"
+    )
+
+
 # Schema steps: _MIGRATIONS[v] takes a database at version v to v + 1 (inside one transaction).
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5,
+}  # fmt: skip
 
 
 def utc_now() -> str:

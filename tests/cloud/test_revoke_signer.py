@@ -92,6 +92,28 @@ def test_revoke_with_connection_strings_only(local_cloud, cloud_api, enrolled_ca
         register(info, issue_device_files(release, "c-02", tmp_path))
 
 
+def test_revoke_finds_a_ca_references_group(local_cloud, cloud_api, enrolled_ca):
+    """A group referencing the intermediate by its DPS certificate name (what the former revoke-signer made):
+    with ARM access it is found and disabled; without it, a clear refusal instead of DPS's bare 409."""
+    info = local_cloud.info
+    release = enrolled_ca.root.intermediate("release E", path_length=0)
+    cloud_api.certificates.upload("release-e", certificate_to_pem(release.certificate), verified=True)
+    cloud_api.create_group("old-revoked-e", "release-e")
+    with (
+        ServiceClient(
+            info.iothub_connection_string, info.dps_connection_string, ca_file=info.server_ca_pem
+        ) as plain,
+        pytest.raises(ValueError, match="enrollment-groups disable GROUP_ID"),
+    ):
+        revoke_signer(plain, release.certificate)
+    assert cloud_api.group("old-revoked-e")["provisioningStatus"] == "enabled"
+
+    result = revoke_signer(cloud_api, release.certificate)
+    assert (result.group_id, result.group_created) == ("old-revoked-e", False)
+    assert cloud_api.group("old-revoked-e")["provisioningStatus"] == "disabled"
+    assert [g["enrollmentGroupId"] for g in cloud_api.groups()].count("old-revoked-e") == 1
+
+
 def test_revoke_signer_bad_file(local_cloud, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")

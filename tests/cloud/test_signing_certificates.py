@@ -66,6 +66,7 @@ def test_closest_to_leaf_decides_between_two_releases(local_cloud, cloud_api, en
     assert x509["signingCertificateInfo"]["subjectName"] == "CN=release A"
     leaf = load_certificates(a2.cert_file.read_bytes())[0]
     assert x509["certificateInfo"]["sha256Thumbprint"] == sha256_thumbprint(leaf)
+    assert cloud_api.registration("a-02")["x509"] == x509  # the service API shows what the device received
     root_answer = dps_answer(info, issue_device_files(release_b, "b-02", tmp_path))
     assert "signingCertificateInfo" not in root_answer["registrationState"]["x509"]  # a caReferences group
 
@@ -211,8 +212,8 @@ def _service_dps(cloud):
 
 
 def test_store_migrates_a_version_3_database_without_losing_rows(tmp_path: Path, monkeypatch):
-    """A cloud.db of the schema before signingCertificates (version 3) opens, migrates to version 4 and keeps
-    every row; its caReferences group reads as before."""
+    """A cloud.db of the schema before signingCertificates (version 3) opens, migrates to the current version
+    and keeps every row; its caReferences group and its registration read as before."""
     path = tmp_path / "cloud.db"
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
     old = Store(path)
@@ -237,12 +238,18 @@ def test_store_migrates_a_version_3_database_without_losing_rows(tmp_path: Path,
     monkeypatch.undo()
 
     migrated = Store(path)
-    assert migrated.one("PRAGMA user_version")[0] == store_module.SCHEMA_VERSION == 4
+    assert migrated.one("PRAGMA user_version")[0] == store_module.SCHEMA_VERSION == 5
     assert _counts(migrated) == before
     assert migrated.one("SELECT COUNT(*) FROM enrollment_group_signing")[0] == 0
-    assert Enrollments(migrated, CertificateStore(migrated)).enrollment("blocked").client == ()
-    group = Enrollments(migrated, CertificateStore(migrated)).group("old-group")
+    enrollments = Enrollments(migrated, CertificateStore(migrated))
+    assert enrollments.enrollment("blocked").client == ()
+    group = enrollments.group("old-group")
     assert (group.ca_name, group.signing, group.initial_twin) == ("root", (), {"tags": {"a": 1}})
+    # recorded before schema 5 kept the device's X509RegistrationResult: the thumbprint is all there is
+    assert enrollments.registration("dev-1").to_json()["x509"] == {
+        "certificateInfo": {"sha256Thumbprint": "AB"},
+        "enrollmentGroupId": "old-group",
+    }
     migrated.close()
 
 
@@ -251,7 +258,7 @@ def _counts(store: Store) -> dict[str, int]:
         r[0]
         for r in store.all("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")
     ]
-    new = ("enrollment_group_signing", "enrollment_client_certificates")  # schema 4's tables
+    new = ("enrollment_group_signing", "enrollment_client_certificates", "registration_x509")  # schemas 4, 5
     return {t: store.one(f"SELECT COUNT(*) FROM {t}")[0] for t in tables if t not in new}
 
 

@@ -179,11 +179,16 @@ class Registration:
     etag: str
     created: str
     updated: str
+    x509_result: str | None = None  # the device's X509RegistrationResult (JSON); None before schema 5
 
     def to_json(self) -> dict[str, Any]:
-        x509_info: dict[str, Any] = {"certificateInfo": {"sha256Thumbprint": self.thumbprint}}
-        if self.group_id:
-            x509_info["enrollmentGroupId"] = self.group_id
+        """DeviceRegistrationState (service.json 2021-10-01), `x509` as the device received it."""
+        if self.x509_result is not None:
+            x509_info: dict[str, Any] = json.loads(self.x509_result)
+        else:  # recorded before the cloud kept the whole result: the thumbprint is all there is
+            x509_info = {"certificateInfo": {"sha256Thumbprint": self.thumbprint}}
+            if self.group_id:
+                x509_info["enrollmentGroupId"] = self.group_id
         return {
             "x509": x509_info,
             "registrationId": self.registration_id,
@@ -461,16 +466,21 @@ class Enrollments:
     def _registration(row: sqlite3.Row) -> Registration:
         return Registration(*row)  # columns in field order
 
+    _REGISTRATIONS = (
+        "SELECT r.*, x.result FROM registrations r"
+        " LEFT JOIN registration_x509 x ON x.registration_id = r.registration_id"
+    )
+
     def registration(self, registration_id: str) -> Registration | None:
-        row = self._store.one("SELECT * FROM registrations WHERE registration_id=?", (registration_id,))
+        row = self._store.one(f"{self._REGISTRATIONS} WHERE r.registration_id=?", (registration_id,))
         return self._registration(row) if row else None
 
     def registrations(self, group_id: str | None = None) -> list[Registration]:
         if group_id is None:
-            rows = self._store.all("SELECT * FROM registrations ORDER BY registration_id")
+            rows = self._store.all(f"{self._REGISTRATIONS} ORDER BY r.registration_id")
         else:
             rows = self._store.all(
-                "SELECT * FROM registrations WHERE group_id=? COLLATE NOCASE ORDER BY registration_id",
+                f"{self._REGISTRATIONS} WHERE r.group_id=? COLLATE NOCASE ORDER BY r.registration_id",
                 (group_id,),
             )
         return [self._registration(r) for r in rows]
@@ -480,8 +490,8 @@ class Enrollments:
             raise not_found("registration", registration_id, 404202)
         # Forgetting the record forgets the pinned key too: the operator's way to let an ID re-key.
         with self._store.transaction() as db:
-            db.execute("DELETE FROM registrations WHERE registration_id=?", (registration_id,))
-            db.execute("DELETE FROM registration_keys WHERE registration_id=?", (registration_id,))
+            for table in ("registrations", "registration_keys", "registration_x509"):
+                db.execute(f"DELETE FROM {table} WHERE registration_id=?", (registration_id,))
 
     def device_id_for(self, registration_id: str) -> str:
         """Registration IDs are case-insensitive, hub device IDs are not: a device that registers again with
@@ -500,18 +510,23 @@ class Enrollments:
             substatus = "reprovisionedToInitialAssignment"
         else:
             substatus = "deviceDataMigrated"
-        self._store.execute(
-            "INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, 'assigned', ?, ?, ?, ?, ?, ?)",
-            (
-                match.registration_id, device_id, match.group_id, assigned_hub, substatus,
-                match.thumbprint, operation_id, secrets.token_hex(8),
-                previous.created if previous else now, now,
-            ),
-        )  # fmt: skip
-        self._store.execute(
-            "INSERT OR REPLACE INTO registration_keys VALUES (?, ?)",
-            (match.registration_id, key_id(match.leaf.public_key())),
-        )
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, 'assigned', ?, ?, ?, ?, ?, ?)",
+                (
+                    match.registration_id, device_id, match.group_id, assigned_hub, substatus,
+                    match.thumbprint, operation_id, secrets.token_hex(8),
+                    previous.created if previous else now, now,
+                ),
+            )  # fmt: skip
+            db.execute(
+                "INSERT OR REPLACE INTO registration_keys VALUES (?, ?)",
+                (match.registration_id, key_id(match.leaf.public_key())),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO registration_x509 VALUES (?, ?)",
+                (match.registration_id, json.dumps(match.x509_result())),
+            )
         registration = self.registration(match.registration_id)
         assert registration is not None
         return registration

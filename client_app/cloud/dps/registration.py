@@ -172,7 +172,7 @@ class Dps:
         registration = self._enrollments.record_assignment(
             match, device_id, operation.assigned_hub, operation_id
         )
-        state = {**registration.to_json(), "x509": match.x509_result()}
+        state = registration.to_json()  # its x509 is what matching found (match.x509_result())
         if allocation is not None and allocation.payload is not None:
             state["payload"] = allocation.payload  # the webhook's data for the device
         log.info("DPS %s assigned to %s (%s, %s)", match.registration_id, operation.assigned_hub,

@@ -5,7 +5,9 @@ stop functioning". DPS lets the enrollment group closest to the leaf decide (an 
 comes first; Azure docs "How to disenroll or revoke a device", "disallow an X.509 intermediate or root CA
 certificate"), so a disabled group whose signing certificate is the intermediate refuses that release while
 the other releases under the same root still provision. The group carries the intermediate itself
-(`signingCertificates`), so only the DPS service API is needed: a DPS connection string, no ARM access.
+(`signingCertificates`), so only the DPS service API is needed: a DPS connection string, no ARM access. A
+caReferences group on the intermediate (as the former revoke-signer made) is found through ARM when the client
+has it, and disabled in its place; DPS would refuse a second group on the same certificate.
 Devices already in the hub are found by the issuer thumbprint the device core reports
 (`properties.reported.issuer_thumbprint`) and disabled.
 """
@@ -17,8 +19,8 @@ from typing import Any
 
 from cryptography import x509
 
-from client_app.cloud.service.client import ServiceClient
-from client_app.pki import certificate_to_pem, sha256_thumbprint
+from client_app.cloud.service.client import ServiceClient, ServiceError
+from client_app.pki import certificate_to_pem, sha1_thumbprint, sha256_thumbprint
 
 
 @dataclass
@@ -44,10 +46,22 @@ class Revocation:
 def revoke_signer(client: ServiceClient, signer: x509.Certificate) -> Revocation:
     sha256 = sha256_thumbprint(signer)
     described = f"{signer.subject.rfc4514_string()} (SHA-256 {sha256})"
-    group = next((g for g in client.groups() if sha256 in _signing_thumbprints(g)), None)
+    groups = client.groups()
+    group = next((g for g in groups if sha256 in _signing_thumbprints(g)), None)
+    group = group or _ca_reference_group(client, groups, signer)
     if group is None:
         group_id = f"revoked-{sha256[:16].lower()}"
-        client.create_group(group_id, enabled=False, signing_certificate=certificate_to_pem(signer))
+        try:
+            client.create_group(group_id, enabled=False, signing_certificate=certificate_to_pem(signer))
+        except ServiceError as exc:
+            if exc.status != 409:
+                raise
+            # DPS holds a certificate in one enrollment only: a caReferences group has it, and without ARM
+            # access there is no telling which (its certificate is known by name only).
+            raise ValueError(
+                f"{exc.message}: a group references this certificate by its DPS certificate name; disable"
+                " that group (`enrollment-groups disable GROUP_ID`) or run revoke-signer with ARM access"
+            ) from exc
         revocation = Revocation(described, group_id, True)
     else:
         if group["provisioningStatus"] != "disabled":
@@ -64,6 +78,25 @@ def revoke_signer(client: ServiceClient, signer: x509.Certificate) -> Revocation
     counted = client.query("SELECT COUNT() AS n FROM devices WHERE status = 'enabled'")
     revocation.left = int(counted[0]["n"]) if counted else 0
     return revocation
+
+
+def _ca_reference_group(
+    client: ServiceClient, groups: list[dict[str, Any]], signer: x509.Certificate
+) -> dict[str, Any] | None:
+    """The group whose caReferences name the signer's DPS certificate (as the former revoke-signer made),
+    when ARM certificate access tells the names; ARM gives a certificate's SHA-1 or SHA-256 thumbprint."""
+    if client.certificates is None:
+        return None
+    thumbprints = {sha1_thumbprint(signer), sha256_thumbprint(signer)}
+    names = {
+        c.name for c in client.certificates.list() if (c.properties.thumbprint or "").upper() in thumbprints
+    }
+    return next((g for g in groups if _ca_reference(g) in names), None)
+
+
+def _ca_reference(group: dict[str, Any]) -> str | None:
+    references = (group.get("attestation", {}).get("x509") or {}).get("caReferences") or {}
+    return references.get("primary")
 
 
 def _signing_thumbprints(group: dict[str, Any]) -> set[str]:
