@@ -138,9 +138,7 @@ class _Desktop:
         from client_app.gui.tray import StatusTray
 
         open_held_log()  # the entry point held the log's first lines until now
-        setup_logging(
-            self.config.log_dir
-        )  # the entry point normally did it already; this covers a direct call
+        setup_logging(self.config.log_dir)  # for a direct call of run_gui(); else already done
         self.reporter = ErrorReporter(lambda: self.window, self.config.log_dir)
         self.reporter.install()
         install_style(self.app)
