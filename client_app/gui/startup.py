@@ -17,10 +17,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QEvent, QObject, QTimer
-from PySide6.QtWidgets import QApplication, QWidget
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
 
 from client_app.device.config import ConfigStore, DeviceConfig
+from client_app.gui.first_paint import start_after_first_paint
 from client_app.gui.main_window import MainWindow
 from client_app.gui.single_instance import SingleInstance, tell_user_already_running
 from client_app.logsetup import open_held_log, setup_logging
@@ -37,35 +38,6 @@ log = logging.getLogger(__name__)
 QUIT_STOP_SECONDS = 3.0
 COULD_NOT_START = "The app could not start. Details are in the log."
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
-
-
-class _FirstPaint(QObject):
-    """Calls `then` once, after the watched widget's first paint (or after `latest_ms` at the latest)."""
-
-    def __init__(self, widget: QWidget, then: Callable[[], None], latest_ms: int) -> None:
-        super().__init__(widget)
-        self._widget = widget
-        self._then: Callable[[], None] | None = then
-        widget.installEventFilter(self)
-        # A window that never paints (started minimised) still connects. Timers die with this object.
-        QTimer.singleShot(latest_ms, self, self._fire)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self._widget and event.type() == QEvent.Type.Paint and self._then is not None:
-            QTimer.singleShot(0, self, self._fire)  # after this paint has reached the screen
-        return False
-
-    def _fire(self) -> None:
-        then, self._then = self._then, None
-        if then is not None:
-            self._widget.removeEventFilter(self)
-            then()
-
-
-def after_first_paint(window: QWidget, then: Callable[[], None], latest_ms: int = 1000) -> None:
-    """Run `then` once the window has painted: on a cold start (page cache empty) what it loads then reads
-    the disk after the window's files, not in competition with them."""
-    _FirstPaint(window, then, latest_ms)
 
 
 def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
@@ -203,7 +175,7 @@ def run_gui(
     restore_signals = _quit_on_signals(app, desktop.quit)
     code = 1
     try:
-        after_first_paint(desktop.window, desktop.finish_or_fail)
+        start_after_first_paint(desktop.window, desktop.finish_or_fail)
         code = app.exec()
     except Exception:
         log.exception("the app failed")
