@@ -128,8 +128,9 @@ class _Desktop:
         )
         self.single.activateRequested.connect(window.bring_forward)
         self.single.listen()
-        # The core's process starts with the window on screen: first-run steps then show as they happen.
-        self.controller.start()
+        # The core's process starts once the panels have painted (first-run steps show as they happen): its
+        # imports and the process start compete for the CPUs and the disk with that paint otherwise.
+        start_after_first_paint(window, self.controller.start)
 
     def _hidden_to_tray(self) -> None:
         if self.tray is not None and not self._hint_shown and self.tray.can_notify():
