@@ -1,6 +1,7 @@
-"""The Event Hubs-compatible endpoint's live path without a network: the event encoding (proton's `Data`,
-section by section) against proton's `Message`, the newest events kept in memory, the telemetry writer's
-hand-over, and a proton receiver served by the real endpoint (from SQLite, then from memory) in one thread."""
+"""The Event Hubs-compatible endpoint's live path without a network: the event encoding (proton's `pn_data_t`,
+cached sections decoded back in) against proton's `Message`, the newest events kept in memory, the telemetry
+writer's hand-over, and a proton receiver served by the real endpoint (from SQLite, then from memory) in one
+thread."""
 
 from __future__ import annotations
 
@@ -29,18 +30,18 @@ RECEIVED = "2026-11-30T19:00:00.123456Z"
 
 
 def _expected(event: tuple, offset: int) -> Message:
-    """The event as proton's own Message builds it: the oracle for the section-by-section `Data` encoding."""
+    """The event as proton's own Message builds it: the oracle for the encoder's cached and per-event bits."""
     device_id, received, body, system_json, properties_json, _, sequence_number = event
     system, enqueued = json.loads(system_json), timestamp(ms_from_iso(received))
     message = Message(inferred=True, body=bytes(body))
-    message.annotations = {
+    message.annotations = {  # in the encoder's order: the values that change from event to event first
         symbol("iothub-connection-device-id"): device_id,
-        symbol("iothub-connection-auth-method"): AUTH_METHOD,
         symbol("iothub-enqueuedtime"): enqueued,
-        symbol("iothub-message-source"): MESSAGE_SOURCE,
         symbol("x-opt-sequence-number"): sequence_number,
         symbol("x-opt-offset"): str(offset),
         symbol("x-opt-enqueued-time"): enqueued,
+        symbol("iothub-connection-auth-method"): AUTH_METHOD,
+        symbol("iothub-message-source"): MESSAGE_SOURCE,
     }
     message.id = system.get("messageId")
     if system.get("userId"):
