@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError
 from client_app.cloud.info import ConnectionInfo, read_connection_json
 from client_app.cloud.service.client import ServiceClient, ServiceError
 from client_app.device import paths
-from client_app.device.status import running_pid
+from client_app.device.instance_lock import running_pid
 from client_app.pki import (
     ISSUER_BUNDLE_PASSPHRASE,
     CertificateAuthority,

@@ -6,8 +6,8 @@ redacted here (diagnostics redact what they export).
 
 from __future__ import annotations
 
+import functools
 import logging
-import logging.handlers
 import os
 import platform
 import time
@@ -25,13 +25,37 @@ FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 log = logging.getLogger("client_app")
 
 
-class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Log files are created 0600: they name hosts, devices and folders other local users need not see."""
+MAX_HELD = 1000  # records kept in memory until the log file opens (hold_logging)
 
-    def _open(self):  # type: ignore[no-untyped-def]
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.chmod(self.baseFilename, 0o600)  # a file made by an older version keeps its mode otherwise
-        return os.fdopen(fd, self.mode.replace("w", "a"), encoding=self.encoding, errors=self.errors)
+
+@functools.cache
+def _private_handler_class() -> type[logging.FileHandler]:
+    # Imported here: logging.handlers brings socket, pickle and queue (~6 ms), and the window's process opens
+    # its log file only after its first paint (hold_logging).
+    import logging.handlers
+
+    class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+        """Log files are created 0600: they name hosts, devices and folders other local users need not see."""
+
+        def _open(self):  # type: ignore[no-untyped-def]
+            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.chmod(self.baseFilename, 0o600)  # a file made by an older version keeps its mode otherwise
+            return os.fdopen(fd, self.mode.replace("w", "a"), encoding=self.encoding, errors=self.errors)
+
+    return PrivateRotatingFileHandler
+
+
+class _HeldRecords(logging.Handler):
+    """What is logged before the log file opens, kept to be written first when it does (open_held_log)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < MAX_HELD:
+            self.records.append(record)
 
 
 class RepeatFilter(logging.Filter):
@@ -66,12 +90,12 @@ def setup_logging(log_dir: Path, level: int = logging.INFO, *, file_name: str = 
     root = logging.getLogger()
     path = Path(log_dir) / file_name
     for handler in root.handlers:
-        if isinstance(handler, PrivateRotatingFileHandler) and Path(handler.baseFilename) == path.absolute():
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.absolute():
             return path
     root.setLevel(level)
     try:
         private_dir(Path(log_dir))
-        handler = PrivateRotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
+        handler = _private_handler_class()(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
     except OSError:
         return None  # logging is a help, not a reason to refuse to start
     handler.setFormatter(logging.Formatter(FORMAT))
@@ -81,6 +105,27 @@ def setup_logging(log_dir: Path, level: int = logging.INFO, *, file_name: str = 
     for name in ("azure.iot.device", "paho"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return path
+
+
+def hold_logging(log_dir: Path, level: int = logging.INFO) -> None:
+    """The window's process: records are kept in memory until open_held_log(), just after the window's first
+    paint, so that opening the log file costs nothing before the window shows."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, _HeldRecords) for handler in root.handlers):
+        root.setLevel(level)
+        root.addHandler(_HeldRecords(Path(log_dir)))
+
+
+def open_held_log() -> None:
+    """Open the log file that records were held for (hold_logging) and write them there first."""
+    root = logging.getLogger()
+    for held in [h for h in root.handlers if isinstance(h, _HeldRecords)]:
+        root.removeHandler(held)
+        path = setup_logging(held.log_dir)
+        for handler in root.handlers:
+            if path is not None and getattr(handler, "baseFilename", None) == str(path.absolute()):
+                for record in held.records:
+                    handler.handle(record)
 
 
 def log_start(mode: str) -> None:

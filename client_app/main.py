@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, add_config_arguments, log_dir_of
-from client_app.logsetup import log_start, log_stop, setup_logging
+from client_app.logsetup import hold_logging, log_start, log_stop, open_held_log, setup_logging
 
 log = logging.getLogger("client_app")
 
@@ -74,7 +74,7 @@ def _self_test(config: DeviceConfig) -> int:
 
 def _gui(config: DeviceConfig, store: ConfigStore, demo: ModuleType | None) -> int:
     switch = demo.cloud_switch() if demo is not None else None
-    return int(importlib.import_module("client_app.gui.app").run_gui(config, store, switch) or 0)
+    return int(importlib.import_module("client_app.gui.startup").run_gui(config, store, switch) or 0)
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -109,14 +109,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if logging.getLogger().handlers:
             log_stop(code)
+            open_held_log()  # a window that never showed (already running, a bad setting): its lines too
     return code
 
 
 def _run(args: argparse.Namespace) -> int:
     demo = _demo_module() if args.demo else None
     layer = demo.device_layer(args.data_dir) if demo else {}
-    # Logging first: a failure while setting up the demo or reading the configuration is logged too.
-    setup_logging(log_dir_of(args, os.environ, layer))
+    # Logging first: a failure while setting up the demo or reading the configuration is logged too. The
+    # window's process writes its file after its first paint (gui/startup.py); until then records are held.
+    log_dir = log_dir_of(args, os.environ, layer)
+    if _mode(args) == "window":
+        hold_logging(log_dir)
+    else:
+        setup_logging(log_dir)
     log_start(_mode(args))
     if demo is not None:
         data_dir = ConfigStore(args, os.environ, layer).load().data_dir

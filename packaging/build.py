@@ -9,6 +9,7 @@ one private key, so a root CA key can never ride along.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -37,6 +38,8 @@ def check_issuer_bundle(path: Path) -> None:
 def build(issuer_bundle: Path, dist: Path, work: Path) -> Path:
     import PyInstaller.__main__
 
+    from client_app.device.paths import VERSION_FILE
+
     check_issuer_bundle(issuer_bundle)
     with tempfile.TemporaryDirectory(prefix="client-app-resources-") as staged:
         staged_dir = Path(staged)
@@ -47,6 +50,10 @@ def build(issuer_bundle: Path, dist: Path, work: Path) -> Path:
             ignore=shutil.ignore_patterns("*.pem", "*.key", "README.md"),
         )
         shutil.copyfile(issuer_bundle, staged_dir / BUNDLE_NAME)
+        # The app reads its version here (device/twin.py): importlib.metadata is slow to import on a start.
+        (staged_dir / VERSION_FILE).write_text(
+            importlib.metadata.version("client-app") + "\n", encoding="utf-8"
+        )
         (staged_dir / BUNDLE_NAME).chmod(0o644)
         os.environ["CLIENT_APP_STAGED_RESOURCES"] = str(staged_dir)
         PyInstaller.__main__.run(

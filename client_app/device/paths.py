@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "client-app"
 ISSUER_BUNDLE_NAME = "issuer-bundle.pem"
+VERSION_FILE = "version.txt"  # in a frozen build's resources/: the app's version, written at build time
 
 
 def private_dir(path: Path) -> Path:

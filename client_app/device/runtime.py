@@ -17,6 +17,7 @@ from client_app.device import secrets as keystore
 from client_app.device.config import DeviceConfig
 from client_app.device.connector import SdkConnector
 from client_app.device.events import DeviceEvent, MessageReceived, OutboxChanged, StatusChanged, StepChanged
+from client_app.device.instance_lock import InstanceLock, running_pid
 from client_app.device.methods import MethodRegistry
 from client_app.device.paths import private_dir
 from client_app.device.ports import SystemClock
@@ -25,10 +26,8 @@ from client_app.device.status import (
     ConnectionState,
     DeviceStatus,
     FirstRunStep,
-    InstanceLock,
     StatusBoard,
     StepOutcome,
-    running_pid,
 )
 from client_app.device.store import Database, Inbox, InboxMessage, Outbox, OutboxMessage
 from client_app.device.supervisor import Supervisor

@@ -1,26 +1,22 @@
-"""Observable status: the DeviceStatus snapshot, status.json for `--status`, and the single-instance lock.
+"""Observable status: the DeviceStatus snapshot and status.json for `--status`.
 
-The running instance holds an OS file lock on instance.lock for its whole life and rewrites status.json
-atomically on every change. `--status` trusts status.json only while that lock is held: a crashed instance
-releases the lock with its process, so a stale pid can never pass for a live one.
+The running instance holds an OS file lock on instance.lock for its whole life (device/instance_lock.py)
+and rewrites status.json atomically on every change. `--status` trusts status.json only while that lock is
+held: a crashed instance releases the lock with its process, so a stale pid can never pass for a live one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
-
-from client_app.device.paths import private_file
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -147,65 +143,6 @@ class StatusBoard:
                     self._write(self._file, json.dumps(status.to_json_dict(), indent=2).encode())
             self._publish(status)
         return status
-
-
-class InstanceLock:
-    """An exclusive OS lock on a file, held while an instance runs on this data directory."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: IO[str] | None = None
-
-    def acquire(self) -> bool:
-        handle = open(private_file(self.path), "r+")  # noqa: SIM115 - held open for the life of the instance
-        if not _try_lock(handle):
-            handle.close()
-            return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
-        return True
-
-    def release(self) -> None:
-        if self._handle is not None:
-            with contextlib.suppress(OSError):
-                self._handle.seek(0)
-                self._handle.truncate()
-            self._handle.close()  # closing drops the lock
-            self._handle = None
-
-
-def running_pid(lock_file: Path) -> int | None:
-    """The pid of the live instance holding the lock, else None (also for a stale pid left by a crash)."""
-    try:
-        handle = open(lock_file)  # noqa: SIM115
-    except FileNotFoundError:
-        return None
-    with handle:
-        if _try_lock(handle):
-            return None  # we got it: nobody holds it; closing releases it again
-        try:
-            return int(handle.read().strip() or 0) or None
-        except ValueError:
-            return None
-
-
-def _try_lock(handle: IO[str]) -> bool:
-    try:
-        if os.name == "nt":
-            import msvcrt
-
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 def read_status_file(path: Path) -> DeviceStatus | None:

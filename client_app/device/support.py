@@ -8,7 +8,8 @@ from __future__ import annotations
 from client_app.device import identity as ids
 from client_app.device import state as st
 from client_app.device.config import DeviceConfig
-from client_app.device.status import ConnectionState, DeviceStatus, read_status_file, running_pid
+from client_app.device.instance_lock import running_pid
+from client_app.device.status import ConnectionState, DeviceStatus, read_status_file
 from client_app.device.store import Database, Inbox, Outbox
 from client_app.pki import PkiError, load_certificates, sha1_thumbprint
 

@@ -1,4 +1,6 @@
-"""The desktop app: run_gui() builds the window, the tray and the bridge, and runs the device core.
+"""The desktop app's controller: the window, tray and dialogs on one side, the device core on the other.
+
+run_gui() (client_app/gui/startup.py) shows the window and builds this right after its first paint.
 
 The device core runs in a process of its own (client_app/core_service.py, started through
 client_app/device/remote.py): this process only renders, so the SDK's threads never take the
@@ -15,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -23,19 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot, qVersion
-from PySide6.QtWidgets import QApplication, QWidget
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot, qVersion
+from PySide6.QtWidgets import QApplication
 
 from client_app.device.config import ConfigError, ConfigStore, DeviceConfig, ProxySetting
 from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.gui.bridge import MAX_MESSAGES_PER_TURN, RuntimeBridge
-from client_app.gui.errors import ErrorReporter
+from client_app.gui.first_paint import start_after_first_paint
 from client_app.gui.main_window import MainWindow
 from client_app.gui.notifications import MessageNotifier
-from client_app.gui.single_instance import SingleInstance, tell_user_already_running
-from client_app.gui.style import install_style
-from client_app.gui.tray import StatusTray
-from client_app.logsetup import setup_logging
 
 # Dialogs and the support panel are imported when first opened, not on the way to the first window: each Qt
 # class a module names is set up (its enums made) on first use, which is CPU time before the window shows.
@@ -47,20 +44,17 @@ if TYPE_CHECKING:
     from client_app.gui import diagnostics
     from client_app.gui.settings_dialog import SettingsDialog
     from client_app.gui.support_panel import SupportPanel
+    from client_app.gui.tray import StatusTray
 
 log = logging.getLogger(__name__)
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
 INITIAL_INBOX_ROWS = 1000
 OUTBOX_ROWS = 200
-# Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
-# left behind after this long (the outbox and inbox are already on disk).
-QUIT_STOP_SECONDS = 3.0
 # A core process that died is started again after 1 s, then 2, 4 … 30 s while it keeps dying within a minute.
 RESTART_DELAYS = (1.0, 30.0)
 SETUP_PAINT_WAIT_MS = 200  # a hidden window never paints the first-run list: start without it after this
 GUI_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the interpreter lock while the GUI thread waits
-WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
 
 # Plain words for the commands the user can trigger.
 COMMANDS = {
@@ -599,133 +593,3 @@ class AppController(QObject):
         if self.support_panel is not None and self.support_panel.isVisible():
             self.support_panel.show_feedback(text)
         self.window.statusBar().showMessage(text, 15000)
-
-
-class _FirstPaint(QObject):
-    """Calls `then` once, after the watched widget's first paint (or after `latest_ms` at the latest)."""
-
-    def __init__(self, widget: QWidget, then: Callable[[], None], latest_ms: int) -> None:
-        super().__init__(widget)
-        self._widget = widget
-        self._then: Callable[[], None] | None = then
-        widget.installEventFilter(self)
-        # A window that never paints (started minimised) still connects. Timers die with this object.
-        QTimer.singleShot(latest_ms, self, self._fire)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self._widget and event.type() == QEvent.Type.Paint and self._then is not None:
-            QTimer.singleShot(0, self, self._fire)  # after this paint has reached the screen
-        return False
-
-    def _fire(self) -> None:
-        then, self._then = self._then, None
-        if then is not None:
-            self._widget.removeEventFilter(self)
-            then()
-
-
-def start_after_first_paint(window: QWidget, start: Callable[[], None], latest_ms: int = 1000) -> None:
-    """Start the core's process once the window has painted: on a cold start (page cache empty) the core's
-    imports then read the disk after the window's files, not in competition with them."""
-    _FirstPaint(window, start, latest_ms)
-
-
-def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
-    """Ctrl-C and SIGTERM quit cleanly (core stopped, embedded demo cloud stopped at exit).
-
-    Python runs signal handlers only between bytecodes, so a timer wakes the interpreter. The quit is
-    queued: a signal that arrives before app.exec() (slow cold start) must not be lost."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, quit_app))
-    wake = QTimer(app)
-    wake.timeout.connect(lambda: None)
-    wake.start(300)
-
-    def restore() -> None:
-        wake.stop()
-        wake.deleteLater()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
-
-
-def run_gui(
-    config: DeviceConfig, store: ConfigStore | None = None, cloud_switch: CloudSwitch | None = None
-) -> int:
-    """Run the desktop app until the user quits; returns the process exit code."""
-    setup_logging(config.log_dir)  # the entry point normally did it already; this covers a direct call
-    app = QApplication.instance() or QApplication(sys.argv)
-    assert isinstance(app, QApplication)
-    app.setApplicationName("client-app")
-    # No display name: Qt appends it to every window title ("client-app (3 unread) — client-app").
-    app.setDesktopFileName("client-app")
-    install_style(app)
-
-    single = SingleInstance(config.data_dir)
-    if not single.claim():
-        tell_user_already_running()
-        return 0
-
-    window = MainWindow()
-    reporter = ErrorReporter(lambda: window, config.log_dir)
-    reporter.install()
-    tray: StatusTray | None = None
-    if StatusTray.available():
-        tray = StatusTray()
-        tray.show()
-        window.keep_running_in_tray = True
-        app.setQuitOnLastWindowClosed(False)
-
-    def quit_app() -> None:
-        # Not app.quit(): since Qt 6 it first asks every window to close, and a window that hides to the
-        # tray refuses, so Quit would only hide it. exit() ends the loop whatever the windows say.
-        window.quitting = True
-        app.exit(0)
-
-    if tray is not None:
-        tray.quitRequested.connect(quit_app)
-    # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
-    window.quitRequested.connect(quit_app)
-    hint_shown = False
-
-    def hidden_to_tray() -> None:
-        nonlocal hint_shown
-        if tray is not None and not hint_shown and tray.can_notify():
-            hint_shown = True
-            tray.show_message(
-                "client-app keeps running", "It stays connected here. Quit from this icon's menu."
-            )
-
-    window.hiddenToTray.connect(hidden_to_tray)
-    controller = AppController(config, window, tray=tray, store=store, cloud_switch=cloud_switch)
-    single.activateRequested.connect(window.bring_forward)
-    state_file = config.config_dir / WINDOW_STATE_FILE
-    window.place(state_file)
-    window.show()
-    restore_signals = _quit_on_signals(app, quit_app)
-    code = 1
-    try:
-        # Start the core once the window is on screen: first-run steps then show as they happen.
-        start_after_first_paint(window, controller.start)
-        code = app.exec()
-    except Exception:
-        log.exception("the app failed")
-        from PySide6.QtWidgets import QMessageBox
-
-        QMessageBox.critical(None, "client-app", "The app could not start. Details are in the log.")
-    finally:
-        window.remember_place(state_file)
-        window.hide()
-        controller.shutdown(timeout=QUIT_STOP_SECONDS)
-        single.release()
-        if tray is not None:
-            tray.dispose()
-        reporter.uninstall()
-        restore_signals()
-        gc.unfreeze()  # leave the process as found (run_gui may be called inside a larger program)
-        window.deleteLater()
-        controller.deleteLater()
-        single.deleteLater()
-    return code

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QModelIndex, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QModelIndex, QSettings, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -33,20 +33,29 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client_app.device.status import ConnectionState, DeviceStatus, FirstRunStep
-from client_app.gui.first_run import FirstRunPanel
-from client_app.gui.icons import status_icon
-from client_app.gui.inbox_panel import InboxPanel
-from client_app.gui.models import InboxModel, OutboxModel, format_properties
-from client_app.gui.status_banner import StatusBanner
-from client_app.gui.status_text import describe, send_hint
-
 if TYPE_CHECKING:
     from client_app.device.messages import InboxMessage, OutboxMessage
+    from client_app.device.status import DeviceStatus, FirstRunStep
 
 MAX_MESSAGE_CHARS = 4096
 DEFAULT_SIZE = (860, 620)
 GEOMETRY_KEY = "main_window/geometry"
+
+
+def _import_panels() -> None:
+    """What the panels need, imported by build_content(): the app shows the window's frame before that (on a
+    cold start each module is time before the window, and Qt's namespace ~20 ms to set up its enums)."""
+    global ConnectionState, FirstRunPanel, InboxModel, InboxPanel, OutboxModel, Qt, StatusBanner
+    global describe, format_properties, send_hint, status_icon
+    from PySide6.QtCore import Qt
+
+    from client_app.device.status import ConnectionState
+    from client_app.gui.first_run import FirstRunPanel
+    from client_app.gui.icons import status_icon
+    from client_app.gui.inbox_panel import InboxPanel
+    from client_app.gui.models import InboxModel, OutboxModel, format_properties
+    from client_app.gui.status_banner import StatusBanner
+    from client_app.gui.status_text import describe, send_hint
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -133,7 +142,9 @@ class MainWindow(QMainWindow):
     quitRequested = Signal()
     hiddenToTray = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, content: bool = True) -> None:
+        """content=False: the frame alone (title, size, menus); build_content() adds the panels. The app
+        shows the frame first and builds the panels right after its first paint (gui/startup.py)."""
         super().__init__(parent)
         self.setObjectName("mainWindow")
         self.setWindowTitle("client-app")
@@ -144,7 +155,12 @@ class MainWindow(QMainWindow):
         self.setting_up = False  # first run: the steps are shown (begin_setup)
         self.quitting = False  # set by the app on Quit: closing then really closes
         self._status: DeviceStatus | None = None
+        self._build_menus()
+        if content:
+            self.build_content()
 
+    def build_content(self) -> None:
+        _import_panels()
         self.banner = StatusBanner()
         self.banner.retryRequested.connect(self.retryRequested)
         self.banner.reconnectRequested.connect(self.reconnectRequested)
@@ -230,7 +246,6 @@ class MainWindow(QMainWindow):
         # Tab follows the layout: the message, Send beside it, then the properties below.
         QWidget.setTabOrder(self.message_edit, self.send_button)
         QWidget.setTabOrder(self.send_button, self.properties_edit)
-        self._build_menus()
         self._update_send_hint()
 
     def _build_menus(self) -> None:
@@ -240,7 +255,9 @@ class MainWindow(QMainWindow):
         self.reconnect_action = QAction("&Reconnect now", self)
         self.reconnect_action.triggered.connect(self.reconnectRequested)
         quit_action = QAction("&Quit", self)
-        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        # setShortcuts(), not setShortcut(): PySide's first setShortcut() sets up Qt's namespace (~15 ms), and
+        # the menus are built before the window shows. It also gives Quit every key the platform has for it.
+        quit_action.setShortcuts(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.quitRequested)
         app_menu.addAction(self.settings_action)
         app_menu.addAction(self.reconnect_action)
@@ -248,7 +265,7 @@ class MainWindow(QMainWindow):
         app_menu.addAction(quit_action)
         help_menu = self.menuBar().addMenu("&Help")
         self.details_action = QAction("&Connection details…", self)
-        self.details_action.setShortcut(QKeySequence("Ctrl+I"))
+        self.details_action.setShortcuts([QKeySequence("Ctrl+I")])
         self.details_action.triggered.connect(self.detailsRequested)
         export_action = QAction("&Export diagnostics…", self)
         export_action.triggered.connect(self.exportDiagnosticsRequested)

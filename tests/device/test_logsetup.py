@@ -51,3 +51,18 @@ def test_each_run_logs_a_start_line_with_the_version_and_a_stop_line(tmp_path, c
     text = (tmp_path / "data" / "logs" / "client-app.log").read_text()
     assert f"client-app {app_version()} starting (status mode" in text
     assert "client-app stopped (exit code 0)" in text
+
+
+def test_held_lines_are_written_first_when_the_window_opens_its_log(tmp_path, clean_root):
+    """The window's process holds its first lines until after its first paint, then writes them in order."""
+    logs = tmp_path / "logs"
+    logsetup.hold_logging(logs)
+    logsetup.log_start("window")
+    logging.getLogger("client_app.test").warning("before the window")
+    assert not (logs / logsetup.LOG_FILE).exists()
+    logsetup.open_held_log()
+    logging.getLogger("client_app.test").warning("after the window")
+    lines = (logs / logsetup.LOG_FILE).read_text().splitlines()
+    assert f"client-app {app_version()} starting (window mode" in lines[0]
+    assert [line.rsplit(": ", 1)[1] for line in lines[1:]] == ["before the window", "after the window"]
+    assert oct((logs / logsetup.LOG_FILE).stat().st_mode & 0o777) == "0o600"

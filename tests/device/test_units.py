@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from client_app.device.backoff import Backoff
+from client_app.device.instance_lock import InstanceLock, running_pid
 from client_app.device.methods import MethodRegistry
 from client_app.device.state import Assignment, DeviceState, Persister, StateCorrupt, load_state, state_bytes
-from client_app.device.status import ConnectionState, DeviceStatus, InstanceLock, running_pid
+from client_app.device.status import ConnectionState, DeviceStatus
 from client_app.device.store import Database, Inbox, Outbox, StoreUnavailable
 from client_app.device.twin import Twin
 

@@ -228,8 +228,8 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     """The whole entry point: window, tray, single-instance server, core; quits cleanly."""
     from PySide6.QtCore import QTimer
 
-    from client_app.gui.app import run_gui
     from client_app.gui.single_instance import SingleInstance
+    from client_app.gui.startup import run_gui
 
     seen = {}
 
@@ -255,6 +255,20 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
         poll.stop()
         safety.stop()
     assert seen == {"second_launch_answered": True, "connected": True}
+    qtbot.wait(10)
+
+
+def test_a_failure_after_the_first_paint_ends_with_a_plain_message(qtbot, qapp, device_config, monkeypatch):
+    """The panels are built after the window shows: if that fails, no empty window stays behind."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from client_app.gui.startup import run_gui
+
+    said = []
+    monkeypatch.setattr(MainWindow, "build_content", lambda self: 1 / 0)
+    monkeypatch.setattr(QMessageBox, "critical", lambda parent, title, text: said.append(text))
+    assert run_gui(device_config) == 1
+    assert said == ["The app could not start. Details are in the log."]
     qtbot.wait(10)
 
 

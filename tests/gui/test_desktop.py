@@ -118,6 +118,30 @@ def test_ctrl_q_with_the_window_shown_quits(shown_app, x_display, tmp_path):
     assert gone(core), "the device core's process outlived the window's"
 
 
+def test_a_second_launch_during_the_first_ones_start_shows_no_window(x_display, tmp_path):
+    """A double-click that lands twice: the first launch takes the lock before its window exists and its
+    server listens only after its first paint; the second waits for it, brings it forward and exits."""
+    first = launch(x_display, tmp_path / "device")
+    second = launch(x_display, tmp_path / "device")
+    try:
+        deadline = time.monotonic() + 30
+        while first.poll() is None and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ended, running = (first, second) if first.poll() is not None else (second, first)
+        assert ended.returncode == 0, "neither launch gave way to the other"
+        assert "already running" in ended.console.read_text()  # type: ignore[attr-defined]
+        wait_shown(x_display, running)
+        # Every window by that name is the running app's (or its window manager's frame, which has no pid).
+        windows = x_display.xdotool("search", "--name", "^client-app").split()
+        owners = {x_display.xdotool("getwindowpid", window) for window in windows}
+        assert owners <= {str(running.pid), ""}, f"windows of processes {owners}, the app is {running.pid}"
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                ended_within(process, QUIT_WITHIN)
+
+
 def window_geometry(x_display, window: str) -> tuple[int, int, int, int]:
     """(x, y, width, height) of the window's frame as the X server has it."""
     lines = dict(

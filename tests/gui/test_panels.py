@@ -220,6 +220,22 @@ def test_second_instance_brings_the_first_forward(qtbot, tmp_path):
             instance.deleteLater()
 
 
+def test_a_window_that_holds_the_lock_but_never_answers_gets_no_twin(qtbot, tmp_path, monkeypatch):
+    from client_app.gui import single_instance
+
+    monkeypatch.setattr(single_instance, "ANSWER_WAIT_SECONDS", 0.2)
+    first, second, third = (SingleInstance(tmp_path / "data") for _ in range(3))
+    try:
+        assert first.claim_lock()  # its window is not up yet: no server
+        assert second.claim_lock() is False and second.answered is False
+        first.listen()
+        assert third.claim_lock() is False and third.answered  # now it answers
+    finally:
+        for instance in (first, second, third):
+            instance.release()
+            instance.deleteLater()
+
+
 def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path):
     from PySide6.QtNetwork import QLocalServer
 

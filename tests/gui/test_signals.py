@@ -6,7 +6,7 @@ import signal
 
 from PySide6.QtCore import QTimer
 
-from client_app.gui.app import _quit_on_signals
+from client_app.gui.startup import _quit_on_signals
 
 
 def test_sigterm_before_the_event_loop_starts_still_quits(qapp):

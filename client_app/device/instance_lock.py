@@ -1,0 +1,74 @@
+"""The single-instance lock: an OS file lock held for a process's whole life, with its pid in the file.
+
+The OS drops it when the process ends, however it ends, so a lock is never stale. The device core holds
+instance.lock on its data directory; the window holds window.lock (gui/single_instance.py) before it shows.
+Stdlib only: the window takes it on the way to its first paint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import IO
+
+from client_app.device.paths import private_file
+
+
+class InstanceLock:
+    """An exclusive OS lock on a file, held while an instance runs on this data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        handle = open(private_file(self.path), "r+")  # noqa: SIM115 - held open for the life of the instance
+        if not _try_lock(handle):
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.seek(0)
+                self._handle.truncate()
+            self._handle.close()  # closing drops the lock
+            self._handle = None
+
+
+def running_pid(lock_file: Path) -> int | None:
+    """The pid of the live instance holding the lock, else None (also for a stale pid left by a crash)."""
+    try:
+        handle = open(lock_file)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with handle:
+        if _try_lock(handle):
+            return None  # we got it: nobody holds it; closing releases it again
+        try:
+            return int(handle.read().strip() or 0) or None
+        except ValueError:
+            return None
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

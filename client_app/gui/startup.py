@@ -1,0 +1,191 @@
+"""run_gui(): the desktop app's start, window first.
+
+The main window's frame (title, size, place, menus) is shown before the rest is loaded: its panels, the
+style, the tray, the AppController with its bridge, the single-instance server and the device core's
+process come right after its first paint. On a cold start every module and Qt class set up before
+show() is time the user waits for a window (bench/cold_start.py). Whether another window already runs
+on this data directory is decided before any window, with a file lock, so a second launch never shows
+one: it asks the first to come forward and exits.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from client_app.device.config import ConfigStore, DeviceConfig
+from client_app.gui.first_paint import start_after_first_paint
+from client_app.gui.main_window import MainWindow
+from client_app.gui.single_instance import SingleInstance, tell_user_already_running
+from client_app.logsetup import open_held_log, setup_logging
+
+if TYPE_CHECKING:
+    from client_app.gui.app import AppController, CloudSwitch
+    from client_app.gui.errors import ErrorReporter
+    from client_app.gui.tray import StatusTray
+
+log = logging.getLogger(__name__)
+
+# Quit must end the process within 5 s: a core thread stuck in a blocking SDK call is a daemon and is
+# left behind after this long (the outbox and inbox are already on disk).
+QUIT_STOP_SECONDS = 3.0
+COULD_NOT_START = "The app could not start. Details are in the log."
+WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
+
+
+def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
+    """Ctrl-C and SIGTERM quit cleanly (core stopped, embedded demo cloud stopped at exit).
+
+    Python runs signal handlers only between bytecodes, so a timer wakes the interpreter. The quit is
+    queued: a signal that arrives before app.exec() (slow cold start) must not be lost."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _sig, _frame: QTimer.singleShot(0, quit_app))
+    wake = QTimer(app)
+    wake.timeout.connect(lambda: None)
+    wake.start(300)
+
+    def restore() -> None:
+        wake.stop()
+        wake.deleteLater()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+class _Desktop:
+    """What run_gui builds: the window's frame at once, the rest after its first paint (finish())."""
+
+    def __init__(
+        self,
+        app: QApplication,
+        config: DeviceConfig,
+        store: ConfigStore | None,
+        cloud_switch: CloudSwitch | None,
+        single: SingleInstance,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.store = store
+        self.cloud_switch = cloud_switch
+        self.single = single
+        self.window = MainWindow(content=False)
+        self.reporter: ErrorReporter | None = None
+        self.tray: StatusTray | None = None
+        self.controller: AppController | None = None
+        self._hint_shown = False
+        # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
+        self.window.quitRequested.connect(self.quit)
+
+    def quit(self, code: int = 0) -> None:
+        # Not app.quit(): since Qt 6 it first asks every window to close, and a window that hides to the
+        # tray refuses, so Quit would only hide it. exit() ends the loop whatever the windows say.
+        self.window.quitting = True
+        self.app.exit(code)
+
+    def finish_or_fail(self) -> None:
+        """finish(), from the event loop: a failure there must not leave an empty window behind."""
+        try:
+            self.finish()
+        except Exception:
+            log.exception("the app could not start")
+            from PySide6.QtWidgets import QMessageBox
+
+            QMessageBox.critical(self.window, "client-app", COULD_NOT_START)
+            self.quit(1)
+
+    def finish(self) -> None:
+        """After the first paint: the panels, the style, the tray, the controller; then the core starts."""
+        from client_app.gui.app import AppController
+        from client_app.gui.errors import ErrorReporter
+        from client_app.gui.style import install_style
+        from client_app.gui.tray import StatusTray
+
+        open_held_log()  # the entry point held the log's first lines until now
+        setup_logging(self.config.log_dir)  # for a direct call of run_gui(); else already done
+        self.reporter = ErrorReporter(lambda: self.window, self.config.log_dir)
+        self.reporter.install()
+        install_style(self.app)
+        window = self.window
+        window.build_content()
+        if StatusTray.available():
+            self.tray = StatusTray()
+            self.tray.show()
+            window.keep_running_in_tray = True
+            self.app.setQuitOnLastWindowClosed(False)
+            self.tray.quitRequested.connect(self.quit)
+        window.hiddenToTray.connect(self._hidden_to_tray)
+        self.controller = AppController(
+            self.config, window, tray=self.tray, store=self.store, cloud_switch=self.cloud_switch
+        )
+        self.single.activateRequested.connect(window.bring_forward)
+        self.single.listen()
+        # The core's process starts once the panels have painted (first-run steps show as they happen): its
+        # imports and the process start compete for the CPUs and the disk with that paint otherwise.
+        start_after_first_paint(window, self.controller.start)
+
+    def _hidden_to_tray(self) -> None:
+        if self.tray is not None and not self._hint_shown and self.tray.can_notify():
+            self._hint_shown = True
+            self.tray.show_message(
+                "client-app keeps running", "It stays connected here. Quit from this icon's menu."
+            )
+
+    def close(self) -> None:
+        self.window.hide()
+        if self.controller is not None:
+            self.controller.shutdown(timeout=QUIT_STOP_SECONDS)
+            self.controller.deleteLater()
+        self.single.release()
+        if self.tray is not None:
+            self.tray.dispose()
+        if self.reporter is not None:
+            self.reporter.uninstall()
+        gc.unfreeze()  # AppController.start() froze it: leave the process as found (tests run it in theirs)
+        self.window.deleteLater()
+
+
+def run_gui(
+    config: DeviceConfig, store: ConfigStore | None = None, cloud_switch: CloudSwitch | None = None
+) -> int:
+    """Run the desktop app until the user quits; returns the process exit code."""
+    app = QApplication.instance() or QApplication(sys.argv)
+    assert isinstance(app, QApplication)
+    app.setApplicationName("client-app")
+    # No display name: Qt appends it to every window title ("client-app (3 unread) — client-app").
+    app.setDesktopFileName("client-app")
+
+    single = SingleInstance(config.data_dir)
+    if not single.claim_lock():
+        tell_user_already_running(single.answered)
+        single.deleteLater()
+        return 0
+
+    desktop = _Desktop(app, config, store, cloud_switch, single)
+    state_file = config.config_dir / WINDOW_STATE_FILE
+    desktop.window.place(state_file)
+    desktop.window.show()
+    restore_signals = _quit_on_signals(app, desktop.quit)
+    code = 1
+    try:
+        start_after_first_paint(desktop.window, desktop.finish_or_fail)
+        code = app.exec()
+    except Exception:
+        log.exception("the app failed")
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.critical(None, "client-app", COULD_NOT_START)
+    finally:
+        desktop.window.remember_place(state_file)
+        restore_signals()
+        desktop.close()
+        single.deleteLater()
+    return code
