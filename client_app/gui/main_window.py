@@ -6,7 +6,7 @@ emits signals for what the user asks. The AppController (app.py) connects the tw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,7 @@ DEFAULT_SIZE = (860, 620)
 GEOMETRY_KEY = "main_window/geometry"
 
 
-def _import_panels() -> None:
+def import_panels() -> None:
     """What the panels need, imported by build_content(): the app shows the window's frame before that (on a
     cold start each module is time before the window, and Qt's namespace ~20 ms to set up its enums)."""
     global ConnectionState, FirstRunPanel, InboxModel, InboxPanel, OutboxModel, Qt, StatusBanner
@@ -160,7 +160,16 @@ class MainWindow(QMainWindow):
             self.build_content()
 
     def build_content(self) -> None:
-        _import_panels()
+        for step in self.content_steps():
+            step()
+
+    def content_steps(self) -> list[Callable[[], None]]:
+        """build_content() in pieces: the app runs one per event-loop turn after the frame has shown, so no
+        turn holds the loop longer than a frame (gui/startup.py)."""
+        return [self._build_status, self._build_inbox, self._build_send_box, self._assemble_content]
+
+    def _build_status(self) -> None:
+        import_panels()
         self.banner = StatusBanner()
         self.banner.retryRequested.connect(self.retryRequested)
         self.banner.reconnectRequested.connect(self.reconnectRequested)
@@ -173,7 +182,7 @@ class MainWindow(QMainWindow):
         self._hide_first_run.setInterval(2500)  # let the last tick be seen
         self._hide_first_run.timeout.connect(self._maybe_hide_first_run)
 
-        # Inbox
+    def _build_inbox(self) -> None:
         self.inbox_model = InboxModel(parent=self)
         self.inbox_view = _table(self.inbox_model, InboxModel.TEXT)
         self.inbox_view.setObjectName("inboxView")
@@ -188,7 +197,7 @@ class MainWindow(QMainWindow):
         self.inbox_box.unreadChanged.connect(self._update_title)
         self.message_dialog: MessageDialog | None = None
 
-        # Send box + sent messages
+    def _build_send_box(self) -> None:
         self.message_edit = QLineEdit()
         self.message_edit.setObjectName("messageEdit")
         self.message_edit.setPlaceholderText("Write a message to the backend…")
@@ -224,6 +233,7 @@ class MainWindow(QMainWindow):
         send_layout.addWidget(self.send_hint)
         send_layout.addWidget(self.outbox_view)
 
+    def _assemble_content(self) -> None:
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.setChildrenCollapsible(False)
         splitter.addWidget(self.inbox_box)

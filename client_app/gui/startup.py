@@ -10,10 +10,13 @@ one: it asks the first to come forward and exits.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,7 @@ from PySide6.QtWidgets import QApplication
 
 from client_app.device.config import ConfigStore, DeviceConfig
 from client_app.gui.first_paint import start_after_first_paint
-from client_app.gui.main_window import MainWindow
+from client_app.gui.main_window import MainWindow, import_panels
 from client_app.gui.single_instance import SingleInstance, tell_user_already_running
 from client_app.logsetup import open_held_log, setup_logging
 
@@ -38,6 +41,18 @@ log = logging.getLogger(__name__)
 QUIT_STOP_SECONDS = 3.0
 COULD_NOT_START = "The app could not start. Details are in the log."
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
+LOADING_SWITCH_INTERVAL = 0.001  # s; Python's default 5 ms would be a 5 ms stall per hand-over
+
+
+def _load_the_rest() -> None:
+    """What Desktop.finish_or_fail() builds from, imported off the GUI thread (imports only: no Qt object is
+    made here). A failure is left to show, and be reported, when the GUI thread imports the same."""
+    with contextlib.suppress(Exception):
+        for module in ("app", "errors", "style", "tray"):
+            importlib.import_module(f"client_app.gui.{module}")
+        importlib.import_module("logging.handlers")  # the log file's handler (logsetup.py)
+        importlib.import_module("PySide6.QtNetwork")  # the single-instance server (single_instance.py)
+        import_panels()
 
 
 def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callable[[], None]:
@@ -61,7 +76,7 @@ def _quit_on_signals(app: QApplication, quit_app: Callable[[], None]) -> Callabl
     return restore
 
 
-class _Desktop:
+class Desktop:
     """What run_gui builds: the window's frame at once, the rest after its first paint (finish())."""
 
     def __init__(
@@ -92,30 +107,63 @@ class _Desktop:
         self.app.exit(code)
 
     def finish_or_fail(self) -> None:
-        """finish(), from the event loop: a failure there must not leave an empty window behind."""
+        """After the frame's first paint, the rest, one piece per event-loop turn: together they take ~50 ms
+        of the GUI thread, and the window must answer within a frame at 60 Hz meanwhile (bench/ui_stall.py).
+        Their modules load first, on a thread of their own while the loop goes on; then the log and style,
+        the panels, and the tray and the controller (the core starts once the panels have painted)."""
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(LOADING_SWITCH_INTERVAL)  # the loop waits ≤ 1 ms for the interpreter lock
+        loader = threading.Thread(target=_load_the_rest, name="load-window", daemon=True)
+        loader.start()
+        poll = QTimer(self.window)
+        poll.setInterval(2)
+
+        def loaded() -> None:
+            if loader.is_alive():
+                return
+            poll.stop()
+            poll.deleteLater()
+            sys.setswitchinterval(previous)
+            content = self.window.content_steps()
+            self._run_steps([self._open_log_and_style, *content, self._after_panels_paint])
+
+        poll.timeout.connect(loaded)
+        poll.start()
+
+    def _run_steps(self, steps: list[Callable[[], None]]) -> None:
+        """The first step now, the others each in a later turn; a failure must not leave an empty window."""
         try:
-            self.finish()
+            steps[0]()
         except Exception:
             log.exception("the app could not start")
             from PySide6.QtWidgets import QMessageBox
 
             QMessageBox.critical(self.window, "client-app", COULD_NOT_START)
             self.quit(1)
+            return
+        if len(steps) > 1:
+            QTimer.singleShot(0, self.window, lambda: self._run_steps(steps[1:]))
 
-    def finish(self) -> None:
-        """After the first paint: the panels, the style, the tray, the controller; then the core starts."""
-        from client_app.gui.app import AppController
+    def _open_log_and_style(self) -> None:
         from client_app.gui.errors import ErrorReporter
         from client_app.gui.style import install_style
-        from client_app.gui.tray import StatusTray
 
         open_held_log()  # the entry point held the log's first lines until now
         setup_logging(self.config.log_dir)  # for a direct call of run_gui(); else already done
         self.reporter = ErrorReporter(lambda: self.window, self.config.log_dir)
         self.reporter.install()
         install_style(self.app)
+
+    def _after_panels_paint(self) -> None:
+        # The panels' first paint (~10 ms with the style) has a turn of its own, before the controller's.
+        panels = self.window.centralWidget()
+        start_after_first_paint(panels, lambda: self._run_steps([self._start_controller]))
+
+    def _start_controller(self) -> None:
+        from client_app.gui.app import AppController
+        from client_app.gui.tray import StatusTray
+
         window = self.window
-        window.build_content()
         if StatusTray.available():
             self.tray = StatusTray()
             self.tray.show()
@@ -169,7 +217,7 @@ def run_gui(
         single.deleteLater()
         return 0
 
-    desktop = _Desktop(app, config, store, cloud_switch, single)
+    desktop = Desktop(app, config, store, cloud_switch, single)
     state_file = config.config_dir / WINDOW_STATE_FILE
     desktop.window.place(state_file)
     desktop.window.show()

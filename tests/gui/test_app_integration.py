@@ -265,7 +265,7 @@ def test_a_failure_after_the_first_paint_ends_with_a_plain_message(qtbot, qapp, 
     from client_app.gui.startup import run_gui
 
     said = []
-    monkeypatch.setattr(MainWindow, "build_content", lambda self: 1 / 0)
+    monkeypatch.setattr(MainWindow, "_build_inbox", lambda self: 1 / 0)  # one of the pieces built after it
     monkeypatch.setattr(QMessageBox, "critical", lambda parent, title, text: said.append(text))
     assert run_gui(device_config) == 1
     assert said == ["The app could not start. Details are in the log."]
