@@ -17,7 +17,7 @@ do not depend on what else runs. Note what "page caches dropped" cannot drop: pa
 processes map. The baseline runs the venv's interpreter, whose libpython and system libraries are mapped
 by every other Python process on the machine; a frozen app's own copies are not (docs/desktop-app.md).
 
-Needs Xvfb and xdotool (Debian packages xvfb, xdotool), gnome-keyring and dbus.
+Needs Xvfb, xdotool and xev (Debian packages xvfb, xdotool, x11-utils), gnome-keyring and dbus.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,12 +79,52 @@ def drop_caches() -> bool:
     return True
 
 
+class MapTimes:
+    """When each window was mapped (shown), from the X server's own MapNotify events: `xev` listening on the
+    root window, whose children the top-level windows are here (no window manager). A poll alone says when it
+    happened to look (every ~15 ms, and later while the app under test keeps the CPUs busy right after its
+    show(), which the bare window does not), so the time of a window is taken from this record."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._times: dict[int, float] = {}
+        self._process = subprocess.Popen(
+            ["stdbuf", "-oL", "xev", "-root", "-event", "substructure"],  # line-buffered: each event at once
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, name="xev", daemon=True).start()
+
+    def _read(self) -> None:
+        """MapNotify event, serial 18, synthetic NO, window 0x50d,
+        event 0x50d, window 0x400007, override NO    <- the mapped window is the second line's `window`"""
+        assert self._process.stdout is not None
+        mapped = False
+        for line in self._process.stdout:
+            if mapped:
+                self._times[int(line.split(",")[1].split()[1], 16)] = time.perf_counter()
+            mapped = line.startswith("MapNotify")
+
+    def first_mapped(self, windows: list[int], since: float, wait: float = 1.0) -> float | None:
+        """The earliest map time after `since` of these windows (xdotool's ids), or None if xev did not
+        report one within `wait` s."""
+        deadline = time.perf_counter() + wait
+        while True:
+            times = [self._times[w] for w in windows if self._times.get(w, 0.0) >= since]
+            if times or time.perf_counter() > deadline:
+                return min(times, default=None)
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+
 @dataclass(frozen=True)
 class Start:
-    seconds: float  # exec to a visible window
+    seconds: float  # exec to the window's MapNotify (or to the poll that saw it, if xev reported none)
     cpu_ms: float  # the process's user + system CPU time by then
     read_mb: float  # bytes it had read from the disk (page cache misses), /proc/PID/io read_bytes
     major_faults: int  # pages of mapped files (libraries) it waited for the disk for
+    poll_lag: float | None = None  # s from the MapNotify to the poll that saw the window (None: no MapNotify)
 
 
 def process_usage(pid: int) -> tuple[float, float, int]:
@@ -98,12 +139,16 @@ def process_usage(pid: int) -> tuple[float, float, int]:
     return cpu_ms, int(io["read_bytes"]) / 2**20, int(stat[9])  # majflt (field 12)
 
 
-def time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float = 60) -> Start:
+def time_to_window(
+    command: list[str], title: str, env: dict[str, str], maps: MapTimes, timeout: float = 60
+) -> Start:
     with tempfile.TemporaryFile() as errors:
-        return _time_to_window(command, title, env, timeout, errors)
+        return _time_to_window(command, title, env, maps, timeout, errors)
 
 
-def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout: float, errors) -> Start:
+def _time_to_window(
+    command: list[str], title: str, env: dict[str, str], maps: MapTimes, timeout: float, errors
+) -> Start:
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     try:
@@ -112,8 +157,12 @@ def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout
                 ["xdotool", "search", "--onlyvisible", "--name", title], env=env, capture_output=True
             )
             if found.returncode == 0 and found.stdout.strip():
-                seconds = time.perf_counter() - started
-                return Start(seconds, *process_usage(process.pid))
+                seen = time.perf_counter()
+                usage = process_usage(process.pid)
+                mapped = maps.first_mapped([int(w) for w in found.stdout.split()], started)
+                if mapped is None:
+                    return Start(seen - started, *usage)
+                return Start(mapped - started, *usage, poll_lag=seen - mapped)
             if process.poll() is not None:
                 errors.seek(0)
                 said = " | ".join(errors.read().decode(errors="replace").strip().splitlines()[-3:])
@@ -125,12 +174,14 @@ def _time_to_window(command: list[str], title: str, env: dict[str, str], timeout
         process.wait(timeout=30)
 
 
-def measure(label: str, command: list[str], title: str, env: dict[str, str], runs: int) -> float:
-    time_to_window(command, title, env)  # untimed: bytecode written, data directory made
+def measure(
+    label: str, command: list[str], title: str, env: dict[str, str], maps: MapTimes, runs: int
+) -> float:
+    time_to_window(command, title, env, maps)  # untimed: bytecode written, data directory made
     starts = []
     for _ in range(runs):
         drop_caches()
-        starts.append(time_to_window(command, title, env))
+        starts.append(time_to_window(command, title, env, maps))
     median = statistics.median(start.seconds for start in starts)
     print(
         f"{label:28} {median * 1000:8.0f} ms   (runs: {', '.join(f'{s.seconds * 1000:.0f}' for s in starts)})"
@@ -139,6 +190,9 @@ def measure(label: str, command: list[str], title: str, env: dict[str, str], run
     read = statistics.median(start.read_mb for start in starts)
     faults = statistics.median(start.major_faults for start in starts)
     print(f"{'':28} CPU {cpu:5.0f} ms, read {read:5.1f} MB from disk, {faults:5.0f} major faults (medians)")
+    lags = [start.poll_lag for start in starts if start.poll_lag is not None]
+    lag = f"a poll saw it a median {statistics.median(lags) * 1000:.0f} ms later" if lags else "no MapNotify"
+    print(f"{'':28} {len(lags)} of {runs} timed by the window's MapNotify ({lag})")
     return median
 
 
@@ -153,9 +207,9 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    for tool in ("Xvfb", "xdotool"):
+    for tool in ("Xvfb", "xdotool", "xev", "stdbuf"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is required: apt-get install xvfb xdotool")
+            raise SystemExit(f"{tool} is required: apt-get install xvfb xdotool x11-utils")
     app = shutil.which("client-app")
     if app is None:
         raise SystemExit("run through `uv run` so that the client-app command is on PATH")
@@ -167,24 +221,28 @@ def main() -> int:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             data = ["--data-dir", str(root / "data")]
             print(f"page caches dropped before each run: {'yes' if drop_caches() else 'no (not root)'}")
-            base = measure(
-                "baseline: bare PySide6 window",
-                [sys.executable, "-c", BASELINE],
-                "^baseline-window$",
-                env,
-                args.runs,
-            )
-            source = measure("client-app (from source)", [app, *data], "^client-app", env, args.runs)
-            print(f"{'ratio source / baseline':28} {source / base:8.2f}")
-            for executable in args.frozen:
-                folder = executable.resolve().parent
-                frozen = measure(
-                    "client-app (frozen)", [str(executable.resolve()), *data], "^client-app", env, args.runs
-                )
-                print(f"{'ratio frozen / baseline':28} {frozen / base:8.2f}")
-                size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-                print(f"bundle size: {size / 2**20:.0f} MiB in {folder}")
+            maps = MapTimes(env)
+            try:
+                _measure_all(args, app, data, env, maps)
+            finally:
+                maps.close()
     return 0
+
+
+def _measure_all(
+    args: argparse.Namespace, app: str, data: list[str], env: dict[str, str], maps: MapTimes
+) -> None:
+    baseline = [sys.executable, "-c", BASELINE]
+    base = measure("baseline: bare PySide6 window", baseline, "^baseline-window$", env, maps, args.runs)
+    source = measure("client-app (from source)", [app, *data], "^client-app", env, maps, args.runs)
+    print(f"{'ratio source / baseline':28} {source / base:8.2f}")
+    for executable in args.frozen:
+        folder = executable.resolve().parent
+        command = [str(executable.resolve()), *data]
+        frozen = measure("client-app (frozen)", command, "^client-app", env, maps, args.runs)
+        print(f"{'ratio frozen / baseline':28} {frozen / base:8.2f}")
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        print(f"bundle size: {size / 2**20:.0f} MiB in {folder}")
 
 
 if __name__ == "__main__":
