@@ -245,15 +245,15 @@ class InboxModel(QStandardItemModel):
         self._day_timer.start(int((midnight - now).total_seconds() * 1000) + 1000)
 
     def _new_day(self) -> None:
-        """Yesterday's messages (at the top: newest first) show their date now."""
+        """Yesterday's messages show their date now. Every row is checked: today's may sit above them (a
+        message in the first second of the day), and a late timer (after a suspend) may have skipped days."""
         rows = []
         for row, message in enumerate(self._rows):
             shown = format_time(message.received_at)
-            if shown == self.item(row, self.TIME).text():
-                break  # older rows show a date already
-            rows.append((row, shown))
+            if shown != self.item(row, self.TIME).text():
+                rows.append((row, shown))
         if rows:
-            with self._changing(0, rows[-1][0]):
+            with self._changing(rows[0][0], rows[-1][0]):
                 for row, shown in rows:
                     self.item(row, self.TIME).setText(shown)
         self._start_day_timer()

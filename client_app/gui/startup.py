@@ -97,6 +97,7 @@ class Desktop:
         self.tray: StatusTray | None = None
         self.controller: AppController | None = None
         self._hint_shown = False
+        self._switch_interval = sys.getswitchinterval()
         # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
         self.window.quitRequested.connect(self.quit)
 
@@ -111,7 +112,7 @@ class Desktop:
         of the GUI thread, and the window must answer within a frame at 60 Hz meanwhile (bench/ui_stall.py).
         Their modules load first, on a thread of their own while the loop goes on; then the log and style,
         the panels, and the tray and the controller (the core starts once the panels have painted)."""
-        previous = sys.getswitchinterval()
+        previous = self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(LOADING_SWITCH_INTERVAL)  # the loop waits ≤ 1 ms for the interpreter lock
         loader = threading.Thread(target=_load_the_rest, name="load-window", daemon=True)
         loader.start()
@@ -176,9 +177,9 @@ class Desktop:
         )
         self.single.activateRequested.connect(window.bring_forward)
         self.single.listen()
-        # The core's process starts once the panels have painted (first-run steps show as they happen): its
-        # imports and the process start compete for the CPUs and the disk with that paint otherwise.
-        start_after_first_paint(window, self.controller.start)
+        # The panels have painted (_after_panels_paint): the core's process starts in the next turn, its
+        # imports and process start no longer competing with that paint for the CPUs and the disk.
+        QTimer.singleShot(0, window, self.controller.start)
 
     def _hidden_to_tray(self) -> None:
         if self.tray is not None and not self._hint_shown and self.tray.can_notify():
@@ -188,6 +189,7 @@ class Desktop:
             )
 
     def close(self) -> None:
+        sys.setswitchinterval(self._switch_interval)  # a quit while the modules still loaded left it at 1 ms
         self.window.hide()
         if self.controller is not None:
             self.controller.shutdown(timeout=QUIT_STOP_SECONDS)
@@ -233,7 +235,7 @@ def run_gui(
         QMessageBox.critical(None, "client-app", COULD_NOT_START)
     finally:
         desktop.window.remember_place(state_file)
+        desktop.close()  # signals still queue a quit meanwhile: a second Ctrl+C cannot cut the stop short
         restore_signals()
-        desktop.close()
         single.deleteLater()
     return code

@@ -466,10 +466,13 @@ def test_inbox_shows_yesterdays_messages_with_their_date_after_midnight(window, 
     window.add_messages([dataclasses.replace(inbox_message(1), received_at=received)])
     assert window.inbox_model.index(0, InboxModel.TIME).data().count(":") == 2  # a time: it is still that day
     monkeypatch.undo()
+    # a message in the first second of the new day lands on top before the timer fires
+    window.add_messages([dataclasses.replace(inbox_message(2), received_at=datetime.now(UTC))])
     window.inbox_model._day_timer.timeout.emit()  # midnight
-    assert window.inbox_model.index(0, InboxModel.TIME).data() == received.astimezone().strftime(
+    assert window.inbox_model.index(1, InboxModel.TIME).data() == received.astimezone().strftime(
         "%Y-%m-%d %H:%M"
     )
+    assert window.inbox_model.index(0, InboxModel.TIME).data().count(":") == 2  # today's keeps its time
 
 
 def test_bridge_reports_failed_commands_in_plain_words(qtbot):
