@@ -89,9 +89,8 @@ def setup_logging(log_dir: Path, level: int = logging.INFO, *, file_name: str = 
     its own file (`file_name`): two processes rotating one file would lose lines."""
     root = logging.getLogger()
     path = Path(log_dir) / file_name
-    for handler in root.handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.absolute():
-            return path
+    if _file_handler(path) is not None:
+        return path
     root.setLevel(level)
     try:
         private_dir(Path(log_dir))
@@ -105,6 +104,14 @@ def setup_logging(log_dir: Path, level: int = logging.INFO, *, file_name: str = 
     for name in ("azure.iot.device", "paho"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return path
+
+
+def _file_handler(path: Path) -> logging.FileHandler | None:
+    """The root logger's handler writing to `path` (compared as FileHandler keeps it: os.path.abspath, which
+    also resolves `..`)."""
+    wanted = os.path.abspath(path)
+    files = (h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler))
+    return next((h for h in files if h.baseFilename == wanted), None)
 
 
 def hold_logging(log_dir: Path, level: int = logging.INFO) -> None:
@@ -122,10 +129,10 @@ def open_held_log() -> None:
     for held in [h for h in root.handlers if isinstance(h, _HeldRecords)]:
         root.removeHandler(held)
         path = setup_logging(held.log_dir)
-        for handler in root.handlers:
-            if path is not None and getattr(handler, "baseFilename", None) == str(path.absolute()):
-                for record in held.records:
-                    handler.handle(record)
+        handler = _file_handler(path) if path is not None else None
+        if handler is not None:
+            for record in held.records:
+                handler.handle(record)
 
 
 def log_start(mode: str) -> None:

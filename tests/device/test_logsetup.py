@@ -66,3 +66,17 @@ def test_held_lines_are_written_first_when_the_window_opens_its_log(tmp_path, cl
     assert f"client-app {app_version()} starting (window mode" in lines[0]
     assert [line.rsplit(": ", 1)[1] for line in lines[1:]] == ["before the window", "after the window"]
     assert oct((logs / logsetup.LOG_FILE).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_log_dir_with_dot_dot_keeps_held_lines_and_one_handler(tmp_path, clean_root):
+    """`--log-dir a/../logs`: the file handler is found under its normalised name, so the held lines are
+    written and a second setup_logging() adds no second handler (which would write every line twice)."""
+    (tmp_path / "a").mkdir()
+    logs = tmp_path / "a" / ".." / "logs"
+    logsetup.hold_logging(logs)
+    logging.getLogger("client_app.test").warning("held")
+    logsetup.open_held_log()
+    logsetup.setup_logging(logs)
+    logging.getLogger("client_app.test").warning("once")
+    lines = (tmp_path / "logs" / logsetup.LOG_FILE).read_text().splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["held", "once"]
