@@ -33,6 +33,7 @@ from client_app.gui.bridge import MAX_MESSAGES_PER_TURN, RuntimeBridge
 from client_app.gui.first_paint import start_after_first_paint
 from client_app.gui.main_window import MainWindow
 from client_app.gui.notifications import MessageNotifier
+from client_app.gui.startup import GUI_SWITCH_INTERVAL
 
 # Dialogs and the support panel are imported when first opened, not on the way to the first window: each Qt
 # class a module names is set up (its enums made) on first use, which is CPU time before the window shows.
@@ -54,7 +55,6 @@ OUTBOX_ROWS = 200
 # A core process that died is started again after 1 s, then 2, 4 … 30 s while it keeps dying within a minute.
 RESTART_DELAYS = (1.0, 30.0)
 SETUP_PAINT_WAIT_MS = 200  # a hidden window never paints the first-run list: start without it after this
-GUI_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the interpreter lock while the GUI thread waits
 
 # Plain words for the commands the user can trigger.
 COMMANDS = {

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 QUIT_STOP_SECONDS = 3.0
 COULD_NOT_START = "The app could not start. Details are in the log."
 WINDOW_STATE_FILE = "window-state.ini"  # where the window was: not a setting, so not in config.toml
-LOADING_SWITCH_INTERVAL = 0.001  # s; Python's default 5 ms would be a 5 ms stall per hand-over
+# Seconds another thread of the window's process may hold the interpreter lock while the GUI thread waits for
+# it (Python's default, 5 ms, would be a 5 ms stall per hand-over): from the loading of the window's modules
+# on (finish_or_fail), and the controller's threads (AppController.start) until the window closes.
+GUI_SWITCH_INTERVAL = 0.001
 
 
 def _load_the_rest() -> None:
@@ -97,7 +100,7 @@ class Desktop:
         self.tray: StatusTray | None = None
         self.controller: AppController | None = None
         self._hint_shown = False
-        self._switch_interval = sys.getswitchinterval()
+        self._switch_interval = sys.getswitchinterval()  # restored by close()
         # Without a tray (e.g. GNOME without AppIndicator) closing the window quits.
         self.window.quitRequested.connect(self.quit)
 
@@ -112,8 +115,7 @@ class Desktop:
         of the GUI thread, and the window must answer within a frame at 60 Hz meanwhile (bench/ui_stall.py).
         Their modules load first, on a thread of their own while the loop goes on; then the log and style,
         the panels, and the tray and the controller (the core starts once the panels have painted)."""
-        previous = self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(LOADING_SWITCH_INTERVAL)  # the loop waits ≤ 1 ms for the interpreter lock
+        sys.setswitchinterval(GUI_SWITCH_INTERVAL)  # the loop waits ≤ 1 ms for the loader's lock
         loader = threading.Thread(target=_load_the_rest, name="load-window", daemon=True)
         loader.start()
         poll = QTimer(self.window)
@@ -124,7 +126,6 @@ class Desktop:
                 return
             poll.stop()
             poll.deleteLater()
-            sys.setswitchinterval(previous)
             content = self.window.content_steps()
             self._run_steps([self._open_log_and_style, *content, self._after_panels_paint])
 
@@ -189,7 +190,6 @@ class Desktop:
             )
 
     def close(self) -> None:
-        sys.setswitchinterval(self._switch_interval)  # a quit while the modules still loaded left it at 1 ms
         self.window.hide()
         if self.controller is not None:
             self.controller.shutdown(timeout=QUIT_STOP_SECONDS)
@@ -200,6 +200,7 @@ class Desktop:
         if self.reporter is not None:
             self.reporter.uninstall()
         gc.unfreeze()  # AppController.start() froze it: leave the process as found (tests run it in theirs)
+        sys.setswitchinterval(self._switch_interval)  # as run_gui() found it, after the controller's restore
         self.window.deleteLater()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -267,8 +268,10 @@ def test_a_failure_after_the_first_paint_ends_with_a_plain_message(qtbot, qapp, 
     said = []
     monkeypatch.setattr(MainWindow, "_build_inbox", lambda self: 1 / 0)  # one of the pieces built after it
     monkeypatch.setattr(QMessageBox, "critical", lambda parent, title, text: said.append(text))
+    interval = sys.getswitchinterval()
     assert run_gui(device_config) == 1
     assert said == ["The app could not start. Details are in the log."]
+    assert sys.getswitchinterval() == interval  # the process left as found (1 ms while it ran)
     qtbot.wait(10)
 
 
