@@ -2,7 +2,7 @@
 
 The OS drops it when the process ends, however it ends, so a lock is never stale. The device core holds
 instance.lock on its data directory; the window holds window.lock (gui/single_instance.py) before it shows.
-Stdlib only: the window takes it on the way to its first paint.
+Light (the stdlib and paths.py): the window takes it on the way to its first paint.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The desktop app's controller: the window, tray and dialogs on one side, the device core on the other.
 
-run_gui() (client_app/gui/startup.py) shows the window and builds this right after its first paint.
+run_gui() (client_app/gui/startup.py) shows the window's frame, builds its panels after its first paint and
+this once the panels have painted.
 
 The device core runs in a process of its own (client_app/core_service.py, started through
 client_app/device/remote.py): this process only renders, so the SDK's threads never take the

@@ -85,7 +85,7 @@ def test_events_decode_with_proton_as_its_own_message_would(system, properties, 
 
 
 def test_events_encoded_one_after_another_keep_their_own_values():
-    """The encoder reuses one `Data`: an event's bytes must not change or carry over by the next one."""
+    """The encoder reuses one `pn_data_t` and buffer: no event's bytes change or carry over to the next."""
     first = ("dev-a", RECEIVED, b"one", json.dumps({"messageId": "m-a"}), json.dumps({"k": "v"}), 0, 7)
     second = ("dev-b", RECEIVED, b"two" * 1000, "{}", "{}", 0, 8)
     encoded_first = encode_event(first, 70)
