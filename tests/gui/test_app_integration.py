@@ -21,6 +21,7 @@ from client_app.logsetup import setup_logging
 from client_app.pki import ISSUER_BUNDLE_PASSPHRASE
 from tests.fixtures.cloud import api_client
 from tests.fixtures.secret_service import KEYRING_PASSWORD, _start_bus
+from tests.gui.conftest import second_launch
 
 S = ConnectionState
 
@@ -229,18 +230,16 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     """The whole entry point: window, tray, single-instance server, core; quits cleanly."""
     from PySide6.QtCore import QTimer
 
-    from client_app.gui.single_instance import SingleInstance
     from client_app.gui.startup import run_gui
 
     seen = {}
 
     def check() -> None:
         windows = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        if windows and windows[0].banner.headline.text().startswith("Connected"):
-            second = SingleInstance(device_config.data_dir)
-            seen["second_launch_answered"] = second.ask_running_instance()
-            second.deleteLater()
+        if windows and windows[0].banner.headline.text().startswith("Connected") and not seen:
+            poll.stop()
             seen["connected"] = True
+            seen["second_launch"] = second_launch(qtbot, device_config.data_dir)  # its loop goes on meanwhile
             qapp.quit()
 
     poll = QTimer()
@@ -255,7 +254,7 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     finally:
         poll.stop()
         safety.stop()
-    assert seen == {"second_launch_answered": True, "connected": True}
+    assert seen == {"second_launch": "HANDED_OVER", "connected": True}
     qtbot.wait(10)
 
 
