@@ -25,11 +25,7 @@ Message = TypeVar("Message", bound=Any)  # InboxMessage or OutboxMessage
 
 
 # Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
-def _arrival_order(message: InboxMessage | OutboxMessage) -> int:
-    return message.id
-
-
-def _newest_first(message: InboxMessage) -> int:
+def _newest_first(message: InboxMessage | OutboxMessage) -> int:
     return -message.id
 
 
@@ -285,7 +281,7 @@ class OutboxModel(_MessageTable["OutboxMessage"]):
     WRITTEN, TIME, TEXT, PROPERTIES, STATE = range(5)
 
     def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
-        rows = sorted(messages, key=_arrival_order, reverse=True)
+        rows = sorted(messages, key=_newest_first)
         if [m.id for m in rows] == [m.id for m in self._rows]:
             # Same messages: only states changed; repaint in place (keeps selection and scroll).
             self._rows = rows
