@@ -78,6 +78,18 @@ def gone(pid: int, within: float = 0.0) -> bool:
         time.sleep(0.05)
 
 
+def with_an_unread_message(data: Path) -> Path:
+    """A data directory whose inbox holds one unread message from an earlier run."""
+    from client_app.device.paths import DataLayout
+    from client_app.device.store import Database, Inbox
+
+    data.mkdir()
+    db = Database(DataLayout(data).database)
+    Inbox(db).add("m-1", "kept from last time", {})
+    db.close()
+    return data
+
+
 @pytest.fixture
 def shown_app(x_display, tmp_path):
     process = launch(x_display, tmp_path / "device")
@@ -146,14 +158,7 @@ def test_a_launch_while_the_first_quits_shows_a_window_of_its_own(x_display, tmp
     """The first app's quit takes seconds while its core stops (here its core is stopped outright, so the
     whole 3 s): a launch meanwhile must not hand over to the window that is going and exit, leaving no app.
     It waits for the first's lock and starts normally."""
-    from client_app.device.paths import DataLayout
-    from client_app.device.store import Database, Inbox
-
-    data = tmp_path / "device"
-    data.mkdir()
-    db = Database(DataLayout(data).database)
-    Inbox(db).add("m-1", "kept from last time", {})
-    db.close()
+    data = with_an_unread_message(tmp_path / "device")
     first = launch(x_display, data)
     second = None
     core = None
@@ -228,14 +233,7 @@ def test_window_size_and_position_are_remembered(x_display, tmp_path):
 
 
 def test_the_title_names_the_app_once(x_display, tmp_path):
-    from client_app.device.paths import DataLayout
-    from client_app.device.store import Database, Inbox
-
-    data = tmp_path / "device"
-    data.mkdir()
-    db = Database(DataLayout(data).database)
-    Inbox(db).add("m-1", "kept from last time", {})
-    db.close()
+    data = with_an_unread_message(tmp_path / "device")
     process = launch(x_display, data)
     try:
         window = wait_shown(x_display, process, "unread")
