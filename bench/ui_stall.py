@@ -256,7 +256,7 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
     from client_app import demo
     from client_app.device.config import load_config
     from client_app.device.status import ConnectionState
-    from client_app.gui.single_instance import SingleInstance
+    from client_app.gui.single_instance import Claim, SingleInstance
     from client_app.gui.startup import Desktop
 
     cloud_dir = workdir / "cloud"
@@ -281,7 +281,7 @@ def _run(options: argparse.Namespace, workdir: Path) -> int:
         )
         app = QApplication.instance() or QApplication(sys.argv)
         single = SingleInstance(config.data_dir)
-        if not single.claim_lock():
+        if single.claim_lock() is not Claim.FIRST:
             raise RuntimeError("another window runs on the bench's data directory")
         desktop = Desktop(app, config, None, None, single)  # what run_gui() builds: the window's frame first
         window = desktop.window

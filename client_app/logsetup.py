@@ -55,7 +55,21 @@ class _HeldRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.records) < MAX_HELD:
-            self.records.append(record)
+            self.records.append(_formatted(record))
+
+
+def _formatted(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy with its text made now: its args (and an exception's frames) are the caller's objects, which
+    may change, or be kept alive, until the log file opens."""
+    held = logging.makeLogRecord(record.__dict__)
+    held.msg, held.args = record.getMessage(), None
+    if record.exc_info:
+        held.exc_text = held.exc_text or _EXCEPTIONS.formatException(record.exc_info)
+        held.exc_info = None
+    return held
+
+
+_EXCEPTIONS = logging.Formatter()  # formatException() only: the same text the file's formatter makes
 
 
 class RepeatFilter(logging.Filter):

@@ -8,6 +8,7 @@ Light (the stdlib and paths.py): the window takes it on the way to its first pai
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import IO
@@ -23,10 +24,16 @@ class InstanceLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> bool:
+        """True when taken; False when another process holds it. OSError when the file cannot be used
+        (an unwritable folder, a file system without locks): not the same as "held"."""
         handle = open(private_file(self.path), "r+")  # noqa: SIM115 - held open for the life of the instance
-        if not _try_lock(handle):
+        try:
+            if not _try_lock(handle):
+                handle.close()
+                return False
+        except OSError:
             handle.close()
-            return False
+            raise
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -50,15 +57,21 @@ def running_pid(lock_file: Path) -> int | None:
     except FileNotFoundError:
         return None
     with handle:
-        if _try_lock(handle):
-            return None  # we got it: nobody holds it; closing releases it again
+        with contextlib.suppress(OSError):  # a lock that cannot be tested: believe the pid in the file
+            if _try_lock(handle):
+                return None  # we got it: nobody holds it; closing releases it again
         try:
             return int(handle.read().strip() or 0) or None
         except ValueError:
             return None
 
 
+# What a lock held by another process raises: flock says EWOULDBLOCK (= EAGAIN), msvcrt EACCES or EDEADLOCK.
+_HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK}
+
+
 def _try_lock(handle: IO[str]) -> bool:
+    """True when taken, False when held elsewhere; any other OSError is raised."""
     try:
         if os.name == "nt":
             import msvcrt
@@ -69,6 +82,8 @@ def _try_lock(handle: IO[str]) -> bool:
             import fcntl
 
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in _HELD:
+            return False
+        raise
     return True

@@ -1,7 +1,7 @@
 """RemoteRuntime: the device core in a child process, seen from the window's process (no Qt).
 
 It has the part of DeviceRuntime's interface the window uses (start, status, send, retry, reconnect_now,
-reset_identity, inbox.list/set_read/unread_count, outbox.list, stop, close), so the window's
+reset_identity, inbox.list/set_read/mark_all_read/unread_count, outbox.list, stop, close), so the window's
 controller does not care where the core runs. The child is `client-app --core-service` (core_service.py);
 a reader thread turns its frames into the same RuntimeListener calls a DeviceRuntime makes on its own
 threads, and resolves replies to calls. Calls block: make them off the GUI thread.
@@ -59,6 +59,9 @@ class _Inbox:
 
     def set_read(self, row_ids: Sequence[int], read: bool = True) -> None:
         self._call("set_read", ids=list(row_ids), read=read)
+
+    def mark_all_read(self, up_to: int) -> None:
+        self._call("mark_all_read", up_to=up_to)
 
     def unread_count(self) -> int:
         return int(self._call("unread_count"))

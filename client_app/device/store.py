@@ -217,6 +217,13 @@ class Inbox:
             conn.executemany("UPDATE inbox SET read=? WHERE id=?", rows)
         self.on_change()
 
+    def mark_all_read(self, up_to: int) -> None:
+        """Every message up to row id `up_to` (the newest the user saw) read, however many: "Mark all read".
+        A message that arrived after it stays unread."""
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE inbox SET read=1 WHERE read=0 AND id<=?", (up_to,))
+        self.on_change()
+
     def unread_count(self) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM inbox WHERE read=0")[0][0])
 

@@ -145,6 +145,7 @@ class AppController(QObject):
         window.retryRequested.connect(self.retry)
         window.reconnectRequested.connect(self.reconnect_now)
         window.readChanged.connect(self._read_changed)
+        window.allReadRequested.connect(self._all_read)
         window.settingsRequested.connect(self.open_settings)
         window.detailsRequested.connect(self.open_support_panel)
         window.exportDiagnosticsRequested.connect(self.export_diagnostics)
@@ -370,6 +371,10 @@ class AppController(QObject):
     def _read_changed(self, messages: list[InboxMessage], read: bool) -> None:
         ids = [message.id for message in messages]
         self._on_worker("mark_read", lambda runtime: runtime.inbox.set_read(ids, read))
+
+    @Slot(int)
+    def _all_read(self, up_to: int) -> None:
+        self._on_worker("mark_read", lambda runtime: runtime.inbox.mark_all_read(up_to))
 
     @Slot()
     def open_support_panel(self) -> None:

@@ -34,6 +34,13 @@ def plain_message(log_dir: Path | None) -> str:
     )
 
 
+def show_error(text: str, parent: QWidget | None = None) -> None:
+    """One plain sentence in a modal box, for an app that cannot go on (no window, or not started)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    QMessageBox.critical(parent, "client-app", text)
+
+
 class ErrorReporter(QObject):
     """Installed by run_gui; uninstall() restores the previous hooks (tests rely on it)."""
 

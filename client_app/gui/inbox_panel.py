@@ -35,6 +35,7 @@ TITLE = "Messages from the cloud"
 
 class InboxPanel(QGroupBox):
     readChanged = Signal(list, bool)  # list[InboxMessage] whose read state the user changed, read?
+    allReadRequested = Signal(int)  # "Mark all read": every message up to this row id, loaded or not
     openRequested = Signal(object)  # InboxMessage to show in full
     unreadChanged = Signal(int)
 
@@ -53,6 +54,7 @@ class InboxPanel(QGroupBox):
         view.clicked.connect(lambda index: self.set_read([index], True))
         view.activated.connect(self._open)
         self.new_above = 0
+        self.core_unread = 0  # unread in the core, also beyond the rows loaded here (set_core_unread)
         self.filter_edit = QLineEdit()
         self.filter_edit.setPlaceholderText("Filter messages…")
         self.filter_edit.setAccessibleName("Filter messages")
@@ -143,10 +145,20 @@ class InboxPanel(QGroupBox):
             self.readChanged.emit(changed, read)
 
     def mark_all_read(self) -> None:
-        changed = self.model.mark_all_read()
-        if changed:
+        """All of them, not only the rows loaded here (at most the newest thousands): the core is told the
+        newest id shown, one number, and marks every message up to it read."""
+        newest = self.model.mark_all_read()
+        self.core_unread = 0
+        self.refresh()
+        if newest is not None:
+            self.allReadRequested.emit(newest)
+
+    def set_core_unread(self, count: int) -> None:
+        """The core's count (DeviceStatus.inbox_unread): Mark all read stays on while older messages that are
+        not loaded here are unread."""
+        if count != self.core_unread:
+            self.core_unread = count
             self.refresh()
-            self.readChanged.emit(changed, True)
 
     def _open(self, index: QModelIndex) -> None:
         self.set_read([index], True)
@@ -158,7 +170,7 @@ class InboxPanel(QGroupBox):
         self.setTitle(f"{TITLE} ({unread} unread)" if unread else TITLE)
         self.empty.setVisible(total == 0)
         self.view.setVisible(total > 0)
-        self.mark_all_button.setEnabled(unread > 0)
+        self.mark_all_button.setEnabled(unread > 0 or (total > 0 and self.core_unread > 0))
         self.unreadChanged.emit(unread)
 
     # --- context menu ------------------------------------------------------------------------
@@ -183,7 +195,7 @@ class InboxPanel(QGroupBox):
             action("Mark as read", lambda: self.set_read([index], True))
         else:
             action("Mark as unread", lambda: self.set_read([index], False))
-        action("Mark all read", self.mark_all_read).setEnabled(self.model.unread_count() > 0)
+        action("Mark all read", self.mark_all_read).setEnabled(self.mark_all_button.isEnabled())
         action("Open…", lambda: self._open(index))
         return menu
 

@@ -133,6 +133,7 @@ class MainWindow(QMainWindow):
     retryRequested = Signal()
     reconnectRequested = Signal()
     readChanged = Signal(list, bool)  # list[InboxMessage] the user marked read (True) or unread
+    allReadRequested = Signal(int)  # Mark all read: every message up to this row id
     settingsRequested = Signal()
     detailsRequested = Signal()
     exportDiagnosticsRequested = Signal()
@@ -193,6 +194,7 @@ class MainWindow(QMainWindow):
         self.inbox_view.setColumnWidth(InboxModel.TIME, 90)
         self.inbox_view.setColumnWidth(InboxModel.PROPERTIES, 180)
         self.inbox_box.readChanged.connect(self.readChanged)
+        self.inbox_box.allReadRequested.connect(self.allReadRequested)
         self.inbox_box.openRequested.connect(self._show_message)
         self.inbox_box.unreadChanged.connect(self._update_title)
         self.message_dialog: MessageDialog | None = None
@@ -302,6 +304,7 @@ class MainWindow(QMainWindow):
 
     def show_status(self, status: DeviceStatus) -> None:
         self._status = status
+        self.inbox_box.set_core_unread(status.inbox_unread)
         state = ConnectionState(status.state)
         if self.setting_up:
             if state is ConnectionState.CONNECTED:

@@ -25,11 +25,7 @@ Message = TypeVar("Message", bound=Any)  # InboxMessage or OutboxMessage
 
 
 # Row ids grow with arrival (SQLite autoincrement): a total order that needs no clock.
-def _arrival_order(message: InboxMessage | OutboxMessage) -> int:
-    return message.id
-
-
-def _newest_first(message: InboxMessage) -> int:
+def _newest_first(message: InboxMessage | OutboxMessage) -> int:
     return -message.id
 
 
@@ -104,7 +100,8 @@ class InboxModel(QStandardItemModel):
         super().__init__(0, len(self.COLUMNS), parent)
         self.setHorizontalHeaderLabels(list(self.COLUMNS))
         self._rows: list[InboxMessage] = []  # newest first, row for row
-        self._read: dict[Any, bool] = {}  # id -> read, as changed in this session (the core keeps the truth)
+        # id -> read, as changed in this session, for the rows shown (the core keeps the truth)
+        self._read: dict[Any, bool] = {}
         self._ids: set[Any] = set()
         self._unread = 0  # kept as rows change: asked after every batch, never counted over all rows
         self._max_rows = max_rows
@@ -195,6 +192,7 @@ class InboxModel(QStandardItemModel):
             for message in self._rows[first:]:
                 self._ids.discard(message.id)
                 self._unread -= self.is_unread(message)
+                self._read.pop(message.id, None)  # kept for shown rows only: bounded by max_rows
             del self._rows[first:]
             self.removeRows(first, extra)
 
@@ -211,11 +209,13 @@ class InboxModel(QStandardItemModel):
             self._show_read(changing, read)
         return [self._rows[row] for row in changing]
 
-    def mark_all_read(self) -> list[InboxMessage]:
+    def mark_all_read(self) -> int | None:
+        """Every row read; returns the newest row's id, up to which the core marks all its messages read,
+        those beyond the rows kept here too (None: no rows)."""
         unread = [row for row, message in enumerate(self._rows) if self.is_unread(message)]
         if unread:
             self._show_read(unread, True)
-        return [self._rows[row] for row in unread]
+        return self._rows[0].id if self._rows else None
 
     def _show_read(self, rows: list[int], read: bool) -> None:
         """The state at once; the cells a turn's worth of rows at a time (top first, where the reader looks):
@@ -285,7 +285,7 @@ class OutboxModel(_MessageTable["OutboxMessage"]):
     WRITTEN, TIME, TEXT, PROPERTIES, STATE = range(5)
 
     def set_messages(self, messages: Sequence[OutboxMessage]) -> None:
-        rows = sorted(messages, key=_arrival_order, reverse=True)
+        rows = sorted(messages, key=_newest_first)
         if [m.id for m in rows] == [m.id for m in self._rows]:
             # Same messages: only states changed; repaint in place (keeps selection and scroll).
             self._rows = rows

@@ -5,11 +5,16 @@ window (no QtNetwork needed for that), and the first instance's QLocalServer, wh
 to bring the window forward, listens from just after the window's first paint (`listen()`). A second
 launch that finds the lock held waits for that server, so it never shows a window of its own.
 
+A hand-over counts only when the first window answers it: a quitting window closes its server first
+(`stop_listening()`) and may still be stopping for a few seconds, so a launch meanwhile keeps trying the lock
+and starts normally once that window's process has ended, instead of handing over to a window that is going.
+
 Named after the data directory, so test instances and a demo instance never meet a real one.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
 import time
@@ -27,11 +32,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHOW_COMMAND = b"show\n"
+SHOWN_REPLY = b"shown\n"  # the first window's answer: without it, nothing was handed over
 LOCK_FILE = "window.lock"  # in the data directory; held by the window's process for its whole life
 _CONNECT_TIMEOUT_MS = 500
-# How long a second launch waits for the first one's server: the first listens once its window has painted,
-# at most ~1 s after it took the lock on a slow cold start.
-ANSWER_WAIT_SECONDS = 5.0
+_REPLY_TIMEOUT_MS = 2000  # a window answers from its event loop, which never waits that long
+# How long a launch that finds the lock held waits for the window holding it to answer or to end: a starting
+# window listens once it has painted (at most ~1 s after it took the lock on a slow cold start), a quitting
+# one ends within 5 s (docs/desktop-app.md, Quit).
+ANSWER_WAIT_SECONDS = 8.0
+
+
+class Claim(enum.Enum):
+    """What claim_lock() found."""
+
+    FIRST = "first"  # this process holds the lock: it shows the window
+    HANDED_OVER = "handed over"  # another window answered and comes forward
+    NO_ANSWER = "no answer"  # another process held the lock all along and never answered
+    LOCK_FAILED = "lock failed"  # the lock file could not be used (SingleInstance.lock_error says why)
 
 
 def server_name(data_dir: Path) -> str:
@@ -43,62 +60,76 @@ def server_name(data_dir: Path) -> str:
 
 
 class SingleInstance(QObject):
-    """claim() (or claim_lock(), then listen() once the window is up): True means this process is the only
-    one; listen for activateRequested."""
+    """claim_lock() before the window (Claim.FIRST: this process is the only one), then listen() once the
+    window is up; listen for activateRequested. stop_listening() first thing when quitting."""
 
     activateRequested = Signal()
 
     def __init__(self, data_dir: Path, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.name = server_name(data_dir)
-        self.lock_path = Path(data_dir) / LOCK_FILE
+        self.data_dir = Path(data_dir)
+        self.lock_path = self.data_dir / LOCK_FILE
         self.server: QLocalServer | None = None
-        self.answered = False  # claim_lock() found another window, and it answered
+        self.lock_error = ""  # why the lock file could not be used (Claim.LOCK_FAILED)
         self._lock: InstanceLock | None = None
 
-    def ask_running_instance(self, wait: float = 0.0) -> bool:
-        """True when another instance answered and was asked to come forward (trying for `wait` seconds)."""
+    def ask_running_instance(self) -> bool:
+        """True when another window answered that it comes forward. Blocks: not from the thread of the
+        window being asked."""
         from PySide6.QtNetwork import QLocalSocket
 
-        deadline = time.monotonic() + wait
-        while True:
-            socket = QLocalSocket()
-            socket.connectToServer(self.name)
-            if socket.waitForConnected(_CONNECT_TIMEOUT_MS):
-                socket.write(SHOW_COMMAND)
-                socket.flush()
-                socket.waitForBytesWritten(_CONNECT_TIMEOUT_MS)
-                socket.disconnectFromServer()
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)  # its window is still on the way: its server listens after the first paint
+        socket = QLocalSocket()
+        socket.connectToServer(self.name)
+        if not socket.waitForConnected(_CONNECT_TIMEOUT_MS):
+            return False
+        socket.write(SHOW_COMMAND)
+        socket.flush()
+        said = b""
+        while SHOWN_REPLY not in said and socket.waitForReadyRead(_REPLY_TIMEOUT_MS):
+            said += bytes(socket.readAll().data())
+        socket.abort()
+        return SHOWN_REPLY in said
 
-    def claim_lock(self) -> bool:
-        """Before any window: True when no other window's process uses this data directory. Else the one
-        that does is asked to come forward; False (it holds the lock but never answered: False too)."""
+    def claim_lock(self) -> Claim:
+        """Before any window: Claim.FIRST when no other window's process uses this data directory. Else the
+        one that does is asked to come forward, for up to ANSWER_WAIT_SECONDS; if its process ends meanwhile
+        (it was quitting), this one takes the lock and is FIRST after all."""
+        deadline = time.monotonic() + ANSWER_WAIT_SECONDS
+        while True:
+            try:
+                if self._take_lock():
+                    return Claim.FIRST
+            except OSError as exc:
+                self.lock_error = exc.strerror or str(exc)
+                log.error("single-instance lock %s not usable: %s", self.lock_path, exc)
+                return Claim.HANDED_OVER if self.ask_running_instance() else Claim.LOCK_FAILED
+            if self.ask_running_instance():
+                return Claim.HANDED_OVER
+            if time.monotonic() >= deadline:
+                log.warning("another window holds %s but did not answer", self.lock_path)
+                return Claim.NO_ANSWER
+            time.sleep(0.05)  # a starting window listens after its first paint; a quitting one is ending
+
+    def _take_lock(self) -> bool:
         lock = InstanceLock(self.lock_path)
-        try:
-            acquired = lock.acquire()  # the OS drops it when this process ends, however it ends
-        except OSError as exc:
-            log.warning("single-instance lock not available: %s", exc)
-            return True  # still run: better two windows than none
-        if acquired:
-            self._lock = lock
-            return True
-        self.answered = self.ask_running_instance(wait=ANSWER_WAIT_SECONDS)
-        if not self.answered:
-            log.warning("another window holds %s but did not answer", self.lock_path)
-        return False
+        if not lock.acquire():  # the OS drops it when this process ends, however it ends
+            return False
+        self._lock = lock
+        return True
 
     def listen(self) -> None:
         """Answer later launches (after claim_lock(); run_gui calls it once the window has painted)."""
+        if self._lock is None:
+            # Without the lock this process cannot know the socket is stale: it might be a live window's.
+            log.warning("single-instance server not started: this process does not hold %s", self.lock_path)
+            return
         from PySide6.QtNetwork import QLocalServer
 
         server = QLocalServer(self)
         server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
         if not server.listen(self.name):
-            # A crashed instance leaves its socket file behind on Unix: it no longer holds the lock.
+            # A crashed instance leaves its socket file behind on Unix; it no longer holds the lock, we do.
             QLocalServer.removeServer(self.name)
             if not server.listen(self.name):
                 log.warning("single-instance server not available: %s", server.errorString())
@@ -106,15 +137,9 @@ class SingleInstance(QObject):
         server.newConnection.connect(self._connected)
         self.server = server
 
-    def claim(self) -> bool:
-        """claim_lock() and listen() at once."""
-        if not self.claim_lock():
-            return False
-        self.listen()
-        return True
-
     def _connected(self) -> None:
-        assert self.server is not None
+        if self.server is None:
+            return
         while (socket := self.server.nextPendingConnection()) is not None:
             socket.readyRead.connect(lambda s=socket: self._read(s))
             socket.disconnected.connect(socket.deleteLater)
@@ -122,25 +147,47 @@ class SingleInstance(QObject):
                 self._read(socket)
 
     def _read(self, socket: QLocalSocket) -> None:
+        if self.server is None:
+            socket.abort()  # quitting: the launch that asked starts a window of its own once this one ends
+            return
         if SHOW_COMMAND.strip() in bytes(socket.readAll().data()):
             self.activateRequested.emit()
+            socket.write(SHOWN_REPLY)
+            socket.flush()
 
-    def release(self) -> None:
+    def stop_listening(self) -> None:
+        """No more hand-overs: the first step of quitting (the window's process may take seconds to end)."""
         if self.server is not None:
             self.server.close()
             self.server.deleteLater()
             self.server = None
+
+    def release(self) -> None:
+        self.stop_listening()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
 
 
-def tell_user_already_running(answered: bool = True) -> None:
-    if answered:
+def tell_user(claim: Claim, single: SingleInstance) -> int:
+    """A launch that shows no window of its own says why, and returns its exit code. Only the hand-over is
+    silent (its window comes forward); the others show a box, since a desktop launch has no console."""
+    if claim is Claim.HANDED_OVER:
         print("client-app is already running: its window was brought forward.", file=sys.stderr)
-    else:
-        print(
-            "client-app is already running for this data folder but did not answer; "
-            "if no window shows, end that process and start the app again.",
-            file=sys.stderr,
+        return 0
+    if claim is Claim.NO_ANSWER:
+        text = (
+            "client-app is already running for this data folder, but it does not answer. If no client-app "
+            "window or tray icon shows, end the client-app process (or sign out and in again), then start "
+            "the app again."
         )
+    else:
+        text = (
+            f"client-app cannot start: it cannot use its data folder {single.data_dir} "
+            f"({single.lock_error}). Check that the folder exists and that you may write to it."
+        )
+    print(text, file=sys.stderr)
+    from client_app.gui.errors import show_error
+
+    show_error(text)
+    return 1

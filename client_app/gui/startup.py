@@ -5,7 +5,7 @@ style, the tray, the AppController with its bridge, the single-instance server a
 process come right after its first paint. On a cold start every module and Qt class set up before
 show() is time the user waits for a window (bench/cold_start.py). Whether another window already runs
 on this data directory is decided before any window, with a file lock, so a second launch never shows
-one: it asks the first to come forward and exits.
+one: it asks the first to come forward and exits (or says why it cannot start, single_instance.tell_user).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PySide6.QtWidgets import QApplication
 from client_app.device.config import ConfigStore, DeviceConfig
 from client_app.gui.first_paint import start_after_first_paint
 from client_app.gui.main_window import MainWindow, import_panels
-from client_app.gui.single_instance import SingleInstance, tell_user_already_running
+from client_app.gui.single_instance import Claim, SingleInstance, tell_user
 from client_app.logsetup import open_held_log, setup_logging
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class Desktop:
         self.window.quitRequested.connect(self.quit)
 
     def quit(self, code: int = 0) -> None:
+        self.single.stop_listening()  # first: a launch from now on must not hand over to a window that goes
         # Not app.quit(): since Qt 6 it first asks every window to close, and a window that hides to the
         # tray refuses, so Quit would only hide it. exit() ends the loop whatever the windows say.
         self.window.quitting = True
@@ -138,9 +139,9 @@ class Desktop:
             steps[0]()
         except Exception:
             log.exception("the app could not start")
-            from PySide6.QtWidgets import QMessageBox
+            from client_app.gui.errors import show_error
 
-            QMessageBox.critical(self.window, "client-app", COULD_NOT_START)
+            show_error(COULD_NOT_START, self.window)
             self.quit(1)
             return
         if len(steps) > 1:
@@ -190,6 +191,7 @@ class Desktop:
             )
 
     def close(self) -> None:
+        self.single.stop_listening()  # also when the loop ended without quit() (stopping takes seconds)
         self.window.hide()
         if self.controller is not None:
             self.controller.shutdown(timeout=QUIT_STOP_SECONDS)
@@ -215,10 +217,10 @@ def run_gui(
     app.setDesktopFileName("client-app")
 
     single = SingleInstance(config.data_dir)
-    if not single.claim_lock():
-        tell_user_already_running(single.answered)
+    claim = single.claim_lock()
+    if claim is not Claim.FIRST:
         single.deleteLater()
-        return 0
+        return tell_user(claim, single)
 
     desktop = Desktop(app, config, store, cloud_switch, single)
     state_file = config.config_dir / WINDOW_STATE_FILE
@@ -231,9 +233,9 @@ def run_gui(
         code = app.exec()
     except Exception:
         log.exception("the app failed")
-        from PySide6.QtWidgets import QMessageBox
+        from client_app.gui.errors import show_error
 
-        QMessageBox.critical(None, "client-app", COULD_NOT_START)
+        show_error(COULD_NOT_START)
     finally:
         desktop.window.remember_place(state_file)
         desktop.close()  # signals still queue a quit meanwhile: a second Ctrl+C cannot cut the stop short

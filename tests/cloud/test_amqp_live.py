@@ -11,19 +11,23 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from proton import Collector, Connection, Event, Message, Transport, symbol, timestamp
+from proton import Collector, Connection, Data, Event, Message, Transport, symbol, timestamp
 
+from client_app.cloud.amqp import eventhub
 from client_app.cloud.amqp.auth import Grant
 from client_app.cloud.amqp.bridge import AmqpConnection
 from client_app.cloud.amqp.endpoint import AmqpEndpoint
 from client_app.cloud.amqp.eventhub import (
     AUTH_METHOD,
     MESSAGE_SOURCE,
+    EventEncoder,
     RecentEvents,
     TelemetryReader,
-    encode_event,
+    _application_properties_section,
+    _properties_section,
     ms_from_iso,
 )
+from client_app.cloud.amqp.frames import FramePadder, pad_frame
 from client_app.cloud.store import Store, TelemetryWriter, partition_of, utc_now
 
 RECEIVED = "2026-11-30T19:00:00.123456Z"
@@ -72,7 +76,7 @@ def test_events_decode_with_proton_as_its_own_message_would(system, properties, 
                                                            sequence_number, offset):  # fmt: skip
     event = (device_id, RECEIVED, body, json.dumps(system), json.dumps(properties), 0, sequence_number)
     decoded = Message()
-    decoded.decode(encode_event(event, offset))
+    decoded.decode(EventEncoder().encode(event, offset))
     expected = _expected(event, offset)
     # Re-encoded by proton, the two are the same message: every section, key order, value and AMQP type.
     assert decoded.encode() == expected.encode()
@@ -84,13 +88,52 @@ def test_events_decode_with_proton_as_its_own_message_would(system, properties, 
     assert decoded.id == system.get("messageId") and decoded.correlation_id == system.get("correlationId")
 
 
+def _built_afresh(event: tuple, offset: int) -> bytes:
+    """The event with its annotations and data section each built by a new proton `Data` with every value in
+    place (the cached properties sections as they are): the byte-for-byte oracle for the encoder's reused
+    `pn_data_t`s, their values put over the last event's."""
+    sections = []
+    for descriptor, value in ((0x72, _expected(event, offset).annotations), (0x75, bytes(event[2]))):
+        data = Data()
+        data.put_described()
+        data.enter()
+        data.put_ulong(descriptor)
+        data.put_object(value)
+        data.exit()
+        sections.append(data.encode())
+    cached = _properties_section(event[3]) + _application_properties_section(event[4])
+    return sections[0] + cached + sections[1]
+
+
+def test_one_encoder_writes_every_event_as_if_built_afresh_across_its_rebuilds(monkeypatch):
+    """Events of different devices, properties and sizes through one encoder, which builds its `pn_data_t`s
+    afresh after every `_REBUILD_BYTES` put (made small here, so that happens many times)."""
+    monkeypatch.setattr(eventhub, "_REBUILD_BYTES", 10_000)
+    encode = EventEncoder().encode
+    rebuilds = 0
+    for n in range(60):
+        system = {"messageId": f"m-{n}"} if n % 3 else {"contentType": "application/json"}
+        properties = {"k": str(n)} if n % 4 else {}
+        body = bytes([n]) * (n * 401 % 9000)
+        event = (f"dev-{n % 7}", RECEIVED, body, json.dumps(system), json.dumps(properties), n % 4, n**9)
+        put_before = encode.__self__._put_bytes
+        encoded = encode(event, 2**n)
+        rebuilds += encode.__self__._put_bytes < put_before + len(body)
+        assert encoded == _built_afresh(event, 2**n)
+        decoded = Message()
+        decoded.decode(encoded)
+        assert decoded.encode() == _expected(event, 2**n).encode()
+    assert rebuilds > 10
+
+
 def test_events_encoded_one_after_another_keep_their_own_values():
-    """The encoder reuses one `pn_data_t` and buffer: no event's bytes change or carry over to the next."""
+    """The encoder reuses its `pn_data_t`s and buffer: no event's bytes change or carry over to the next."""
     first = ("dev-a", RECEIVED, b"one", json.dumps({"messageId": "m-a"}), json.dumps({"k": "v"}), 0, 7)
     second = ("dev-b", RECEIVED, b"two" * 1000, "{}", "{}", 0, 8)
-    encoded_first = encode_event(first, 70)
+    encode = EventEncoder().encode
+    encoded_first = encode(first, 70)
     snapshot = bytes(encoded_first)
-    encoded_second = encode_event(second, 80)
+    encoded_second = encode(second, 80)
     assert encoded_first == snapshot
     a, b = Message(), Message()
     a.decode(encoded_first)
@@ -306,3 +349,38 @@ def test_a_hand_over_queued_before_the_last_receiver_left_is_dropped(tmp_path):
         assert endpoint._recent.read(0, 1, 10) is None  # a receiver there reads SQLite
     finally:
         setup.close()
+
+
+def _split_frames(stream: bytes) -> list[bytes]:
+    frames, pos = [], 0
+    while pos < len(stream):
+        size = 8 if stream.startswith(b"AMQP", pos) else int.from_bytes(stream[pos : pos + 4], "big")
+        frames.append(stream[pos : pos + size])
+        pos += size
+    return frames
+
+
+def test_every_frame_proton_writes_goes_out_as_pad_frame_pads_it(tmp_path, monkeypatch):
+    """FramePadder pads a transfer (one per event) itself, from its head; whatever it pads and however
+    proton's output is cut into pieces, each frame is what `pad_frame` makes of it."""
+    fed, written = [], []
+    feed = FramePadder.feed
+
+    def recorded(padder: FramePadder, data: bytes) -> bytes:
+        fed.append(data)
+        written.append(feed(padder, data))
+        return written[-1]
+
+    monkeypatch.setattr(FramePadder, "feed", recorded)
+    setup = _Setup(tmp_path)
+    try:
+        setup.attach(credit=300)
+        rows = [("dev", RECEIVED, bytes([n % 256]) * (n * 997 % 9000), "{}", "{}", 0, n) for n in range(300)]
+        setup.endpoint.telemetry_committed(rows, 1)
+        setup.exchange()
+        assert [m.body for _, m in setup.received] == [row[2] for row in rows]
+    finally:
+        setup.close()
+    frames = _split_frames(b"".join(fed))
+    assert sum(frame[8:11] == b"\x00\x53\x14" for frame in frames) >= 300  # the transfers
+    assert b"".join(written) == b"".join(f if f.startswith(b"AMQP") else pad_frame(f) for f in frames)

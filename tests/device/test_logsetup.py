@@ -80,3 +80,20 @@ def test_a_log_dir_with_dot_dot_keeps_held_lines_and_one_handler(tmp_path, clean
     logging.getLogger("client_app.test").warning("once")
     lines = (tmp_path / "logs" / logsetup.LOG_FILE).read_text().splitlines()
     assert [line.rsplit(": ", 1)[1] for line in lines] == ["held", "once"]
+
+
+def test_held_lines_keep_the_values_they_were_logged_with(tmp_path, clean_root):
+    """A held record is formatted when logged: its arguments may change (or be big) before the file opens."""
+    logs = tmp_path / "logs"
+    logsetup.hold_logging(logs)
+    pending = ["a"]
+    logging.getLogger("client_app.test").warning("pending %s", pending)
+    try:
+        raise ValueError(f"bad {pending}")
+    except ValueError:
+        logging.getLogger("client_app.test").exception("failed")
+    pending.append("b")  # what the caller does next
+    logsetup.open_held_log()
+    text = (logs / logsetup.LOG_FILE).read_text()
+    assert "pending ['a']" in text and "['a', 'b']" not in text
+    assert "ValueError: bad ['a']" in text  # the traceback too, made when held

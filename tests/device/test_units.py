@@ -69,6 +69,14 @@ def test_inbox_is_idempotent_on_message_id(tmp_path):
     assert inbox.list()[0].properties == {"a": "1", "flag": None}
 
 
+def test_mark_all_read_reaches_every_message_up_to_the_newest_seen(tmp_path):
+    inbox = Inbox(Database(tmp_path / "m.sqlite3"))
+    ids = [inbox.add(f"mid-{n}", f"m{n}", {}).id for n in range(1, 1501)]  # more than the window loads
+    later = inbox.add("mid-later", "arrived after the click", {})
+    inbox.mark_all_read(up_to=ids[-1])
+    assert inbox.unread_count() == 1 and not inbox.list(1)[0].read and inbox.list(1)[0].id == later.id
+
+
 def test_store_is_safe_across_threads(tmp_path):
     outbox = Outbox(Database(tmp_path / "m.sqlite3"))
     threads = [threading.Thread(target=lambda: [outbox.add("x") for _ in range(25)]) for _ in range(4)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,19 @@ from client_app.gui.tray import StatusTray
 
 def make_status(state: ConnectionState = ConnectionState.CONNECTED, **fields) -> DeviceStatus:
     return DeviceStatus(state=state, **fields)
+
+
+def second_launch(qtbot, data_dir: Path, call: str = "claim_lock().name") -> str:
+    """What a second launch does, in a process of its own (as it is; a thread of this one would hold the
+    interpreter lock in Qt's blocking socket calls, which the asked window's slots need to answer)."""
+    code = "import sys; from client_app.gui.single_instance import SingleInstance as S; "
+    code += f"print(S(sys.argv[1]).{call})"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True
+    ) as process:
+        qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)
+        assert process.stdout is not None
+        return process.stdout.read().strip()
 
 
 def cloud_store(tmp_path: Path, cloud_dir: Path, bundle: Path) -> ConfigStore:

@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 
 from client_app.cloud.server import CloudSettings, start_in_thread
 from client_app.device.runtime import ConnectionState, FirstRunStep
+from client_app.gui.app import INITIAL_INBOX_ROWS
 from client_app.gui.first_run import DONE, FAILED
 from client_app.gui.main_window import MainWindow
 from client_app.gui.models import InboxModel, OutboxModel
@@ -21,6 +22,7 @@ from client_app.logsetup import setup_logging
 from client_app.pki import ISSUER_BUNDLE_PASSPHRASE
 from tests.fixtures.cloud import api_client
 from tests.fixtures.secret_service import KEYRING_PASSWORD, _start_bus
+from tests.gui.conftest import second_launch
 
 S = ConnectionState
 
@@ -74,6 +76,24 @@ def test_cloud_message_reaches_inbox_and_notifies(qtbot, running_app, cloud_api)
     rect = window.inbox_view.visualRect(window.inbox_box.proxy.index(0, InboxModel.TEXT))
     qtbot.mouseClick(window.inbox_view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     qtbot.waitUntil(lambda: running_app.runtime.inbox.unread_count() == 0, timeout=5000)
+
+
+def test_mark_all_read_reaches_messages_the_window_never_loaded(qtbot, running_app_factory, device_config):
+    """The window loads the newest 1,000 messages; Mark all read means all of them in the core."""
+    from client_app.device.store import Database, Inbox
+
+    db = Database(device_config.layout.database)
+    inbox = Inbox(db)
+    for n in range(INITIAL_INBOX_ROWS + 5):
+        inbox.add(f"m-{n}", f"message {n}", {})
+    db.close()
+    app = running_app_factory()
+    window = app.window
+    qtbot.waitUntil(lambda: window.inbox_model.rowCount() == INITIAL_INBOX_ROWS, timeout=30_000)
+    qtbot.mouseClick(window.inbox_box.mark_all_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: app.runtime.inbox.unread_count() == 0, timeout=10_000)
+    qtbot.waitUntil(lambda: app.status is not None and app.status.inbox_unread == 0, timeout=10_000)
+    assert not window.inbox_box.mark_all_button.isEnabled()
 
 
 def test_sending_while_offline_queues_then_delivers(qtbot, running_app, local_cloud, cloud_api):
@@ -229,18 +249,16 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     """The whole entry point: window, tray, single-instance server, core; quits cleanly."""
     from PySide6.QtCore import QTimer
 
-    from client_app.gui.single_instance import SingleInstance
     from client_app.gui.startup import run_gui
 
     seen = {}
 
     def check() -> None:
         windows = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        if windows and windows[0].banner.headline.text().startswith("Connected"):
-            second = SingleInstance(device_config.data_dir)
-            seen["second_launch_answered"] = second.ask_running_instance()
-            second.deleteLater()
+        if windows and windows[0].banner.headline.text().startswith("Connected") and not seen:
+            poll.stop()
             seen["connected"] = True
+            seen["second_launch"] = second_launch(qtbot, device_config.data_dir)  # its loop goes on meanwhile
             qapp.quit()
 
     poll = QTimer()
@@ -255,7 +273,7 @@ def test_run_gui_until_quit_with_single_instance(qtbot, qapp, device_config):
     finally:
         poll.stop()
         safety.stop()
-    assert seen == {"second_launch_answered": True, "connected": True}
+    assert seen == {"second_launch": "HANDED_OVER", "connected": True}
     qtbot.wait(10)
 
 

@@ -78,6 +78,18 @@ def gone(pid: int, within: float = 0.0) -> bool:
         time.sleep(0.05)
 
 
+def with_an_unread_message(data: Path) -> Path:
+    """A data directory whose inbox holds one unread message from an earlier run."""
+    from client_app.device.paths import DataLayout
+    from client_app.device.store import Database, Inbox
+
+    data.mkdir()
+    db = Database(DataLayout(data).database)
+    Inbox(db).add("m-1", "kept from last time", {})
+    db.close()
+    return data
+
+
 @pytest.fixture
 def shown_app(x_display, tmp_path):
     process = launch(x_display, tmp_path / "device")
@@ -142,6 +154,42 @@ def test_a_second_launch_during_the_first_ones_start_shows_no_window(x_display, 
                 ended_within(process, QUIT_WITHIN)
 
 
+def test_a_launch_while_the_first_quits_shows_a_window_of_its_own(x_display, tmp_path):
+    """The first app's quit takes seconds while its core stops (here its core is stopped outright, so the
+    whole 3 s): a launch meanwhile must not hand over to the window that is going and exit, leaving no app.
+    It waits for the first's lock and starts normally."""
+    data = with_an_unread_message(tmp_path / "device")
+    first = launch(x_display, data)
+    second = None
+    core = None
+    try:
+        # The title counts the unread message once the window has its core's first answers: from then on no
+        # call to the core is under way, which a stopped core would hold for its full timeout.
+        wait_shown(x_display, first, "unread")
+        core = core_pid(data)
+        os.kill(core, signal.SIGSTOP)  # its quit now waits out QUIT_STOP_SECONDS for the core
+        first.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + QUIT_WITHIN
+        while (
+            x_display.xdotool("search", "--onlyvisible", "--name", "^client-app")
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)  # the window hides as the quit begins
+        assert first.poll() is None, "the first app ended before the second launch could meet its quit"
+        second = launch(x_display, data)
+        assert ended_within(first, QUIT_WITHIN + 5) is not None
+        window = wait_shown(x_display, second)
+        assert second.poll() is None, "the second launch handed over to a window that was quitting"
+        assert x_display.xdotool("getwindowpid", window) == str(second.pid)
+    finally:
+        if core is not None and not gone(core):
+            os.kill(core, signal.SIGKILL)
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                ended_within(process, QUIT_WITHIN)
+
+
 def window_geometry(x_display, window: str) -> tuple[int, int, int, int]:
     """(x, y, width, height) of the window's frame as the X server has it."""
     lines = dict(
@@ -185,14 +233,7 @@ def test_window_size_and_position_are_remembered(x_display, tmp_path):
 
 
 def test_the_title_names_the_app_once(x_display, tmp_path):
-    from client_app.device.paths import DataLayout
-    from client_app.device.store import Database, Inbox
-
-    data = tmp_path / "device"
-    data.mkdir()
-    db = Database(DataLayout(data).database)
-    Inbox(db).add("m-1", "kept from last time", {})
-    db.close()
+    data = with_an_unread_message(tmp_path / "device")
     process = launch(x_display, data)
     try:
         window = wait_shown(x_display, process, "unread")

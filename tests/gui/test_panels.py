@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,12 +16,12 @@ from PySide6.QtCore import Qt
 
 from client_app.device.config import ConfigStore, DeviceConfig, load_config, validate_settings
 from client_app.device.runtime import ConnectionState
-from client_app.gui import diagnostics
+from client_app.gui import diagnostics, single_instance
 from client_app.gui.settings_dialog import SettingsDialog
-from client_app.gui.single_instance import SingleInstance, server_name
+from client_app.gui.single_instance import Claim, SingleInstance, server_name
 from client_app.gui.support_panel import FIELDS, NOT_YET, SupportPanel
 from client_app.pki import generate_key, private_key_to_pem
-from tests.gui.conftest import make_status
+from tests.gui.conftest import make_status, second_launch
 
 FULL_STATUS = dict(
     registration_id="desk-0123",
@@ -204,39 +206,86 @@ def test_the_proxy_password_goes_to_the_keyring_not_the_file(keyring_env, tmp_pa
     assert with_proxy_password(windows).proxy.password == "s3cr@t"
 
 
-def test_second_instance_brings_the_first_forward(qtbot, tmp_path):
-    first = SingleInstance(tmp_path / "data")
-    second = SingleInstance(tmp_path / "data")
-    other = SingleInstance(tmp_path / "other-data")
-    try:
-        assert first.claim()
-        assert other.claim()  # another data dir: another app, no collision
-        with qtbot.waitSignal(first.activateRequested, timeout=3000):
-            assert second.claim() is False
-        assert server_name(tmp_path / "data") != server_name(tmp_path / "other-data")
-    finally:
-        for instance in (first, second, other):
-            instance.release()
-            instance.deleteLater()
+def in_a_thread(qtbot, call):
+    """Run a blocking claim beside this (GUI) thread, whose event loop goes on meanwhile."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(call()))
+    thread.start()
+    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=20_000)
+    return result[0]
 
 
-def test_a_window_that_holds_the_lock_but_never_answers_gets_no_twin(qtbot, tmp_path, monkeypatch):
-    from client_app.gui import single_instance
+@pytest.fixture
+def instances(tmp_path):
+    made: list[SingleInstance] = []
 
+    def make(data: str = "data") -> SingleInstance:
+        made.append(SingleInstance(tmp_path / data))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.release()
+        instance.deleteLater()
+
+
+def first_window(make, data: str = "data") -> SingleInstance:
+    """What run_gui() does: the lock before the window, the server after its first paint."""
+    instance = make(data)
+    assert instance.claim_lock() is Claim.FIRST
+    instance.listen()
+    return instance
+
+
+def test_second_instance_brings_the_first_forward(qtbot, tmp_path, instances):
+    first = first_window(instances)
+    first_window(instances, "other-data")  # another data dir: another app, no collision
+    with qtbot.waitSignal(first.activateRequested, timeout=3000):
+        assert second_launch(qtbot, tmp_path / "data") == Claim.HANDED_OVER.name
+    assert server_name(tmp_path / "data") != server_name(tmp_path / "other-data")
+
+
+def test_a_window_that_holds_the_lock_but_never_answers_gets_no_twin(qtbot, tmp_path, instances, monkeypatch):
     monkeypatch.setattr(single_instance, "ANSWER_WAIT_SECONDS", 0.2)
-    first, second, third = (SingleInstance(tmp_path / "data") for _ in range(3))
-    try:
-        assert first.claim_lock()  # its window is not up yet: no server
-        assert second.claim_lock() is False and second.answered is False
-        first.listen()
-        assert third.claim_lock() is False and third.answered  # now it answers
-    finally:
-        for instance in (first, second, third):
-            instance.release()
-            instance.deleteLater()
+    first, second = instances(), instances()
+    assert first.claim_lock() is Claim.FIRST  # its window is not up yet: no server
+    assert second.claim_lock() is Claim.NO_ANSWER
+    first.listen()
+    assert second_launch(qtbot, tmp_path / "data") == Claim.HANDED_OVER.name  # now it answers
 
 
-def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path):
+def test_a_launch_while_the_first_quits_starts_once_its_lock_is_free(qtbot, instances):
+    """The first window stops listening as it starts quitting, and ends seconds later (its core stopping):
+    a launch meanwhile is not handed over to it, it takes the lock once free and shows its own window."""
+    first, second = first_window(instances), instances()
+    first.stop_listening()
+    seen = []
+    first.activateRequested.connect(lambda: seen.append("shown"))
+    threading.Timer(0.3, first.release).start()  # its process ends
+    assert in_a_thread(qtbot, second.claim_lock) is Claim.FIRST
+    assert seen == []
+
+
+def test_a_quitting_window_does_not_answer_a_connection_it_had_not_read(qtbot, instances):
+    """A launch connects just before the quit; the window reads it only after it stopped listening."""
+    from PySide6.QtNetwork import QLocalSocket
+
+    first = first_window(instances)
+
+    socket = QLocalSocket()
+    socket.connectToServer(first.name)
+    assert socket.waitForConnected(1000)
+    socket.write(single_instance.SHOW_COMMAND)
+    socket.flush()
+    first.stop_listening()
+    qtbot.wait(200)
+    assert not socket.waitForReadyRead(200) or single_instance.SHOWN_REPLY not in bytes(
+        socket.readAll().data()
+    )
+    socket.abort()
+
+
+def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path, instances):
     from PySide6.QtNetwork import QLocalServer
 
     name = server_name(tmp_path / "data")
@@ -245,13 +294,76 @@ def test_stale_socket_from_a_crash_is_reclaimed(qtbot, tmp_path):
     socket_path = Path(crashed.fullServerName())
     crashed.close()
     socket_path.touch()  # what a killed process leaves behind
-    instance = SingleInstance(tmp_path / "data")
+    instance = first_window(instances)
+    assert instance.server is not None and instance.server.isListening()
+
+
+def test_listening_without_the_lock_never_removes_a_live_windows_socket(qtbot, tmp_path, instances):
+    first = first_window(instances)
+    intruder = instances()  # e.g. a process that runs without the lock
+    intruder.listen()
+    assert intruder.server is None
+    with qtbot.waitSignal(first.activateRequested, timeout=3000):
+        assert second_launch(qtbot, tmp_path / "data", "ask_running_instance()") == "True"
+
+
+def test_an_unusable_lock_file_is_reported_not_ignored(qtbot, tmp_path, instances):
+    (tmp_path / "data" / single_instance.LOCK_FILE).mkdir(parents=True)  # open() fails: EISDIR
+    instance = instances()
+    assert instance.claim_lock() is Claim.LOCK_FAILED
+    assert "directory" in instance.lock_error
+    first_window(instances, "other-data")  # the check asks a running window: none here answers for "data"
+
+
+def plain_config(tmp_path: Path) -> DeviceConfig:
+    """Loopback only, should a broken check let the app start its core."""
+    return DeviceConfig(
+        provisioning_host="127.0.0.1",
+        id_scope="0ne000TEST",
+        data_dir=tmp_path / "data",
+        log_dir=tmp_path / "logs",
+        config_dir=tmp_path / "config",
+    )
+
+
+@pytest.fixture
+def boxes(qapp, monkeypatch) -> Iterator[list[str]]:
+    """The texts of the error boxes shown (not shown: nobody would click them); the app never runs long."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QMessageBox
+
+    said: list[str] = []
+    monkeypatch.setattr(QMessageBox, "critical", lambda parent, title, text: said.append(text))
+    safety = QTimer()  # a launch that wrongly starts its window is quit, not left to hang the suite
+    safety.setSingleShot(True)
+    safety.timeout.connect(qapp.quit)
+    safety.start(5000)
+    yield said
+    safety.stop()
+
+
+def test_a_launch_whose_first_window_never_answers_says_so_and_fails(qtbot, tmp_path, boxes, monkeypatch):
+    from client_app.device.instance_lock import InstanceLock
+    from client_app.gui.startup import run_gui
+
+    monkeypatch.setattr(single_instance, "ANSWER_WAIT_SECONDS", 0.2)
+    config = plain_config(tmp_path)
+    hung = InstanceLock(config.data_dir / single_instance.LOCK_FILE)  # a window that holds it, hung
+    assert hung.acquire()
     try:
-        assert instance.claim()
-        assert instance.server is not None and instance.server.isListening()
+        assert run_gui(config) != 0
     finally:
-        instance.release()
-        instance.deleteLater()
+        hung.release()
+    assert len(boxes) == 1 and "already running" in boxes[0] and "does not answer" in boxes[0]
+
+
+def test_a_launch_that_cannot_use_its_lock_file_says_so_and_fails(qtbot, tmp_path, boxes):
+    from client_app.gui.startup import run_gui
+
+    config = plain_config(tmp_path)
+    (config.data_dir / single_instance.LOCK_FILE).mkdir(parents=True)
+    assert run_gui(config) != 0
+    assert len(boxes) == 1 and str(config.data_dir) in boxes[0] and "Traceback" not in boxes[0]
 
 
 # Real key material, made here: a repository never holds a private key, not even a test's.

@@ -652,10 +652,32 @@ def test_inbox_filter_mark_all_read_and_context_menu(window, qtbot):
     assert changes[-1] == ([1], False)
     panel.filter_edit.clear()
     assert panel.proxy.rowCount() == 2
+    all_read = []
+    window.allReadRequested.connect(all_read.append)
     qtbot.mouseClick(panel.mark_all_button, Qt.MouseButton.LeftButton)
-    assert sorted(changes[-1][0]) == [1, 2] and changes[-1][1] is True
+    assert all_read == [2]  # one number for the core: every message up to the newest shown
     assert window.inbox_model.unread_count() == 0 and not panel.mark_all_button.isEnabled()
     assert window.windowTitle() == "client-app"
+
+
+def test_mark_all_read_stays_on_while_the_core_has_unread_messages_not_loaded(window, qtbot):
+    """The window loads the newest messages only: older unread ones are still "all"."""
+    window.add_messages([inbox_message(n, read=True) for n in range(1001, 1003)])
+    panel = window.inbox_box
+    assert not panel.mark_all_button.isEnabled()
+    window.show_status(make_status(inbox_unread=1000))  # the core counts every message
+    assert panel.mark_all_button.isEnabled()
+    with qtbot.waitSignal(window.allReadRequested) as asked:
+        qtbot.mouseClick(panel.mark_all_button, Qt.MouseButton.LeftButton)
+    assert asked.args == [1002] and not panel.mark_all_button.isEnabled()
+
+
+def test_the_inbox_forgets_read_changes_of_rows_it_dropped():
+    model = InboxModel(max_rows=5)
+    for n in range(1, 51):
+        model.add_messages([inbox_message(n)])
+        model.mark_read(0)
+    assert model.unread_count() == 0 and len(model._read) <= 5  # bounded by the rows shown
 
 
 def test_double_click_shows_the_whole_message(window, qtbot):

@@ -28,8 +28,8 @@ from cproton_ffi.lib import (
     pn_data_decode,
     pn_data_encode,
     pn_data_enter,
-    pn_data_exit,
     pn_data_free,
+    pn_data_narrow,
     pn_data_next,
     pn_data_put_binary,
     pn_data_put_described,
@@ -37,6 +37,7 @@ from cproton_ffi.lib import (
     pn_data_put_string,
     pn_data_put_timestamp,
     pn_data_put_ulong,
+    pn_data_rewind,
 )
 from proton import Data, ProtonException, symbol, timestamp
 
@@ -261,19 +262,24 @@ class TelemetryReader:
 # ---- the event encoding: the hot path of live delivery ---------------------------------------------------
 # An event is AMQP 1.0 message sections (part 3.2: message-annotations, properties, application-properties,
 # one data section), every byte of them encoded by proton's `pn_data_t` (issue 10: a well-kept AMQP engine, no
-# home-made codec). What repeats is encoded once, by proton, and decoded back in: the annotations with
-# placeholders for the per-event values, and the properties and application-properties sections per distinct
-# stored text. Per event, one `pn_data_t` takes the annotations, the five per-event values put over
-# their placeholders ("If the current node has a next sibling the put_* method will overwrite the value on
-# this node", proton's `Data` docs), the cached sections and the data section; then one `pn_data_encode`
-# writes the sections one after another, as proton's `Message.encode` does.
+# home-made codec); the message is those sections one after another, as proton's `Message.encode` writes them.
+# What repeats is encoded once: the properties and application-properties sections per distinct stored text
+# (kept as proton encoded them), and two `pn_data_t` per encoder that stay built from event to event: the
+# annotations (decoded from a template proton encoded, with placeholders for the five per-event values) and
+# the data section. Per event the new values are put over the old ones ("If the current node has a next
+# sibling the put_* method will overwrite the value on this node", proton's `Data` docs), each reached with
+# `pn_data_rewind` (back to the point `pn_data_narrow` marked when they were built) and `pn_data_next`, and
+# each of the two is encoded: 14 C calls per event (27 when both were built afresh per event and the cached
+# sections decoded back in). Proton keeps the bytes of every string and binary put until the `pn_data_t` is
+# cleared, so both are built afresh after every `_REBUILD_BYTES` put.
 #
 # This runs through proton's own binding (`cproton_ffi`, the cffi module python-qpid-proton's `cproton` wraps,
-# pinned in uv.lock) rather than `proton.Data`, which makes the same calls with a Python layer around each:
-# 6.5 µs of CPU per event instead of 14 (`time.process_time`, 50,000 events of bench/amqp.py's shape, proton
-# 0.40). The number of C calls counts twice: cffi lets go of the GIL around each one, and when the server's
-# MQTT thread is waiting for it, each is a hand-over of the GIL (a futex wake-up) on both threads.
-_NO_SECTION = (ffi.NULL, 0)
+# pinned in uv.lock) rather than `proton.Data`, which makes the same calls with a Python layer around each.
+# The number of C calls counts twice: cffi lets go of the GIL around each one, and when the server's MQTT
+# thread is waiting for it, each is a hand-over of the GIL (a futex wake-up) on both threads. (Proton's
+# `pn_data_point`/`pn_data_restore` would jump to a placeholder in one call, but `cproton_ffi` does not bind
+# them, and an ABI-mode cffi binding of them costs 2.5 times a `pn_data_next`.)
+_REBUILD_BYTES = 1 << 20
 
 
 def _begin_section(data: Data, descriptor: int) -> None:
@@ -282,15 +288,10 @@ def _begin_section(data: Data, descriptor: int) -> None:
     data.put_ulong(descriptor)
 
 
-def _encoded(data: Data) -> tuple[Any, int]:
-    """`data` encoded, as the (pointer, size) `pn_data_decode` takes; the pointer keeps the bytes alive."""
-    raw = data.encode()
-    return ffi.from_buffer(raw), len(raw)
-
-
 def _annotations_template() -> tuple[Any, int]:
     """The message-annotations, IoT Hub's system properties and Event Hubs' `x-opt-*` ones: first those that
-    change from event to event (placeholders), then the fixed ones, so no call steps past those."""
+    change from event to event (placeholders), then the fixed ones, so no call steps past those. As the
+    (pointer, size) `pn_data_decode` takes; the pointer keeps the bytes alive."""
     data = Data()
     _begin_section(data, 0x72)
     data.put_map()
@@ -308,14 +309,15 @@ def _annotations_template() -> tuple[Any, int]:
         put(data, value)
     data.exit()
     data.exit()
-    return _encoded(data)
+    raw = data.encode()
+    return ffi.from_buffer(raw), len(raw)
 
 
 _ANNOTATIONS = _annotations_template()
 
 
 @functools.lru_cache(maxsize=4096)
-def _properties_section(system_properties: str) -> tuple[Any, int]:
+def _properties_section(system_properties: str) -> bytes:
     """message-id, user-id, to, subject, reply-to, correlation-id, content-type, content-encoding; trailing
     nulls left out, and no section at all when every one is null (as proton's `Message` does)."""
     system = json.loads(system_properties)
@@ -333,7 +335,7 @@ def _properties_section(system_properties: str) -> tuple[Any, int]:
     while properties and not properties[-1][1]:
         properties.pop()
     if not properties:
-        return _NO_SECTION
+        return b""
     _begin_section(data, 0x73)
     data.put_list()
     data.enter()
@@ -341,15 +343,15 @@ def _properties_section(system_properties: str) -> tuple[Any, int]:
         put(value) if value else data.put_null()
     data.exit()
     data.exit()
-    return _encoded(data)
+    return data.encode()
 
 
 @functools.lru_cache(maxsize=4096)
-def _application_properties_section(properties: str) -> tuple[Any, int]:
+def _application_properties_section(properties: str) -> bytes:
     """String keys, string (or null) values; no section when there are none."""
     custom = json.loads(properties)
     if not custom:
-        return _NO_SECTION
+        return b""
     data = Data()
     _begin_section(data, 0x74)
     data.put_map()
@@ -359,48 +361,50 @@ def _application_properties_section(properties: str) -> tuple[Any, int]:
         data.put_string(value) if value is not None else data.put_null()
     data.exit()
     data.exit()
-    return _encoded(data)
+    return data.encode()
 
 
-class _EventEncoder:
-    """One `pn_data_t` and one output buffer, reused event after event (on the AMQP thread only)."""
+class EventEncoder:
+    """Two `pn_data_t` that stay built from event to event, and one output buffer (one encoder per AMQP
+    thread: they are used by nothing else)."""
 
     def __init__(self) -> None:
-        self._data = ffi.gc(pn_data(16), pn_data_free)
+        self._annotations = ffi.gc(pn_data(16), pn_data_free)
+        self._data_section = ffi.gc(pn_data(4), pn_data_free)
         self._size = 4096
         self._buffer = ffi.new("char[]", self._size)
+        self._device_ids: dict[str, tuple[int, Any]] = {}
+        self._put_bytes = 0
+        self._build()
 
-    def encode(self, event: StoredEvent, offset: int) -> bytes:
-        device_id, received, body, system, properties, _, sequence_number = event
-        enqueued = ms_from_iso(received)
-        device_text, offset_text = device_id.encode(), str(offset).encode()
-        data = self._data
-        pn_data_clear(data)
-        pn_data_decode(data, *_ANNOTATIONS)
-        pn_data_enter(data)  # the described section: its descriptor, then the map
-        pn_data_next(data)
-        pn_data_next(data)
-        pn_data_enter(data)  # each placeholder is the value after its key
-        pn_data_next(data)
-        pn_data_put_string(data, (len(device_text), ffi.from_buffer(device_text)))
-        pn_data_next(data)
-        pn_data_put_timestamp(data, enqueued)
-        pn_data_next(data)
-        pn_data_put_long(data, sequence_number)
-        pn_data_next(data)
-        pn_data_put_string(data, (len(offset_text), ffi.from_buffer(offset_text)))
-        pn_data_next(data)
-        pn_data_put_timestamp(data, enqueued)
-        pn_data_exit(data)
-        pn_data_exit(data)
-        for section, size in (_properties_section(system), _application_properties_section(properties)):
-            if size:
-                pn_data_decode(data, section, size)  # after the annotations, as a value of its own
-        pn_data_put_described(data)  # data
-        pn_data_enter(data)
-        pn_data_put_ulong(data, 0x75)
-        pn_data_put_binary(data, (len(body), ffi.from_buffer(body)))
-        pn_data_exit(data)
+    def _build(self) -> None:
+        """Both afresh, each left at the point its per-event puts start from (`pn_data_narrow`)."""
+        annotations, data_section = self._annotations, self._data_section
+        pn_data_clear(annotations)
+        pn_data_decode(annotations, *_ANNOTATIONS)
+        pn_data_enter(annotations)  # the described section: its descriptor, then the map
+        pn_data_next(annotations)
+        pn_data_next(annotations)
+        pn_data_enter(annotations)
+        pn_data_next(annotations)  # the first key: each placeholder is the value after its key
+        pn_data_narrow(annotations)
+        pn_data_clear(data_section)
+        pn_data_put_described(data_section)
+        pn_data_enter(data_section)
+        pn_data_put_ulong(data_section, 0x75)
+        pn_data_narrow(data_section)  # the descriptor: a put after it writes the body
+        self._put_bytes = 0
+
+    def _device_id(self, device_id: str) -> tuple[int, Any]:
+        """The id as `pn_data_put_string` takes it, kept: a device sends many events."""
+        if len(self._device_ids) >= 4096:
+            self._device_ids.clear()
+        text = device_id.encode()
+        pair = self._device_ids[device_id] = (len(text), ffi.from_buffer(text))
+        return pair
+
+    def _encoded(self, data: Any) -> bytes:
+        """`data` encoded, the buffer grown as needed (encode's own first try did not fit)."""
         while (size := pn_data_encode(data, self._buffer, self._size)) == PN_OVERFLOW:
             self._size *= 2
             self._buffer = ffi.new("char[]", self._size)
@@ -408,5 +412,30 @@ class _EventEncoder:
             raise ProtonException(f"encoding an event failed ({size})")
         return ffi.unpack(self._buffer, size)
 
-
-encode_event = _EventEncoder().encode
+    def encode(self, event: StoredEvent, offset: int) -> bytes:
+        device_id, received, body, system, properties, _, sequence_number = event
+        enqueued = ms_from_iso(received)
+        offset_text = str(offset).encode()
+        annotations, data_section = self._annotations, self._data_section
+        pn_data_rewind(annotations)
+        pn_data_put_string(annotations, self._device_ids.get(device_id) or self._device_id(device_id))
+        pn_data_next(annotations)
+        pn_data_put_timestamp(annotations, enqueued)
+        pn_data_next(annotations)
+        pn_data_put_long(annotations, sequence_number)
+        pn_data_next(annotations)
+        pn_data_put_string(annotations, (len(offset_text), ffi.from_buffer(offset_text)))
+        pn_data_next(annotations)
+        pn_data_put_timestamp(annotations, enqueued)
+        pn_data_rewind(data_section)
+        pn_data_put_binary(data_section, (len(body), ffi.from_buffer(body)))
+        buffer, capacity = self._buffer, self._size
+        size = pn_data_encode(annotations, buffer, capacity)
+        head = ffi.unpack(buffer, size) if size >= 0 else self._encoded(annotations)
+        size = pn_data_encode(data_section, buffer, capacity)
+        tail = ffi.unpack(buffer, size) if size >= 0 else self._encoded(data_section)
+        sections = (head, _properties_section(system), _application_properties_section(properties), tail)
+        self._put_bytes += len(device_id) + len(offset_text) + len(body)
+        if self._put_bytes > _REBUILD_BYTES:
+            self._build()
+        return b"".join(sections)

@@ -17,11 +17,17 @@ FULL_FIELDS = {0x10: 10, 0x11: 8, 0x12: 14, 0x13: 11, 0x14: 11, 0x15: 6, 0x16: 3
 _NULL = b"\x40"
 _LIST32 = struct.Struct(">BII")  # constructor 0xd0, size (of count and items), count
 _SIZE_COUNT32 = struct.Struct(">II")
+# The head of a frame whose performative is a list8, as proton writes a transfer (every event is one): size,
+# data offset, type, channel, 0x0053 (described, small ulong), descriptor code, constructor 0xc0, list size,
+# count; and the same head with the list32 `pad_frame` makes of it.
+_LIST8_HEAD = struct.Struct(">IBBHHBBBB")
+_LIST32_HEAD = struct.Struct(">IBBHHBBII")
+_WANT = [FULL_FIELDS.get(code, 0) for code in range(256)]
+_NULLS = [_NULL * n for n in range(max(FULL_FIELDS.values()) + 1)]
 
 
 def pad_frame(frame: bytes) -> bytes:
-    """One whole frame (size header included), its performative list padded to the full field count. Every
-    event is a transfer frame, so this is written to copy the payload once and do little else."""
+    """One whole frame (size header included), its performative list padded to the full field count."""
     start = frame[4] * 4  # the body: descriptor 0x00 0x53 code, then the list
     if len(frame) < start + 4 or frame[start] != 0x00 or frame[start + 1] != 0x53:
         return frame  # heartbeat, or not a small-ulong descriptor
@@ -54,10 +60,27 @@ class FramePadder:
         self._rest = b""
 
     def feed(self, data: bytes) -> bytes:
+        """Each event is a transfer frame: one whose performative is a list8 is padded right here, from one
+        `unpack_from` of its head (as `pad_frame` pads it, at about half the cost); anything else by
+        `pad_frame`."""
         buffer = self._rest + data if self._rest else data
-        out = []
+        out: list[bytes] = []
         pos, end = 0, len(buffer)
+        unpack, pack, want_of = _LIST8_HEAD.unpack_from, _LIST32_HEAD.pack, _WANT
         while end - pos >= 8:
+            if end - pos >= 14:
+                size, doff, kind, channel, described, code, list8, list_size, count = unpack(buffer, pos)
+                want = want_of[code]
+                if (14 <= size <= end - pos and doff == 2 and described == 0x53 and list8 == 0xC0
+                        and count < want):  # fmt: skip
+                    missing, items, stop = want - count, pos + 13 + list_size, pos + size
+                    out += (
+                        pack(size + 6 + missing, 2, kind, channel, 0x53, code, 0xD0,
+                             list_size + 3 + missing, want),
+                        buffer[pos + 14 : items], _NULLS[missing], buffer[items:stop],
+                    )  # fmt: skip
+                    pos = stop
+                    continue
             if buffer.startswith(b"AMQP", pos):  # protocol header (AMQP or SASL layer)
                 out.append(buffer[pos : pos + 8])
                 pos += 8
