@@ -545,7 +545,7 @@ def main() -> None:
         default=0.0,
         help="offered msg/s for the CPU rounds (default: half the lower of the two rates)",
     )
-    parser.add_argument("--rate-rounds", type=int, default=3, help="rounds each way, server on its own CPU")
+    parser.add_argument("--rate-rounds", type=int, default=5, help="rounds each way, server on its own CPU")
     parser.add_argument("--rate-messages", type=int, default=30_000, help="messages per such round")
     parser.add_argument("--cpu-rounds", type=int, default=3, help="CPU rounds each way (alternating)")
     parser.add_argument("--cpu-messages", type=int, default=20_000, help="messages per CPU round")
