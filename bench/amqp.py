@@ -481,7 +481,7 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
         ("MQTT msg/s, live consumer,", f"{pinned['with']:,.0f}", "≥ 0.90 ×",
          verdict(pinned_ratio >= 0.9, pinned["valid"]),
          f"alone: {pinned['alone']:,.0f}/s (medians; {args.rate_rounds} with, {args.rate_rounds + 1} alone)",
-         f"{pinned_ratio:.2f}"),
+         f"{pinned_ratio:.3f}"),
         ("  server on a CPU of its own", "", "", "", "", ""),
         ("  unpinned (information)", f"{out['mqtt_with_consumer']:,.0f}", "", "",
          f"alone: {out['mqtt_alone']:,.0f}/s (one run each, all on {os.cpu_count()} CPUs)",
