@@ -68,7 +68,8 @@ def consume(connection_string: str, ca: str, starting_position: str, expected: i
     scenarios where the size of events is small and many events are flowing through the system, using a
     larger ... PrefetchCount may help improve throughput", EventProcessorClientOptions.PrefetchCount,
     learn.microsoft.com/dotnet/api/azure.messaging.eventhubs.eventprocessorclientoptions.prefetchcount;
-    azure-eventhub's `prefetch` and `max_batch_size` default to 300)."""
+    azure-eventhub's `prefetch` and `max_batch_size` default to 300). `max_wait`: how long a partial batch may
+    wait for more (the pinned rate rounds use 0.1 s, so their last events are not held back a second)."""
     from azure.eventhub import EventHubConsumerClient
 
     client = EventHubConsumerClient.from_connection_string(
