@@ -73,7 +73,7 @@ class CoreService:
             "outbox_list": lambda limit: [ipc.to_wire(m) for m in self._core().outbox.list(limit)],
             "set_read": lambda ids, read: self._core().inbox.set_read(ids, read),
             "mark_all_read": lambda up_to: self._core().inbox.mark_all_read(up_to),
-            "unread_count": lambda: self._core().inbox.unread_count(),
+            "unread_count": lambda before=None: self._core().inbox.unread_count(before),
             "store_proxy_password": lambda proxy: store_proxy_password(ipc.proxy_from_wire(proxy)),
             "quit": self.quit,
         }

@@ -63,8 +63,8 @@ class _Inbox:
     def mark_all_read(self, up_to: int) -> None:
         self._call("mark_all_read", up_to=up_to)
 
-    def unread_count(self) -> int:
-        return int(self._call("unread_count"))
+    def unread_count(self, before: int | None = None) -> int:
+        return int(self._call("unread_count", before=before))
 
 
 class _Outbox:

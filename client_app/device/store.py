@@ -224,8 +224,12 @@ class Inbox:
             conn.execute("UPDATE inbox SET read=1 WHERE read=0 AND id<=?", (up_to,))
         self.on_change()
 
-    def unread_count(self) -> int:
-        return int(self._db.query("SELECT COUNT(*) FROM inbox WHERE read=0")[0][0])
+    def unread_count(self, before: int | None = None) -> int:
+        """Unread messages; with `before`, only those older than that row id (the ones a window that loaded
+        the newest rows down to it does not hold)."""
+        if before is None:
+            return int(self._db.query("SELECT COUNT(*) FROM inbox WHERE read=0")[0][0])
+        return int(self._db.query("SELECT COUNT(*) FROM inbox WHERE read=0 AND id<?", (before,))[0][0])
 
     def count(self) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM inbox")[0][0])

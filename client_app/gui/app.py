@@ -88,7 +88,8 @@ class AppController(QObject):
     _diagnosticsCopied = Signal(str)  # the summary text
     _outboxLoaded = Signal(list)
     _runtimeReplaced = Signal(object, object)  # the new RemoteRuntime, its first DeviceStatus
-    _started = Signal(object, list, list, object)  # RemoteRuntime, inbox history, sent messages, DeviceStatus
+    # RemoteRuntime, inbox history, unread messages older than it, sent messages, DeviceStatus
+    _started = Signal(object, list, int, list, object)
     _startFailed = Signal(str)
     _demoCloudSwitched = Signal(bool)  # running now?
 
@@ -211,6 +212,9 @@ class AppController(QObject):
         try:
             # Later arrivals come through the bridge (the model drops duplicates).
             history = runtime.inbox.list(INITIAL_INBOX_ROWS)
+            # Fewer than asked for is all there is; else the window counts the unread ones it did not load.
+            full = len(history) == INITIAL_INBOX_ROWS
+            older = runtime.inbox.unread_count(before=history[-1].id) if full else 0
             sent = runtime.outbox.list(OUTBOX_ROWS)
             status = runtime.status()
         except Exception as exc:
@@ -219,11 +223,14 @@ class AppController(QObject):
             self._startFailed.emit(f"The app could not start its connection: {exc}")
             return
         self._worker_runtime = runtime
-        self._started.emit(runtime, history, sent, status)
+        self._started.emit(runtime, history, older, sent, status)
 
-    @Slot(object, list, list, object)
-    def _core_started(self, runtime: RemoteRuntime, history: list, sent: list, status: DeviceStatus) -> None:
+    @Slot(object, list, int, list, object)
+    def _core_started(self, runtime: RemoteRuntime, history: list, older: int, sent: list,
+                      status: DeviceStatus) -> None:  # fmt: skip
         self.runtime = runtime
+        if history:
+            self.window.inbox_box.set_older_unread(older, history[-1].id)
         self._show_history(history)
         self.window.set_outbox(sent)
         self.show_status(self._newest(status))

@@ -153,6 +153,11 @@ class InboxPanel(QGroupBox):
         if newest is not None:
             self.allReadRequested.emit(newest)
 
+    def set_older_unread(self, count: int, before: int) -> None:
+        """Unread messages older than the history loaded (ids below `before`): counted in the title too."""
+        self.model.set_older_unread(count, before)
+        self.refresh()
+
     def set_core_unread(self, count: int) -> None:
         """The core's count (DeviceStatus.inbox_unread): Mark all read stays on while older messages that are
         not loaded here are unread."""
@@ -165,7 +170,7 @@ class InboxPanel(QGroupBox):
         self.openRequested.emit(self.message_at(index))
 
     def refresh(self) -> None:
-        unread = self.model.unread_count()
+        unread = self.model.unread_count() + self.model.older_unread
         total = self.model.rowCount()
         self.setTitle(f"{TITLE} ({unread} unread)" if unread else TITLE)
         self.empty.setVisible(total == 0)

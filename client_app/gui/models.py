@@ -104,6 +104,7 @@ class InboxModel(QStandardItemModel):
         self._read: dict[Any, bool] = {}
         self._ids: set[Any] = set()
         self._unread = 0  # kept as rows change: asked after every batch, never counted over all rows
+        self.older_unread = 0  # unread messages older than every row held: not loaded, or dropped (_trim)
         self._max_rows = max_rows
         self._looks = {unread: self._look(unread) for unread in (True, False)}
         # "Received" is a time for today's messages and a date for older ones: at midnight, today's
@@ -192,6 +193,7 @@ class InboxModel(QStandardItemModel):
             for message in self._rows[first:]:
                 self._ids.discard(message.id)
                 self._unread -= self.is_unread(message)
+                self.older_unread += self.is_unread(message)
                 self._read.pop(message.id, None)  # kept for shown rows only: bounded by max_rows
             del self._rows[first:]
             self.removeRows(first, extra)
@@ -215,7 +217,14 @@ class InboxModel(QStandardItemModel):
         unread = [row for row, message in enumerate(self._rows) if self.is_unread(message)]
         if unread:
             self._show_read(unread, True)
+        self.older_unread = 0
         return self._rows[0].id if self._rows else None
+
+    def set_older_unread(self, count: int, before: int) -> None:
+        """The core's count of unread messages with ids below `before` (the oldest it just listed), less the
+        ones held here already (rows kept from before a restart of the core)."""
+        held = sum(1 for message in self._rows if message.id < before and self.is_unread(message))
+        self.older_unread = max(0, count - held)
 
     def _show_read(self, rows: list[int], read: bool) -> None:
         """The state at once; the cells a turn's worth of rows at a time (top first, where the reader looks):

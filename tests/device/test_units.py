@@ -77,6 +77,14 @@ def test_mark_all_read_reaches_every_message_up_to_the_newest_seen(tmp_path):
     assert inbox.unread_count() == 1 and not inbox.list(1)[0].read and inbox.list(1)[0].id == later.id
 
 
+def test_unread_count_before_a_row_counts_only_older_unread_messages(tmp_path):
+    inbox = Inbox(Database(tmp_path / "m.sqlite3"))
+    ids = [inbox.add(f"mid-{n}", f"m{n}", {}).id for n in range(10)]
+    inbox.mark_read(ids[1])
+    assert inbox.unread_count(before=ids[4]) == 3  # ids[0], ids[2], ids[3]
+    assert inbox.unread_count(before=ids[0]) == 0 and inbox.unread_count() == 9
+
+
 def test_store_is_safe_across_threads(tmp_path):
     outbox = Outbox(Database(tmp_path / "m.sqlite3"))
     threads = [threading.Thread(target=lambda: [outbox.add("x") for _ in range(25)]) for _ in range(4)]

@@ -90,6 +90,7 @@ def test_mark_all_read_reaches_messages_the_window_never_loaded(qtbot, running_a
     app = running_app_factory()
     window = app.window
     qtbot.waitUntil(lambda: window.inbox_model.rowCount() == INITIAL_INBOX_ROWS, timeout=30_000)
+    assert window.windowTitle() == f"client-app ({INITIAL_INBOX_ROWS + 5} unread)"  # the 5 not loaded too
     qtbot.mouseClick(window.inbox_box.mark_all_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: app.runtime.inbox.unread_count() == 0, timeout=10_000)
     qtbot.waitUntil(lambda: app.status is not None and app.status.inbox_unread == 0, timeout=10_000)

@@ -365,7 +365,7 @@ def test_the_kept_inbox_is_shown_a_bounded_batch_per_turn(window, qtbot):
     inserts = []
     window.inbox_model.rowsInserted.connect(lambda _parent, first, last: inserts.append((first, last)))
     kept = [inbox_message(n) for n in range(250, 0, -1)]  # as the core lists it: newest first
-    controller._core_started(None, kept, [], make_status(S.CONNECTED))
+    controller._core_started(None, kept, 0, [], make_status(S.CONNECTED))
     assert window.inbox_model.rowCount() == MAX_MESSAGES_PER_TURN  # the newest first, at once
     qtbot.waitUntil(lambda: window.inbox_model.rowCount() == 250, timeout=2000)
     assert inserts == [(0, 99), (100, 199), (200, 249)]  # each older batch below: nothing above moves
@@ -670,6 +670,27 @@ def test_mark_all_read_stays_on_while_the_core_has_unread_messages_not_loaded(wi
     with qtbot.waitSignal(window.allReadRequested) as asked:
         qtbot.mouseClick(panel.mark_all_button, Qt.MouseButton.LeftButton)
     assert asked.args == [1002] and not panel.mark_all_button.isEnabled()
+
+
+def test_the_title_and_tray_count_unread_messages_older_than_those_loaded(window, qtbot):
+    """The core counts the unread messages older than the history it listed; those the window already holds
+    are not counted twice; unread rows dropped past the row limit still count; Mark all read ends them all."""
+    window.add_messages([inbox_message(n, read=n % 2 == 0) for n in range(101, 111)])  # 5 unread
+    unread = []
+    window.inbox_box.unreadChanged.connect(unread.append)
+    window.inbox_box.set_older_unread(40, before=106)  # 101, 103 and 105 are held here already
+    assert window.windowTitle() == "client-app (42 unread)" and unread[-1] == 42
+    window.inbox_model.mark_read(window.inbox_model.row_of(109))
+    window.inbox_box.refresh()
+    assert window.windowTitle() == "client-app (41 unread)"
+    qtbot.mouseClick(window.inbox_box.mark_all_button, Qt.MouseButton.LeftButton)
+    assert window.windowTitle() == "client-app" and unread[-1] == 0
+
+
+def test_unread_rows_the_inbox_drops_still_count_as_unread():
+    model = InboxModel(max_rows=5)
+    model.add_messages([inbox_message(n) for n in range(1, 9)])  # 3 unread dropped
+    assert model.rowCount() == 5 and model.unread_count() == 5 and model.older_unread == 3
 
 
 def test_the_inbox_forgets_read_changes_of_rows_it_dropped():
