@@ -54,7 +54,6 @@ class InboxPanel(QGroupBox):
         view.clicked.connect(lambda index: self.set_read([index], True))
         view.activated.connect(self._open)
         self.new_above = 0
-        self.core_unread = 0  # unread in the core, also beyond the rows loaded here (set_core_unread)
         self.filter_edit = QLineEdit()
         self.filter_edit.setPlaceholderText("Filter messages…")
         self.filter_edit.setAccessibleName("Filter messages")
@@ -148,22 +147,15 @@ class InboxPanel(QGroupBox):
         """All of them, not only the rows loaded here (at most the newest thousands): the core is told the
         newest id shown, one number, and marks every message up to it read."""
         newest = self.model.mark_all_read()
-        self.core_unread = 0
         self.refresh()
         if newest is not None:
             self.allReadRequested.emit(newest)
 
     def set_older_unread(self, count: int, before: int) -> None:
-        """Unread messages older than the history loaded (ids below `before`): counted in the title too."""
+        """Unread messages older than the history loaded (ids below `before`): counted in the title too, and
+        Mark all read stays on while there are any."""
         self.model.set_older_unread(count, before)
         self.refresh()
-
-    def set_core_unread(self, count: int) -> None:
-        """The core's count (DeviceStatus.inbox_unread): Mark all read stays on while older messages that are
-        not loaded here are unread."""
-        if count != self.core_unread:
-            self.core_unread = count
-            self.refresh()
 
     def _open(self, index: QModelIndex) -> None:
         self.set_read([index], True)
@@ -175,7 +167,7 @@ class InboxPanel(QGroupBox):
         self.setTitle(f"{TITLE} ({unread} unread)" if unread else TITLE)
         self.empty.setVisible(total == 0)
         self.view.setVisible(total > 0)
-        self.mark_all_button.setEnabled(unread > 0 or (total > 0 and self.core_unread > 0))
+        self.mark_all_button.setEnabled(unread > 0)
         self.unreadChanged.emit(unread)
 
     # --- context menu ------------------------------------------------------------------------

@@ -304,7 +304,6 @@ class MainWindow(QMainWindow):
 
     def show_status(self, status: DeviceStatus) -> None:
         self._status = status
-        self.inbox_box.set_core_unread(status.inbox_unread)
         state = ConnectionState(status.state)
         if self.setting_up:
             if state is ConnectionState.CONNECTED:
