@@ -15,6 +15,7 @@ from typing import Any
 
 SCHEMA_VERSION = 5
 DEFAULT_PARTITIONS = 4  # Event Hubs-compatible endpoint partitions; IoT Hub's default is 4
+DEFAULT_CONSUMER_GROUP = "$Default"  # the one every Event Hubs-compatible endpoint has
 
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -41,7 +41,7 @@ from cproton_ffi.lib import (
 )
 from proton import Data, ProtonException, symbol, timestamp
 
-from client_app.cloud.hub.hub import DEFAULT_CONSUMER_GROUP
+from client_app.cloud.store import DEFAULT_CONSUMER_GROUP
 
 SELECTOR_FILTER = symbol("apache.org:selector-filter:string")
 _SELECTOR = re.compile(
