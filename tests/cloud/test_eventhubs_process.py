@@ -80,6 +80,15 @@ def test_a_killed_endpoint_process_loses_nothing(local_cloud, enrolled_ca, tmp_p
     assert [e.sequence_number for e in after.events] == list(range(7))
 
 
+def test_an_endpoint_process_that_cannot_serve_is_restarted_about_once_a_second(local_cloud, caplog):
+    (local_cloud.data_dir / "server.pem").unlink()  # its TLS chain: read by each new endpoint process
+    exits = "exited (exit code 3)"
+    with socket.create_connection((local_cloud.info.eventhub_host, 5672), timeout=10):  # waits in the backlog
+        wait_for(lambda: exits in caplog.text, what="the endpoint's process failing")
+        time.sleep(3)
+    assert 2 <= caplog.text.count(exits) <= 4  # retried, not in a tight loop
+
+
 def test_stopping_the_cloud_ends_the_endpoint_process(tmp_path):
     cloud = start_in_thread(CloudSettings(data_dir=tmp_path / "cloud"))
     try:
