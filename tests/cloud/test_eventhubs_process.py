@@ -194,3 +194,12 @@ def test_a_configuration_it_cannot_serve_is_one_clear_error(tmp_path):
     assert result.returncode == 3
     message = result.stderr.decode()
     assert "cannot serve the Event Hubs-compatible endpoint" in message and "Traceback" not in message
+
+
+def test_a_taken_event_hubs_port_fails_at_start(tmp_path):
+    host = free_loopback(5671, 5672)
+    with socket.socket() as squatter:
+        squatter.bind((host, 5672))
+        squatter.listen()
+        with pytest.raises(OSError, match=f"cannot listen on {host}:5672"):
+            start_in_thread(CloudSettings(data_dir=tmp_path / "cloud", eventhub_host=host))

@@ -99,7 +99,10 @@ def bind_listeners(host: str, plain: bool = True) -> list[tuple[socket.socket, b
             listeners.append((sock, tls))
             if not WINDOWS:  # there it would let another socket take the port too
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"AMQP: cannot listen on {host}:{port} ({exc.strerror})") from exc
             sock.listen(128)
             sock.setblocking(False)
     except OSError:
