@@ -69,7 +69,10 @@ def test_a_killed_endpoint_process_loses_nothing(local_cloud, enrolled_ca, tmp_p
             first = local_cloud.cloud.eventhubs.pid
             os.kill(first, signal.SIGKILL)
             wait_for(lambda: "exited (exit code -9)" in caplog.text, what="the cloud noticing the exit")
-        _send(device, ["4", "5"])
+            _send(device, ["4", "5"])
+            wait_for(lambda: len(before.events) >= 5, 30, "the connected consumer reconnecting")
+            time.sleep(0.3)
+        assert [e.body_as_str() for e in before.events] == ["1", "2", "3", "4", "5"]  # resumed where it was
         with EventCollector(local_cloud, partition, "-1") as after:
             wait_for(lambda: len(after.events) >= 5, what="stored events through a new process")
             _send(device, ["6", "7"])
