@@ -275,7 +275,8 @@ class AppController(QObject):
                 log_dir=str(self.config.log_dir),
             )
         )
-        QTimer.singleShot(int(self._restart_delay * 1000), self._restart_lost_core)
+        # The controller as context: a restart still pending when it is deleted (quit) goes with it.
+        QTimer.singleShot(int(self._restart_delay * 1000), self, self._restart_lost_core)
 
     def _restart_lost_core(self) -> None:
         if not self._shutting_down and self.runtime is None:

@@ -30,8 +30,17 @@ def _newest_first(message: InboxMessage | OutboxMessage) -> int:
 
 
 _FONT = Qt.ItemDataRole.FontRole
+_DISPLAY = Qt.ItemDataRole.DisplayRole
+_TOOLTIP = Qt.ItemDataRole.ToolTipRole
 ROWS_RESTYLED_PER_TURN = 200  # rows whose read/unread cells change per event-loop turn (~2 ms)
 _CELL_FLAGS = Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemNeverHasChildren
+
+
+def _prototype() -> QStandardItem:
+    """The item Qt clones (in C++) for each cell setItemData() fills; the model owns it."""
+    cell = QStandardItem()
+    cell.setFlags(_CELL_FLAGS)
+    return cell
 
 
 def format_time(moment: datetime | None) -> str:
@@ -91,6 +100,12 @@ class InboxModel(QStandardItemModel):
     repaint, which asks every visible cell for a dozen roles, then never calls into Python. With a Python
     data() that was most of each repaint during a burst, and every call had to take the interpreter lock
     back from the thread that reads the core's events.
+
+    Cells are written through indexes (setItemData), never as QStandardItems made in Python: PySide keeps
+    the wrapper of an item given to setItem() registered at its address after the model deletes the item
+    (a cell replaced, a row trimmed), still claiming a live object, and hands it out for the next C++
+    object made at that address (a QHeaderView came back as a QStandardItem; a crash when Qt calls into
+    Python with one). A cell without a wrapper cannot leave one behind.
     """
 
     COLUMNS = ("", "Received", "Message", "Properties")
@@ -106,6 +121,7 @@ class InboxModel(QStandardItemModel):
         self._unread = 0  # kept as rows change: asked after every batch, never counted over all rows
         self.older_unread = 0  # unread messages older than every row held: not loaded, or dropped (_trim)
         self._max_rows = max_rows
+        self.setItemPrototype(_prototype())  # what setItemData() fills an empty cell from: the flags
         self._looks = {unread: self._look(unread) for unread in (True, False)}
         # "Received" is a time for today's messages and a date for older ones: at midnight, today's
         # become yesterday's.
@@ -115,21 +131,19 @@ class InboxModel(QStandardItemModel):
         self._start_day_timer()
 
     @staticmethod
-    def _look(unread: bool) -> list[QStandardItem]:
-        """One row's cells without the message: what a clone starts from."""
+    def _look(unread: bool) -> list[dict[int, Any]]:
+        """One row's cells without the message (roles per column): what a read state changes."""
         font = QFont()
         font.setBold(True)
-        cells = []
-        for _column in InboxModel.COLUMNS:
-            cell = QStandardItem()
-            cell.setFlags(_CELL_FLAGS)
-            cell.setData(font if unread else None, Qt.ItemDataRole.FontRole)
-            cells.append(cell)
-        marker = cells[InboxModel.UNREAD]
-        marker.setText("●" if unread else "")
-        marker.setToolTip("Unread" if unread else "Read")
-        marker.setData("unread" if unread else "read", Qt.ItemDataRole.AccessibleTextRole)
-        marker.setForeground(QBrush(QColor("#2f6fd6")))
+        cells: list[dict[int, Any]] = [{_FONT: font if unread else None} for _column in InboxModel.COLUMNS]
+        cells[InboxModel.UNREAD].update(
+            {
+                _DISPLAY: "●" if unread else "",
+                _TOOLTIP: "Unread" if unread else "Read",
+                Qt.ItemDataRole.AccessibleTextRole: "unread" if unread else "read",
+                Qt.ItemDataRole.ForegroundRole: QBrush(QColor("#2f6fd6")),
+            }
+        )
         return cells
 
     def message_at(self, row: int) -> InboxMessage:
@@ -162,18 +176,18 @@ class InboxModel(QStandardItemModel):
         self.insertRows(at, len(run))
         with self._changing(at, at + len(run) - 1):
             for row, message in enumerate(run, at):
-                for column, cell in enumerate(self._cells(message)):
-                    self.setItem(row, column, cell)
+                for column, roles in enumerate(self._cells(message)):
+                    self.setItemData(self.index(row, column), roles)
 
-    def _cells(self, message: InboxMessage) -> list[QStandardItem]:
-        marker, time, text, properties = (cell.clone() for cell in self._looks[self.is_unread(message)])
-        time.setText(format_time(message.received_at))
-        text.setText(message.text.replace("\n", " ⏎ "))
-        text.setToolTip(message.text)
+    def _cells(self, message: InboxMessage) -> list[dict[int, Any]]:
+        marker, time, text, properties = (dict(cell) for cell in self._looks[self.is_unread(message)])
+        time[_DISPLAY] = format_time(message.received_at)
+        text[_DISPLAY] = message.text.replace("\n", " ⏎ ")
+        text[_TOOLTIP] = message.text
         shown = format_properties(message.properties)
-        properties.setText(shown)
+        properties[_DISPLAY] = shown
         if shown:
-            properties.setToolTip(shown)
+            properties[_TOOLTIP] = shown
         return [marker, time, text, properties]
 
     @contextmanager
@@ -240,11 +254,8 @@ class InboxModel(QStandardItemModel):
         if rows:
             with self._changing(min(rows), max(rows)):
                 for row in rows:
-                    look = self._looks[self.is_unread(self._rows[row])]
-                    self.setItem(row, self.UNREAD, look[self.UNREAD].clone())
-                    font = look[self.TEXT].data(_FONT)
-                    for column in (self.TIME, self.TEXT, self.PROPERTIES):
-                        self.item(row, column).setData(font, _FONT)
+                    for column, roles in enumerate(self._looks[self.is_unread(self._rows[row])]):
+                        self.setItemData(self.index(row, column), roles)
         if len(ids) > ROWS_RESTYLED_PER_TURN:
             QTimer.singleShot(0, self, lambda: self._restyle(ids[ROWS_RESTYLED_PER_TURN:]))
 
@@ -259,12 +270,12 @@ class InboxModel(QStandardItemModel):
         rows = []
         for row, message in enumerate(self._rows):
             shown = format_time(message.received_at)
-            if shown != self.item(row, self.TIME).text():
+            if shown != self.index(row, self.TIME).data():
                 rows.append((row, shown))
         if rows:
             with self._changing(rows[0][0], rows[-1][0]):
                 for row, shown in rows:
-                    self.item(row, self.TIME).setText(shown)
+                    self.setData(self.index(row, self.TIME), shown)
         self._start_day_timer()
 
     # --- queries -----------------------------------------------------------------------------

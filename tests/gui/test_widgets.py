@@ -409,6 +409,37 @@ def test_a_first_run_starts_the_core_once_its_steps_are_on_screen(window, qtbot,
     controller.deleteLater()
 
 
+def _cell_wrappers() -> list:
+    """The Python wrappers alive for QStandardItems that Qt made (not ones Python created)."""
+    from PySide6.QtGui import QStandardItem
+    from shiboken6 import Shiboken
+
+    made_by_qt = (w for w in Shiboken.getAllValidWrappers() if not Shiboken.createdByPython(w))
+    return [w for w in made_by_qt if isinstance(w, QStandardItem)]
+
+
+def test_no_python_wrapper_outlives_an_inbox_cell(qtbot):
+    """PySide keeps the wrapper of an item given to setItem() registered under its address after the model
+    deletes the item (a cell replaced on Mark all read, a row trimmed), still claiming a live object, and
+    hands it out for the next C++ object made there: a QHeaderView came back as a QStandardItem, and the
+    suite died of a segfault in a later test's teardown. The inbox's cells never get a wrapper."""
+    from shiboken6 import Shiboken
+
+    before = {id(w) for w in _cell_wrappers()}
+    model = InboxModel(max_rows=300)
+    model.add_messages([inbox_message(n) for n in range(1, 401)])  # the oldest 100 trimmed
+    model.mark_all_read()  # every row's cells restyled, a turn's worth at a time
+    qtbot.waitUntil(lambda: model.index(299, InboxModel.UNREAD).data() == "", timeout=5000)
+    model.set_read([0, 1], False)
+    wrappers = [w for w in _cell_wrappers() if id(w) not in before]
+    cells = {
+        Shiboken.getCppPointer(model.item(row, column))[0]
+        for row in range(model.rowCount())
+        for column in range(model.columnCount())
+    }
+    assert [w for w in wrappers if Shiboken.getCppPointer(w)[0] not in cells] == []
+
+
 def test_inbox_places_older_messages_below_without_a_reset(window):
     model = window.inbox_model
     window.add_messages([inbox_message(n) for n in (10, 11, 12)])
