@@ -227,6 +227,13 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
     metavar="ADDRESS",
     help="Loopback address of the AMQP endpoint, ports 5671/5672 (default: one kept per data dir).",
 )
+@click.option(
+    "--eventhub-host",
+    default=None,
+    metavar="ADDRESS",
+    help="Loopback address of the Event Hubs-compatible endpoint, ports 5671/5672 (default: one kept per"
+    " data dir).",
+)
 @click.option("--no-amqp", is_flag=True, help="Do not open the AMQP endpoint (C2D, Event Hubs-compatible).")
 @click.option("--partitions", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Event Hubs-compatible partitions (fixed once telemetry is stored).")  # fmt: skip
@@ -235,7 +242,7 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
 def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy: bool,
           mqtt_listen: str, no_direct: bool, websocket_listen: str | None, api_port: int,
           service_listen: str | None, assignment_delay: float, telemetry_retention: int, dps_name: str,
-          hub_name: str, amqp_host: str | None, no_amqp: bool, partitions: int,
+          hub_name: str, amqp_host: str | None, eventhub_host: str | None, no_amqp: bool, partitions: int,
           verbose: bool) -> None:  # fmt: skip
     """Run the local cloud in the foreground; writes DATA/connection.json once ready. Ctrl-C stops it."""
     data_dir = data or obj.data
@@ -257,7 +264,7 @@ def serve(obj: Context, data: Path | None, bind: str, proxy_port: int, no_proxy:
             mqtt_listen=listen, websocket_listen=_host_port(websocket_listen), api_port=api_port,
             assignment_delay=assignment_delay, dps_name=dps_name, hub_name=hub_name,
             telemetry_retention=telemetry_retention or None, service_listen=_host_port(service_listen),
-            amqp=not no_amqp, amqp_host=amqp_host, partitions=partitions,
+            amqp=not no_amqp, amqp_host=amqp_host, eventhub_host=eventhub_host, partitions=partitions,
         )  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc

@@ -36,8 +36,10 @@ class ConnectionInfo:
     dps_connection_string: str | None = None
     amqp_host: str | None = None  # AMQP service endpoint: amqps on amqp_port (5671), plain AMQP on 5672
     amqp_port: int | None = None
-    # Event Hubs-compatible endpoint (Endpoint=sb://...;EntityPath=...); trust server_ca_pem for its TLS
+    # Event Hubs-compatible endpoint (Endpoint=sb://{eventhub_host}/;...;EntityPath=...), on 5671 and 5672 of
+    # an address of its own; trust server_ca_pem for its TLS
     eventhub_compatible_connection_string: str | None = None
+    eventhub_host: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client_app.cloud.amqp.service import AMQPS_PORT, AmqpService, AmqpTls, pick_loopback_host
+from client_app.cloud.amqp.service import (
+    AMQPS_PORT,
+    AmqpService,
+    AmqpTls,
+    EventHubsConfig,
+    EventHubsService,
+    pick_loopback_host,
+    policies_for_wire,
+)
 from client_app.cloud.dps.certificates import CertificateStore
 from client_app.cloud.dps.enrollment import Enrollments
 from client_app.cloud.dps.registration import Dps
@@ -70,11 +78,17 @@ class CloudSettings:
     amqp: bool = True  # the AMQP service endpoint (C2D, feedback, Event Hubs-compatible telemetry)
     # its loopback address (ports 5671/5672); None = the service API's when free there, kept across restarts
     amqp_host: str | None = None
+    # the Event Hubs-compatible endpoint's loopback address (5671/5672; a process of its own, as Azure gives
+    # it a host of its own); None = a free one, kept across restarts
+    eventhub_host: str | None = None
     partitions: int = 4  # Event Hubs-compatible partitions; fixed once telemetry is stored
 
     def __post_init__(self) -> None:
         service = [self.service_listen[0]] if self.service_listen else []
-        for host in (self.bind_host, *self.direct_hosts, *service, self.amqp_host or "localhost"):
+        amqp = [host for host in (self.amqp_host, self.eventhub_host) if host]
+        if amqp and self.amqp_host == self.eventhub_host:
+            raise ValueError("the AMQP and Event Hubs-compatible endpoints need an address each")
+        for host in (self.bind_host, *self.direct_hosts, *service, *amqp):
             if not _is_loopback(host):
                 raise ValueError(f"{host!r} is not a loopback address: the local cloud serves loopback only")
         # DPS answers assignedHub = the listener's address and devices dial it at 8883 (443 over WebSockets):
@@ -147,6 +161,7 @@ class LocalCloud:
         self._store: Store | None = None
         self._telemetry: TelemetryWriter | None = None
         self._amqp: AmqpService | None = None
+        self.eventhubs: EventHubsService | None = None  # its `pid`: the endpoint's process, once started
         self._expiry_task: asyncio.Task[None] | None = None
         self.hub: Hub | None = None
         self.hub_policies: dict[str, AccessPolicy] = {}
@@ -166,7 +181,8 @@ class LocalCloud:
         # one connection string serves REST and AMQP; that address is kept for the next start.
         service_sock = self._service_sock = _service_socket(s.service_listen, store.meta("amqp_host"))
         amqp_host = self._amqp_host(store, service_sock.getsockname()[0])
-        identity = self._server_identity(store, service_sock.getsockname()[0], amqp_host)
+        eventhub_host = self._eventhub_host(store, amqp_host)
+        identity = self._server_identity(store, service_sock.getsockname()[0], amqp_host, eventhub_host)
         certificates = CertificateStore(store)
         context = server_context(
             identity.chain_pem, identity.key_pem, _all_pem(certificates), identity.passphrase
@@ -191,6 +207,8 @@ class LocalCloud:
         service_host = await self._start_service(store, identity, certificates, enrollments, token)
         if amqp_host is not None:
             self._start_amqp(store, identity, amqp_host)
+        if eventhub_host is not None:
+            self._start_eventhubs(store, identity, eventhub_host)
         self.info = ConnectionInfo(
             id_scope=id_scope,
             # Through the proxy devices dial names; over the direct listener they dial its address.
@@ -211,7 +229,8 @@ class LocalCloud:
             ),
             amqp_host=amqp_host,
             amqp_port=AMQPS_PORT if amqp_host else None,
-            eventhub_compatible_connection_string=self._eventhub_connection_string(amqp_host),
+            eventhub_host=eventhub_host,
+            eventhub_compatible_connection_string=self._eventhub_connection_string(eventhub_host),
         )
         atomic_write(
             self.data_dir / CONNECTION_FILE, json.dumps(self.info.to_json(), indent=2).encode(), 0o600
@@ -250,6 +269,22 @@ class LocalCloud:
         store.set_meta("amqp_host", host)
         return host
 
+    def _eventhub_host(self, store: Store, amqp_host: str | None) -> str | None:
+        """The Event Hubs-compatible endpoint's loopback address: configured, else last time's while its ports
+        are free, else a new one; never the AMQP endpoint's (each has its own 5671/5672)."""
+        if amqp_host is None:
+            return None
+        host = self.settings.eventhub_host or pick_loopback_host(
+            store.meta("eventhub_host"), taken=[amqp_host]
+        )
+        if host is None:
+            log.warning(
+                "Event Hubs-compatible endpoint off: no loopback address with ports 5671 and 5672 free"
+            )
+            return None
+        store.set_meta("eventhub_host", host)
+        return host
+
     def _start_amqp(self, store: Store, identity: _ServerIdentity, host: str) -> None:
         s = self.settings
         assert self.hub is not None and self._telemetry is not None
@@ -260,10 +295,21 @@ class LocalCloud:
             hub_name=s.hub_name, entity=eventhub_entity(s.hub_name), partitions=self._telemetry.partitions,
             created=created,
         )  # fmt: skip
-        self._telemetry.on_commit.append(self._amqp.endpoint.telemetry_committed)
         self.hub.on_feedback.append(self._amqp.endpoint.feedback_added)
         self._amqp.start(self._loop, host, AmqpTls(identity.chain_pem, identity.key_pem, identity.passphrase))
         self._expiry_task = asyncio.create_task(_sweep_expired_c2d(self.hub), name="c2d-expiry")
+
+    def _start_eventhubs(self, store: Store, identity: _ServerIdentity, host: str) -> None:
+        s = self.settings
+        assert self._telemetry is not None
+        self.eventhubs = EventHubsService(EventHubsConfig(
+            db_path=str(store.path), host=host, entity=eventhub_entity(s.hub_name), hub_name=s.hub_name,
+            created=store.meta("hub_created") or utc_now(), partitions=self._telemetry.partitions,
+            chain_pem=str(identity.chain_pem), key_pem=str(identity.key_pem),
+            passphrase=identity.passphrase.decode(), policies=policies_for_wire(self.hub_policies),
+            log_level=logging.getLogger("client_app.cloud").getEffectiveLevel(),
+        ))  # fmt: skip
+        self.eventhubs.start(self._loop)
 
     def _eventhub_connection_string(self, host: str | None) -> str | None:
         """What Azure's portal shows under "Built-in endpoints" (here with the `service` policy)."""
@@ -273,11 +319,11 @@ class LocalCloud:
         return (f"Endpoint=sb://{host}/;SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key};"
                 f"EntityPath={eventhub_entity(self.settings.hub_name)}")  # fmt: skip
 
-    def _server_identity(self, store: Store, service_ip: str, amqp_host: str | None) -> _ServerIdentity:
-        """The TLS identity, its SANs covering both service names and every address devices may dial."""
+    def _server_identity(self, store: Store, service_ip: str, *amqp_hosts: str | None) -> _ServerIdentity:
+        """The TLS identity, its SANs covering both service names and every address clients may dial."""
         s = self.settings
         identity = _ServerIdentity(store, self.data_dir)
-        hosts = (s.bind_host, *s.direct_hosts, service_ip, amqp_host)
+        hosts = (s.bind_host, *s.direct_hosts, service_ip, *amqp_hosts)
         identity.issue(
             [s.dps_name, s.hub_name, "localhost"],
             sorted({"127.0.0.1", *filter(is_ip_address, filter(None, hosts))}),
@@ -321,6 +367,8 @@ class LocalCloud:
             self._expiry_task.cancel()
         if self._amqp is not None:
             self._amqp.stop()  # not to_thread: at interpreter exit (the demo) no executor takes new work
+        if self.eventhubs is not None:
+            self.eventhubs.stop()
         await asyncio.gather(*(http.stop() for http in (self._api, self._service) if http is not None))
         if self._service is None and self._service_sock is not None:  # start failed before serving it
             self._service_sock.close()

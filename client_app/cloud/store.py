@@ -15,6 +15,7 @@ from typing import Any
 
 SCHEMA_VERSION = 5
 DEFAULT_PARTITIONS = 4  # Event Hubs-compatible endpoint partitions; IoT Hub's default is 4
+DEFAULT_CONSUMER_GROUP = "$Default"  # the one every Event Hubs-compatible endpoint has
 
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -239,9 +240,7 @@ class TelemetryWriter:
     the same transaction drops what is older than the newest `keep` messages: a cloud that runs for weeks
     (the demo's is reused) must not fill the disk. Each row gets its Event Hubs partition and the next
     sequence number of that partition; the next numbers are kept in `meta` too, so pruning a partition empty
-    never hands out a number twice. `on_commit` callbacks run after each committed batch with its rows (in
-    `_INSERT`'s column order) and the offset (`seq`) of the first: one writer's AUTOINCREMENT rows are
-    numbered one after another (the AMQP endpoint hands them to its live readers).
+    never hands out a number twice.
     """
 
     _INSERT = (
@@ -267,7 +266,6 @@ class TelemetryWriter:
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.on_commit: list[Callable[[list[tuple[Any, ...]], int], None]] = []
 
     def _load_next(self) -> list[int]:
         saved = json.loads(self._store.meta(self._NEXT_KEY) or "{}")
@@ -306,7 +304,6 @@ class TelemetryWriter:
         try:
             with self._store.transaction() as db:
                 db.executemany(self._INSERT, numbered)
-                first_offset = db.execute("SELECT last_insert_rowid()").fetchone()[0] - len(numbered) + 1
                 if self._keep:
                     db.execute(self._PRUNE, (self._keep,))
                 db.execute(
@@ -322,8 +319,6 @@ class TelemetryWriter:
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
-        for callback in self.on_commit:
-            callback(numbered, first_offset)
 
     async def stop(self) -> None:
         if self._task is not None:

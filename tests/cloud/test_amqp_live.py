@@ -1,7 +1,7 @@
 """The Event Hubs-compatible endpoint's live path without a network: the event encoding (proton's `pn_data_t`,
-cached sections decoded back in) against proton's `Message`, the newest events kept in memory, the telemetry
-writer's hand-over, and a proton receiver served by the real endpoint (from SQLite, then from memory) in one
-thread."""
+cached sections decoded back in) against proton's `Message`, the reader over what the telemetry writer
+commits, and a proton receiver served by the real endpoint (stored events, then live ones by polling SQLite)
+in one thread."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ from proton import Collector, Connection, Data, Event, Message, Transport, symbo
 from client_app.cloud.amqp import eventhub
 from client_app.cloud.amqp.auth import Grant
 from client_app.cloud.amqp.bridge import AmqpConnection
-from client_app.cloud.amqp.endpoint import AmqpEndpoint
+from client_app.cloud.amqp.endpoint import AmqpEndpoint, Role
 from client_app.cloud.amqp.eventhub import (
     AUTH_METHOD,
     MESSAGE_SOURCE,
     EventEncoder,
-    RecentEvents,
     TelemetryReader,
     _application_properties_section,
     _properties_section,
@@ -144,43 +143,12 @@ def test_events_encoded_one_after_another_keep_their_own_values():
     assert b.annotations[symbol("iothub-connection-device-id")] == "dev-b"
 
 
-def _row(device_id: str, partition: int, number: int) -> tuple:
-    return (device_id, RECEIVED, b"{}", "{}", "{}", partition, number)
-
-
-def test_recent_events_keep_an_unbroken_run_per_partition():
-    recent = RecentEvents(partitions=2, keep=4)
-    recent.add([_row("a", 0, 0), _row("b", 1, 0), _row("a", 0, 1)], first_offset=10)
-    assert recent.read(0, 0, 10) == ([_row("a", 0, 0), _row("a", 0, 1)], [10, 12])
-    assert recent.read(0, 1, 1) == ([_row("a", 0, 1)], [12])
-    assert recent.read(0, 2, 10) == ([], [])  # the next to come: nothing yet, nothing to read elsewhere
-    assert recent.read(0, 3, 10) is None  # beyond what was handed over
-    recent.add([_row("b", 1, 3)], first_offset=20)  # 1 and 2 of partition 1 never came: the run starts again
-    assert recent.read(1, 0, 10) is None
-    assert recent.read(1, 3, 10) == ([_row("b", 1, 3)], [20])
-    recent.add([_row("a", 0, n) for n in range(2, 10)], first_offset=30)  # over 2 × keep: the newest 4 stay
-    assert recent.read(0, 5, 10) is None
-    assert recent.read(0, 6, 10) == ([_row("a", 0, n) for n in range(6, 10)], [34, 35, 36, 37])
-    recent.clear()
-    assert recent.read(0, 6, 10) is None and recent.read(1, 3, 10) is None
-
-
-def test_recent_events_are_bounded_by_body_bytes_too():
-    recent = RecentEvents(partitions=1, keep=100, keep_bytes=1000)
-    rows = [("a", RECEIVED, b"x" * 300, "{}", "{}", 0, n) for n in range(7)]  # 2,100 bytes: over twice 1,000
-    recent.add(rows, first_offset=1)
-    assert recent.read(0, 3, 10) is None  # the newest three (900 bytes) stay
-    assert recent.read(0, 4, 10) == (rows[4:], [5, 6, 7])
-
-
-def test_the_writer_hands_over_each_commit_with_the_offsets_sqlite_gave_its_rows(tmp_path):
+def test_the_reader_serves_each_partition_in_order_and_sees_the_newest_offset(tmp_path):
     store = Store(tmp_path / "cloud.db")
     reader = TelemetryReader(tmp_path / "cloud.db", 4)
-    recent = RecentEvents(4)
 
     async def publish() -> None:
         writer = TelemetryWriter(store, keep=25)  # pruning leaves the new rows' numbering alone
-        writer.on_commit.append(recent.add)
         writer.start()
         for burst in range(4):
             sends = [writer.add(f"dev-{n}", f"{burst}/{n}".encode(), {}, {}) for n in range(13)]
@@ -188,12 +156,15 @@ def test_the_writer_hands_over_each_commit_with_the_offsets_sqlite_gave_its_rows
         await writer.stop()
 
     try:
+        assert reader.newest_offset() is None
         asyncio.run(publish())
+        assert reader.newest_offset() == 52
         for partition in range(4):
-            stored = reader.read(partition, 0, 100)
-            assert stored[0] and all(partition_of(e[0], 4) == partition for e in stored[0])
-            first = stored[0][0][6]
-            assert recent.read(partition, first, 100) == stored
+            events, offsets = reader.read(partition, 0, 100)
+            assert events and all(partition_of(e[0], 4) == partition for e in events)
+            numbers = [e[6] for e in events]
+            assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # unbroken, in order
+            assert offsets == sorted(offsets) and offsets[-1] <= 52 and offsets[0] > 52 - 25
     finally:
         reader.close()
         store.close()
@@ -217,14 +188,14 @@ class _Wire:
 
 
 class _Setup:
-    """The real endpoint and a proton receiver on partition 0, in memory: the endpoint's reactor thread is
-    this thread, and hand-overs run as soon as they are scheduled."""
+    """The real endpoint and a proton receiver on partition 0, in memory: the endpoint's thread is this
+    thread, and a scheduled poll runs when the test calls `poll`."""
 
     def __init__(self, tmp_path) -> None:
         self.store = Store(tmp_path / "cloud.db")
         self.reader = TelemetryReader(tmp_path / "cloud.db", 1)
-        self.endpoint = AmqpEndpoint(hub=None, checker=None, reader=self.reader, entity="hub",
-                                     hub_name="hub", created=utc_now())  # fmt: skip
+        self.endpoint = AmqpEndpoint(role=Role.EVENT_HUBS, hub=None, checker=None, reader=self.reader,
+                                     entity="hub", hub_name="hub", created=utc_now())  # fmt: skip
         self.sqlite_reads = 0
         read = self.reader.read
 
@@ -233,8 +204,9 @@ class _Setup:
             return read(*args)
 
         self.reader.read = counted_read
+        self.scheduled: list = []
         thread = SimpleNamespace(endpoint=self.endpoint, connections=set())
-        thread.call_later = lambda delay, fn: fn()
+        thread.call_later = lambda delay, fn: self.scheduled.append(fn)
         self.endpoint.thread = thread
         self.wire = _Wire()
         self.server = AmqpConnection(thread, None, self.wire)  # type: ignore[arg-type]
@@ -253,6 +225,12 @@ class _Setup:
         self.link.source.address = "hub/ConsumerGroups/$Default/Partitions/0"
         self.link.open()
         self.link.flow(credit)
+        self.exchange()
+
+    def poll(self) -> None:
+        """Run the poll that is due (the endpoint schedules the next one itself)."""
+        assert len(self.scheduled) == 1
+        self.scheduled.pop()()
         self.exchange()
 
     def exchange(self) -> None:
@@ -286,27 +264,29 @@ class _Setup:
         self.store.close()
 
 
-def test_a_receiver_gets_stored_events_then_live_ones_from_memory_pre_settled(tmp_path):
+async def _publish(writer: TelemetryWriter, first: int, count: int) -> None:
+    await asyncio.gather(*(writer.add("dev", str(n).encode(), {}, {}) for n in range(first, first + count)))
+
+
+def test_a_receiver_gets_stored_events_then_live_ones_by_polling_pre_settled(tmp_path):
     setup = _Setup(tmp_path)
-
-    async def publish(first: int, count: int) -> None:
-        numbers = range(first, first + count)
-        await asyncio.gather(*(writer.add("dev", str(n).encode(), {}, {}) for n in numbers))
-
     writer = TelemetryWriter(setup.store, partitions=1)
-    writer.on_commit.append(setup.endpoint.telemetry_committed)
 
     async def scenario() -> None:
         writer.start()
-        await publish(0, 5)  # before anyone listens: nothing is handed over
-        assert not setup.endpoint._committed
-        setup.attach(credit=8)  # from the start of the stream: read from SQLite
+        await _publish(writer, 0, 5)  # before anyone listens
+        assert not setup.scheduled  # no receiver, no polling
+        setup.attach(credit=8)  # from the start of the stream
         assert [m.body for _, m in setup.received] == [str(n).encode() for n in range(5)]
+        setup.poll()
         reads = setup.sqlite_reads
-        await publish(5, 10)
+        setup.poll()
+        assert setup.sqlite_reads == reads  # nothing committed since the last poll: no read
+        await _publish(writer, 5, 10)
         setup.exchange()
-        assert setup.sqlite_reads == reads  # the new ones came from memory, up to the credit
-        assert [m.body for _, m in setup.received] == [str(n).encode() for n in range(8)]
+        assert len(setup.received) == 5  # live events wait for the next poll
+        setup.poll()
+        assert [m.body for _, m in setup.received] == [str(n).encode() for n in range(8)]  # up to the credit
         setup.link.flow(7)
         setup.exchange()
         await writer.stop()
@@ -323,30 +303,15 @@ def test_a_receiver_gets_stored_events_then_live_ones_from_memory_pre_settled(tm
         setup.close()
 
 
-def test_a_hand_over_queued_before_the_last_receiver_left_is_dropped(tmp_path):
-    """Memory never runs past a commit it missed: a commit made while nobody listened is not handed over,
-    so hand-overs from before it must not start a run a later receiver would trust."""
+def test_polling_stops_when_the_last_receiver_leaves(tmp_path):
     setup = _Setup(tmp_path)
-    endpoint = setup.endpoint
-    scheduled: list = []
-    endpoint.thread.call_later = lambda delay, fn: scheduled.append(fn)
-    first, second = _Stub(), _Stub()
     try:
-        endpoint._event_links.add(first)
-        endpoint.telemetry_committed([_row("dev", 0, 0)], 1)  # queued, not yet drained
-        endpoint._forget_event_link(first)
-        endpoint.telemetry_committed([_row("dev", 0, 1)], 2)  # nobody listens: not handed over
-        endpoint._event_links.add(second)
-        endpoint._pump = lambda link: None
-        second.event_reader = _Stub()
-        second.event_reader.io = _Stub()
-        second.event_reader.io.process = lambda: None
-        scheduled.pop()()
-        assert endpoint._recent.read(0, 0, 10) is None and endpoint._recent.read(0, 1, 10) is None
-        endpoint.telemetry_committed([_row("dev", 0, 2)], 3)
-        scheduled.pop()()
-        assert endpoint._recent.read(0, 2, 10) == ([_row("dev", 0, 2)], [3])
-        assert endpoint._recent.read(0, 1, 10) is None  # a receiver there reads SQLite
+        setup.attach(credit=10)
+        assert len(setup.scheduled) == 1
+        setup.link.close()
+        setup.exchange()
+        setup.scheduled.pop()()
+        assert not setup.scheduled and not setup.endpoint._polling
     finally:
         setup.close()
 
@@ -375,10 +340,17 @@ def test_every_frame_proton_writes_goes_out_as_pad_frame_pads_it(tmp_path, monke
     setup = _Setup(tmp_path)
     try:
         setup.attach(credit=300)
-        rows = [("dev", RECEIVED, bytes([n % 256]) * (n * 997 % 9000), "{}", "{}", 0, n) for n in range(300)]
-        setup.endpoint.telemetry_committed(rows, 1)
-        setup.exchange()
-        assert [m.body for _, m in setup.received] == [row[2] for row in rows]
+        bodies = [bytes([n % 256]) * (n * 997 % 9000) for n in range(300)]
+        writer = TelemetryWriter(setup.store, partitions=1)
+
+        async def publish() -> None:
+            writer.start()
+            await asyncio.gather(*(writer.add("dev", body, {}, {}) for body in bodies))
+            await writer.stop()
+
+        asyncio.run(publish())
+        setup.poll()
+        assert [m.body for _, m in setup.received] == bodies
     finally:
         setup.close()
     frames = _split_frames(b"".join(fed))

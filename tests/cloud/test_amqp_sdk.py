@@ -201,12 +201,12 @@ def test_event_hub_consumer_resumes_after_restart_without_loss_or_duplicates(loc
 def test_event_hub_refuses_expired_and_foreign_tokens(local_cloud):
     info = local_cloud.info
     policy = local_cloud.cloud.hub_policies["service"]
-    audience = f"sb://{info.amqp_host}/hub"
+    audience = f"sb://{info.eventhub_host}/hub"
     expired = generate_token(audience, policy.primary_key, policy.name, ttl=-60)
     wrong_key = generate_token(audience, "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=", policy.name)
     for token, reason in ((expired, "expired"), (wrong_key, "signature")):
         client = EventHubConsumerClient(
-            info.amqp_host, "hub", "$Default", AzureSasCredential(token),
+            info.eventhub_host, "hub", "$Default", AzureSasCredential(token),
             connection_verify=info.server_ca_pem, retry_total=0,
         )  # fmt: skip
         with client, pytest.raises((AuthenticationError, ConnectError, EventHubError), match=reason):
@@ -226,20 +226,20 @@ def test_development_emulator_connection_string_reaches_plain_amqp(local_cloud):
         assert client.get_eventhub_properties()["partition_ids"] == ["0", "1", "2", "3"]
 
 
+@pytest.mark.parametrize("endpoint", ["amqp_host", "eventhub_host"])
 @pytest.mark.parametrize("tls", [False, True], ids=["amqp", "amqps"])
-def test_garbage_costs_only_its_own_connection(local_cloud, tls):
+def test_garbage_costs_only_its_own_connection(local_cloud, tls, endpoint):
     info = local_cloud.info
-    raw = socket.create_connection((info.amqp_host, 5671 if tls else 5672), timeout=10)
+    host = getattr(info, endpoint)
+    raw = socket.create_connection((host, 5671 if tls else 5672), timeout=10)
     if tls:
-        raw = ssl.create_default_context(cafile=info.server_ca_pem).wrap_socket(
-            raw, server_hostname=info.amqp_host
-        )
+        raw = ssl.create_default_context(cafile=info.server_ca_pem).wrap_socket(raw, server_hostname=host)
     with raw:
         raw.sendall(b"AMQP\x03\x01\x00\x00" + b"\xff" * 64)  # a SASL header, then no frame at all
         raw.sendall(b"\x00\x00\x00\x10garbage-garbage!")
         with contextlib.suppress(OSError):
             raw.recv(4096)
-    with socket.create_connection((info.amqp_host, 5672), timeout=10) as raw:
+    with socket.create_connection((host, 5672), timeout=10) as raw:
         raw.sendall(
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
         )  # not AMQP: proton answers with its header and closes

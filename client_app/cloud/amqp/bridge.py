@@ -1,4 +1,5 @@
-"""The AMQP endpoint's own thread and event loop, and the hand-offs between it and the cloud's loop.
+"""The AMQP endpoint's own thread and event loop, and the hand-offs between it and the cloud's loop (the hub's
+role; the Event Hubs role runs it in its own process, with no cloud loop).
 
 Proton is used as an engine (Connection + Transport + Collector per client): asyncio on this thread does the
 sockets and TLS, proton does SASL and AMQP. Owning the byte stream is what lets frames.py complete the frames
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -113,7 +115,7 @@ class AmqpThread:
     """Runs the endpoint's event loop on a daemon thread. `call` runs a function there (from any thread) and
     then flushes every connection; `on_loop` runs one on the cloud's loop. Neither blocks the caller."""
 
-    def __init__(self, endpoint: Any, cloud_loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, endpoint: Any, cloud_loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.endpoint = endpoint
         self.cloud_loop = cloud_loop
         self.loop = asyncio.new_event_loop()
@@ -128,14 +130,14 @@ class AmqpThread:
         finally:
             self.loop.close()  # its self-pipe sockets too, or they surface as ResourceWarnings in a later gc
 
-    def start(self, listeners: list[tuple[str, int, ssl.SSLContext | None]]) -> None:
+    def start(self, listeners: list[tuple[socket.socket, ssl.SSLContext | None]]) -> None:
+        """Serve on listening sockets bound by the caller (so a taken port fails where it is bound)."""
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._listen(listeners), self.loop)
-        future.result(30)  # raises OSError if a port is taken
+        asyncio.run_coroutine_threadsafe(self._listen(listeners), self.loop).result(30)
 
-    async def _listen(self, listeners: list[tuple[str, int, ssl.SSLContext | None]]) -> None:
-        for host, port, context in listeners:
-            self._servers.append(await asyncio.start_server(self._accept, host, port, ssl=context,
+    async def _listen(self, listeners: list[tuple[socket.socket, ssl.SSLContext | None]]) -> None:
+        for sock, context in listeners:
+            self._servers.append(await asyncio.start_server(self._accept, sock=sock, ssl=context,
                                                             limit=READ_SIZE))  # fmt: skip
         self.loop.create_task(self._tick())
 
@@ -158,7 +160,7 @@ class AmqpThread:
 
     def call_later(self, delay: float, fn: Callable[..., None]) -> None:
         """From any thread: run `fn` there after `delay` seconds; it flushes the connections it touched itself
-        (the Event Hubs hand-over, where a pass over every connection would cost more than the events)."""
+        (the Event Hubs poll, where a pass over every connection would cost more than the events)."""
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, self._guarded, fn, ())
 
     def _run_and_flush(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
@@ -174,6 +176,7 @@ class AmqpThread:
             log.exception("AMQP hand-off failed")
 
     def on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self.cloud_loop is not None, "only the hub's role hands work to the cloud's loop"
         self.cloud_loop.call_soon_threadsafe(fn, *args)
 
     def stop(self, timeout: float = 10) -> None:

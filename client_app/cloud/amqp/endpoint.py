@@ -1,22 +1,24 @@
-"""The AMQP 1.0 service endpoint: one proton handler that routes links by address.
+"""The AMQP 1.0 service endpoint: one proton handler that routes links by address, in one of two roles.
 
 Nodes (addresses may come as `amqps://host/path`, `/path` or `path`):
-  $cbs                                    put-token (auth.py)
-  $management                             Event Hubs `READ` of com.microsoft:eventhub / :partition
-  /messages/devicebound                   C2D sends (c2d.py), settled once the hub has queued or refused them
-  /messages/serviceBound/feedback         C2D feedback batches
-  {entity}/ConsumerGroups/{cg}/Partitions/{n}   Event Hubs-compatible receivers (eventhub.py)
-Everything here runs on the reactor thread; hub calls are handed to the asyncio loop and answered back through
-`ReactorThread.call`, so neither side ever waits for the other.
+  $cbs                                    put-token (auth.py)                                     both roles
+  /messages/devicebound                   C2D sends (c2d.py), settled once the hub has queued     HUB
+                                          or refused them
+  /messages/serviceBound/feedback         C2D feedback batches                                    HUB
+  $management                             Event Hubs `READ` of com.microsoft:eventhub / :partition  EVENT_HUBS
+  {entity}/ConsumerGroups/{cg}/Partitions/{n}   Event Hubs-compatible receivers (eventhub.py)   EVENT_HUBS
+A role refuses the other's addresses as any unknown entity (amqp:not-found). The HUB role runs on a thread of
+the cloud's process (hub calls are handed to its asyncio loop and answered back through `AmqpThread.call`, so
+neither side waits for the other); the EVENT_HUBS role runs in a process of its own (eventhubs_process.py) and
+reads telemetry from the cloud's SQLite database only, so the MQTT path does no work per event for it.
 """
 
 from __future__ import annotations
 
-import collections
+import enum
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +41,6 @@ from client_app.cloud.amqp.eventhub import (
     SEQUENCE_NUMBER,
     EventEncoder,
     FilterError,
-    RecentEvents,
     StoredEvent,
     TelemetryReader,
     parse_partition_address,
@@ -53,7 +54,7 @@ CBS_NODE = "$cbs"
 MANAGEMENT_NODE = "$management"
 CREDIT = 100  # credit we give senders (C2D, requests); topped up as deliveries arrive
 READ_BATCH = 500  # rows per query when a receiver has credit
-GATHER_SECONDS = 0.05  # live events wait at most this long to go out with the ones committed after them
+POLL_SECONDS = 0.05  # while receivers are attached, new telemetry goes out at most this long after its commit
 
 
 class _Refused(Exception):
@@ -72,12 +73,18 @@ class _EventReader:
         self.io = io
 
 
-class AmqpEndpoint(Handler):
-    """Proton event handler; `thread` (set by AmqpService) runs it."""
+class Role(enum.Enum):
+    HUB = "hub"  # the hub's own AMQP host: C2D and feedback (needs the running hub)
+    EVENT_HUBS = "eventhubs"  # the Event Hubs-compatible endpoint: `$management` and partition receivers
 
-    def __init__(self, *, hub: Any, checker: TokenChecker, reader: TelemetryReader, entity: str,
+
+class AmqpEndpoint(Handler):
+    """Proton event handler; `thread` (set by whoever starts it) runs it."""
+
+    def __init__(self, *, role: Role, hub: Any, checker: TokenChecker, reader: TelemetryReader, entity: str,
                  hub_name: str, created: str) -> None:  # fmt: skip
         super().__init__()
+        self.role = role
         self.hub = hub
         self.checker = checker
         self.reader = reader
@@ -87,28 +94,11 @@ class AmqpEndpoint(Handler):
         self.thread: AmqpThread | None = None
         self._event_links: set[Link] = set()
         self._feedback_links: set[Link] = set()
-        self._recent = RecentEvents(reader.partitions)
         self._encode_event = EventEncoder().encode  # this endpoint's thread's own
-        self._committed: collections.deque[tuple[list[StoredEvent], int, int]] = collections.deque()
-        self._drain_scheduled = False
-        self._last_drain = 0.0
-        self._epoch = 0  # counts the times the last receiver left (see telemetry_committed)
+        self._polling = False  # a poll for new telemetry is scheduled
+        self._newest: int | None = None  # the newest offset the last poll saw
 
     # ---- hand-offs -------------------------------------------------------------------------------
-    def telemetry_committed(self, rows: list[StoredEvent], first_offset: int) -> None:
-        """From the asyncio loop after each telemetry commit: hand the rows over while a receiver is attached
-        (with none, this costs the MQTT path nothing). The epoch is read before the receivers: a commit that
-        finds none was made after the last one left, which let go of memory and moved the epoch on, so a
-        hand-over still queued from before is dropped and memory never runs past a commit it did not get."""
-        epoch = self._epoch
-        if not self._event_links or self.thread is None:
-            return
-        self._committed.append((rows, first_offset, epoch))
-        if not self._drain_scheduled:  # one wake-up for the commits that come meanwhile
-            self._drain_scheduled = True
-            wait = self._last_drain + GATHER_SECONDS - time.monotonic()
-            self.thread.call_later(max(0.0, wait), self._events_committed)
-
     def feedback_added(self) -> None:
         if self.thread is not None:
             self.thread.call(self._pump_feedback_all)
@@ -142,7 +132,7 @@ class AmqpEndpoint(Handler):
     def connection_gone(self, connection: Any) -> None:
         """The socket closed: its links no longer take events or feedback."""
         for link in [link for link in self._event_links if link.connection == connection]:
-            self._forget_event_link(link)
+            self._event_links.discard(link)
         for link in [link for link in self._feedback_links if link.connection == connection]:
             self._feedback_links.discard(link)
 
@@ -175,26 +165,26 @@ class AmqpEndpoint(Handler):
     def _attach(self, link: Link, address: str) -> None:
         _, path = split_address(address)
         connection = link.connection
-        if path in (CBS_NODE, MANAGEMENT_NODE):
+        if path == CBS_NODE or (path == MANAGEMENT_NODE and self.role is Role.EVENT_HUBS):
             if link.is_sender:
                 connection.reply_links[path] = link
             return
+        lowered = path.lower()
+        partition = parse_partition_address(path)
+        ours = lowered in (C2D_PATH, FEEDBACK_PATH) if self.role is Role.HUB else partition is not None
+        if not ours:  # unknown, or the other role's (Event Hubs has a host of its own, as on Azure)
+            raise _Refused("amqp:not-found", f"The messaging entity {address!r} could not be found.")
         if not connection.auth.covers(path):
             raise _Refused(
                 "amqp:unauthorized-access", f"Unauthorized: put a token for {address!r} on $cbs first."
             )
-        lowered = path.lower()
-        if lowered == C2D_PATH and link.is_receiver:
-            return
         if lowered == FEEDBACK_PATH and link.is_sender:
             link.feedback_in_flight = set()
             self._feedback_links.add(link)
-            return
-        partition = parse_partition_address(path)
-        if partition is not None and link.is_sender:
+        elif partition is not None and link.is_sender:
             self._attach_event_receiver(link, partition)
-            return
-        raise _Refused("amqp:not-found", f"The messaging entity {address!r} could not be found.")
+        elif lowered != C2D_PATH or not link.is_receiver:
+            raise _Refused("amqp:not-found", f"The messaging entity {address!r} could not be found.")
 
     def _attach_event_receiver(self, link: Link, address: Any) -> None:
         if address.entity.lower() != self.entity.lower():
@@ -218,10 +208,13 @@ class AmqpEndpoint(Handler):
         # is its own, so nothing hangs on a settlement, and the endpoint keeps no record of each event sent.
         link.snd_settle_mode = Link.SND_SETTLED
         self._event_links.add(link)
+        if not self._polling:
+            self._polling, self._newest = True, None
+            self._schedule_poll()
 
     def on_link_remote_close(self, event: Any) -> None:
         link = event.link
-        self._forget_event_link(link)
+        self._event_links.discard(link)
         self._feedback_links.discard(link)
         if not link.state & Endpoint.LOCAL_CLOSED:
             link.close()
@@ -351,42 +344,43 @@ class AmqpEndpoint(Handler):
         self.thread.call(_settle, delivery, Delivery.ACCEPTED)
 
     # ---- Event Hubs receivers --------------------------------------------------------------------
-    def _events_committed(self) -> None:
-        """The commits handed over since the last call, into memory in order; then every receiver is served
-        and its connection flushed. Live events go out at most every GATHER_SECONDS: serving a connection
-        (a wake-up, a pass over it, proton's flow event for each link, a TLS write) costs as much as dozens of
-        events, and under load commits come every few milliseconds with a handful of rows each."""
-        self._drain_scheduled = False
-        self._last_drain = time.monotonic()
-        while self._committed:
-            rows, first_offset, epoch = self._committed.popleft()
-            if epoch == self._epoch:
-                self._recent.add(rows, first_offset)
-        links = list(self._event_links)
-        for link in links:
-            self._pump(link)
-        for io in {link.event_reader.io for link in links}:
-            io.process()
+    def _schedule_poll(self) -> None:
+        assert self.thread is not None
+        self.thread.call_later(POLL_SECONDS, self._poll)
 
-    def _forget_event_link(self, link: Link) -> None:
-        if self._event_links == {link}:  # the last receiver: memory goes, and the epoch moves on first
-            self._epoch += 1
-            self._recent.clear()
-        self._event_links.discard(link)
+    def _poll(self) -> None:
+        """While receivers are attached: when telemetry was committed since the last look (one indexed
+        `MAX(seq)`), serve every receiver from SQLite and flush its connection. A commit between the look and
+        the reads goes out now or at the next poll, which sees a newer offset: nothing is missed, and each
+        receiver's next sequence number keeps it from getting an event twice."""
+        if not self._event_links:
+            self._polling = False
+            return
+        try:
+            newest = self.reader.newest_offset()
+        except sqlite3.Error as exc:
+            log.warning("looking for new telemetry failed: %s", exc)
+            newest = None
+        if newest is None or newest != self._newest:
+            self._newest = newest
+            links = list(self._event_links)
+            for link in links:
+                self._pump(link)
+            for io in {link.event_reader.io for link in links}:
+                io.process()
+        self._schedule_poll()
 
     def _pump(self, link: Link) -> None:
-        """Send as many events as the link has credit for: from memory while the receiver keeps up, else
-        from SQLite in batches."""
+        """Send as many events as the link has credit for, from SQLite in batches."""
         reader: _EventReader = link.event_reader
         try:
             while link.credit > 0 and link.state & Endpoint.LOCAL_ACTIVE:
                 limit = min(link.credit, READ_BATCH)
-                found = self._recent.read(reader.partition, reader.next_sequence, limit)
-                events, offsets = found or self.reader.read(reader.partition, reader.next_sequence, limit)
+                events, offsets = self.reader.read(reader.partition, reader.next_sequence, limit)
                 _send_settled(link, events, offsets, self._encode_event)
                 if events:
                     reader.next_sequence = events[-1][SEQUENCE_NUMBER] + 1
-                if len(events) < limit:  # all there is (newer rows come with their commit's hand-over)
+                if len(events) < limit:  # all there is (newer rows: the next poll)
                     break
         except sqlite3.Error as exc:
             log.warning("reading telemetry for an Event Hubs receiver failed: %s", exc)

@@ -4,9 +4,9 @@ Shapes follow Azure's Event Hubs AMQP contract as the SDKs use it (azure-eventhu
 `_utils.event_position_selector`, `_pyamqp` management reads; @azure/event-hubs `managementClient.ts`): a
 receiver's source carries an `apache.org:selector-filter:string` such as `amqp.annotation.x-opt-offset >
 '-1'`; events carry the annotations `x-opt-sequence-number`, `x-opt-offset`, `x-opt-enqueued-time` and IoT
-Hub's `iothub-*` system properties. Reads run on the reactor thread over their own read-only SQLite connection
-(WAL lets it read while the loop's writer commits), so a busy consumer never waits for the event loop and
-never blocks it.
+Hub's `iothub-*` system properties. Reads run in the endpoint's own process over a read-only SQLite
+connection (WAL lets it read while the cloud's writer commits), so a busy consumer never waits for the cloud
+and never slows it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from cproton_ffi.lib import (
 )
 from proton import Data, ProtonException, symbol, timestamp
 
-from client_app.cloud.hub.hub import DEFAULT_CONSUMER_GROUP
+from client_app.cloud.store import DEFAULT_CONSUMER_GROUP
 
 SELECTOR_FILTER = symbol("apache.org:selector-filter:string")
 _SELECTOR = re.compile(
@@ -111,67 +111,9 @@ StoredEvent = tuple[str, str, bytes, str, str, int, int]
 SEQUENCE_NUMBER = 6
 
 
-class RecentEvents:
-    """The newest committed events of each partition as the telemetry writer hands them over, so a receiver
-    that keeps up is served from memory rather than by a SQLite read per batch. Lives on the reactor thread.
-    Each partition keeps an unbroken run of sequence numbers up to the newest hand-over (the writer's own
-    row tuples, nothing copied): the newest `keep` events or `keep_bytes` of bodies, whichever is less, let go
-    in steps of as much again. A receiver before the run reads SQLite; a gap (after `clear`) starts a new
-    run."""
-
-    def __init__(self, partitions: int, keep: int = 4096, keep_bytes: int = 4 << 20) -> None:
-        self._keep = keep
-        self._keep_bytes = keep_bytes
-        self._runs: list[list[StoredEvent]] = [[] for _ in range(partitions)]
-        self._offsets: list[list[int]] = [[] for _ in range(partitions)]
-        self._sizes = [0] * partitions
-
-    def add(self, rows: list[StoredEvent], first_offset: int) -> None:
-        """The rows of one commit; the n-th has offset `first_offset + n`."""
-        sizes = self._sizes
-        for offset, row in enumerate(rows, first_offset):
-            partition = row[5]
-            run = self._runs[partition]
-            if run and run[-1][SEQUENCE_NUMBER] + 1 != row[SEQUENCE_NUMBER]:
-                run.clear()
-                self._offsets[partition].clear()
-                sizes[partition] = 0
-            run.append(row)
-            self._offsets[partition].append(offset)
-            sizes[partition] += len(row[2])
-        for partition, run in enumerate(self._runs):
-            if len(run) > 2 * self._keep or sizes[partition] > 2 * self._keep_bytes:
-                self._trim(partition)
-
-    def _trim(self, partition: int) -> None:
-        run, kept, size = self._runs[partition], 0, 0
-        for row in reversed(run):
-            if kept == self._keep or size + len(row[2]) > self._keep_bytes:
-                break
-            kept, size = kept + 1, size + len(row[2])
-        del run[: len(run) - kept]
-        del self._offsets[partition][: len(self._offsets[partition]) - kept]
-        self._sizes[partition] = size
-
-    def clear(self) -> None:
-        for run, offsets in zip(self._runs, self._offsets, strict=True):
-            run.clear()
-            offsets.clear()
-        self._sizes = [0] * len(self._sizes)
-
-    def read(self, partition: int, first: int, limit: int) -> tuple[list[StoredEvent], list[int]] | None:
-        """Up to `limit` events from sequence number `first` on, and their offsets (none when `first` is the
-        next to come); None if memory does not reach back to `first`."""
-        run = self._runs[partition]
-        start = first - run[0][SEQUENCE_NUMBER] if run else -1
-        if not 0 <= start <= len(run):
-            return None
-        return run[start : start + limit], self._offsets[partition][start : start + limit]
-
-
 class TelemetryReader:
     """Stored telemetry seen as Event Hubs partitions. Row `seq` is the offset; `sequence_number` counts per
-    partition. Lives on the reactor thread (opens its connection there, on first use)."""
+    partition. Lives on the endpoint's thread (opens its connection there, on first use)."""
 
     def __init__(self, db_path: Path, partitions: int) -> None:
         self._path = db_path
@@ -194,6 +136,10 @@ class TelemetryReader:
         """Lower-cased names: `$Default` and the ones the operator added (Event Hubs names are case-blind)."""
         rows = self.db.execute("SELECT name FROM consumer_groups").fetchall()
         return {DEFAULT_CONSUMER_GROUP.lower(), *(row["name"].lower() for row in rows)}
+
+    def newest_offset(self) -> int | None:
+        """The offset of the newest stored event (the primary key's end: no scan), None with none stored."""
+        return self.db.execute("SELECT MAX(seq) FROM telemetry").fetchone()[0]
 
     def next_sequence(self, partition: int) -> int:
         row = self.db.execute(
@@ -219,7 +165,7 @@ class TelemetryReader:
         return self.next_sequence(partition) if row[0] is None else row[0]
 
     def read(self, partition: int, first: int, limit: int) -> tuple[list[StoredEvent], list[int]]:
-        """Up to `limit` events from sequence number `first` on, and their offsets (as RecentEvents.read)."""
+        """Up to `limit` events from sequence number `first` on, and their offsets."""
         cursor = self.db.cursor()
         cursor.row_factory = None
         rows = cursor.execute(

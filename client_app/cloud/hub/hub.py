@@ -31,7 +31,7 @@ from client_app.cloud.hub.topics import parse_bag, request_id
 from client_app.cloud.hub.twin_query import Query
 from client_app.cloud.hub.twins import Twin, Twins, check_etag, merge_patch
 from client_app.cloud.mqtt.server import CLIENT_DISCONNECT, SERVER_SHUTDOWN
-from client_app.cloud.store import Store, TelemetryWriter, dumps, utc_now
+from client_app.cloud.store import DEFAULT_CONSUMER_GROUP, Store, TelemetryWriter, dumps, utc_now
 from client_app.pki import sha256_thumbprint
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ log = logging.getLogger("client_app.cloud.hub.hub")
 
 MAX_TELEMETRY = 256 * 1024
 _CONSUMER_GROUP = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$")
-DEFAULT_CONSUMER_GROUP = "$Default"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),=@$':]{1,128}$")  # IoT Hub's set minus MQTT's wildcards + #
 
 # Named columns: a migration that adds or reorders columns cannot shift these values.
