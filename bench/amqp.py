@@ -327,6 +327,11 @@ class RateRound:
             found.append(self.hub)
         return found
 
+    @property
+    def server_us(self) -> float:
+        """The server's CPU µs per message, first PUBLISH → last PUBACK."""
+        return self.server / self.acked * 1e6
+
 
 async def finish_reading(cloud: load.CloudProcess, hub: psutil.Process | None, consumer: subprocess.Popen[str]
                          ) -> tuple[dict[str, Any], list[tuple[float, float, float]]]:  # fmt: skip
@@ -384,7 +389,8 @@ async def rate_round(cloud: load.CloudProcess, info: Any, devices: list[load.Dev
           + (f" ({result.acked:,.0f}/s PUBACKed; its last event {result.lag:.2f} s after the last PUBACK,"
              f" the server's CPU meanwhile {result.tail:.2f} s; {result.events:,} read; consumer"
              f" {result.consumer:.0f} µs/event)" if live else "")
-          + f": server {result.server:.0%} of its CPU; Event Hubs process {result.eventhubs:.0f} µs/msg;"
+          + f": server {result.server:.0%} of its CPU ({result.server_us:.0f} µs/msg); Event Hubs process"
+          f" {result.eventhubs:.0f} µs/msg;"
           f" generator {result.generator:.0f} µs/msg; clients {result.clients:.0%} of their CPU; others"
           f" {result.others:.0%} of the machine"
           + (f"; NOT VALID: {result.hub}" if live and result.hub else ""))  # fmt: skip
@@ -546,6 +552,7 @@ def pinned_summary(rounds: list[RateRound], expected: int) -> dict[str, Any]:
         "alone": med(r.rate for r in alone), "with": med(r.rate for r in live), "ratio": med(ratios),
         "pairs": ", ".join(f"{ratio:.2f}" for ratio in ratios),
         "server": med(r.server for r in rounds), "clients": max(r.clients for r in rounds),
+        "server_us": (med(r.server_us for r in alone), med(r.server_us for r in live)),
         "others": max(r.others for r in rounds), "generator": med(r.generator for r in rounds),
         "consumer": med(r.consumer for r in live), "events": sum(r.events for r in live),
         "eventhubs": med(r.eventhubs for r in live), "eventhubs_idle": max(r.eventhubs for r in alone),
@@ -613,8 +620,9 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
           f" achieved {cpu['rate_alone']:,.0f} and {cpu['rate_with']:,.0f} msg/s")  # fmt: skip
     print(f"Rate rounds, the MQTT process on a CPU of its own: {WHY_PINNED}.")
     print(f"  Each with-round to the alone ones either side: {pinned['pairs']}; medians: server"
-          f" {pinned['server']:.0%} of its CPU; Event Hubs process {pinned['eventhubs']:.0f} µs/event (at"
-          f" most {pinned['eventhubs_idle']:.1f} µs/msg with no consumer); generator"
+          f" {pinned['server']:.0%} of its CPU ({pinned['server_us'][0]:.0f} µs/msg alone,"
+          f" {pinned['server_us'][1]:.0f} with the consumer); Event Hubs process {pinned['eventhubs']:.0f}"
+          f" µs/event (at most {pinned['eventhubs_idle']:.1f} µs/msg with no consumer); generator"
           f" {pinned['generator']:.0f} µs/msg, consumer (azure-eventhub) {pinned['consumer']:.0f} µs/event;"
           f" the three together at most {pinned['clients']:.0%} of their CPU; other processes at most"
           f" {pinned['others']:.0%} of the machine;"
