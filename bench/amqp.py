@@ -552,12 +552,11 @@ def pinned_summary(rounds: list[RateRound], expected: int) -> dict[str, Any]:
         "alone": med(r.rate for r in alone), "with": med(r.rate for r in live), "ratio": med(ratios),
         "pairs": ", ".join(f"{ratio:.2f}" for ratio in ratios),
         "server": med(r.server for r in rounds), "clients": max(r.clients for r in rounds),
-        "server_us": (med(r.server_us for r in alone), med(r.server_us for r in live)),
         "others": max(r.others for r in rounds), "generator": med(r.generator for r in rounds),
         "consumer": med(r.consumer for r in live), "events": sum(r.events for r in live),
         "eventhubs": med(r.eventhubs for r in live), "eventhubs_idle": max(r.eventhubs for r in alone),
         "expected": expected * len(live), "lag": max(r.lag for r in live), "tail": med(r.tail for r in live),
-        "acked": med(bracketed(lambda r: r.acked)),
+        "acked": med(bracketed(lambda r: r.acked)), "server_us": med(bracketed(lambda r: r.server_us)),
         "problems": problems, "valid": not problems,
     }  # fmt: skip
 
@@ -620,8 +619,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
           f" achieved {cpu['rate_alone']:,.0f} and {cpu['rate_with']:,.0f} msg/s")  # fmt: skip
     print(f"Rate rounds, the MQTT process on a CPU of its own: {WHY_PINNED}.")
     print(f"  Each with-round to the alone ones either side: {pinned['pairs']}; medians: server"
-          f" {pinned['server']:.0%} of its CPU ({pinned['server_us'][0]:.0f} µs/msg alone,"
-          f" {pinned['server_us'][1]:.0f} with the consumer); Event Hubs process {pinned['eventhubs']:.0f}"
+          f" {pinned['server']:.0%} of its CPU (its CPU per message with the consumer to alone, bracketed"
+          f" likewise: {pinned['server_us']:.2f}); Event Hubs process {pinned['eventhubs']:.0f}"
           f" µs/event (at most {pinned['eventhubs_idle']:.1f} µs/msg with no consumer); generator"
           f" {pinned['generator']:.0f} µs/msg, consumer (azure-eventhub) {pinned['consumer']:.0f} µs/event;"
           f" the three together at most {pinned['clients']:.0%} of their CPU; other processes at most"
