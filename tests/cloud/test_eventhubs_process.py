@@ -69,7 +69,10 @@ def test_a_killed_endpoint_process_loses_nothing(local_cloud, enrolled_ca, tmp_p
             first = local_cloud.cloud.eventhubs.pid
             os.kill(first, signal.SIGKILL)
             wait_for(lambda: "exited (exit code -9)" in caplog.text, what="the cloud noticing the exit")
-        _send(device, ["4", "5"])
+            _send(device, ["4", "5"])
+            wait_for(lambda: len(before.events) >= 5, 30, "the connected consumer reconnecting")
+            time.sleep(0.3)
+        assert [e.body_as_str() for e in before.events] == ["1", "2", "3", "4", "5"]  # resumed where it was
         with EventCollector(local_cloud, partition, "-1") as after:
             wait_for(lambda: len(after.events) >= 5, what="stored events through a new process")
             _send(device, ["6", "7"])
@@ -78,6 +81,15 @@ def test_a_killed_endpoint_process_loses_nothing(local_cloud, enrolled_ca, tmp_p
         assert local_cloud.cloud.eventhubs.pid not in (None, first)
     assert [e.body_as_str() for e in after.events] == ["1", "2", "3", "4", "5", "6", "7"]
     assert [e.sequence_number for e in after.events] == list(range(7))
+
+
+def test_an_endpoint_process_that_cannot_serve_is_restarted_about_once_a_second(local_cloud, caplog):
+    (local_cloud.data_dir / "server.pem").unlink()  # its TLS chain: read by each new endpoint process
+    exits = "exited (exit code 3)"
+    with socket.create_connection((local_cloud.info.eventhub_host, 5672), timeout=10):  # waits in the backlog
+        wait_for(lambda: exits in caplog.text, what="the endpoint's process failing")
+        time.sleep(3)
+    assert 2 <= caplog.text.count(exits) <= 4  # retried, not in a tight loop
 
 
 def test_stopping_the_cloud_ends_the_endpoint_process(tmp_path):
@@ -185,3 +197,12 @@ def test_a_configuration_it_cannot_serve_is_one_clear_error(tmp_path):
     assert result.returncode == 3
     message = result.stderr.decode()
     assert "cannot serve the Event Hubs-compatible endpoint" in message and "Traceback" not in message
+
+
+def test_a_taken_event_hubs_port_fails_at_start(tmp_path):
+    host = free_loopback(5671, 5672)
+    with socket.socket() as squatter:
+        squatter.bind((host, 5672))
+        squatter.listen()
+        with pytest.raises(OSError, match=f"cannot listen on {host}:5672"):
+            start_in_thread(CloudSettings(data_dir=tmp_path / "cloud", eventhub_host=host))

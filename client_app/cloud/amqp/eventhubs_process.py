@@ -67,8 +67,10 @@ def main() -> int:
     except ValueError as exc:
         print(f"client-app-cloud Event Hubs endpoint: bad configuration on stdin: {exc}", file=sys.stderr)
         return BAD_CONFIG
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    logging.basicConfig(  # the cloud's format, with this process's id: both write to the same stderr
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [eventhubs %(process)d]: %(message)s",
+        stream=sys.stderr,
     )
     try:
         serve(config)

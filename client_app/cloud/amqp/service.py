@@ -28,6 +28,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -98,7 +99,10 @@ def bind_listeners(host: str, plain: bool = True) -> list[tuple[socket.socket, b
             listeners.append((sock, tls))
             if not WINDOWS:  # there it would let another socket take the port too
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"AMQP: cannot listen on {host}:{port} ({exc.strerror})") from exc
             sock.listen(128)
             sock.setblocking(False)
     except OSError:
@@ -142,6 +146,9 @@ class AmqpService:
 # ---- the Event Hubs-compatible endpoint's process --------------------------------------------------------
 EVENTHUBS_MODULE = "client_app.cloud.amqp.eventhubs_process"
 STOP_TIMEOUT = 5.0  # seconds the child gets to close its connections once its stdin ends
+# A child that dies this soon after its start waits this long before the next: the connection that started it
+# still waits in the backlog, and would start the next one at once, and so on (a damaged TLS file, say).
+RESTART_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ class EventHubsService:
         self._process: subprocess.Popen[bytes] | None = None
         self._watching = False
         self._stopping = False
+        self._started = 0.0  # time.monotonic() of the child's start
 
     @property
     def pid(self) -> int | None:
@@ -237,6 +245,8 @@ class EventHubsService:
 
     def _watch(self) -> None:
         assert self._loop is not None
+        if self._stopping:
+            return
         try:
             for sock, _ in self._listeners:
                 self._loop.add_reader(sock.fileno(), self._spawn)
@@ -259,9 +269,9 @@ class EventHubsService:
         except OSError as exc:  # cannot start a process (out of memory, fds): the next connection tries again
             log.error("cannot start the Event Hubs-compatible endpoint's process: %s", exc)
             assert self._loop is not None
-            self._loop.call_later(1, self._watch)
+            self._loop.call_later(RESTART_DELAY, self._watch)
             return
-        self._process = process
+        self._process, self._started = process, time.monotonic()
         log.info("Event Hubs-compatible endpoint: process %d started", process.pid)
         threading.Thread(
             target=self._wait, args=(process,), name="eventhubs-process-wait", daemon=True
@@ -300,7 +310,9 @@ class EventHubsService:
             with contextlib.suppress(OSError):
                 process.stdin.close()
         self._process = None
-        self._watch()
+        assert self._loop is not None
+        quick = time.monotonic() - self._started < RESTART_DELAY
+        self._loop.call_later(RESTART_DELAY if quick else 0, self._watch)
 
     def stop(self) -> None:
         """End the child (its stdin ends; killed if it lingers), then close the sockets."""
