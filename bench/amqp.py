@@ -4,17 +4,21 @@ AMQP endpoint costs the MQTT telemetry path.
 The cloud runs as its own process and 1,000 raw MQTT devices provision and connect as in bench/cloud_load.py
 (reused, not copied). Then, each next to a baseline from the same run:
   * MQTT telemetry rate alone and while an Event Hubs consumer (its own process) reads every message live,
-    with the cloud process on a CPU of its own and this load generator and the consumer on the other(s), as
-    on Azure the devices and the backend run on other machines than the hub: the ratio is what the AMQP
-    endpoint costs the server's MQTT capacity (target ≥ 0.90). Rounds alone and with in turn (alone first and
-    last; each with-round against the mean of the alone rounds either side; medians); a round counts only if
-    the server was the bottleneck (≥ 85 % of its CPU, its clients < 95 % of theirs, other processes < 10 %)
-    and the consumer read every event; the server's CPU between the last PUBACK and the consumer's last event
-    is added to the round's time. Linux, ≥ 2 CPUs. The same two rates unpinned (one run each) are printed
-    for information: there the consumer's own CPU competes with the server;
-  * so also the server's CPU per telemetry message (psutil, the server process; its main thread and the
-    AMQP endpoint's thread apart) with and without the live consumer, both at the same offered rate, in
-    alternating rounds (medians): what the endpoint costs the server itself (target ≤ 1.10 ×);
+    with the cloud's MQTT process on a CPU of its own and this load generator, the consumer and the Event Hubs
+    endpoint's process (the cloud's child, started at the first connection to `eventhub_host`) on the
+    other(s): on Azure the devices and the backend run on other machines than the hub, and the Event
+    Hubs-compatible endpoint is a service of its own on other machines than the MQTT gateway. The ratio is
+    what the AMQP endpoint costs the MQTT path (target ≥ 0.90). Rounds alone and with in turn (alone first
+    and last; each with-round against the mean of the alone rounds either side; medians); a round counts only
+    if the server was the bottleneck (≥ 85 % of its CPU, its clients with the Event Hubs process < 95 % of
+    theirs, other processes < 10 %), the Event Hubs process was on the clients' CPU, and the consumer read
+    every event; the server's CPU between the last PUBACK and the consumer's last event is added to the
+    round's time. Linux, ≥ 2 CPUs. The same two rates unpinned (one run each) are printed for information:
+    there the consumer's and the Event Hubs process's CPU compete with the server;
+  * so also the server's CPU per telemetry message (psutil, the MQTT process; its main thread and the AMQP
+    thread for C2D and feedback apart) with and without the live consumer, both at the same offered rate, in
+    alternating rounds (medians): what the endpoint costs the server itself (target ≤ 1.10 ×); beside it the
+    Event Hubs process's CPU per event (the endpoint's own cost, not the MQTT path's);
   * one azure-eventhub EventHubConsumerClient (its own process, all partitions) reading everything stored from
     the start: events/s (target ≥ 5,000), next to the MQTT store rate;
   * C2D with azure-iot-hub's send_c2d_message (uamqp) to random connected devices at a fixed rate: send → the
@@ -123,6 +127,34 @@ def consumer_result(consumer: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+# ---- the Event Hubs-compatible endpoint's own process ----------------------------------------------------
+#
+# As on Azure, where it is a service of its own (its own host name, other machines than the hub's MQTT
+# gateway), the endpoint runs in a process of its own: the cloud starts it at the first connection to
+# `eventhub_host`, and it reads the telemetry from the cloud's SQLite. The MQTT process keeps an AMQP thread
+# for C2D and feedback on `amqp_host` only.
+
+EVENTHUBS_MODULE = "client_app.cloud.amqp.eventhubs_process"
+
+
+def eventhubs_process(cloud: load.CloudProcess) -> psutil.Process | None:
+    """The cloud's child running the Event Hubs endpoint (None before the first consumer connected)."""
+    for child in cloud.process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if EVENTHUBS_MODULE in child.cmdline():
+                return child
+    return None
+
+
+def cpu_of(process: psutil.Process | None) -> float:
+    """CPU seconds of `process` (user + system, all its threads); 0 for none or one that has gone."""
+    if process is None:
+        return 0.0
+    with contextlib.suppress(psutil.Error):
+        return process_cpu(process)
+    return 0.0
+
+
 # ---- what a live consumer costs the server, at the same offered rate --------------------------------------
 
 
@@ -154,8 +186,10 @@ def thread_cpu(cloud: load.CloudProcess) -> tuple[float, float]:
 async def cpu_rounds(info: Any, cloud: load.CloudProcess, devices: list[load.Device],
                      args: argparse.Namespace, rate: float) -> dict[str, list[float]]:  # fmt: skip
     """Alternating rounds at the same offered rate: telemetry alone, then with a live consumer. Per round:
-    server CPU µs per message (main thread, other threads), the consumer's CPU µs per event, rate achieved."""
-    keys = ("alone", "alone_main", "with", "with_main", "with_amqp", "consumer", "rate_alone", "rate_with")
+    server CPU µs per message (main thread, other threads: the cloud's AMQP thread, for C2D and feedback), the
+    Event Hubs process's and the consumer's CPU µs per event, rate achieved."""
+    keys = ("alone", "alone_main", "with", "with_main", "with_amqp", "eventhubs", "consumer", "rate_alone",
+            "rate_with")  # fmt: skip
     rounds: dict[str, list[float]] = {key: [] for key in keys}
     n = args.cpu_messages
     for _ in range(args.cpu_rounds):
@@ -163,7 +197,8 @@ async def cpu_rounds(info: Any, cloud: load.CloudProcess, devices: list[load.Dev
             consumer = start_consumer(info, "@latest", n, 300) if live else None
             if consumer:
                 await asyncio.sleep(2)  # its receivers are attached to every partition
-            main_before, other_before = thread_cpu(cloud)
+            hub = eventhubs_process(cloud)
+            (main_before, other_before), hub_before = thread_cpu(cloud), cpu_of(hub)
             achieved = await paced_telemetry(devices, n, rate)
             main_after, other_after = thread_cpu(cloud)
             main, other = (main_after - main_before) / n * 1e6, (other_after - other_before) / n * 1e6
@@ -173,26 +208,36 @@ async def cpu_rounds(info: Any, cloud: load.CloudProcess, devices: list[load.Dev
             rounds[f"rate_{key}"].append(achieved)
             if consumer:
                 result = consumer_result(consumer)
+                rounds["eventhubs"].append((cpu_of(hub) - hub_before) / n * 1e6)
                 rounds["with_amqp"].append(other)
                 rounds["consumer"].append(result["cpu"] / n * 1e6)
                 if result["events"] < n:
                     rounds.setdefault("lost", []).append(n - result["events"])
             print(f"    {achieved:,.0f} msg/s {'with' if live else 'without'} a live consumer: server"
-                  f" {main + other:.0f} µs CPU/msg (main thread {main:.0f}, AMQP thread"
-                  f" {other:.0f})")  # fmt: skip
+                  f" {main + other:.0f} µs CPU/msg (main thread {main:.0f}, AMQP thread {other:.0f})"
+                  + (f"; Event Hubs process {rounds['eventhubs'][-1]:.0f} µs/event" if live else "")
+                  )  # fmt: skip
     return rounds
 
 
-# ---- what the endpoint costs the server's MQTT capacity: the server on a CPU of its own -------------------
+# ---- what the endpoint costs the server's MQTT capacity: the MQTT process on a CPU of its own -------------
 #
-# On Azure the devices and the backend's consumer run on other machines than the hub. Here the cloud process
-# (all its threads) gets one CPU and this load generator and the consumer the other(s), so the consumer's own
-# CPU cannot come off the server's rate; a round is valid only if the server, not its clients, was the
-# bottleneck.
+# On Azure the devices and the backend's consumer run on other machines than the hub, and the Event
+# Hubs-compatible endpoint is a service of its own (its own host name) on other machines than the MQTT
+# gateway. Here the cloud's MQTT process (all its threads) gets one CPU, and this load generator, the consumer
+# and the Event Hubs process the other(s): on a 2-core machine the endpoint's process has to share its
+# clients' CPU. So neither the consumer's nor the endpoint process's CPU can come off the MQTT rate; a round
+# is valid only if the MQTT process, not its clients, was the bottleneck.
 
+WHY_PINNED = (
+    "on Azure the Event Hubs-compatible endpoint is a separate service (its own host name) on other machines"
+    " than the MQTT gateway, and the devices and the backend run elsewhere too; here the MQTT process gets a"
+    " CPU of its own, and the generator, the consumer and the Event Hubs process share the other(s)"
+)
 SERVER_BUSY = 0.85  # a valid round: the server used at least this share of its CPU (a closed loop leaves
 # some idle between wake-ups: 4-10 % here while its clients' CPU was 20-40 % idle) ...
-CLIENTS_BUSY = 0.95  # ... its clients (generator + consumer) less than this share of theirs ...
+CLIENTS_BUSY = 0.95  # ... its clients (generator + consumer + Event Hubs process) less than this share of
+# theirs (or they, not the server, may set the rate) ...
 OTHERS_BUSY = 0.10  # ... other processes less than this share of the machine; the consumer read every event
 
 
@@ -209,9 +254,36 @@ def cpu_split() -> tuple[set[int], set[int]]:
 
 def pin(process: psutil.Process, cpus: set[int]) -> None:
     """Every thread of `process` onto `cpus` (Linux's affinity is per thread; new threads inherit it)."""
-    for thread in process.threads():
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(thread.id, cpus)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for thread in process.threads():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(thread.id, cpus)
+
+
+def on_cpus(process: psutil.Process, cpus: set[int]) -> bool:
+    """Whether every thread of `process` runs on `cpus` only."""
+    try:
+        threads = process.threads()
+    except psutil.NoSuchProcess:
+        return False
+    for thread in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended since
+            if os.sched_getaffinity(thread.id) != cpus:
+                return False
+    return True
+
+
+def hub_problem(cloud: load.CloudProcess, hub: psutil.Process | None, clients: set[int]) -> str:
+    """What was wrong with the Event Hubs process over a with-round ("" if nothing): it must have been there
+    from the start to the end of the burst, and on the clients' CPU."""
+    if hub is None:
+        return f"no Event Hubs process ({EVENTHUBS_MODULE}) under the cloud's while the consumer read"
+    now = eventhubs_process(cloud)
+    if now is None or now.pid != hub.pid:
+        return "the Event Hubs process was not the same at the end of the burst"
+    if not on_cpus(hub, clients):
+        return f"the Event Hubs process was not on the clients' CPU(s) {sorted(clients)}"
+    return ""
 
 
 def idle() -> list[float]:
@@ -229,82 +301,107 @@ class RateRound:
     live: bool
     rate: float  # msg/s: n / (first PUBLISH → last PUBACK + the server's CPU s after it until the last event)
     acked: float  # msg/s: n over first PUBLISH → last PUBACK
-    server: float  # the server's share of its CPU, first PUBLISH → last PUBACK
-    clients: float  # the generator's and the consumer's share of their CPU(s), the same span
+    server: float  # the MQTT process's share of its CPU, first PUBLISH → last PUBACK
+    clients: float  # the generator's, the consumer's and the Event Hubs process's share of theirs, the same
     others: float  # other processes' share of all the CPUs, the same span
     generator: float  # the generator's CPU µs per message
+    eventhubs: float = 0.0  # the Event Hubs process's CPU µs per message (if live: to the last event)
     consumer: float = 0.0  # the consumer's CPU µs per event, first PUBLISH → its last event
     events: int = 0  # read live by the consumer
     lag: float = 0.0  # the consumer's last event after the last PUBACK, s
     tail: float = 0.0  # the server's CPU s in that lag: endpoint work the round's PUBACKs did not wait for
+    hub: str = ""  # a with-round's Event Hubs process not there, not the same or not on the clients' CPU
 
     def problems(self, expected: int) -> list[str]:
         found = []
         if self.server < SERVER_BUSY:
             found.append(f"the server used {self.server:.0%} of its CPU (< {SERVER_BUSY:.0%})")
         if self.clients >= CLIENTS_BUSY:
-            found.append(f"generator + consumer used {self.clients:.0%} of their CPU (≥ {CLIENTS_BUSY:.0%})")
+            found.append(f"generator + consumer + Event Hubs process used {self.clients:.0%} of their CPU"
+                         f" (≥ {CLIENTS_BUSY:.0%})")  # fmt: skip
         if self.others >= OTHERS_BUSY:
             found.append(f"other processes used {self.others:.0%} of the machine (≥ {OTHERS_BUSY:.0%})")
         if self.live and self.events < expected:
             found.append(f"the consumer read {self.events:,} of {expected:,} events")
+        if self.live and self.hub:
+            found.append(self.hub)
         return found
 
+    @property
+    def server_us(self) -> float:
+        """The server's CPU µs per message, first PUBLISH → last PUBACK."""
+        return self.server / self.acked * 1e6
 
-async def finish_reading(cloud: load.CloudProcess, consumer: subprocess.Popen[str]
-                         ) -> tuple[dict[str, Any], list[tuple[float, float]]]:  # fmt: skip
-    """The consumer's result, and (time.monotonic(), server CPU s) every 10 ms until it came."""
-    samples = [(time.monotonic(), cloud.cpu_seconds())]
+
+async def finish_reading(cloud: load.CloudProcess, hub: psutil.Process | None, consumer: subprocess.Popen[str]
+                         ) -> tuple[dict[str, Any], list[tuple[float, float, float]]]:  # fmt: skip
+    """The consumer's result, and (time.monotonic(), server CPU s, Event Hubs process CPU s) every 10 ms until
+    it came."""
+
+    def sample() -> tuple[float, float, float]:
+        return time.monotonic(), cloud.cpu_seconds(), cpu_of(hub)
+
+    samples = [sample()]
     reading = asyncio.ensure_future(asyncio.to_thread(consumer_result, consumer))
     while not reading.done():
         await asyncio.sleep(0.01)
-        samples.append((time.monotonic(), cloud.cpu_seconds()))
+        samples.append(sample())
     return reading.result(), samples
 
 
 async def rate_round(cloud: load.CloudProcess, info: Any, devices: list[load.Device],
                      args: argparse.Namespace, clients: set[int], live: bool) -> RateRound:  # fmt: skip
     """One closed-loop telemetry burst (bench/cloud_load.py's), alone or with a live consumer. With one, the
-    server's CPU between the last PUBACK and the consumer's last event (the endpoint's sends that trail the
-    PUBACKs) is added to the round's time: at full load that work takes the server's CPU from MQTT."""
+    server's CPU between the last PUBACK and the consumer's last event (endpoint work that trails the PUBACKs)
+    is added to the round's time: at full load that work takes the server's CPU from MQTT. The Event Hubs
+    process (there once a consumer connected) goes onto the clients' CPU before the burst, every round."""
     n, r = args.rate_messages, load.Results(len(devices))
     consumer = start_consumer(info, "@latest", n, 300, clients, max_wait=0.1) if live else None
     if consumer:
         await asyncio.sleep(2)  # its receivers are attached to every partition
+    hub = eventhubs_process(cloud)
+    if hub:
+        pin(hub, clients)
     us, reader = psutil.Process(), psutil.Process(consumer.pid) if consumer else None
-    server, generator = cloud.cpu_seconds(), process_cpu(us)
+    server, generator, hub_start = cloud.cpu_seconds(), process_cpu(us), cpu_of(hub)
     read_start, idle_before, started = process_cpu(reader) if reader else 0.0, idle(), time.monotonic()
     await load.telemetry(devices, n, args.window, r)
     ended = time.monotonic()
     wall = ended - started
     server, generator = cloud.cpu_seconds() - server, process_cpu(us) - generator
-    read_cpu = (process_cpu(reader) if reader else 0.0) - read_start
+    read_cpu, hub_cpu = (process_cpu(reader) if reader else 0.0) - read_start, cpu_of(hub) - hub_start
+    clients_cpu = generator + read_cpu + hub_cpu
     idle_cpu = [after - before for before, after in zip(idle_before, idle(), strict=True)]
-    others = max(0.0, len(idle_cpu) * wall - sum(idle_cpu) - server - generator - read_cpu)
-    result = RateRound(live, n / wall, n / wall, server / wall, (generator + read_cpu) / wall / len(clients),
-                       others / wall / len(idle_cpu), generator / n * 1e6)  # fmt: skip
+    others = max(0.0, len(idle_cpu) * wall - sum(idle_cpu) - server - clients_cpu)
+    result = RateRound(live, n / wall, n / wall, server / wall, clients_cpu / wall / len(clients),
+                       others / wall / len(idle_cpu), generator / n * 1e6, hub_cpu / n * 1e6)  # fmt: skip
     if consumer:
-        read, samples = await finish_reading(cloud, consumer)
+        result.hub = hub_problem(cloud, hub, clients)
+        read, samples = await finish_reading(cloud, hub, consumer)
         result.events, result.lag = read["events"], max(0.0, read["last"] - ended)
-        at_last = next((cpu for when, cpu in samples if when >= read["last"]), samples[-1][1])
-        result.tail = at_last - samples[0][1]
+        _, server_at_last, hub_at_last = next((s for s in samples if s[0] >= read["last"]), samples[-1])
+        result.tail = server_at_last - samples[0][1]
         result.rate = n / (wall + result.tail)
+        result.eventhubs = (hub_at_last - hub_start) / n * 1e6
         # its process_time() at its last event against psutil's at the start: user + system, all threads
         result.consumer = (read["cpu_last"] - read_start) / n * 1e6
     print(f"    {result.rate:,.0f} msg/s {'with' if live else 'without'} a live consumer"
           + (f" ({result.acked:,.0f}/s PUBACKed; its last event {result.lag:.2f} s after the last PUBACK,"
              f" the server's CPU meanwhile {result.tail:.2f} s; {result.events:,} read; consumer"
              f" {result.consumer:.0f} µs/event)" if live else "")
-          + f": server {result.server:.0%} of its CPU; generator {result.generator:.0f} µs/msg; clients"
-          f" {result.clients:.0%} of their CPU; others {result.others:.0%} of the machine")  # fmt: skip
+          + f": server {result.server:.0%} of its CPU ({result.server_us:.0f} µs/msg); Event Hubs process"
+          f" {result.eventhubs:.0f} µs/msg;"
+          f" generator {result.generator:.0f} µs/msg; clients {result.clients:.0%} of their CPU; others"
+          f" {result.others:.0%} of the machine"
+          + (f"; NOT VALID: {result.hub}" if live and result.hub else ""))  # fmt: skip
     return result
 
 
 async def pinned_rounds(cloud: load.CloudProcess, info: Any, devices: list[load.Device],
                         args: argparse.Namespace) -> list[RateRound]:  # fmt: skip
     """Rounds alone and with a live consumer in turn, alone first and last (each with-round sits between two
-    alone ones, so a drift of the server's rate over the phase cancels out); the server on one CPU and its
-    clients on the other(s), all unpinned afterwards."""
+    alone ones, so a drift of the server's rate over the phase cancels out); the MQTT process on one CPU and
+    its clients (with the Event Hubs process) on the other(s), all unpinned afterwards."""
     server_cpus, client_cpus = cpu_split()
     everything = server_cpus | client_cpus
     pin(cloud.process, server_cpus)
@@ -317,6 +414,8 @@ async def pinned_rounds(cloud: load.CloudProcess, info: Any, devices: list[load.
     finally:
         pin(cloud.process, everything)
         pin(psutil.Process(), everything)
+        if hub := eventhubs_process(cloud):
+            pin(hub, everything)
 
 
 # ---- C2D over AMQP ---------------------------------------------------------------------------------------
@@ -390,25 +489,31 @@ async def run(args: argparse.Namespace, cloud: load.CloudProcess, api: Any, devi
 
         consumer = start_consumer(info, "@latest", args.telemetry_messages, 300)
         await asyncio.sleep(2)  # its receivers are attached to every partition
-        cpu = cloud.cpu_seconds()
+        hub = eventhubs_process(cloud)
+        cpu, hub_cpu = cloud.cpu_seconds(), cpu_of(hub)
         with load.server_cpu(cloud):
             await load.telemetry(online, args.telemetry_messages, args.window, r)
         out["mqtt_with_consumer"] = args.telemetry_messages / r.telemetry_seconds
         out["rate_cpu_with"] = (cloud.cpu_seconds() - cpu) / args.telemetry_messages
         live = consumer_result(consumer)
         out["live_events"], out["live_consumer_cpu"] = live["events"], live["cpu"] / args.telemetry_messages
+        out["live_eventhubs_cpu"] = (cpu_of(hub) - hub_cpu) / args.telemetry_messages
         print(f"         {out['mqtt_with_consumer']:,.0f} msg/s while an Event Hubs consumer read"
               f" {out['live_events']:,} of them live")  # fmt: skip
 
-        print(f"phase: the server on a CPU of its own, {args.rate_rounds} rounds each way")
+        print(f"phase: the MQTT process on a CPU of its own, {args.rate_rounds} rounds each way")
         out["pinned"] = await pinned_rounds(cloud, info, online, args)
 
         total = 2 * args.telemetry_messages
+        hub = eventhubs_process(cloud)
+        hub_cpu = cpu_of(hub)
         with load.server_cpu(cloud):
             consumer = start_consumer(info, "-1", total, 300)
             read = consumer_result(consumer)
             out["read_events"], out["read_seconds"] = read["events"], read["seconds"]
-        print(f"phase: {out['read_events']:,} events read from the start in {out['read_seconds']:.2f} s")
+        hub_cpu = cpu_of(hub or eventhubs_process(cloud)) - hub_cpu  # one started by the read: all its CPU
+        print(f"phase: {out['read_events']:,} events read from the start in {out['read_seconds']:.2f} s;"
+              f" Event Hubs process {hub_cpu:.2f} s CPU")  # fmt: skip
 
         # Half the lower rate: the machine is not saturated either way, so neither figure is inflated by the
         # other processes' share of the cores.
@@ -449,8 +554,9 @@ def pinned_summary(rounds: list[RateRound], expected: int) -> dict[str, Any]:
         "server": med(r.server for r in rounds), "clients": max(r.clients for r in rounds),
         "others": max(r.others for r in rounds), "generator": med(r.generator for r in rounds),
         "consumer": med(r.consumer for r in live), "events": sum(r.events for r in live),
+        "eventhubs": med(r.eventhubs for r in live), "eventhubs_idle": max(r.eventhubs for r in alone),
         "expected": expected * len(live), "lag": max(r.lag for r in live), "tail": med(r.tail for r in live),
-        "acked": med(bracketed(lambda r: r.acked)),
+        "acked": med(bracketed(lambda r: r.acked)), "server_us": med(bracketed(lambda r: r.server_us)),
         "problems": problems, "valid": not problems,
     }  # fmt: skip
 
@@ -483,13 +589,15 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
          verdict(pinned_ratio >= 0.9, pinned["valid"]),
          f"alone: {pinned['alone']:,.0f}/s (medians; {args.rate_rounds} with, {args.rate_rounds + 1} alone)",
          f"{pinned_ratio:.3f}"),
-        ("  server on a CPU of its own", "", "", "", "", ""),
+        ("  MQTT process on its own CPU", "", "", "", "", ""),
         ("  unpinned (information)", f"{out['mqtt_with_consumer']:,.0f}", "", "",
          f"alone: {out['mqtt_alone']:,.0f}/s (one run each, all on {os.cpu_count()} CPUs)",
          f"{cost_ratio:.2f}"),
         ("server CPU/msg, live consumer", f"{cpu['with']:.0f} µs", "≤ 1.10 ×", verdict(cpu_ratio <= 1.10),
          f"no consumer: {cpu['alone']:.0f} µs (same {out['cpu_rate']:,.0f} msg/s; medians)",
          f"{cpu_ratio:.2f}"),
+        ("Event Hubs process CPU/event", f"{pinned['eventhubs']:.0f} µs", "", "",
+         f"its own process (the rate rounds' median; CPU rounds {cpu['eventhubs']:.0f} µs)", ""),
     ]  # fmt: skip
     print(f"\nResults: {args.devices:,} devices, {os.cpu_count()} CPUs, load average"
           f" {out['load_before']:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
@@ -500,18 +608,23 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
     print(f"C2D: {args.c2d_rate:g}/s to random devices, {lost} lost over AMQP; Event Hubs:"
           f" {out['read_events']:,} of {total:,} read from the start,"
           f" {out['live_events']:,} of {args.telemetry_messages:,} live")  # fmt: skip
-    print(f"Rate phase, server CPU per message: {out['rate_cpu_alone'] * 1e6:.0f} µs alone, "
-          f"{out['rate_cpu_with'] * 1e6:.0f} µs with the consumer (at the rate it left); the consumer's"
-          f" own CPU {out['live_consumer_cpu'] * 1e6:.0f} µs per event")  # fmt: skip
+    print(f"Unpinned rate phase, server (MQTT process) CPU per message: {out['rate_cpu_alone'] * 1e6:.0f}"
+          f" µs alone, {out['rate_cpu_with'] * 1e6:.0f} µs with the consumer (at the rate it left); the Event"
+          f" Hubs process {out['live_eventhubs_cpu'] * 1e6:.0f} µs and the consumer's own CPU"
+          f" {out['live_consumer_cpu'] * 1e6:.0f} µs per event")  # fmt: skip
     print(f"CPU rounds ({args.cpu_rounds} × {args.cpu_messages:,} messages each way, medians): main thread"
-          f" {cpu['alone_main']:.0f} µs/msg alone, {cpu['with_main']:.0f} with the consumer; AMQP thread"
-          f" {cpu['with_amqp']:.0f} µs per event; the consumer's process {cpu['consumer']:.0f} µs per event;"
+          f" {cpu['alone_main']:.0f} µs/msg alone, {cpu['with_main']:.0f} with the consumer; the cloud's AMQP"
+          f" thread (C2D and feedback) {cpu['with_amqp']:.1f} µs per message; the Event Hubs process"
+          f" {cpu['eventhubs']:.0f} µs and the consumer's process {cpu['consumer']:.0f} µs per event;"
           f" achieved {cpu['rate_alone']:,.0f} and {cpu['rate_with']:,.0f} msg/s")  # fmt: skip
-    print(f"Rate rounds, server on a CPU of its own (each with-round to the alone"
-          f" ones either side: {pinned['pairs']}; medians): server"
-          f" {pinned['server']:.0%} of its CPU; generator {pinned['generator']:.0f} µs/msg, consumer"
-          f" (azure-eventhub) {pinned['consumer']:.0f} µs/event, together at most {pinned['clients']:.0%} of"
-          f" their CPU; other processes at most {pinned['others']:.0%} of the machine;"
+    print(f"Rate rounds, the MQTT process on a CPU of its own: {WHY_PINNED}.")
+    print(f"  Each with-round to the alone ones either side: {pinned['pairs']}; medians: server"
+          f" {pinned['server']:.0%} of its CPU (its CPU per message with the consumer to alone, bracketed"
+          f" likewise: {pinned['server_us']:.2f}); Event Hubs process {pinned['eventhubs']:.0f}"
+          f" µs/event (at most {pinned['eventhubs_idle']:.1f} µs/msg with no consumer); generator"
+          f" {pinned['generator']:.0f} µs/msg, consumer (azure-eventhub) {pinned['consumer']:.0f} µs/event;"
+          f" the three together at most {pinned['clients']:.0%} of their CPU; other processes at most"
+          f" {pinned['others']:.0%} of the machine;"
           f" {pinned['events']:,} of {pinned['expected']:,} events read live, the last at most"
           f" {pinned['lag']:.2f} s after its round's last PUBACK, the server's CPU meanwhile"
           f" {pinned['tail']:.2f} s (median; added to the round's time; PUBACKed rates alone: ratio"
