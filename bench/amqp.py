@@ -54,6 +54,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cloud_load as load
 
+from client_app.cloud.amqp.service import EVENTHUBS_MODULE
 from client_app.cloud.mqtt import packets as p
 from client_app.cloud.sas import parse_connection_string
 from tests.fixtures.cloud import api_client
@@ -133,8 +134,6 @@ def consumer_result(consumer: subprocess.Popen[str]) -> dict[str, Any]:
 # gateway), the endpoint runs in a process of its own: the cloud starts it at the first connection to
 # `eventhub_host`, and it reads the telemetry from the cloud's SQLite. The MQTT process keeps an AMQP thread
 # for C2D and feedback on `amqp_host` only.
-
-EVENTHUBS_MODULE = "client_app.cloud.amqp.eventhubs_process"
 
 
 def eventhubs_process(cloud: load.CloudProcess) -> psutil.Process | None:

@@ -206,9 +206,9 @@ class LocalCloud:
         api_url = await self._start_api(create_app(hub, token))
         service_host = await self._start_service(store, identity, certificates, enrollments, token)
         if amqp_host is not None:
-            self._start_amqp(store, identity, amqp_host)
-        if eventhub_host is not None:
-            self._start_eventhubs(store, identity, eventhub_host)
+            created = self._start_amqp(store, identity, amqp_host)
+            if eventhub_host is not None:  # never without the hub's AMQP (see _eventhub_host)
+                self._start_eventhubs(store, identity, eventhub_host, created)
         self.info = ConnectionInfo(
             id_scope=id_scope,
             # Through the proxy devices dial names; over the direct listener they dial its address.
@@ -285,7 +285,8 @@ class LocalCloud:
         store.set_meta("eventhub_host", host)
         return host
 
-    def _start_amqp(self, store: Store, identity: _ServerIdentity, host: str) -> None:
+    def _start_amqp(self, store: Store, identity: _ServerIdentity, host: str) -> str:
+        """The hub's AMQP; returns when the hub was created (kept in the store), which Event Hubs reports."""
         s = self.settings
         assert self.hub is not None and self._telemetry is not None
         created = store.meta("hub_created") or utc_now()
@@ -298,13 +299,14 @@ class LocalCloud:
         self.hub.on_feedback.append(self._amqp.endpoint.feedback_added)
         self._amqp.start(self._loop, host, AmqpTls(identity.chain_pem, identity.key_pem, identity.passphrase))
         self._expiry_task = asyncio.create_task(_sweep_expired_c2d(self.hub), name="c2d-expiry")
+        return created
 
-    def _start_eventhubs(self, store: Store, identity: _ServerIdentity, host: str) -> None:
+    def _start_eventhubs(self, store: Store, identity: _ServerIdentity, host: str, created: str) -> None:
         s = self.settings
         assert self._telemetry is not None
         self.eventhubs = EventHubsService(EventHubsConfig(
             db_path=str(store.path), host=host, entity=eventhub_entity(s.hub_name), hub_name=s.hub_name,
-            created=store.meta("hub_created") or utc_now(), partitions=self._telemetry.partitions,
+            created=created, partitions=self._telemetry.partitions,
             chain_pem=str(identity.chain_pem), key_pem=str(identity.key_pem),
             passphrase=identity.passphrase.decode(), policies=policies_for_wire(self.hub_policies),
             log_level=logging.getLogger("client_app.cloud").getEffectiveLevel(),
